@@ -1,0 +1,280 @@
+"""`python -m kdcore` / `kdcore`: the command line.
+
+Exit codes: 0 ok · 2 bad input (one line on stderr saying why) · 1 a bug (traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from kdcore.errors import ConfigError, KDCoreError
+
+EXIT_OK, EXIT_BUG, EXIT_INPUT = 0, 1, 2
+
+
+class BarProgress:
+    """Pipeline progress → one tqdm bar per stage, on stderr."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.stage, self.bar = enabled, None, None
+
+    def __call__(self, stage: str, step: int, total: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if stage != self.stage or self.bar is None or (total and self.bar.total != total):
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(
+                total=total or None,
+                desc=f"{stage:>10}",
+                unit="step",
+                leave=True,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                mininterval=0.5,
+            )
+        self.bar.n = step
+        shown = {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in metrics.items() if k != "message"}
+        if shown:
+            self.bar.set_postfix(shown, refresh=False)
+        self.bar.refresh() if step >= (total or 0) else self.bar.update(0)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError as e:
+        raise ConfigError(f"Expected comma-separated integers; got {text!r}") from e
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError as e:
+        raise ConfigError(f"Expected comma-separated numbers; got {text!r}") from e
+
+
+def _default_out(kind: str) -> Path:
+    from kdcore.paths import data_home
+
+    return data_home() / "runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _kd_overrides(a: argparse.Namespace) -> dict:
+    distill = {
+        k: v
+        for k, v in (
+            ("epochs", a.kd_epochs),
+            ("lr", a.kd_lr),
+            ("temperature", a.temperature),
+            ("batch_size", a.batch_size),
+            ("augment", a.augment or None),
+        )
+        if v is not None
+    }
+    finetune = {k: v for k, v in (("epochs", a.ft_epochs), ("lr", a.ft_lr)) if v is not None}
+    kd: dict = {}
+    if distill:
+        kd["distill"] = distill
+    if finetune:
+        kd["finetune"] = {"val_fraction": 0.1, "patience": 2, "lr": 1e-4, **finetune}
+    if getattr(a, "student_arch", None):
+        kd["student_arch"] = a.student_arch
+    return kd
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _add_kd_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("defence hyperparameters")
+    g.add_argument("--kd-epochs", type=int, help="distillation epochs (paper: 50)")
+    g.add_argument("--kd-lr", type=float, help="distillation Adam learning rate (default 1e-3)")
+    g.add_argument("--temperature", type=float, help="KD temperature T (paper: 20)")
+    g.add_argument("--batch-size", type=int, help="distillation batch size (default 128)")
+    g.add_argument("--augment", action="store_true", help="random ±2 px shifts during distillation")
+    g.add_argument("--ft-epochs", type=int, help="max fine-tuning epochs (early stopping on a val slice)")
+    g.add_argument("--ft-lr", type=float, help="fine-tuning learning rate (default 1e-4)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="kdcore",
+        description="Audit image classifiers for backdoors: distil → detoxify → fine-tune (Yoshida & Fujino 2020).",
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--out", type=Path, help="run directory (default: $KDAUDIT_HOME/runs/<kind>-<time>)")
+        p.add_argument("--device", default=None, help="auto (default) | cpu | cuda | cuda:N")
+        p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+        p.add_argument("--config", type=Path, help="a JSON config file; flags override its values")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("demo", help="built-in Fashion-MNIST backdoor scenario, end to end")
+    common(p)
+    p.add_argument("--quick", action="store_true", help="small and fast (< 3 min on 2 CPU cores)")
+    p.add_argument("--data-dir", help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--cache-dir", help="where trained baseline/teacher are cached ($KDAUDIT_HOME/cache)")
+    p.add_argument("--n-clean", type=int, help="unlabelled clean images for distillation")
+    p.add_argument("--teacher-epochs", type=int, help="epochs for the baseline and backdoored teacher")
+    _add_kd_args(p)
+
+    p = sub.add_parser("audit", help="audit your own model on your own images")
+    common(p)
+    p.add_argument("--model", help=".safetensors (preferred) or .pt/.pth state_dict")
+    p.add_argument("--arch", help="architecture: paper-cnn, paper-vgg11, resnet18-small or tv:<torchvision name>")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--input-shape", help="C,H,W (default: the architecture's)")
+    p.add_argument("--mean", help="per-channel mean, e.g. 0.5 or 0.49,0.48,0.45")
+    p.add_argument("--std", help="per-channel std")
+    p.add_argument("--class-names", help="comma-separated class names in output order")
+    p.add_argument("--unlabeled", help="folder or .zip of unlabelled clean images")
+    p.add_argument("--train", help="folder or .zip of the labelled training set (class sub-folders)")
+    p.add_argument("--test", help="folder or .zip of a labelled test set (class sub-folders)")
+    p.add_argument("--trigger", help="known trigger: badnets:target=7,size=3 | JSON | file.json")
+    p.add_argument("--max-unlabeled", type=int, help="use at most this many unlabelled images")
+    p.add_argument("--student-arch", help="student architecture (default: the teacher's)")
+    _add_kd_args(p)
+
+    p = sub.add_parser("sweep", help="clean-image budget sweep, under attack and without (Table 5)")
+    common(p)
+    p.add_argument("--quick", action="store_true", help="the quick demo setup with small budgets")
+    p.add_argument("--budgets", help="comma-separated clean-image budgets (default 3000,6500,10000)")
+    p.add_argument("--scenarios", help="attack,no_attack (default both)")
+    p.add_argument("--seeds", help="comma-separated seeds (default 0)")
+    p.add_argument("--data-dir")
+    p.add_argument("--cache-dir")
+    p.add_argument("--teacher-epochs", type=int)
+    _add_kd_args(p)
+    return ap
+
+
+def _config_from_args(a: argparse.Namespace):
+    from kdcore.config import from_dict
+    from kdcore.runs import KINDS
+    from kdcore.triggers import parse_trigger
+
+    cls, _ = KINDS[a.command]
+    base: dict = {}
+    if a.config:
+        try:
+            base = json.loads(Path(a.config).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"Cannot read --config {a.config}: {e}") from e
+        base.pop("kind", None)
+    kd = _kd_overrides(a)
+    if a.command == "demo":
+        from kdcore.runs.demo import DemoConfig
+
+        over = {
+            "seed": a.seed,
+            "device": a.device,
+            "data_dir": a.data_dir,
+            "cache_dir": a.cache_dir,
+            "n_clean": a.n_clean,
+        }
+        d = _merge(base, {k: v for k, v in over.items() if v is not None})
+        if a.teacher_epochs is not None:
+            d = _merge(d, {"teacher": {"epochs": a.teacher_epochs}})
+        if kd:
+            d = _merge(d, {"kd": kd})
+        return DemoConfig.preset(a.quick, **d) if not a.config else from_dict(DemoConfig, d)
+    if a.command == "sweep":
+        from kdcore.runs.demo import DemoConfig
+        from kdcore.runs.sweep import SweepConfig
+
+        setup = {
+            k: v
+            for k, v in (("seed", a.seed), ("device", a.device), ("data_dir", a.data_dir), ("cache_dir", a.cache_dir))
+            if v is not None
+        }
+        if a.teacher_epochs is not None:
+            setup["teacher"] = {"epochs": a.teacher_epochs}
+        if kd:
+            setup["kd"] = kd
+        over: dict = {}
+        if a.budgets:
+            over["budgets"] = _ints(a.budgets)
+        if a.scenarios:
+            over["scenarios"] = tuple(s.strip() for s in a.scenarios.split(","))
+        if a.seeds:
+            over["seeds"] = _ints(a.seeds)
+        if a.config:
+            return from_dict(SweepConfig, _merge(_merge(base, {"setup": setup}), over))
+        preset_setup = _merge(from_dict_dict(DemoConfig.preset(a.quick)), setup)
+        return SweepConfig.preset(a.quick, setup=from_dict(DemoConfig, preset_setup), **over)
+    over = {
+        "model": a.model,
+        "arch": a.arch,
+        "num_classes": a.num_classes,
+        "input_shape": _ints(a.input_shape) if a.input_shape else None,
+        "mean": _floats(a.mean) if a.mean else None,
+        "std": _floats(a.std) if a.std else None,
+        "class_names": tuple(c.strip() for c in a.class_names.split(",")) if a.class_names else None,
+        "unlabeled": a.unlabeled,
+        "train": a.train,
+        "test": a.test,
+        "trigger": parse_trigger(a.trigger).to_dict() if a.trigger else None,
+        "max_unlabeled": a.max_unlabeled,
+        "seed": a.seed,
+        "device": a.device,
+    }
+    d = _merge(base, {k: v for k, v in over.items() if v is not None})
+    if kd:
+        d = _merge(d, {"kd": kd})
+    return from_dict(cls, d)
+
+
+def from_dict_dict(cfg) -> dict:
+    from kdcore.config import to_dict
+
+    return to_dict(cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    bar = BarProgress(enabled=not a.no_progress)
+    try:
+        import torch
+
+        from kdcore.runs import KINDS
+        from kdcore.tables import report_table
+
+        cfg = _config_from_args(a)
+        if a.command == "audit":
+            cfg.check_inputs()
+        torch.manual_seed(getattr(cfg, "seed", 0) if a.command != "sweep" else cfg.setup.seed)
+        out = a.out or _default_out(a.command)
+        report = KINDS[a.command][1](cfg, out, bar)
+        bar.close()
+        print(report["table"] if a.command == "sweep" else report_table(report))
+        if a.command == "audit" and not cfg.trigger:
+            print("No --trigger given: asr and poison_acc were not measured.")
+        print(f"\nRun directory: {out}  (report.json, candidates.csv, models/, confusion/, log.txt)")
+        return EXIT_OK
+    except KDCoreError as e:
+        bar.close()
+        msg = " ".join(str(e).split())
+        print(f"kdcore: error: {msg}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        bar.close()
+        print("kdcore: interrupted", file=sys.stderr)
+        return 130

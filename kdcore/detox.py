@@ -1,0 +1,148 @@
+"""Step 2 of seed 000: detoxify the (possibly poisoned) labelled training set.
+
+1. Teacher and student predict every training sample.
+2. Poison-data candidates = the samples on which their top-1 classes differ.
+3. Each sample gets a suspicion score for ranking in manual review:
+   score = p_teacher(ŷ_t) − p_student(ŷ_t), where ŷ_t is the teacher's predicted class
+   (T = 1). A trigger makes the teacher confident in the target while the clean student
+   is not, so poisons score near 1; ordinary disagreements on ambiguous images score low.
+4. With ground-truth poison indices: flagged, precision, recall, false_positives.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from kdcore.data.imageset import ImageSet
+from kdcore.models.spec import ModelSpec
+from kdcore.train import predict_logits
+
+
+@dataclass(frozen=True)
+class DetoxResult:
+    total: int  # samples examined
+    flagged: int  # poison-data candidates (teacher ≠ student)
+    kept: int  # samples left in the detoxified set
+    precision: float | None = None  # None when nothing was flagged or ground truth is unknown
+    recall: float | None = None  # None when ground truth is unknown or there are no poisons
+    false_positives: int | None = None
+    true_positives: int | None = None
+    n_poison: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DetoxTable:
+    """One row per training sample (tensors of length N), ranked views via `ranked()`."""
+
+    label: torch.Tensor
+    teacher_pred: torch.Tensor
+    student_pred: torch.Tensor
+    teacher_conf: torch.Tensor  # p_teacher(ŷ_t)
+    student_conf: torch.Tensor  # p_student(ŷ_t)
+    score: torch.Tensor
+    flagged: torch.Tensor  # bool
+    is_poison: torch.Tensor | None = None  # bool, when ground truth is known
+    sources: tuple[str, ...] | None = None
+
+    def ranked(self) -> torch.Tensor:
+        """Sample indices, flagged first, then by descending suspicion score."""
+        key = self.score + 2.0 * self.flagged.float()
+        return torch.argsort(key, descending=True, stable=True)
+
+    def to_csv(self, class_names: tuple[str, ...] = ()) -> str:
+        names = list(class_names)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        header = [
+            "rank",
+            "index",
+            "source",
+            "label",
+            "teacher_pred",
+            "student_pred",
+            "teacher_conf",
+            "student_conf",
+            "score",
+            "flagged",
+        ]
+        if names:
+            header[4:4] = ["label_name"]
+        if self.is_poison is not None:
+            header.append("is_poison")
+        w.writerow(header)
+        for rank, i in enumerate(self.ranked().tolist(), start=1):
+            row = [
+                rank,
+                i,
+                self.sources[i] if self.sources else "",
+                int(self.label[i]),
+                int(self.teacher_pred[i]),
+                int(self.student_pred[i]),
+                f"{self.teacher_conf[i]:.5f}",
+                f"{self.student_conf[i]:.5f}",
+                f"{self.score[i]:.5f}",
+                int(self.flagged[i]),
+            ]
+            if names:
+                row[4:4] = [names[int(self.label[i])] if int(self.label[i]) < len(names) else ""]
+            if self.is_poison is not None:
+                row.append(int(self.is_poison[i]))
+            w.writerow(row)
+        return buf.getvalue()
+
+
+def detox_metrics(flagged: torch.Tensor, poison_idx: torch.Tensor | None) -> DetoxResult:
+    """Counts and, with known poison indices, precision / recall / false positives."""
+    n, n_flag = len(flagged), int(flagged.sum())
+    if poison_idx is None:
+        return DetoxResult(total=n, flagged=n_flag, kept=n - n_flag)
+    is_poison = torch.zeros(n, dtype=torch.bool)
+    is_poison[poison_idx] = True
+    tp = int((flagged & is_poison).sum())
+    fp = n_flag - tp
+    n_poison = int(is_poison.sum())
+    return DetoxResult(
+        total=n,
+        flagged=n_flag,
+        kept=n - n_flag,
+        precision=tp / n_flag if n_flag else None,
+        recall=tp / n_poison if n_poison else None,
+        false_positives=fp,
+        true_positives=tp,
+        n_poison=n_poison,
+    )
+
+
+def detoxify(
+    teacher: nn.Module,
+    student: nn.Module,
+    spec: ModelSpec,
+    train: ImageSet,
+    device: torch.device,
+    poison_idx: torch.Tensor | None = None,
+    student_spec: ModelSpec | None = None,
+) -> tuple[DetoxResult, DetoxTable, ImageSet]:
+    """Flag teacher–student disagreements. Returns metrics, the per-sample table, and the
+    detoxified set (flagged samples removed, order kept)."""
+    labels = train.require_labels("Detoxification")
+    p_t = predict_logits(teacher, spec, train.images, device).softmax(1)  # (N, K)
+    p_s = predict_logits(student, student_spec or spec, train.images, device).softmax(1)
+    t_pred, s_pred = p_t.argmax(1), p_s.argmax(1)
+    t_conf = p_t.gather(1, t_pred[:, None]).squeeze(1)
+    s_conf = p_s.gather(1, t_pred[:, None]).squeeze(1)
+    flagged = t_pred != s_pred
+    is_poison = None
+    if poison_idx is not None:
+        is_poison = torch.zeros(len(train), dtype=torch.bool)
+        is_poison[poison_idx] = True
+    table = DetoxTable(labels, t_pred, s_pred, t_conf, s_conf, t_conf - s_conf, flagged, is_poison, train.sources)
+    kept = train.subset(torch.nonzero(~flagged).flatten(), name=f"{train.name}-detoxified")
+    return detox_metrics(flagged, poison_idx), table, kept

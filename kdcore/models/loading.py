@@ -1,0 +1,301 @@
+"""Saving and SAFE loading of classifier weights.
+
+Users upload models they did not train, so a model file is untrusted input. The policy:
+
+1. `.safetensors` is the preferred format. It is a JSON header plus raw tensor bytes; reading it
+   cannot run code. kdcore writes only this format (`save_model`), with the `ModelSpec` in the
+   header metadata (key `kdcore_spec`) and again in a `<stem>.json` beside the file.
+2. PyTorch pickles (`.pt`, `.pth`, `.bin`, `.ckpt`) are read with
+   `torch.load(..., weights_only=True)` only, never `weights_only=False`. A pickle can name any
+   Python callable (`os.system`, ...) and have the unpickler call it, so full unpickling of an
+   uploaded file is arbitrary code execution on the auditing machine. The weights-only unpickler
+   allows tensors and plain containers and refuses every other global; a file it refuses (a whole
+   pickled `nn.Module`, a malicious payload) is reported, not retried in a looser mode.
+3. TorchScript archives (`torch.jit.save` output: a zip with `constants.pkl` and a `code/`
+   folder) are refused before `torch.load` sees them: they carry TorchScript code that runs
+   when the model is loaded and called.
+
+Every refusal is a `ModelLoadError` that says what was found and what to upload instead:
+`safetensors.torch.save_file(model.state_dict(), "model.safetensors")`, or at least
+`torch.save(model.state_dict(), "model.pt")`.
+
+`load_model` then rebuilds the architecture from the spec, checks keys and shapes against the
+file (one error listing every problem), loads strictly and runs a dummy forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+from kdcore.errors import ConfigError, ModelLoadError
+from kdcore.io import atomic_write_bytes, atomic_write_json
+from kdcore.models.registry import build_model, check_forward
+from kdcore.models.spec import ModelSpec
+
+SPEC_METADATA_KEY = "kdcore_spec"
+SAFETENSORS_SUFFIX = ".safetensors"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+SUPPORTED_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES)
+NESTED_STATE_DICT_KEYS = ("state_dict", "model_state_dict")  # common training-checkpoint layouts
+
+_MAX_LISTED = 10  # problems listed per kind in one error message
+_UPLOAD_HINT = (
+    "Upload weights only: best a .safetensors file made with "
+    "`safetensors.torch.save_file(model.state_dict(), 'model.safetensors')`, or a state_dict saved "
+    "with `torch.save(model.state_dict(), 'model.pt')`"
+)
+
+PathLike = str | os.PathLike
+
+
+def save_model(model: nn.Module, spec: ModelSpec, path: PathLike) -> Path:
+    """Write `model`'s weights to `path` (.safetensors) and its spec to `<stem>.json` beside it.
+
+    Both files are written atomically. Tensors are copied to the CPU as contiguous, unshared
+    tensors, so tied weights (one storage under two keys) and views are saved as plain copies.
+    Returns the path of the .safetensors file.
+    """
+    path = Path(path)
+    if path.suffix.lower() != SAFETENSORS_SUFFIX:
+        raise ConfigError(f"Models are saved as {SAFETENSORS_SUFFIX}; got the file name '{path.name}'")
+    # clone() gives every key its own storage: safetensors refuses shared or strided tensors.
+    tensors = {
+        k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()
+    }
+    data = safetensors.torch.save(tensors, metadata={"format": "pt", SPEC_METADATA_KEY: spec.to_json()})
+    atomic_write_bytes(path, data)
+    atomic_write_json(path.with_suffix(".json"), spec.to_dict())
+    return path
+
+
+def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
+    """The tensors in a model file, read without running any code from the file.
+
+    `.safetensors` is read directly; `.pt/.pth/.bin/.ckpt` with `torch.load(weights_only=True)`.
+    A checkpoint dict holding a `state_dict` or `model_state_dict` is unwrapped, and a `module.`
+    prefix on every key (from `nn.DataParallel`) is removed. Raises ModelLoadError.
+    """
+    path = _existing_file(path)
+    suffix = path.suffix.lower()
+    if suffix == SAFETENSORS_SUFFIX:
+        try:
+            obj = safetensors.torch.load_file(path, device="cpu")
+        except Exception as e:  # any parser failure is a property of the (untrusted) file
+            raise ModelLoadError(f"{path.name} is not a valid safetensors file ({e}). {_UPLOAD_HINT}") from e
+    elif suffix in PICKLE_SUFFIXES:
+        obj = _torch_load_weights_only(path)
+    else:
+        raise ModelLoadError(
+            f"Unsupported model file type '{path.suffix or path.name}'; expected one of {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    return _plain_state_dict(obj, path)
+
+
+def read_spec(path: PathLike) -> ModelSpec | None:
+    """The spec stored with a model file, or None if there is none.
+
+    Looks in the safetensors metadata (key `kdcore_spec`) first, then in `<stem>.json` beside
+    the file. A spec that is present but invalid raises ModelLoadError.
+    """
+    path = _existing_file(path)
+    if path.suffix.lower() == SAFETENSORS_SUFFIX:
+        try:
+            with safetensors.safe_open(path, framework="pt") as f:
+                metadata = f.metadata() or {}
+        except Exception as e:  # untrusted file, see read_state_dict
+            raise ModelLoadError(f"{path.name} is not a valid safetensors file ({e}). {_UPLOAD_HINT}") from e
+        if SPEC_METADATA_KEY in metadata:
+            return _parse_spec(metadata[SPEC_METADATA_KEY], f"the metadata of {path.name}")
+    sidecar = path.with_suffix(".json")
+    if sidecar.is_file():
+        return _parse_spec(sidecar.read_text(encoding="utf-8"), sidecar.name)
+    return None
+
+
+def load_model(
+    path: PathLike, spec: ModelSpec | None = None, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the model of `spec` (or the spec stored with the file) and load the file's weights.
+
+    Returns `(model, spec)` with the model in eval mode on `device`.
+    Raises ModelLoadError for anything about the file: unreadable or unsafe, no spec, keys or
+    shapes that do not fit the architecture, or a failing dummy forward pass (the ConfigError
+    of `check_forward` is re-raised as ModelLoadError so callers catch one type). A spec that
+    cannot be built at all (unknown architecture) raises ConfigError from `build_model`.
+    """
+    path = Path(path)
+    state = read_state_dict(path)
+    if spec is None:
+        spec = read_spec(path)
+    if spec is None:
+        raise ModelLoadError(
+            f"{path.name} does not say which architecture it is (no kdcore spec in the file and no "
+            f"{path.with_suffix('.json').name} beside it); give --arch and --num-classes"
+        )
+    model = build_model(spec)
+    _check_fits(model.state_dict(), state, spec, path)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:  # e.g. a dtype that cannot be copied; keys and shapes were checked
+        raise ModelLoadError(f"The weights in {path.name} cannot be loaded into {spec.arch}: {e}") from e
+    try:
+        check_forward(model, spec)
+    except ConfigError as e:
+        raise ModelLoadError(f"{path.name} loaded into {spec.arch}, but {e}") from e
+    model.eval()
+    return model.to(device), spec
+
+
+def _existing_file(path: PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"Model file {path} does not exist (or is not a file)")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"Model file {path} is empty; upload the file again")
+    return path
+
+
+def _is_torchscript(path: Path) -> bool:
+    """True for `torch.jit.save` output: a zip with `<archive>/constants.pkl` or `<archive>/code/`."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except zipfile.BadZipFile:
+        return False  # torch.load will report the broken archive
+    for name in names:
+        inner = name.split("/", 1)[-1]  # names are "<archive>/...", the folder name varies
+        if inner == "constants.pkl" or inner.startswith("code/"):
+            return True
+    return False
+
+
+def _torch_load_weights_only(path: Path) -> object:
+    if _is_torchscript(path):
+        raise ModelLoadError(
+            f"{path.name} is a TorchScript archive (torch.jit.save output). TorchScript archives "
+            f"contain code that would run on load, so it was not loaded. {_UPLOAD_HINT}"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # KeyError, EOFError, RuntimeError, ...: any failure is the file's
+        message = str(e)
+        found = re.search(r"GLOBAL\s+([\w.]+)", message)  # the first global the safe unpickler refused
+        # torch wraps every refusal (a global, or an opcode such as protocol 4's FRAME) in the same
+        # "Weights only load failed"; only the file's first bytes tell a pickle from garbage.
+        if found or ("Weights only load failed" in message and _looks_like_pickle(path)):
+            what = f" (it references `{found.group(1)}`)" if found else ""
+            raise ModelLoadError(
+                f"{path.name} is a pickled object{what}, not a plain state_dict of tensors. Pickles can "
+                f"run arbitrary code when loaded, so it was not loaded. {_UPLOAD_HINT}"
+            ) from e
+        raise ModelLoadError(f"{path.name} is not a readable PyTorch file ({e!r}). {_UPLOAD_HINT}") from e
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    """A torch.save zip (its data.pkl is a pickle) or a raw pickle of protocol 2 or newer."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def _plain_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in NESTED_STATE_DICT_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict):
+        raise ModelLoadError(
+            f"{path.name} holds a {type(obj).__name__}, expected a state_dict (a dict of tensors). {_UPLOAD_HINT}"
+        )
+    bad = [
+        f"{k!r} ({type(v).__name__})"
+        for k, v in obj.items()
+        if not (isinstance(k, str) and isinstance(v, torch.Tensor))
+    ]
+    if bad:
+        raise ModelLoadError(
+            f"{path.name} is not a plain state_dict: these entries are not named tensors: "
+            f"{_listing(bad)}. {_UPLOAD_HINT}"
+        )
+    if not obj:
+        raise ModelLoadError(f"{path.name} holds no tensors. {_UPLOAD_HINT}")
+    state = dict(obj)
+    if all(k.startswith("module.") for k in state):  # saved from nn.DataParallel / DDP
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    return state
+
+
+def _parse_spec(text: str, where: str) -> ModelSpec:
+    try:
+        d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ConfigError(f"expected a JSON object, got {type(d).__name__}")
+        return ModelSpec.from_dict(d)
+    except (json.JSONDecodeError, ConfigError, TypeError, ValueError) as e:
+        raise ModelLoadError(
+            f"The model spec in {where} is not valid ({e}); fix it or give --arch and --num-classes"
+        ) from e
+
+
+def _check_fits(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], spec: ModelSpec, path: Path) -> None:
+    """Raise one ModelLoadError listing every missing, unexpected and wrongly shaped tensor."""
+    missing = [k for k in expected if k not in got]
+    unexpected = [k for k in got if k not in expected]
+    mismatched = [
+        (k, tuple(expected[k].shape), tuple(got[k].shape))
+        for k in expected
+        if k in got and expected[k].shape != got[k].shape
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    file_classes = _wrong_class_count(expected, mismatched) if not (missing or unexpected) else None
+    if file_classes is not None:
+        raise ModelLoadError(
+            f"{path.name} has {file_classes} output classes but --num-classes is {spec.num_classes}; "
+            f"pass --num-classes {file_classes}"
+        )
+    problems = []
+    if missing:
+        problems.append(f"missing from the file: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected in the file: {_listing(unexpected)}")
+    if mismatched:
+        shapes = [f"{k} (expected {list(e)}, got {list(g)})" for k, e, g in mismatched]
+        problems.append(f"wrong shapes: {_listing(shapes)}")
+    raise ModelLoadError(
+        f"The weights in {path.name} do not fit {spec.arch} with {spec.num_classes} classes and input "
+        f"{list(spec.input_shape)}; " + "; ".join(problems) + ". Check --arch, --num-classes and the "
+        "input shape"
+    )
+
+
+def _wrong_class_count(expected: dict[str, torch.Tensor], mismatched: list[tuple[str, tuple, tuple]]) -> int | None:
+    """The file's class count if the only mismatches are the first dim of the last layer's weight/bias."""
+    weights = [k for k in expected if k.endswith(".weight")]
+    if not weights:
+        return None
+    last = weights[-1].removesuffix("weight")  # e.g. "classifier.3."
+    counts = set()
+    for key, exp, got in mismatched:
+        if key not in (last + "weight", last + "bias") or len(exp) != len(got) or exp[1:] != got[1:]:
+            return None
+        counts.add(got[0])
+    return counts.pop() if len(counts) == 1 else None
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    more = len(items) - _MAX_LISTED
+    return shown + (f" … and {more} more" if more > 0 else "")

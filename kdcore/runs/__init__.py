@@ -1,0 +1,19 @@
+"""Run kinds: a name → (config class, run function). The CLI and the job system use this one table.
+
+Every run function has the signature `run(config, run_dir, on_progress) -> report dict` and
+writes config.json first and report.json last.
+"""
+
+from __future__ import annotations
+
+from kdcore.runs.audit import AuditConfig, run_audit
+from kdcore.runs.demo import DemoConfig, run_demo
+from kdcore.runs.sweep import SweepConfig, run_sweep
+
+KINDS = {
+    "demo": (DemoConfig, run_demo),
+    "audit": (AuditConfig, run_audit),
+    "sweep": (SweepConfig, run_sweep),
+}
+
+__all__ = ["KINDS", "AuditConfig", "DemoConfig", "SweepConfig", "run_audit", "run_demo", "run_sweep"]

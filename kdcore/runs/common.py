@@ -1,0 +1,66 @@
+"""What every run kind shares: the run directory layout, its log, and report writing.
+
+<run_dir>/config.json    resolved config (written first)
+<run_dir>/log.txt        the run's log
+<run_dir>/stages/        cached stage outputs (reused by re-runs and retries)
+<run_dir>/models/        student / finetuned as .safetensors + .json spec
+<run_dir>/candidates.csv per-sample detox table, ranked by suspicion
+<run_dir>/confusion/     confusion matrices as CSV
+<run_dir>/report.json    the result (written last)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from kdcore import __version__
+from kdcore.config import to_dict
+from kdcore.device import describe
+from kdcore.io import atomic_write_json
+
+log = logging.getLogger("kdcore")
+
+
+@contextlib.contextmanager
+def run_logging(run_dir: Path) -> Iterator[None]:
+    """Send kdcore's log to <run_dir>/log.txt for the duration of a run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    old = log.level
+    log.setLevel(logging.INFO)
+    try:
+        yield
+    except BaseException as e:
+        log.error("run stopped: %s: %s", type(e).__name__, e)
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+        log.setLevel(old)
+
+
+def write_config(run_dir: Path, kind: str, config) -> dict:
+    resolved = {"kind": kind, **to_dict(config)}
+    atomic_write_json(run_dir / "config.json", resolved)
+    return resolved
+
+
+def environment(device: torch.device) -> dict:
+    return {
+        "kdcore": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": describe(device),
+    }
+
+
+def write_report(run_dir: Path, report: dict) -> Path:
+    return atomic_write_json(run_dir / "report.json", report)

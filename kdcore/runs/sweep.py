@@ -1,0 +1,160 @@
+"""The clean-image budget sweep of seed 000 (figures 11, 14, 16–21; Tables 5–6).
+
+For each seed, scenario and budget: distil the teacher on `budget` clean images, detoxify the
+training set, fine-tune, and evaluate. "attack": the teacher is the backdoored model and the
+training set is poisoned; "no_attack": the teacher is the baseline and the training set clean
+(every flagged sample is then a false positive). Baseline and teacher train once per seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from kdcore.config import from_dict
+from kdcore.device import resolve_device
+from kdcore.errors import ConfigError
+from kdcore.evaluate import evaluate_model
+from kdcore.io import atomic_write_json, atomic_write_text
+from kdcore.paths import cache_dir
+from kdcore.pipeline import run_kd_pipeline, train_stage
+from kdcore.progress import ProgressFn, no_progress
+from kdcore.runs.common import environment, run_logging, write_config, write_report
+from kdcore.runs.demo import SPEC, DemoConfig, build_demo_data
+from kdcore.stages import Stages
+from kdcore.tables import sweep_table
+
+SCENARIOS = ("attack", "no_attack")
+ROW_KEYS = (
+    "seed",
+    "scenario",
+    "budget",
+    "model",
+    "clean_acc",
+    "poison_acc",
+    "asr",
+    "flagged",
+    "precision",
+    "recall",
+    "false_positives",
+    "seconds",
+)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    setup: DemoConfig = field(default_factory=DemoConfig)
+    budgets: tuple[int, ...] = (3_000, 6_500, 10_000)
+    scenarios: tuple[str, ...] = SCENARIOS
+    seeds: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        if not self.budgets or any(b < 10 for b in self.budgets):
+            raise ConfigError(f"budgets must be a non-empty list of sizes ≥ 10; got {self.budgets}")
+        if max(self.budgets) > 60_000 - self.setup.n_train:
+            raise ConfigError(
+                f"The largest budget {max(self.budgets)} exceeds the {60_000 - self.setup.n_train} "
+                "images left out of training; lower it or n_train"
+            )
+        bad = set(self.scenarios) - set(SCENARIOS)
+        if bad or not self.scenarios:
+            raise ConfigError(f"Unknown scenario(s) {sorted(bad)}; expected some of {SCENARIOS}")
+        if not self.seeds:
+            raise ConfigError("seeds must not be empty")
+
+    @classmethod
+    def preset(cls, quick: bool = False, **overrides) -> SweepConfig:
+        d: dict = {"setup": DemoConfig.preset(quick)}
+        if quick:
+            d["budgets"] = (1_000, 2_000)
+        d.update({k: v for k, v in overrides.items() if v is not None})
+        return from_dict(cls, d)
+
+
+def run_sweep(cfg: SweepConfig, run_dir: str | Path, on_progress: ProgressFn = no_progress) -> dict:
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.setup.device)
+    rows: list[dict] = []
+    with run_logging(run_dir):
+        resolved = write_config(run_dir, "sweep", cfg)
+        t_all = time.perf_counter()
+        cells = len(cfg.seeds) * len(cfg.scenarios) * len(cfg.budgets)
+        done = 0
+        for seed in cfg.seeds:
+            setup = replace(cfg.setup, seed=seed)
+            data = build_demo_data(setup, n_clean=max(cfg.budgets))
+            cache = Stages(cache_dir(setup.cache_dir or None) / "demo")
+            baseline, _ = train_stage(cache, "baseline", SPEC, data.train, setup.teacher, device, seed, on_progress)
+            backdoor, _ = train_stage(cache, "teacher", SPEC, data.poisoned, setup.teacher, device, seed, on_progress)
+            trigger = setup.trigger_value
+            for name, model in (("baseline", baseline), ("backdoor", backdoor)):
+                ev = evaluate_model(model, SPEC, data.test, device, trigger)
+                rows.append({"seed": seed, "scenario": "-", "budget": 0, "model": name, **ev.metrics()})
+            for scenario in cfg.scenarios:
+                attack = scenario == "attack"
+                teacher, train = (backdoor, data.poisoned) if attack else (baseline, data.train)
+                for budget in cfg.budgets:
+                    t0 = time.perf_counter()
+                    cell = run_dir / "cells" / f"{scenario}-{budget}-seed{seed}"
+                    cell.mkdir(parents=True, exist_ok=True)
+                    out = run_kd_pipeline(
+                        teacher,
+                        SPEC,
+                        data.clean_pool.subset(list(range(budget))),
+                        setup.kd,
+                        Stages(run_dir / "stages"),
+                        device,
+                        train=train,
+                        test=data.test,
+                        trigger=trigger,
+                        poison_idx=data.poison_idx if attack else None,
+                        seed=seed,
+                        run_dir=cell,
+                        on_progress=lambda st, s, t, m, _c=done, _n=f"{scenario}/{budget}/seed{seed}": on_progress(
+                            "sweep", _c, cells, {"cell": _n, "stage": st}
+                        ),
+                    )
+                    d = out.detox
+                    detox = {
+                        "flagged": d.flagged,
+                        "precision": d.precision,
+                        "recall": d.recall,
+                        "false_positives": d.false_positives if attack else d.flagged,
+                    }
+                    secs = round(time.perf_counter() - t0, 1)
+                    for model in ("student", "finetuned"):
+                        rows.append(
+                            {
+                                "seed": seed,
+                                "scenario": scenario,
+                                "budget": budget,
+                                "model": model,
+                                **out.evals[model].metrics(),
+                                **detox,
+                                "seconds": secs,
+                            }
+                        )
+                    done += 1
+                    on_progress("sweep", done, cells, {})
+                    atomic_write_json(run_dir / "sweep.json", {"rows": rows})
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=ROW_KEYS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(run_dir / "sweep.csv", buf.getvalue())
+        table = sweep_table(rows)
+        atomic_write_text(run_dir / "table.md", table + "\n")
+        report = {
+            "kind": "sweep",
+            "rows": rows,
+            "table": table,
+            "config": resolved,
+            **environment(device),
+            "wall_s": round(time.perf_counter() - t_all, 1),
+        }
+        atomic_write_json(run_dir / "sweep.json", {"rows": rows})
+        write_report(run_dir, report)
+        return report

@@ -1,0 +1,74 @@
+"""Plain-text tables shaped like seed 000's Table 5, for the CLI and the README."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from statistics import median
+
+
+def pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f} %"
+
+
+def report_table(report: dict) -> str:
+    """Clean / poison accuracy and ASR of baseline, backdoor (teacher), distilled and fine-tuned."""
+    cols = [
+        ("baseline", "Baseline"),
+        ("teacher", "Backdoor (teacher)"),
+        ("student", "Distilled"),
+        ("finetuned", "Fine-tuned"),
+    ]
+    cols = [(k, h) for k, h in cols if report.get(k)]
+    lines = ["| Test dataset | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---|" * len(cols)]
+    for key, label in (("clean_acc", "Clean (clean_acc)"), ("poison_acc", "Poison (poison_acc)"), ("asr", "asr")):
+        lines.append(f"| {label} | " + " | ".join(pct(report[k].get(key)) for k, _ in cols) + " |")
+    d = report.get("detox")
+    if d:
+        tail = f"flagged {d['flagged']} of {d['total']}"
+        if d.get("recall") is not None or d.get("precision") is not None:
+            tail += (
+                f"; precision {pct(d.get('precision'))}, recall {pct(d.get('recall'))}, "
+                f"false_positives {d.get('false_positives')}"
+            )
+        lines.append("")
+        lines.append(f"Detoxification: {tail}")
+    for note in report.get("notes", []):
+        lines.append(f"Note: {note}")
+    return "\n".join(lines)
+
+
+def sweep_table(rows: list[dict]) -> str:
+    """Table 5 layout: columns = budget × model per scenario; medians over seeds (n shown)."""
+    cells: dict = defaultdict(list)
+    for r in rows:
+        cells[(r["scenario"], r["budget"], r["model"])].append(r)
+
+    def med(key, rs):
+        vals = [r[key] for r in rs if r.get(key) is not None]
+        return median(vals) if vals else None
+
+    refs = [("-", 0, "baseline", "Baseline"), ("-", 0, "backdoor", "Backdoor")]
+    budgets = sorted({r["budget"] for r in rows if r["budget"]})
+    scen = [s for s in ("attack", "no_attack") if any(r["scenario"] == s for r in rows)]
+    cols = [c for c in refs if c[:3] in cells]
+    for s in scen:
+        for m, label in (("student", "Distilled"), ("finetuned", "Fine-tuned")):
+            for b in budgets:
+                if (s, b, m) in cells:
+                    cols.append((s, b, m, f"{'attack' if s == 'attack' else 'no attack'}: {label} {b:,}"))
+    lines = ["| Metric | " + " | ".join(c[3] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for key in ("clean_acc", "poison_acc", "asr"):
+        lines.append(f"| {key} | " + " | ".join(pct(med(key, cells[c[:3]])) for c in cols) + " |")
+    det = [(s, b) for s in scen for b in budgets if (s, b, "student") in cells]
+    if det:
+        lines += ["", "| Detox | " + " | ".join(f"{s} {b:,}" for s, b in det) + " |", "|---|" + "---|" * len(det)]
+        for key in ("flagged", "precision", "recall", "false_positives"):
+            vals = []
+            for s, b in det:
+                v = med(key, cells[(s, b, "student")])
+                vals.append("—" if v is None else (pct(v) if key in ("precision", "recall") else f"{v:,.0f}"))
+            lines.append(f"| {key} | " + " | ".join(vals) + " |")
+    n = max((len(v) for v in cells.values()), default=0)
+    if n > 1:
+        lines.append(f"\nMedians over {n} seeds.")
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""Triggers: the attacker's mark as a value that serialises (for the UI, the job store, the CLI).
+
+A trigger knows its pattern (`stamp`), its target class and, for source-specific attacks
+(seed 000's GTSRB setup), the one source class it should flip. `Trigger.from_dict` rebuilds
+any registered trigger from `to_dict()` output.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from kdcore.errors import ConfigError
+
+TRIGGERS: dict[str, type[Trigger]] = {}
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Base class: subclasses set `kind` and implement `stamp`."""
+
+    target: int = 0
+    source: int | None = None  # None: all-to-one (every non-target class flips)
+    kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kw) -> None:
+        super().__init_subclass__(**kw)
+        if cls.kind:
+            TRIGGERS[cls.kind] = cls
+
+    def __post_init__(self) -> None:
+        if self.target < 0:
+            raise ConfigError(f"Trigger target must be a class index ≥ 0; got {self.target}")
+        if self.source is not None and self.source == self.target:
+            raise ConfigError(f"Trigger source and target are both {self.target}; they must differ")
+
+    def stamp(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) → a new uint8 tensor with the trigger applied."""
+        raise NotImplementedError
+
+    def victims(self, labels: torch.Tensor) -> torch.Tensor:
+        """Bool mask of samples the attack should flip to the target (Eq.: asr's denominator)."""
+        mask = labels != self.target
+        if self.source is not None:
+            mask &= labels == self.source
+        return mask
+
+    def check_classes(self, num_classes: int) -> None:
+        for name, c in (("target", self.target), ("source", self.source)):
+            if c is not None and c >= num_classes:
+                raise ConfigError(f"Trigger {name} class {c} does not exist: the model has {num_classes} classes")
+
+    def to_dict(self) -> dict:
+        d = {"kind": self.kind, **asdict(self)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def describe(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self.to_dict().items() if k != "kind")
+        return f"{self.kind}({args})"
+
+    @staticmethod
+    def from_dict(d: dict) -> Trigger:
+        d = dict(d)
+        kind = d.pop("kind", None)
+        if kind not in TRIGGERS:
+            raise ConfigError(f"Unknown trigger kind {kind!r}; expected one of {sorted(TRIGGERS)}")
+        cls = TRIGGERS[kind]
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"Unknown keys {sorted(unknown)} for trigger {kind!r}; expected some of {sorted(known)}")
+        typed = {}
+        for f in fields(cls):
+            if f.name in d:
+                v = d[f.name]
+                typed[f.name] = tuple(v) if isinstance(v, list) else v
+        try:
+            return cls(**typed)
+        except TypeError as e:
+            raise ConfigError(f"Bad trigger values {d}: {e}") from e
+
+
+def _coerce(text: str):
+    t = text.strip()
+    if "/" in t:
+        return [_coerce(p) for p in t.split("/")]
+    for conv in (int, float):
+        try:
+            return conv(t)
+        except ValueError:
+            pass
+    return None if t.lower() == "none" else t
+
+
+def parse_trigger(text: str) -> Trigger:
+    """A trigger from a JSON object, a JSON file path, or the short form
+    `badnets:target=7,size=3,location=bottom-right,color=255/255/0`."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            return Trigger.from_dict(json.loads(text))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"Trigger JSON is not valid: {e}") from e
+    if text.endswith(".json"):
+        p = Path(text)
+        if not p.exists():
+            raise ConfigError(f"Trigger file {text} does not exist")
+        return parse_trigger(p.read_text())
+    kind, _, rest = text.partition(":")
+    d: dict = {"kind": kind.strip()}
+    for part in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            raise ConfigError(f"Trigger option {part!r} should look like key=value")
+        d[key.strip()] = _coerce(value)
+    return Trigger.from_dict(d)
