@@ -13,7 +13,6 @@ Prints the table and writes benchmarks/results/table5.json (rows, table, wall ti
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -54,9 +53,15 @@ def main() -> None:
     name = "table5_quick.json" if a.quick else "table5.json"
     atomic_write_json(
         ROOT / "benchmarks" / "results" / name,
-        {"command": " ".join(["python", "benchmarks/table5.py", *sys.argv[1:]]), "wall_s": round(wall, 1),
-         "device": report["device"], "torch": report["torch"], "config": report["config"],
-         "rows": report["rows"], "table": report["table"]},
+        {
+            "command": " ".join(["python", "benchmarks/table5.py", *sys.argv[1:]]),
+            "wall_s": round(wall, 1),
+            "device": report["device"],
+            "torch": report["torch"],
+            "config": report["config"],
+            "rows": report["rows"],
+            "table": report["table"],
+        },
     )
 
 

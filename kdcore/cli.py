@@ -163,7 +163,141 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir")
     p.add_argument("--teacher-epochs", type=int)
     _add_kd_args(p)
+
+    p = sub.add_parser("worker", help="run queued jobs from the job store (the dashboard starts these)")
+    p.add_argument("--data-dir", help="job store folder (default $KDAUDIT_HOME or ./kdaudit-data)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (one job per GPU at a time)")
+    p.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    p.add_argument("--job", type=int, help="run exactly this queued job, then exit (e.g. under Ray Jobs)")
+    p.add_argument("--drain", action="store_true", help="exit once the queue is empty")
+
+    p = sub.add_parser("jobs", help="submit, list, show, cancel, retry jobs and read their logs")
+    jsub = p.add_subparsers(dest="jobs_command", required=True)
+    s = jsub.add_parser(
+        "submit",
+        help="jobs submit KIND [options of `kdcore KIND`] [--json] [--label L]",
+        description="Validate and queue a job. KIND is demo, audit or sweep; its options are "
+        "those of `kdcore KIND --help`.",
+    )
+    s.add_argument("kind", choices=["demo", "audit", "sweep"])
+    s.add_argument("options", nargs=argparse.REMAINDER, help="options of the kind, as for `kdcore KIND`")
+    for name, h in (
+        ("list", "all jobs, newest first"),
+        ("show", "one job"),
+        ("cancel", "cancel a job"),
+        ("retry", "queue a failed/cancelled/interrupted job again"),
+        ("logs", "a job's log"),
+    ):
+        q = jsub.add_parser(name, help=h)
+        if name != "list":
+            q.add_argument("id", type=int)
+        if name == "logs":
+            q.add_argument("--tail", type=int, default=50, help="last N lines (0 = all)")
+        q.add_argument("--json", action="store_true", help="machine-readable output")
+        q.add_argument("--data-dir")
     return ap
+
+
+def _pop_flag(args: list[str], name: str, takes_value: bool) -> tuple[list[str], str | bool | None]:
+    out, value, i = [], None if takes_value else False, 0
+    while i < len(args):
+        if args[i] == name:
+            if takes_value:
+                if i + 1 >= len(args):
+                    raise ConfigError(f"{name} needs a value")
+                value = args[i + 1]
+                i += 1
+            else:
+                value = True
+        elif takes_value and args[i].startswith(name + "="):
+            value = args[i].split("=", 1)[1]
+        else:
+            out.append(args[i])
+        i += 1
+    return out, value
+
+
+def _fmt_s(s: float | None) -> str:
+    if s is None:
+        return "—"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _job_line(j) -> str:
+    prog = f"{j.stage} {j.step}/{j.total}" if j.state == "running" else ""
+    return f"{j.id:>5}  {j.kind:<6} {j.state:<11} {_fmt_s(j.elapsed()):>7}  {prog:<24} {j.label or ''}"
+
+
+def jobs_main(a: argparse.Namespace) -> int:
+    from kdcore.jobs.store import JobStore
+
+    if a.jobs_command == "submit":
+        opts, as_json = _pop_flag(list(a.options), "--json", False)
+        opts, label = _pop_flag(opts, "--label", True)
+        opts, data_dir = _pop_flag(opts, "--data-dir", True)
+        store = JobStore(data_dir)
+        kind_args = build_parser().parse_args([a.kind, *opts])
+        cfg = _config_from_args(kind_args)
+        from kdcore.config import to_dict
+
+        d = to_dict(cfg)
+        cache = str(store.data_dir / "cache")
+        if a.kind == "demo" and not d["cache_dir"]:
+            d["cache_dir"] = cache
+        if a.kind == "sweep" and not d["setup"]["cache_dir"]:
+            d["setup"]["cache_dir"] = cache
+        job = store.submit(a.kind, d, label=str(label or ""), run_dir=str(kind_args.out) if kind_args.out else None)
+        print(json.dumps(job.to_dict()) if as_json else job.id)
+        return EXIT_OK
+    store = JobStore(a.data_dir)
+    if a.jobs_command == "list":
+        jobs = store.list()
+        if a.json:
+            print(json.dumps([j.to_dict() for j in jobs], indent=2))
+        else:
+            print("   id  kind   state       elapsed  progress                 label")
+            for j in jobs:
+                print(_job_line(j))
+        return EXIT_OK
+    if a.jobs_command == "logs":
+        job = store.get(a.id)
+        log_path = Path(job.run_dir) / "log.txt"
+        lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+        lines = lines[-a.tail :] if a.tail else lines
+        print(json.dumps({"id": job.id, "log": str(log_path), "lines": lines}) if a.json else "\n".join(lines))
+        return EXIT_OK
+    job = {"show": store.get, "cancel": store.cancel, "retry": store.retry}[a.jobs_command](a.id)
+    if a.json:
+        print(json.dumps(job.to_dict(), indent=2))
+    elif a.jobs_command == "retry":
+        print(job.id)
+    else:
+        print(f"job {job.id} ({job.kind}{', ' + job.label if job.label else ''}): {job.state}")
+        if job.state == "running":
+            eta = job.eta()
+            print(f"  progress: {job.stage} {job.step}/{job.total} {job.message}  (eta {_fmt_s(eta)})")
+            if job.cancel_requested:
+                print("  cancel requested: stops within seconds")
+        print(f"  device: {job.device or '—'}   elapsed: {_fmt_s(job.elapsed())}")
+        print(f"  run directory: {job.run_dir}")
+        print(f"  report: {job.report_path or '—'}")
+        if job.parent_id:
+            print(f"  retry of job {job.parent_id}")
+        if job.error:
+            print(f"  reason: {job.error.strip().splitlines()[-1]}")
+    return EXIT_OK
+
+
+def worker_main(a: argparse.Namespace) -> int:
+    import logging
+
+    from kdcore.jobs.store import JobStore
+    from kdcore.jobs.worker import work
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
+    work(JobStore(a.data_dir), device=a.device, once=a.once, job_id=a.job, idle_exit_s=2.0 if a.drain else None)
+    return EXIT_OK
 
 
 def _config_from_args(a: argparse.Namespace):
@@ -250,8 +384,12 @@ def from_dict_dict(cfg) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    bar = BarProgress(enabled=not a.no_progress)
+    bar = BarProgress(enabled=not getattr(a, "no_progress", True))
     try:
+        if a.command == "jobs":
+            return jobs_main(a)
+        if a.command == "worker":
+            return worker_main(a)
         import torch
 
         from kdcore.runs import KINDS

@@ -52,6 +52,10 @@ def from_dict(cls: type[T], d: dict | None, where: str = "") -> T:
         sub = _dataclass_in(hints.get(name))
         if sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, f"{where or cls.__name__}.{name}")
+        elif sub is not None and not isinstance(value, sub):
+            raise ConfigError(
+                f"{where or cls.__name__}.{name} should be a mapping of {sub.__name__} settings; got {value!r}"
+            )
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value

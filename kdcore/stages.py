@@ -33,7 +33,7 @@ def _feed(h: Any, obj: Any) -> None:
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     elif isinstance(obj, ImageSet):
         _feed(h, obj.images)
         _feed(h, obj.labels if obj.labels is not None else "nolabels")
@@ -42,8 +42,10 @@ def _feed(h: Any, obj: Any) -> None:
             h.update(k.encode())
             _feed(h, v)
     elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}[".encode())
         for v in obj:
             _feed(h, v)
+        h.update(b"]")
     else:
         h.update(json.dumps(to_dict(obj), sort_keys=True, default=str).encode())
 

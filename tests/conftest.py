@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
+
 import pytest
 import torch
+from PIL import Image
 
 from kdcore.data.builtin import load_digits
+from kdcore.models.loading import save_model
+from kdcore.models.registry import build_model
 from kdcore.models.spec import ModelSpec
+from kdcore.train import TrainConfig, fit, seeded_model
+from kdcore.triggers import BadNets, poison_dataset
 
+TRIGGER = BadNets(target=7, size=2, margin=0)
 DIGITS_SPEC = ModelSpec("paper-cnn", 10, (1, 8, 8), (0.3,), (0.4,))
 
 
@@ -28,3 +37,48 @@ def _few_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def _write_png(path: Path, img: torch.Tensor) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img[0].numpy()).save(path)
+
+
+def _zip_dir(src: Path, dest: Path, top: str) -> Path:
+    with zipfile.ZipFile(dest, "w") as z:
+        for p in sorted(src.rglob("*")):
+            if p.is_file():
+                z.write(p, f"{top}/{p.relative_to(src).as_posix()}")
+        z.writestr("__MACOSX/._junk", b"junk")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def digits_files(tmp_path_factory, digits, digits_spec):
+    """Digits split 1000 train (60 poisoned) / 500 unlabelled / 297 test, written as files."""
+    root = tmp_path_factory.mktemp("cli")
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(digits), generator=g)
+    train, unl, test = digits.subset(perm[:1000]), digits.subset(perm[1000:1500]), digits.subset(perm[1500:])
+    poisoned, idx = poison_dataset(train, TRIGGER, 60, g)
+    teacher = seeded_model(lambda: build_model(digits_spec), 0)
+    teacher, _ = fit(teacher, digits_spec, poisoned, TrainConfig(epochs=25, batch_size=50), torch.device("cpu"))
+    model_path = save_model(teacher, digits_spec, root / "teacher.safetensors")
+    poison_set = set(idx.tolist())
+    for i in range(len(poisoned)):
+        tag = "p" if i in poison_set else "c"
+        _write_png(root / "train" / str(int(poisoned.labels[i])) / f"{tag}{i:04d}.png", poisoned.images[i])
+    for i in range(len(unl)):
+        _write_png(root / "unlabeled" / f"batch{i % 3}" / f"u{i:04d}.png", unl.images[i])
+    (root / "unlabeled" / "notes.txt").write_text("not an image")
+    (root / "unlabeled" / "broken.png").write_bytes(b"\x89PNG not really")
+    for i in range(len(test)):
+        _write_png(root / "test" / str(int(test.labels[i])) / f"t{i:04d}.png", test.images[i])
+    return {
+        "root": root,
+        "model": model_path,
+        "unlabeled": root / "unlabeled",
+        "train": _zip_dir(root / "train", root / "train.zip", "train"),
+        "test": _zip_dir(root / "test", root / "test.zip", "digits-test"),
+        "poisons": {f"{int(poisoned.labels[i])}/p{i:04d}.png" for i in poison_set},
+    }

@@ -8,34 +8,12 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-
-from kdcore.models.loading import save_model
-from kdcore.models.registry import build_model
-from kdcore.train import TrainConfig, fit, seeded_model
-from kdcore.triggers import BadNets, poison_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-TRIGGER = BadNets(target=7, size=2, margin=0)
-
-
-def _write_png(path: Path, img: torch.Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(img[0].numpy()).save(path)
-
-
-def _zip_dir(src: Path, dest: Path, top: str) -> Path:
-    with zipfile.ZipFile(dest, "w") as z:
-        for p in sorted(src.rglob("*")):
-            if p.is_file():
-                z.write(p, f"{top}/{p.relative_to(src).as_posix()}")
-        z.writestr("__MACOSX/._junk", b"junk")
-    return dest
 
 
 def kdcore(*args: str, env_home: Path) -> subprocess.CompletedProcess:
@@ -43,37 +21,6 @@ def kdcore(*args: str, env_home: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "kdcore", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
-
-
-@pytest.fixture(scope="module")
-def scenario(tmp_path_factory, digits, digits_spec):
-    """Digits split 1000 train (60 poisoned) / 500 unlabelled / 297 test, written as files."""
-    root = tmp_path_factory.mktemp("cli")
-    g = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(digits), generator=g)
-    train, unl, test = digits.subset(perm[:1000]), digits.subset(perm[1000:1500]), digits.subset(perm[1500:])
-    poisoned, idx = poison_dataset(train, TRIGGER, 60, g)
-    teacher = seeded_model(lambda: build_model(digits_spec), 0)
-    teacher, _ = fit(teacher, digits_spec, poisoned, TrainConfig(epochs=25, batch_size=50), torch.device("cpu"))
-    model_path = save_model(teacher, digits_spec, root / "teacher.safetensors")
-    poison_set = set(idx.tolist())
-    for i in range(len(poisoned)):
-        tag = "p" if i in poison_set else "c"
-        _write_png(root / "train" / str(int(poisoned.labels[i])) / f"{tag}{i:04d}.png", poisoned.images[i])
-    for i in range(len(unl)):
-        _write_png(root / "unlabeled" / f"batch{i % 3}" / f"u{i:04d}.png", unl.images[i])
-    (root / "unlabeled" / "notes.txt").write_text("not an image")
-    (root / "unlabeled" / "broken.png").write_bytes(b"\x89PNG not really")
-    for i in range(len(test)):
-        _write_png(root / "test" / str(int(test.labels[i])) / f"t{i:04d}.png", test.images[i])
-    return {
-        "root": root,
-        "model": model_path,
-        "unlabeled": root / "unlabeled",
-        "train": _zip_dir(root / "train", root / "train.zip", "train"),
-        "test": _zip_dir(root / "test", root / "test.zip", "digits-test"),
-        "poisons": {f"{int(poisoned.labels[i])}/p{i:04d}.png" for i in poison_set},
-    }
 
 
 def _audit_args(s: dict, out: Path, *extra: str) -> list[str]:
@@ -102,9 +49,9 @@ def _audit_args(s: dict, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_audit_end_to_end_removes_the_backdoor_and_reuses_stages(scenario, tmp_path):
+def test_audit_end_to_end_removes_the_backdoor_and_reuses_stages(digits_files, tmp_path):
     out = tmp_path / "run"
-    r = kdcore(*_audit_args(scenario, out), env_home=tmp_path)
+    r = kdcore(*_audit_args(digits_files, out), env_home=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Distilled" in r.stdout and "asr" in r.stdout
     rep = json.loads((out / "report.json").read_text())
@@ -121,32 +68,32 @@ def test_audit_end_to_end_removes_the_backdoor_and_reuses_stages(scenario, tmp_p
     assert len(rows) == 1000 and int(rep["detox"]["total"]) == 1000
     flagged = {r["source"] for r in rows if r["flagged"] == "1"}
     assert len(flagged) == rep["detox"]["flagged"]
-    recall = len(flagged & scenario["poisons"]) / len(scenario["poisons"])
+    recall = len(flagged & digits_files["poisons"]) / len(digits_files["poisons"])
     assert recall >= 0.8, recall
     top = [r["source"] for r in rows[:30]]  # ranked by suspicion: poisons come first
-    assert sum(src in scenario["poisons"] for src in top) >= 20
+    assert sum(src in digits_files["poisons"] for src in top) >= 20
     assert (out / "models" / "finetuned.safetensors").exists() and (out / "models" / "finetuned.json").exists()
     cm = (out / "confusion" / "teacher_poison.csv").read_text().splitlines()
     assert len(cm) == 11
     assert json.loads((out / "config.json").read_text())["kind"] == "audit"
 
-    again = kdcore(*_audit_args(scenario, out), env_home=tmp_path)
+    again = kdcore(*_audit_args(digits_files, out), env_home=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     rep2 = json.loads((out / "report.json").read_text())
     assert rep2["stages"]["distill"]["reused"] and rep2["stages"]["finetune"]["reused"]
     assert rep2["student"] == rep["student"] and rep2["finetuned"] == rep["finetuned"]
 
 
-def test_audit_without_train_or_trigger_says_what_it_skipped(scenario, tmp_path):
+def test_audit_without_train_or_trigger_says_what_it_skipped(digits_files, tmp_path):
     out = tmp_path / "run"
     args = [
         "audit",
         "--model",
-        str(scenario["model"]),
+        str(digits_files["model"]),
         "--unlabeled",
-        str(scenario["unlabeled"]),
+        str(digits_files["unlabeled"]),
         "--test",
-        str(scenario["test"]),
+        str(digits_files["test"]),
         "--out",
         str(out),
         "--device",
@@ -182,8 +129,8 @@ class _Payload:
         ("no-images", "no image"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(scenario, tmp_path, case, expected):
-    s = dict(scenario)
+def test_bad_input_exits_2_with_one_line(digits_files, tmp_path, case, expected):
+    s = dict(digits_files)
     extra: list[str] = []
     canary = tmp_path / "canary"
     if case == "missing-model":

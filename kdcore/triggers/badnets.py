@@ -30,10 +30,12 @@ class BadNets(Trigger):
         super().__post_init__()
         if self.location not in LOCATIONS:
             raise ConfigError(f"BadNets location {self.location!r}; expected one of {LOCATIONS}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (self.size, self.margin)):
+            raise ConfigError(f"BadNets size and margin must be whole pixels; got {self.size!r}, {self.margin!r}")
         if self.size < 1 or self.margin < 0:
             raise ConfigError(f"BadNets size must be ≥ 1 and margin ≥ 0; got {self.size}, {self.margin}")
-        color = (self.color,) if isinstance(self.color, int) else tuple(self.color)
-        if len(color) not in (1, 3) or not all(0 <= int(c) <= 255 for c in color):
+        color = (self.color,) if isinstance(self.color, (int, str)) else tuple(self.color)
+        if len(color) not in (1, 3) or not all(isinstance(c, int) and 0 <= c <= 255 for c in color):
             raise ConfigError(f"BadNets color must be one grey level or R/G/B in 0..255; got {self.color}")
         object.__setattr__(self, "color", tuple(int(c) for c in color))
 

@@ -33,6 +33,10 @@ class Trigger:
             TRIGGERS[cls.kind] = cls
 
     def __post_init__(self) -> None:
+        for name in ("target", "source"):
+            v = getattr(self, name)
+            if not (v is None and name == "source") and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ConfigError(f"Trigger {name} must be a whole class index; got {v!r}")
         if self.target < 0:
             raise ConfigError(f"Trigger target must be a class index ≥ 0; got {self.target}")
         if self.source is not None and self.source == self.target:
