@@ -73,7 +73,7 @@ class PipelineOutput:
         return r
 
 
-def _timed_stage(stages: Stages, name: str, key: str, fn) -> StageOutput:
+def timed_stage(stages: Stages, name: str, key: str, fn) -> StageOutput:
     """Run a stage and record its own wall time in its meta (so reuse can report it)."""
 
     def wrapped(folder: Path) -> dict:
@@ -104,7 +104,7 @@ def train_stage(
         save_model(model, spec, folder / "model.safetensors")
         return {"history": hist}
 
-    out = _timed_stage(stages, name, key, run)
+    out = timed_stage(stages, name, key, run)
     model, _ = load_model(out.dir / "model.safetensors", spec, device)
     return model, out
 
@@ -144,7 +144,7 @@ def run_kd_pipeline(
         save_model(student, s_spec, folder / "student.safetensors")
         return res.to_dict()
 
-    st = _timed_stage(stages, "distill", d_key, run_distill)
+    st = timed_stage(stages, "distill", d_key, run_distill)
     out.stages["distill"], out.distill = st, st.meta
     student, _ = load_model(st.dir / "student.safetensors", s_spec, device)
     models: dict[str, tuple[nn.Module, ModelSpec]] = {"teacher": (teacher, spec), "student": (student, s_spec)}
@@ -167,7 +167,7 @@ def run_kd_pipeline(
             save_model(model, s_spec, folder / "finetuned.safetensors")
             return {"history": hist}
 
-        ft = _timed_stage(stages, "finetune", f_key, run_finetune)
+        ft = timed_stage(stages, "finetune", f_key, run_finetune)
         out.stages["finetune"], out.finetune = ft, ft.meta.get("history")
         finetuned, _ = load_model(ft.dir / "finetuned.safetensors", s_spec, device)
         models["finetuned"] = (finetuned, s_spec)

@@ -8,12 +8,24 @@ from __future__ import annotations
 
 from kdcore.runs.audit import AuditConfig, run_audit
 from kdcore.runs.demo import DemoConfig, run_demo
+from kdcore.runs.refine import RefineConfig, run_refine
 from kdcore.runs.sweep import SweepConfig, run_sweep
 
 KINDS = {
     "demo": (DemoConfig, run_demo),
     "audit": (AuditConfig, run_audit),
     "sweep": (SweepConfig, run_sweep),
+    "refine": (RefineConfig, run_refine),
 }
 
-__all__ = ["KINDS", "AuditConfig", "DemoConfig", "SweepConfig", "run_audit", "run_demo", "run_sweep"]
+__all__ = [
+    "KINDS",
+    "AuditConfig",
+    "DemoConfig",
+    "RefineConfig",
+    "SweepConfig",
+    "run_audit",
+    "run_demo",
+    "run_refine",
+    "run_sweep",
+]

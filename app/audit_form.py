@@ -1,0 +1,149 @@
+"""Form sections of the New-audit page: model spec, trigger, hyperparameters. Each returns values."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from app.state import show_error
+from kdcore.errors import KDCoreError
+from kdcore.models.registry import ARCHS, DEFAULT_INPUT
+from kdcore.models.spec import ModelSpec
+from kdcore.triggers import TRIGGERS, Trigger
+from kdcore.triggers.badnets import LOCATIONS
+
+TV = "torchvision model (tv:<name>)"
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+
+
+def model_spec_ui(stored: ModelSpec | None) -> ModelSpec | None:
+    """Architecture, classes, input shape, normalisation, class names. Prefilled from a kdcore spec."""
+    if stored is not None:
+        st.info(
+            f"This file carries its spec: {stored.arch}, {stored.num_classes} classes, input "
+            f"{tuple(stored.input_shape)}. You can still change it below.",
+            icon="ℹ️",
+        )
+    archs = [*sorted(ARCHS), TV]
+    default_arch = stored.arch if stored and stored.arch in ARCHS else (TV if stored else "paper-cnn")
+    c1, c2, c3 = st.columns([2, 1, 1])
+    arch = c1.selectbox(
+        "Architecture",
+        archs,
+        index=archs.index(default_arch),
+        key="arch",
+        help="paper-cnn: seed 000 Table 7 · paper-vgg11: Table 8 · resnet18-small: BCU's ResNet-18",
+    )
+    if arch == TV:
+        name = c1.text_input(
+            "torchvision model name",
+            value=stored.arch[3:] if stored and stored.arch.startswith("tv:") else "resnet18",
+            key="tv_name",
+        )
+        arch = f"tv:{name.strip()}"
+    num_classes = c2.number_input("Classes", 2, 10_000, value=stored.num_classes if stored else 10, key="num_classes")
+    shape0 = stored.input_shape if stored else DEFAULT_INPUT.get(arch, (3, 224, 224))
+    shape_text = c3.text_input(
+        "Input shape C,H,W",
+        value=",".join(map(str, shape0)),
+        key="input_shape",
+        help="Images are converted to this many channels and resized to H×W",
+    )
+    c4, c5 = st.columns(2)
+    mean = c4.text_input(
+        "Mean (per channel, images scaled to 0–1)",
+        value=",".join(f"{v:g}" for v in (stored.mean if stored else (0.0,))),
+        key="mean",
+    )
+    std = c5.text_input(
+        "Std (per channel)", value=",".join(f"{v:g}" for v in (stored.std if stored else (1.0,))), key="std"
+    )
+    names = st.text_input(
+        "Class names in output order (optional, comma-separated)",
+        value=",".join(stored.class_names) if stored else "",
+        key="class_names",
+    )
+    try:
+        shape = tuple(int(v) for v in shape_text.replace(" ", "").split(","))
+        return ModelSpec(
+            arch,
+            int(num_classes),
+            shape,
+            _floats(mean) or (0.0,),
+            _floats(std) or (1.0,),
+            tuple(n.strip() for n in names.split(",") if n.strip()),
+        )
+    except ValueError:
+        st.error(f"Input shape must be three integers like 1,28,28 and mean/std numbers; got {shape_text!r}")
+    except KDCoreError as e:
+        show_error(e)
+    return None
+
+
+def trigger_ui(num_classes: int | None) -> Trigger | None:
+    if not st.toggle("I know the trigger (measures poison_acc and asr)", key="know_trigger"):
+        st.caption(
+            "Without a known trigger the audit still removes the backdoor and flags candidates; "
+            "it cannot measure the attack success rate."
+        )
+        return None
+    kinds = sorted(TRIGGERS)
+    c1, c2, c3 = st.columns(3)
+    kind = c1.selectbox("Trigger kind", kinds, key="trigger_kind")
+    target = c2.number_input("Target class", 0, max((num_classes or 10) - 1, 0), value=0, key="trigger_target")
+    source = c3.number_input(
+        "Source class (−1 = all classes flip)", -1, max((num_classes or 10) - 1, 0), value=-1, key="trigger_source"
+    )
+    d: dict = {"kind": kind, "target": int(target), "source": None if source < 0 else int(source)}
+    if kind == "badnets":
+        c4, c5, c6, c7 = st.columns(4)
+        d["size"] = int(c4.number_input("Patch size (px)", 1, 64, 3, key="trigger_size"))
+        d["location"] = c5.selectbox("Location", LOCATIONS, key="trigger_location")
+        d["margin"] = int(c6.number_input("Margin (px)", 0, 64, 1, key="trigger_margin"))
+        hexcol = c7.color_picker("Colour", "#FFFFFF", key="trigger_color")
+        d["color"] = [int(hexcol[i : i + 2], 16) for i in (1, 3, 5)]
+    elif kind == "blended":
+        c4, c5 = st.columns(2)
+        d["alpha"] = float(c4.slider("Blend alpha", 0.01, 1.0, 0.1, key="trigger_alpha"))
+        d["pattern_seed"] = int(c5.number_input("Pattern seed", 0, 2**31 - 1, 0, key="trigger_seed"))
+    try:
+        return Trigger.from_dict(d)
+    except KDCoreError as e:
+        show_error(e)
+        return None
+
+
+def hyperparameters_ui() -> tuple[dict, dict]:
+    """(kd config dict, top-level extras) with the paper's defaults."""
+    with st.expander("Hyperparameters (defaults follow the paper where it says)"):
+        c1, c2, c3, c4 = st.columns(4)
+        kd_epochs = c1.number_input("Distillation epochs", 1, 500, 30, key="kd_epochs", help="Paper: 50")
+        temp = c2.number_input("Temperature T", 0.5, 100.0, 20.0, key="temperature", help="Paper: 20")
+        kd_lr = c3.number_input("Distillation lr (Adam)", 1e-5, 1e-1, 1e-3, format="%.5f", key="kd_lr")
+        bs = c4.number_input("Batch size", 8, 4096, 128, key="batch_size")
+        c5, c6, c7, c8 = st.columns(4)
+        ft_epochs = c5.number_input(
+            "Fine-tuning epochs (max)",
+            0,
+            200,
+            5,
+            key="ft_epochs",
+            help="Early stopping on a 10 % slice of the detoxified set",
+        )
+        ft_lr = c6.number_input("Fine-tuning lr", 1e-6, 1e-1, 1e-4, format="%.6f", key="ft_lr")
+        max_unl = c7.number_input("Use at most N unlabelled images (0 = all)", 0, 10_000_000, 0, key="max_unlabeled")
+        seed = c8.number_input("Seed", 0, 2**31 - 1, 0, key="seed")
+        augment = st.checkbox("Augment unlabelled images (±2 px shifts; slower)", key="augment")
+    kd = {
+        "distill": {
+            "epochs": int(kd_epochs),
+            "temperature": float(temp),
+            "lr": float(kd_lr),
+            "batch_size": int(bs),
+            "augment": bool(augment),
+        },
+        "finetune": {"epochs": int(ft_epochs), "lr": float(ft_lr), "val_fraction": 0.1, "patience": 2},
+    }
+    return kd, {"max_unlabeled": int(max_unl), "seed": int(seed)}

@@ -1,0 +1,467 @@
+"""The review queue: poison-data candidates of a finished run, ranked by suspicion, judged by hand.
+
+Rows come from the run's `candidates.csv` (written by `kdcore.detox`: flagged first, then by
+descending suspicion score); images come from the run's training set, rebuilt once per run
+directory and cached. Verdicts go to `kdcore.jobs.review.Reviews` (current verdict + append-only
+audit trail) and flow into a `refine` job (fine-tune again with the verdicts).
+
+Widget keys are stable so a browser test can drive the page: see `KEYS` below.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from app.state import fmt_time, reviews
+from kdcore.data.imageset import ImageSet
+from kdcore.errors import InputError
+from kdcore.jobs.review import VERDICTS, Verdict
+from kdcore.jobs.store import Job
+
+PAGE_SIZE = 24
+GRID_COLUMNS = 6
+THUMB_PX = 112
+VERDICT_FILTERS = ("all", "unreviewed", *VERDICTS)
+VERDICT_ICON = {"poison": "☠️", "clean": "✅", "unsure": "❔"}
+REFINE_LABEL = "Fine-tune again with my verdicts"
+# Stable widget keys (Streamlit also renders them as the CSS class `st-key-<key>`).
+KEYS = {
+    "reviewer": "reviewer-input",
+    "classes": "filter-classes",
+    "predicted": "filter-predicted",
+    "score": "filter-score",
+    "flagged": "filter-flagged",
+    "verdict": "filter-verdict",
+    "page": "cand-page",
+    "refine": "refine",
+    "export": "export-verdicts",
+    "truth": "show-truth",
+}
+_REQUIRED = ("rank", "index", "label", "teacher_pred", "student_pred", "score", "flagged")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One row of candidates.csv: a training sample, its predictions and its suspicion score."""
+
+    rank: int
+    index: int  # position in the run's training set
+    source: str  # file name inside the training folder/zip ('' for built-in data)
+    label: int
+    label_name: str
+    teacher_pred: int
+    student_pred: int
+    teacher_conf: float  # p_teacher(ŷ_t)
+    student_conf: float  # p_student(ŷ_t)
+    score: float  # teacher_conf − student_conf
+    flagged: bool  # teacher and student disagree
+    is_poison: bool | None = None  # ground truth, only for built-in demos
+
+    @property
+    def name(self) -> str:
+        return self.source or f"#{self.index}"
+
+
+@dataclass(frozen=True)
+class Filters:
+    classes: tuple[int, ...] = ()  # labels to keep; empty = all
+    predicted: tuple[int, ...] = ()  # teacher predictions to keep; empty = all
+    score_range: tuple[float, float] = (-1.0, 1.0)
+    only_flagged: bool = True
+    verdict: str = "all"  # one of VERDICT_FILTERS
+
+
+# ---------------------------------------------------------------- data (no widgets)
+
+
+def load_candidates(run_dir: str | Path) -> tuple[Candidate, ...] | None:
+    """The run's ranked candidates, or None when the run has no candidates.csv (no training set)."""
+    p = Path(run_dir) / "candidates.csv"
+    if not p.exists():
+        return None
+    return _parse_candidates(str(p), p.stat().st_mtime_ns)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _parse_candidates(path: str, mtime_ns: int) -> tuple[Candidate, ...]:
+    # mtime_ns is part of the cache key only: a re-run that rewrites the file is re-read.
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(f"{path} is missing column(s) {missing}; was it written by kdcore's detox step?")
+        truth = "is_poison" in (reader.fieldnames or [])
+        try:
+            return tuple(
+                Candidate(
+                    rank=int(r["rank"]),
+                    index=int(r["index"]),
+                    source=r.get("source") or "",
+                    label=int(r["label"]),
+                    label_name=r.get("label_name") or "",
+                    teacher_pred=int(r["teacher_pred"]),
+                    student_pred=int(r["student_pred"]),
+                    teacher_conf=float(r.get("teacher_conf") or "nan"),
+                    student_conf=float(r.get("student_conf") or "nan"),
+                    score=float(r["score"]),
+                    flagged=r["flagged"] == "1",
+                    is_poison=(r["is_poison"] == "1") if truth else None,
+                )
+                for r in reader
+            )
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{path} line {reader.line_num} cannot be read ({e}); re-run the audit") from e
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the training images…")
+def train_images(run_dir: str) -> ImageSet:
+    """The run's training set (uint8 (N, C, H, W)), rebuilt from its run directory once per process."""
+    from kdcore.runs.context import load_context
+
+    train = load_context(run_dir, device="cpu").train
+    if train is None:
+        raise InputError(f"The run in {run_dir} has no training set to show")
+    return train
+
+
+def class_names(rows: Sequence[Candidate], known: Sequence[str] = ()) -> dict[int, str]:
+    """Class id → name, from `known` names, else the CSV's label_name column, else the id."""
+    names = {i: n for i, n in enumerate(known)}
+    for r in rows:
+        if r.label_name:
+            names.setdefault(r.label, r.label_name)
+    for c in {r.label for r in rows} | {r.teacher_pred for r in rows} | {r.student_pred for r in rows}:
+        names.setdefault(c, str(c))
+    return dict(sorted(names.items()))
+
+
+def thumbnail(image, size: int = THUMB_PX) -> np.ndarray:
+    """(C, H, W) uint8 → (H', W', 3) uint8, nearest-neighbour scaled so the long side is about `size`.
+
+    Grey images are repeated into 3 channels, an alpha channel is dropped; an integer scale factor
+    keeps every source pixel a crisp block (8×8 digits → 112×112, 28×28 → 112×112).
+    """
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3 or a.dtype != np.uint8:
+        raise InputError(f"Expected a uint8 image (C, H, W); got {a.dtype} {a.shape}")
+    a = a[:3] if a.shape[0] >= 3 else np.repeat(a[:1], 3, axis=0)
+    h, w = a.shape[1:]
+    side = max(h, w)
+    if side > 2 * size:  # large images: subsample instead of enlarging
+        step = side // size
+        a = a[:, ::step, ::step]
+    else:
+        k = max(1, round(size / side))
+        a = a.repeat(k, axis=1).repeat(k, axis=2)
+    return np.ascontiguousarray(a.transpose(1, 2, 0))  # (H', W', 3)
+
+
+def filter_rows(
+    rows: Sequence[Candidate],
+    classes: Sequence[int] = (),
+    predicted: Sequence[int] = (),
+    score_range: tuple[float, float] = (-1.0, 1.0),
+    only_flagged: bool = True,
+    verdict_filter: str = "all",
+    verdicts: Mapping[int, str] | None = None,
+) -> list[Candidate]:
+    """Rows that pass every filter, in their ranked order. Empty `classes`/`predicted` = no constraint.
+
+    `verdicts` maps sample index → verdict string; `verdict_filter` is one of VERDICT_FILTERS.
+    """
+    if verdict_filter not in VERDICT_FILTERS:
+        raise InputError(f"Verdict filter must be one of {VERDICT_FILTERS}; got {verdict_filter!r}")
+    verdicts = verdicts or {}
+    keep_cls, keep_pred = set(classes), set(predicted)
+    lo, hi = score_range
+    out = []
+    for r in rows:
+        if only_flagged and not r.flagged:
+            continue
+        if keep_cls and r.label not in keep_cls:
+            continue
+        if keep_pred and r.teacher_pred not in keep_pred:
+            continue
+        if not lo <= r.score <= hi:
+            continue
+        v = verdicts.get(r.index)
+        if verdict_filter == "unreviewed" and v is not None:
+            continue
+        if verdict_filter in VERDICTS and v != verdict_filter:
+            continue
+        out.append(r)
+    return out
+
+
+def review_counts(rows: Sequence[Candidate], verdicts: Mapping[int, str]) -> dict[str, int]:
+    """flagged, reviewed and per-verdict counts over the run's candidates."""
+    counts = {"flagged": sum(r.flagged for r in rows), "reviewed": len(verdicts)}
+    counts.update({v: sum(x == v for x in verdicts.values()) for v in VERDICTS})
+    return counts
+
+
+def ground_truth_summary(rows: Sequence[Candidate], verdicts: Mapping[int, str]) -> dict[str, int] | None:
+    """Demo only: how flags and verdicts compare with the known poisons. None without ground truth."""
+    if not rows or rows[0].is_poison is None:
+        return None
+    poison = {r.index for r in rows if r.is_poison}
+    flagged = {r.index for r in rows if r.flagged}
+    said_poison = {s for s, v in verdicts.items() if v == "poison"}
+    said_clean = {s for s, v in verdicts.items() if v == "clean"}
+    return {
+        "poisons": len(poison),
+        "flagged_poisons": len(poison & flagged),
+        "poison_verdicts": len(said_poison),
+        "poison_verdicts_right": len(said_poison & poison),
+        "clean_verdicts": len(said_clean),
+        "clean_verdicts_on_poison": len(said_clean & poison),
+    }
+
+
+def page_count(n: int, page_size: int = PAGE_SIZE) -> int:
+    return max(1, math.ceil(n / page_size))
+
+
+# ---------------------------------------------------------------- widgets
+
+
+def _reviewer() -> str:
+    return st.session_state.get("reviewer", "")
+
+
+def _keep_reviewer() -> None:
+    # The widget's own state is dropped when the user visits another page; this copy is not.
+    st.session_state["reviewer"] = st.session_state[KEYS["reviewer"]].strip()
+
+
+def reviewer_ui() -> str:
+    """Sidebar name field; the name is written into every verdict's audit trail."""
+    st.sidebar.text_input(
+        "Reviewer",
+        value=_reviewer(),
+        key=KEYS["reviewer"],
+        on_change=_keep_reviewer,
+        placeholder="your name",
+        help="Recorded with every verdict you set, in the audit trail.",
+    )
+    return _reviewer()
+
+
+def _first_page() -> None:
+    st.session_state[KEYS["page"]] = 1
+
+
+def candidate_filters_ui(rows: Sequence[Candidate], names: Mapping[int, str]) -> Filters:
+    ids = list(names)
+    fmt = lambda c: f"{c} · {names[c]}" if names[c] != str(c) else str(c)
+    cols = st.columns([2, 2, 2, 1, 3])
+    classes = cols[0].multiselect(
+        "Label", ids, format_func=fmt, key=KEYS["classes"], on_change=_first_page, placeholder="all classes"
+    )
+    predicted = cols[1].multiselect(
+        "Teacher predicts", ids, format_func=fmt, key=KEYS["predicted"], on_change=_first_page, placeholder="any"
+    )
+    score = cols[2].slider(
+        "Suspicion score",
+        -1.0,
+        1.0,
+        (-1.0, 1.0),
+        step=0.01,
+        key=KEYS["score"],
+        on_change=_first_page,
+        help="p_teacher(ŷ) − p_student(ŷ) for the teacher's class ŷ: near 1 = the teacher is sure, the student not.",
+    )
+    flagged = cols[3].toggle(
+        "Flagged only",
+        value=True,
+        key=KEYS["flagged"],
+        on_change=_first_page,
+        help="Only samples where teacher and student disagree (the poison-data candidates).",
+    )
+    verdict = cols[4].radio(
+        "Verdict filter", VERDICT_FILTERS, horizontal=True, key=KEYS["verdict"], on_change=_first_page
+    )
+    return Filters(tuple(classes), tuple(predicted), (float(score[0]), float(score[1])), bool(flagged), str(verdict))
+
+
+def counts_ui(rows: Sequence[Candidate], shown: int, verdicts: Mapping[int, str]) -> None:
+    c = review_counts(rows, verdicts)
+    cols = st.columns(6)
+    cols[0].metric("Flagged", f"{c['flagged']:,}", help=f"of {len(rows):,} training samples")
+    cols[1].metric("Shown", f"{shown:,}", help="after the filters above")
+    cols[2].metric("Reviewed", f"{c['reviewed']:,}")
+    for col, v in zip(cols[3:], VERDICTS, strict=True):
+        col.metric(f"{VERDICT_ICON[v]} {v.capitalize()}", f"{c[v]:,}")
+
+
+def pager_ui(n: int) -> int:
+    """Page number input; returns the 0-based offset of the page's first row."""
+    pages = page_count(n)
+    key = KEYS["page"]
+    if not 1 <= st.session_state.get(key, 1) <= pages:  # filters shrank the list under the user
+        st.session_state[key] = 1
+    page = st.number_input("Page", min_value=1, max_value=pages, step=1, key=key, help=f"{pages} pages of {PAGE_SIZE}")
+    return (int(page) - 1) * PAGE_SIZE
+
+
+def _bulk(run_dir: str, samples: list[int], verdict: str | None) -> None:
+    n = reviews().set(run_dir, samples, verdict, reviewer=_reviewer(), note="bulk: page")
+    what = f"as {verdict}" if verdict else "cleared"
+    st.toast(f"{n} verdict{'s' * (n != 1)} {what}.")
+
+
+def bulk_actions_ui(job: Job, page_rows: Sequence[Candidate]) -> None:
+    """Buttons that set (or clear) the verdict of every sample on the current page."""
+    samples = [r.index for r in page_rows]
+    st.caption(f"Bulk actions on the {len(samples)} samples on this page:")
+    cols = st.columns(4)
+    for col, v in zip(cols[:3], VERDICTS, strict=True):
+        col.button(
+            f"Mark page {v}",
+            key=f"bulk-{v}",
+            on_click=_bulk,
+            args=(job.run_dir, samples, v),
+            disabled=not samples,
+            width="stretch",
+        )
+    cols[3].button(
+        "Clear page verdicts",
+        key="bulk-clear",
+        on_click=_bulk,
+        args=(job.run_dir, samples, None),
+        disabled=not samples,
+        width="stretch",
+    )
+
+
+def _on_verdict(run_dir: str, sample: int) -> None:
+    value = st.session_state[f"verdict-{sample}"]
+    reviews().set(run_dir, [sample], value, reviewer=_reviewer())
+
+
+def _card(job: Job, r: Candidate, images: ImageSet, names: Mapping[int, str], v: Verdict | None, truth: bool) -> None:
+    with st.container(border=True, key=f"card-{r.index}"):
+        if r.index < len(images):
+            st.image(thumbnail(images.images[r.index]), caption=r.name)
+        else:
+            st.warning(f"Sample {r.index} is not in the training set ({len(images)} images).")
+        flag = " 🚩" if r.flagged else ""
+        st.markdown(f"**#{r.rank}**{flag} · score **{r.score:.3f}**")
+        st.caption(
+            f"label **{names.get(r.label, r.label)}**  \n"
+            f"teacher {names.get(r.teacher_pred, r.teacher_pred)} → student {names.get(r.student_pred, r.student_pred)}"
+        )
+        key = f"verdict-{r.index}"
+        # The store is the truth: sync the widget to it each run (another reviewer or a bulk action
+        # may have changed it). Set before the widget is created, so no default is passed.
+        st.session_state[key] = v.verdict if v else None
+        st.segmented_control(
+            "Verdict",
+            VERDICTS,
+            key=key,
+            on_change=_on_verdict,
+            args=(job.run_dir, r.index),
+            label_visibility="collapsed",
+        )
+        if v:
+            who = f" by {v.reviewer}" if v.reviewer else ""
+            st.caption(f"{VERDICT_ICON[v.verdict]} {v.verdict}{who}, {fmt_time(v.decided_at)}")
+        else:
+            st.caption("not reviewed")
+        if truth and r.is_poison is not None:
+            st.caption("☠️ true poison" if r.is_poison else "true clean")
+
+
+def gallery_ui(
+    job: Job,
+    rows_page: Sequence[Candidate],
+    images: ImageSet,
+    verdicts: Mapping[int, Verdict],
+    names: Mapping[int, str] | None = None,
+    show_truth: bool = False,
+) -> None:
+    """A grid of sample cards (image, rank, name, label, predictions, score, verdict control)."""
+    names = names or {}
+    if not rows_page:
+        st.info("No candidates match these filters.")
+        return
+    for start in range(0, len(rows_page), GRID_COLUMNS):
+        cols = st.columns(GRID_COLUMNS)
+        for col, r in zip(cols, rows_page[start : start + GRID_COLUMNS], strict=False):
+            with col:
+                _card(job, r, images, names, verdicts.get(r.index), show_truth)
+
+
+def review_actions_ui(job: Job, n_verdicts: int) -> bool:
+    """Export and refine buttons; returns True when the reviewer asked to fine-tune again."""
+    cols = st.columns([2, 2, 4])
+    cols[1].download_button(
+        "Export verdicts (CSV)",
+        data=reviews().to_csv(job.run_dir),
+        file_name=f"verdicts-job-{job.id}.csv",
+        mime="text/csv",
+        key=KEYS["export"],
+        on_click="ignore",
+        width="stretch",
+    )
+    return cols[0].button(
+        REFINE_LABEL,
+        key=KEYS["refine"],
+        type="primary",
+        disabled=n_verdicts == 0,
+        help=(
+            "Queue a job that fine-tunes this run's student again: flagged samples are removed, except those "
+            "you marked clean; samples you marked poison are removed too; unsure changes nothing."
+            if n_verdicts
+            else "Set at least one verdict first."
+        ),
+        width="stretch",
+    )
+
+
+def history_ui(job: Job, limit: int = 1000) -> None:
+    """The audit trail: every verdict change on this run, newest first."""
+    log = reviews().history(job.run_dir)
+    with st.expander(f"Verdict history ({len(log)} change{'s' * (len(log) != 1)})", key="history"):
+        if not log:
+            st.caption("No verdicts yet.")
+            return
+        table = [
+            {
+                "when": fmt_time(h["decided_at"]),
+                "sample": h["sample"],
+                "verdict": h["verdict"] or "(cleared)",
+                "previous": h["previous"] or "",
+                "reviewer": h["reviewer"],
+                "note": h["note"],
+            }
+            for h in reversed(log[-limit:])
+        ]
+        st.dataframe(table, hide_index=True, width="stretch")
+
+
+def ground_truth_ui(rows: Sequence[Candidate], verdicts: Mapping[int, str]) -> bool:
+    """Demo-only hint (the true poisons are known for built-in data). Returns whether to mark cards."""
+    s = ground_truth_summary(rows, verdicts)
+    if s is None:
+        return False
+    with st.expander("Ground truth (demo only)", key="ground-truth"):
+        st.caption(
+            "This built-in demo knows which samples were poisoned; a real audit never does. "
+            "Use it to check the method and your verdicts, not to make them."
+        )
+        st.write(
+            f"{s['flagged_poisons']} of {s['poisons']} poisons are flagged. "
+            f"Your poison verdicts: {s['poison_verdicts_right']} of {s['poison_verdicts']} right; "
+            f"clean verdicts on true poisons: {s['clean_verdicts_on_poison']} of {s['clean_verdicts']}."
+        )
+        return st.toggle("Mark true poisons on the cards", value=False, key=KEYS["truth"])

@@ -1,0 +1,265 @@
+"""Plotly figures of an audit's results: confusion matrices (seed 000, figs. 6–15), the clean-image
+budget curves of a sweep (figs. 11 and 16–18) and a bar summary of every model's metrics.
+
+Pure functions: values in, `go.Figure` out. No streamlit here, so the HTML report can use them too.
+Sweep rows are the rows of `kdcore.runs.sweep` (seed, scenario, budget, model, metric names of
+MISSION.md); several seeds → the median per budget, with the min–max spread as error bars.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+from statistics import median
+
+import numpy as np
+import plotly.graph_objects as go
+
+MODEL_LABELS = {
+    "baseline": "Baseline",
+    "teacher": "Teacher (suspect)",
+    "backdoor": "Backdoor (teacher)",
+    "student": "Distilled",
+    "finetuned": "Fine-tuned",
+}
+MODEL_COLORS = {"baseline": "#7f7f7f", "teacher": "#d62728", "student": "#1f77b4", "finetuned": "#2ca02c"}
+SCENARIO_LABELS = {"attack": "under attack", "no_attack": "no attack"}
+BASELINE_BAND = 0.01  # the paper's figures shade one accuracy point below the baseline
+
+
+def confusion_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str = "") -> go.Figure:
+    """Heatmap of a confusion matrix: rows = true class, columns = predicted class.
+
+    The colour is the row-normalised rate (so small classes read as clearly as big ones); the
+    cell text is the count. `customdata` holds the counts too, for hover and for tests.
+    """
+    counts = np.asarray(matrix, dtype=np.int64)  # (k, k) [true][pred]
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
+        raise ValueError(f"A confusion matrix must be square and non-empty; got shape {counts.shape}")
+    k = counts.shape[0]
+    names = _axis_names(class_names, k)
+    totals = counts.sum(axis=1, keepdims=True)
+    rates = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
+    fig = go.Figure(
+        go.Heatmap(
+            z=rates,
+            x=names,
+            y=names,
+            text=counts,
+            customdata=counts,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0.0,
+            zmax=1.0,
+            showscale=False,
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} images (%{z:.1%} of the row)<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title_text="predicted", type="category", tickangle=-45 if k > 4 else 0)
+    fig.update_yaxes(title_text="true", type="category", autorange="reversed")
+    fig.update_layout(
+        title_text=html.escape(title), margin=dict(l=10, r=10, t=40 if title else 10, b=10), height=360 + 8 * k
+    )
+    return fig
+
+
+def _axis_names(class_names: Sequence[str], k: int) -> list[str]:
+    # Plotly renders a subset of HTML in labels; escape user-given names so they show as typed.
+    names = [html.escape(str(n)) for n in class_names][:k] if len(class_names) >= k else [str(i) for i in range(k)]
+    if len(set(names)) < k:  # a categorical axis merges equal labels; keep every row apart
+        names = [f"{i}: {n}" for i, n in enumerate(names)]
+    return names
+
+
+def _median_spread(values: Iterable[float | None]) -> tuple[float | None, float | None, float | None]:
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None, None, None
+    return median(vals), min(vals), max(vals)
+
+
+def _series(rows: list[dict], scenario: str, model: str, key: str) -> tuple[list[int], list, list, list]:
+    """Budgets (sorted) and the median / min / max of `key` over seeds at each budget."""
+    by_budget: dict[int, list] = {}
+    for r in rows:
+        if r.get("scenario") == scenario and r.get("model") == model:
+            by_budget.setdefault(int(r["budget"]), []).append(r.get(key))
+    budgets = sorted(by_budget)
+    stats = [_median_spread(by_budget[b]) for b in budgets]
+    return budgets, [s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats]
+
+
+def _error_bars(med: list, lo: list, hi: list) -> dict | None:
+    """Asymmetric min–max error bars, or None when every budget has a single value."""
+    if all(m is None or a == b for m, a, b in zip(med, lo, hi, strict=True)):
+        return None
+    return dict(
+        type="data",
+        symmetric=False,
+        array=[None if m is None else b - m for m, b in zip(med, hi, strict=True)],
+        arrayminus=[None if m is None else m - a for m, a in zip(med, lo, strict=True)],
+        thickness=1,
+    )
+
+
+def reference_value(rows: list[dict], model: str = "baseline", key: str = "clean_acc") -> float | None:
+    """Median of `key` over seeds for a reference model of the sweep (baseline or backdoor)."""
+    return _median_spread(r.get(key) for r in rows if r.get("model") == model)[0]
+
+
+def sweep_accuracy_figure(rows: list[dict], scenario: str) -> go.Figure:
+    """Accuracy vs number of clean images (seed 000, figs. 16 and 18).
+
+    Lines: clean_acc and poison_acc of the distilled and the fine-tuned models; a dashed line at
+    the baseline's clean_acc with a band one point below it.
+    """
+    fig = go.Figure()
+    for model in ("student", "finetuned"):
+        for key, dash, symbol in (("clean_acc", "solid", "circle"), ("poison_acc", "dot", "x")):
+            budgets, med, lo, hi = _series(rows, scenario, model, key)
+            if not budgets:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=budgets,
+                    y=med,
+                    name=f"{MODEL_LABELS[model]} · {key}",
+                    mode="lines+markers",
+                    line=dict(color=MODEL_COLORS[model], dash=dash),
+                    marker=dict(symbol=symbol),
+                    error_y=_error_bars(med, lo, hi),
+                    hovertemplate="%{x:,} clean images: %{y:.1%}<extra>" + f"{MODEL_LABELS[model]} {key}</extra>",
+                )
+            )
+    base = reference_value(rows, "baseline", "clean_acc")
+    if base is not None:
+        fig.add_hrect(
+            y0=base - BASELINE_BAND,
+            y1=base,
+            fillcolor=MODEL_COLORS["baseline"],
+            opacity=0.15,
+            line_width=0,
+            layer="below",
+        )
+        fig.add_hline(
+            y=base,
+            line_dash="dash",
+            line_color=MODEL_COLORS["baseline"],
+            annotation_text=f"baseline clean_acc {base:.1%}",
+            annotation_position="bottom right",
+        )
+    ys = [v for t in fig.data for v in t.y if v is not None] + (
+        [base - BASELINE_BAND, base] if base is not None else []
+    )
+    fig.update_xaxes(title_text="number of clean images", tickformat=",d")
+    fig.update_yaxes(title_text="accuracy", tickformat=".0%")
+    if ys:  # keep the baseline line and its band inside the plot, with a little room
+        fig.update_yaxes(range=[max(0.0, min(ys) - 0.03), min(1.0, max(ys) + 0.03)])
+    fig.update_layout(
+        title_text=f"Accuracy — {SCENARIO_LABELS.get(scenario, scenario)}",
+        legend=dict(orientation="h", yanchor="top", y=-0.2),
+        margin=dict(l=10, r=10, t=40, b=10),
+        height=420,
+    )
+    return fig
+
+
+def sweep_detox_figure(rows: list[dict], scenario: str) -> go.Figure:
+    """False positives (bars) and precision / recall (second axis) vs clean images (figs. 11 and 17).
+
+    Detox numbers are the same for the student and fine-tuned rows of a cell; the student's are used.
+    Without an attack precision and recall are undefined: only the false positives are drawn.
+    """
+    fig = go.Figure()
+    budgets, med, lo, hi = _series(rows, scenario, "student", "false_positives")
+    if budgets:
+        fig.add_trace(
+            go.Bar(
+                x=[f"{b:,}" for b in budgets],  # a categorical axis: one bar per budget, evenly spaced
+                y=med,
+                name="false_positives",
+                marker_color="#ff7f0e",
+                error_y=_error_bars(med, lo, hi),
+                hovertemplate="%{x} clean images: %{y:,.0f} false positives<extra></extra>",
+            )
+        )
+    for key, dash in (("precision", "solid"), ("recall", "dot")):
+        b, m, lo_, hi_ = _series(rows, scenario, "student", key)
+        if not b or all(v is None for v in m):
+            continue
+        fig.add_trace(
+            go.Scatter(
+                x=[f"{v:,}" for v in b],
+                y=m,
+                name=key,
+                yaxis="y2",
+                mode="lines+markers",
+                line=dict(color="#9467bd", dash=dash),
+                error_y=_error_bars(m, lo_, hi_),
+                hovertemplate="%{x} clean images: %{y:.1%}<extra>" + key + "</extra>",
+            )
+        )
+    fig.update_layout(
+        title_text=f"Detoxification — {SCENARIO_LABELS.get(scenario, scenario)}",
+        xaxis=dict(title_text="number of clean images", type="category"),
+        yaxis=dict(title_text="false positives", rangemode="tozero"),
+        yaxis2=dict(
+            title_text="precision / recall",
+            overlaying="y",
+            side="right",
+            range=[0, 1.05],
+            dtick=0.2,
+            tickformat=".0%",
+            showgrid=False,
+        ),
+        legend=dict(orientation="h", yanchor="top", y=-0.2),
+        margin=dict(l=10, r=10, t=40, b=10),
+        height=420,
+    )
+    return fig
+
+
+def present_models(report: dict) -> list[str]:
+    """The evaluated models of a report, in the paper's order (baseline, teacher, student, fine-tuned)."""
+    return [m for m in ("baseline", "teacher", "student", "finetuned") if isinstance(report.get(m), dict)]
+
+
+def metric_bars(report: dict) -> go.Figure:
+    """Grouped bars: clean_acc / poison_acc / asr of every evaluated model (Table 5 at a glance)."""
+    fig = go.Figure()
+    keys = ["clean_acc", "poison_acc", "asr"]
+    for model in present_models(report):
+        vals = [report[model].get(k) for k in keys]
+        fig.add_trace(
+            go.Bar(
+                x=keys,
+                y=vals,
+                name=MODEL_LABELS[model],
+                marker_color=MODEL_COLORS[model],
+                text=["—" if v is None else f"{v:.1%}" for v in vals],
+                textposition="outside",
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        yaxis=dict(tickformat=".0%", range=[0, 1.1]),
+        legend=dict(orientation="h", yanchor="top", y=-0.15),
+        margin=dict(l=10, r=10, t=30, b=10),
+        height=360,
+    )
+    return fig
+
+
+def class_names_of(report: dict) -> tuple[str, ...]:
+    """Class names for a report: the audited model's spec, the demo's Fashion-MNIST names, else indices."""
+    spec = (report.get("model") or {}).get("spec") or {}
+    if spec.get("class_names"):
+        return tuple(str(n) for n in spec["class_names"])
+    if "demo" in (report.get("kind"), report.get("source_kind")):  # refine views carry their source's kind
+        from kdcore.runs.demo import SPEC
+
+        return SPEC.names
+    k = int(spec.get("num_classes") or 0)
+    if not k:
+        k = max((len(report[m].get("confusion_clean") or ()) for m in present_models(report)), default=0)
+    return tuple(str(i) for i in range(k))

@@ -1,0 +1,196 @@
+"""The Results page's helpers: read a run's report, and draw its metric cards, confusion grid,
+detox / review summaries and downloads. Figures come from `app.charts`, the HTML from `app.report_html`.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
+
+from app.charts import MODEL_LABELS, confusion_figure, present_models
+from app.report_html import audit_report_html
+from kdcore.errors import InputError
+from kdcore.io import read_json
+from kdcore.jobs.store import Job
+
+METRICS = ("clean_acc", "poison_acc", "asr")
+METRIC_HELP = {
+    "clean_acc": "Accuracy on the clean test set.",
+    "poison_acc": "Accuracy on the poison test set (trigger on every non-target image), w.r.t. the true labels.",
+    "asr": "Attack success rate: share of triggered non-target images classified as the target. Lower is better.",
+}
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _read_report(path: str, mtime_ns: int) -> dict:
+    # mtime_ns is only part of the cache key: a re-run that rewrites report.json invalidates it.
+    try:
+        return read_json(path)
+    except ValueError as e:
+        raise InputError(f"{path} is not valid JSON ({e}); the run may have been interrupted while writing") from e
+
+
+def load_report(run_dir: str | Path) -> dict | None:
+    """The run's report.json, or None when it has none. st.cache_data hands every caller its own
+    copy, so a page may change what it gets without touching the cache."""
+    p = Path(run_dir) / "report.json" if run_dir else None
+    if p is None or not p.is_file():
+        return None
+    return _read_report(str(p), p.stat().st_mtime_ns)
+
+
+def refine_view(report: dict, source: dict | None) -> dict:
+    """A refine run evaluates only the re-fine-tuned model; borrow baseline / teacher / student (and
+    the class names) from its source run so it reads like an audit. Returns a new dict."""
+    view = dict(report)
+    if source:
+        for key in ("baseline", "teacher", "student", "model", "data"):
+            if source.get(key) is not None and view.get(key) is None:
+                view[key] = source[key]
+        view["source_kind"] = source.get("kind")
+        view["notes"] = [
+            *report.get("notes", []),
+            "Baseline, teacher and distilled models are those of the source run; fine-tuned is the re-run.",
+        ]
+    return view
+
+
+def link_ui(page: str, label: str, job_id: int) -> None:
+    """A link to another page of the app for this job (`?job=ID`).
+
+    st.page_link only knows the pages registered by streamlit_app.py's st.navigation; when a page
+    runs on its own (AppTest, `streamlit run pages/x.py`) fall back to a plain link to its URL path.
+    """
+    try:
+        st.page_link(page, label=label, query_params={"job": str(job_id)})
+    except StreamlitPageNotFoundError:
+        st.markdown(f"[{label}](./{Path(page).stem}?job={job_id})")
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f} %"
+
+
+def metric_cards_ui(report: dict) -> None:
+    """One column per model, clean_acc / poison_acc / asr cards; deltas in points vs the teacher."""
+    models = present_models(report)
+    if not models:
+        st.info("No model was evaluated: the run had no labelled test set.")
+        return
+    teacher = report.get("teacher") or {}
+    for col, model in zip(st.columns(len(models)), models, strict=True):
+        col.markdown(f"**{MODEL_LABELS[model]}**")
+        for key in METRICS:
+            v, ref = report[model].get(key), teacher.get(key)
+            delta = None
+            if model != "teacher" and v is not None and ref is not None:
+                delta = f"{100 * (v - ref):+.1f} pts vs teacher"
+            col.metric(
+                key,
+                _pct(v),
+                delta=delta,
+                delta_color="inverse" if key == "asr" else "normal",
+                help=METRIC_HELP[key],
+                border=True,
+            )
+
+
+def detox_summary_ui(detox: dict | None) -> None:
+    """flagged / precision / recall / false_positives of the detoxification."""
+    if not detox:
+        st.info("No detoxification: the run had no labelled training set.")
+        return
+    c = st.columns(4)
+    c[0].metric("flagged", f"{detox.get('flagged', 0):,}", help=f"of {detox.get('total', 0):,} training samples")
+    c[1].metric("precision", _pct(detox.get("precision")), help="Share of flagged samples that are poison.")
+    c[2].metric("recall", _pct(detox.get("recall")), help="Share of the known poisons that were flagged.")
+    fp = detox.get("false_positives")
+    c[3].metric("false_positives", "—" if fp is None else f"{fp:,}", help="Clean samples flagged (and removed).")
+    if detox.get("precision") is None and detox.get("recall") is None:
+        st.caption("Precision and recall need the true poison indices, which only the demo and sweeps know.")
+
+
+def review_summary_ui(review: dict | None) -> None:
+    """What the reviewer's verdicts changed in a refine run."""
+    if not review:
+        return
+    v = review.get("verdicts") or {}
+    c = st.columns(6)
+    for i, key in enumerate(("poison", "clean", "unsure")):
+        c[i].metric(f"verdicts: {key}", f"{v.get(key, 0):,}")
+    c[3].metric("cleared", f"{review.get('cleared', 0):,}", help="Flagged by detox, judged clean: kept.")
+    c[4].metric("added", f"{review.get('added', 0):,}", help="Not flagged, judged poison: removed.")
+    c[5].metric(
+        "removed",
+        f"{review.get('removed', 0):,}",
+        help=f"Removed in the end (detox flagged {review.get('flagged_by_detox', 0):,}).",
+    )
+
+
+def confusion_grid_ui(report: dict, class_names: tuple[str, ...]) -> None:
+    """Models side by side (baseline | teacher | student | fine-tuned); clean row above, poison below."""
+    models = present_models(report)
+    if not models:
+        return
+    for which, title in (("confusion_clean", "Clean test set"), ("confusion_poison", "Poison test set")):
+        st.markdown(f"**{title}**")
+        for col, model in zip(st.columns(len(models)), models, strict=True):
+            matrix = report[model].get(which)
+            if not matrix:
+                col.caption(
+                    f"{MODEL_LABELS[model]}: not measured" + (" (no trigger given)" if "poison" in which else "")
+                )
+                continue
+            col.plotly_chart(
+                confusion_figure(matrix, class_names, MODEL_LABELS[model]),
+                width="stretch",
+                key=f"cm-{model}-{which}",
+                config={"displaylogo": False},
+            )
+
+
+def _model_zip(run_dir: Path, name: str = "finetuned") -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for suffix in (".safetensors", ".json"):
+            p = run_dir / "models" / f"{name}{suffix}"
+            if p.is_file():
+                z.write(p, p.name)  # side by side, as kdcore.models.loading.read_spec expects
+    return buf.getvalue()
+
+
+def downloads_ui(job: Job, report: dict) -> None:
+    """Download buttons for what the run wrote, and the HTML report of `report`.
+
+    The model archive and the HTML report (plotly.js inline, ~5 MB) are built only on click."""
+    run_dir = Path(job.run_dir)
+    files = [
+        ("report.json", "application/json"),
+        ("candidates.csv", "text/csv"),
+        ("sweep.json", "application/json"),
+        ("sweep.csv", "text/csv"),
+    ]
+    items: list[tuple[str, object, str, str]] = [
+        (name, (run_dir / name).read_bytes, name, mime) for name, mime in files if (run_dir / name).is_file()
+    ]
+    if (run_dir / "models" / "finetuned.safetensors").is_file():
+        items.append(
+            ("fine-tuned model (.zip)", lambda: _model_zip(run_dir), f"job{job.id}-finetuned.zip", "application/zip")
+        )
+    items.append(
+        ("HTML report", lambda: audit_report_html(job, report), f"kdaudit-job{job.id}-report.html", "text/html")
+    )
+    for col, (label, data, file_name, mime) in zip(st.columns(len(items)), items, strict=True):
+        col.download_button(
+            f"⬇ {label}",
+            data=data,
+            file_name=file_name,
+            mime=mime,
+            key=f"dl-{job.id}-{file_name}",
+            on_click="ignore",
+            width="stretch",
+        )

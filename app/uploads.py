@@ -1,0 +1,97 @@
+"""Uploaded files → the data directory, and the immediate model check of the New-audit page.
+
+Uploads are stored by content hash (`uploads/<sha256[:16]>/<safe name>`), so uploading the same
+file twice reuses it and an audit's inputs never change under it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from app.state import store
+from kdcore.data.folders import IMAGE_EXTENSIONS
+from kdcore.errors import InputError
+from kdcore.models.loading import load_model, read_spec
+from kdcore.models.spec import ModelSpec
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(name: str) -> str:
+    base = Path(name.replace("\\", "/")).name
+    cleaned = _SAFE.sub("_", base).strip("._") or "upload"
+    return cleaned[:120]
+
+
+def save_upload(data: bytes, name: str) -> Path:
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    folder = store().data_dir / "uploads" / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / safe_name(name)
+    if not path.exists():
+        tmp = path.with_suffix(path.suffix + ".part")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    return path
+
+
+def save_image_set(files: list) -> Path:
+    """One zip → that zip; several images → a zip of them (flat), so every set is a single path."""
+    if not files:
+        raise InputError("No files were uploaded")
+    if len(files) == 1 and files[0].name.lower().endswith(".zip"):
+        return save_upload(files[0].getvalue(), files[0].name)
+    zips = [f.name for f in files if f.name.lower().endswith(".zip")]
+    if zips:
+        raise InputError(f"Upload one .zip archive or many image files, not both ({', '.join(zips[:3])})")
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.name):
+        h.update(f.name.encode())
+        h.update(f.getvalue())
+    folder = store().data_dir / "uploads" / h.hexdigest()[:16]
+    path = folder / "images.zip"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "images.zip.part"
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+            seen: set[str] = set()
+            for f in files:
+                n = safe_name(f.name)
+                while n in seen:
+                    n = "_" + n
+                seen.add(n)
+                z.writestr(n, f.getvalue())
+        tmp.replace(path)
+    return path
+
+
+@dataclass(frozen=True)
+class ModelCheck:
+    spec: ModelSpec
+    parameters: int
+    output_classes: int
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading the model and running a test batch…")
+def check_model(path: str, spec_json: str | None) -> ModelCheck:
+    """Load the file safely, build the architecture, run a dummy batch. Raises KDCoreError."""
+    spec = ModelSpec.from_dict(__import__("json").loads(spec_json)) if spec_json else None
+    model, spec = load_model(path, spec, "cpu")
+    return ModelCheck(spec, sum(p.numel() for p in model.parameters()), spec.num_classes)
+
+
+def stored_spec(path: str) -> ModelSpec | None:
+    try:
+        return read_spec(path)
+    except InputError:
+        return None
+
+
+def image_types() -> list[str]:
+    return [e.lstrip(".") for e in IMAGE_EXTENSIONS]

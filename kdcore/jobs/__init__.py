@@ -1,0 +1,1 @@
+"""Persistent jobs: the SQLite store (`store`), worker processes (`worker`), reviewer verdicts (`review`)."""

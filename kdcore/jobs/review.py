@@ -1,0 +1,144 @@
+"""Reviewer verdicts on poison-data candidates, with an audit trail.
+
+A person judges flagged training samples as `poison`, `clean` or `unsure`. The current verdict
+per (run, sample) is in `verdicts`; every change is appended to `verdict_log` (never updated or
+deleted), so who decided what, when, and what it replaced can always be shown. Verdicts live in
+the job store's database so they survive restarts and can be read by any process.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdcore.errors import InputError
+from kdcore.jobs.store import JobStore
+
+VERDICTS = ("poison", "clean", "unsure")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS verdicts (
+    run_dir TEXT NOT NULL,
+    sample INTEGER NOT NULL,
+    verdict TEXT NOT NULL,
+    reviewer TEXT NOT NULL DEFAULT '',
+    note TEXT NOT NULL DEFAULT '',
+    decided_at REAL NOT NULL,
+    PRIMARY KEY (run_dir, sample)
+);
+CREATE TABLE IF NOT EXISTS verdict_log (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_dir TEXT NOT NULL,
+    sample INTEGER NOT NULL,
+    verdict TEXT,
+    previous TEXT,
+    reviewer TEXT NOT NULL DEFAULT '',
+    note TEXT NOT NULL DEFAULT '',
+    decided_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS verdict_log_run ON verdict_log(run_dir, sample);
+"""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    sample: int
+    verdict: str
+    reviewer: str
+    note: str
+    decided_at: float
+
+
+class Reviews:
+    def __init__(self, store: JobStore):
+        self.path = store.path
+        c = sqlite3.connect(self.path, timeout=30.0)
+        try:
+            c.executescript(_SCHEMA)
+        finally:
+            c.close()
+
+    def _conn(self) -> sqlite3.Connection:
+        c = sqlite3.connect(self.path, timeout=30.0)
+        c.execute("PRAGMA busy_timeout=30000")
+        return c
+
+    def set(
+        self, run_dir: str | Path, samples: Iterable[int], verdict: str | None, reviewer: str = "", note: str = ""
+    ) -> int:
+        """Record `verdict` for every sample (None clears it). Returns how many changed."""
+        if verdict is not None and verdict not in VERDICTS:
+            raise InputError(f"Verdict must be one of {VERDICTS}; got {verdict!r}")
+        run, now, changed = str(run_dir), time.time(), 0
+        c = self._conn()
+        try:
+            with c:
+                for s in samples:
+                    s = int(s)
+                    row = c.execute("SELECT verdict FROM verdicts WHERE run_dir=? AND sample=?", (run, s)).fetchone()
+                    previous = row[0] if row else None
+                    if previous == verdict:
+                        continue
+                    if verdict is None:
+                        c.execute("DELETE FROM verdicts WHERE run_dir=? AND sample=?", (run, s))
+                    else:
+                        c.execute(
+                            "INSERT INTO verdicts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run_dir, sample) DO UPDATE "
+                            "SET verdict=excluded.verdict, reviewer=excluded.reviewer, note=excluded.note, "
+                            "decided_at=excluded.decided_at",
+                            (run, s, verdict, reviewer, note, now),
+                        )
+                    c.execute(
+                        "INSERT INTO verdict_log (run_dir, sample, verdict, previous, reviewer, note, decided_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (run, s, verdict, previous, reviewer, note, now),
+                    )
+                    changed += 1
+        finally:
+            c.close()
+        return changed
+
+    def get(self, run_dir: str | Path) -> dict[int, Verdict]:
+        c = self._conn()
+        try:
+            rows = c.execute(
+                "SELECT sample, verdict, reviewer, note, decided_at FROM verdicts WHERE run_dir=?", (str(run_dir),)
+            ).fetchall()
+        finally:
+            c.close()
+        return {r[0]: Verdict(*r) for r in rows}
+
+    def history(self, run_dir: str | Path, sample: int | None = None) -> list[dict]:
+        q = "SELECT sample, verdict, previous, reviewer, note, decided_at FROM verdict_log WHERE run_dir=?"
+        args: list = [str(run_dir)]
+        if sample is not None:
+            q += " AND sample=?"
+            args.append(int(sample))
+        c = self._conn()
+        try:
+            rows = c.execute(q + " ORDER BY id", args).fetchall()
+        finally:
+            c.close()
+        keys = ("sample", "verdict", "previous", "reviewer", "note", "decided_at")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def to_csv(self, run_dir: str | Path) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["sample", "verdict", "reviewer", "note", "decided_at_utc"])
+        for v in sorted(self.get(run_dir).values(), key=lambda v: v.sample):
+            w.writerow(
+                [
+                    v.sample,
+                    v.verdict,
+                    v.reviewer,
+                    v.note,
+                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(v.decided_at)),
+                ]
+            )
+        return buf.getvalue()

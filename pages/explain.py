@@ -1,0 +1,65 @@
+"""Explain: where the teacher and the cleaned student look (Grad-CAM) and how a trigger moves their
+last-conv activations (ℓp norms, activation maps): seed 004, Cheng et al., AdvML@KDD 2019."""
+
+import streamlit as st
+
+from app.explain import (
+    NORM_IMAGES,
+    activation_maps_ui,
+    compare_model_ui,
+    gradcam_grid_ui,
+    norm_histograms_figure,
+    norm_stats,
+    pick_images_ui,
+    run_context,
+    target_mode_ui,
+)
+from app.state import job_picker_ui, show_error
+from kdcore.errors import KDCoreError
+
+st.title("Explain")
+st.caption(
+    "A backdoored model looks at the trigger when it predicts the target class, and the trigger drives "
+    "a few last-layer neurons far above their clean range (Cheng et al., 2019). Compare the suspect "
+    "teacher with the model distilled from it."
+)
+
+job = job_picker_ui(kinds=("demo", "audit", "refine"))
+if job is None:
+    st.stop()
+
+try:
+    ctx = run_context(job.run_dir)
+    models = compare_model_ui(job.run_dir)
+    images, labels, captions = pick_images_ui(ctx, job.run_dir)
+
+    st.subheader("Grad-CAM: where each model looks")
+    if len(images) == 0:
+        st.info("Pick at least one image above.")
+    else:
+        target_mode = target_mode_ui(ctx)
+        gradcam_grid_ui(ctx, images, labels, models, target_mode, captions=captions, run_dir=job.run_dir)
+
+    st.subheader("ℓ1, ℓ2 and ℓ∞ norms of the last-conv activations")
+    if ctx.test is None:
+        st.info("This run has no test set, so there are no images to measure the activations on.")
+    else:
+        with st.spinner(f"Measuring activations on up to {NORM_IMAGES} test images…"):
+            stats = norm_stats(job.run_dir, tuple(models))
+        st.plotly_chart(norm_histograms_figure(stats), key="explain_norms_chart")
+        if ctx.trigger is None:
+            st.caption("This run has no known trigger, so only clean images are shown.")
+        else:
+            st.caption(
+                f"{len(next(iter(stats.values()))['clean'])} test images of classes other than the target, "
+                "clean and with the trigger; post-ReLU activations of the last conv block. A backdoored "
+                "model's ℓ∞ separates the two most clearly (seed 004, fig. 4)."
+            )
+
+    st.subheader("Activation map of one image")
+    if len(images) == 0:
+        st.info("Pick at least one image above.")
+    else:
+        activation_maps_ui(ctx, images, captions, models, job.run_dir)
+except KDCoreError as e:
+    show_error(e)

@@ -1,0 +1,60 @@
+"""Jobs: live progress of every job, its log, cancel and retry. Refreshed by a fragment."""
+
+import streamlit as st
+
+from app.jobs_client import log_tail
+from app.state import STATE_ICON, fmt_duration, job_title, show_error, store
+from kdcore.errors import KDCoreError
+
+st.title("Jobs")
+st.caption("Jobs run in worker processes; closing the browser does not stop them.")
+
+
+@st.fragment(run_every=2.0)
+def job_list() -> None:
+    jobs = store().list()
+    if not jobs:
+        st.info("No jobs yet.")
+        return
+    for j in jobs[:100]:
+        with st.container(border=True):
+            top = st.columns([3, 1.2, 1.2, 1.2])
+            top[0].markdown(f"**{job_title(j)}**")
+            top[1].write(f"⏱ {fmt_duration(j.elapsed())}")
+            top[2].write(f"🖥 {j.device or '—'}")
+            if j.state == "running":
+                eta = j.eta()
+                top[3].write(f"ETA {fmt_duration(eta)}" if eta is not None else "")
+                frac = j.step / j.total if j.total else 0.0
+                st.progress(min(max(frac, 0.0), 1.0), text=f"{j.stage}: {j.step}/{j.total}  {j.message}")
+                if j.cancel_requested:
+                    st.caption("Cancel requested — stopping within seconds.")
+            elif j.error:
+                st.caption(f"Reason: {j.error.strip().splitlines()[-1][:300]}")
+            act = st.columns([1, 1, 1, 3])
+            if j.state in ("queued", "running") and not j.cancel_requested:
+                if act[0].button("Cancel", key=f"cancel-{j.id}"):
+                    try:
+                        store().cancel(j.id)
+                    except KDCoreError as e:
+                        show_error(e)
+                    st.rerun()
+            if j.state in ("failed", "cancelled", "interrupted"):
+                if act[0].button("Retry", key=f"retry-{j.id}"):
+                    try:
+                        new = store().retry(j.id)
+                        st.toast(f"Queued job #{new.id} (retry of #{j.id}); finished stages are reused.")
+                    except KDCoreError as e:
+                        show_error(e)
+                    st.rerun()
+            if j.state == "succeeded":
+                act[1].page_link("pages/results.py", label="Results →", query_params={"job": str(j.id)})
+            with st.expander("Log", expanded=(str(j.id) == st.query_params.get("job") and j.state != "succeeded")):
+                st.code(log_tail(j) or "(no log yet)", language=None)
+    st.caption(
+        f"{sum(j.state == 'running' for j in jobs)} running · {sum(j.state == 'queued' for j in jobs)} "
+        f"queued · {STATE_ICON['succeeded']} {sum(j.state == 'succeeded' for j in jobs)} done"
+    )
+
+
+job_list()

@@ -1,0 +1,136 @@
+"""Explain page: AppTest smoke test on the finished digits audit, and the page's pure figure helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.explain import activation_layer, activation_map_figure, decode_upload, norm_histograms_figure
+from kdcore.explain import NORMS, NormStats
+from kdcore.models.registry import build_model
+
+PAGE = Path(__file__).resolve().parents[2] / "pages" / "explain.py"
+
+
+def _page(kdaudit_home) -> AppTest:
+    at = AppTest.from_file(str(PAGE))
+    at.query_params["job"] = "1"
+    return at.run(timeout=180)
+
+
+def test_explain_page_renders_gradcam_norms_and_activation_maps(kdaudit_home):
+    at = _page(kdaudit_home)
+    assert not at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert any("Grad-CAM" in h.value for h in at.subheader)
+    captions = [c for img in at.image for c in img.captions]
+    # 2 default images × (clean, + trigger) × (input + teacher and student × 2 classes) = 20 images
+    assert len(at.image) >= 4 and len(at.image) == 20, captions
+    assert sum(c.startswith("→ ") for c in captions) == 8  # predicted-class maps: 2 models × 2 images × 2 rows
+    assert at.radio(key="explain_target_mode").value == "target"  # the audit's trigger is known
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1 + 4  # the norm histograms + (teacher, student) × (clean, + trigger) maps
+    assert at.selectbox(key="explain_model").value == "student"
+
+
+def test_explain_page_switches_to_test_images_and_true_label(kdaudit_home):
+    at = _page(kdaudit_home)
+    at.radio(key="explain_source").set_value("Test images").run(timeout=180)
+    assert not at.exception
+    picked = at.multiselect(key="explain_pick")
+    assert picked.value == picked.options[:2] and picked.value[0].startswith("test[")  # a new pool, new picks
+    at.selectbox(key="explain_test_class").set_value(3).run(timeout=180)
+    picked = at.multiselect(key="explain_pick")
+    assert len(picked.value) == 2 and all("label 3" in c for c in picked.value)
+    picked.set_value(picked.options[:1]).run(timeout=180)
+    at.radio(key="explain_target_mode").set_value("true").run(timeout=180)
+    assert not at.exception
+    captions = [c for img in at.image for c in img.captions]
+    assert len(at.image) == 10, captions  # one image × 2 rows × 5 columns
+    assert all("label 3" in c for c in captions if c.startswith(("clean", "+ trigger")))
+    assert sum(c.startswith("3: p = ") for c in captions) == 4  # the true-label maps
+
+
+def test_explain_page_uploads_images_and_reports_unreadable_files(kdaudit_home):
+    import io
+
+    from PIL import Image
+
+    at = _page(kdaudit_home)
+    at.radio(key="explain_source").set_value("Upload images").run(timeout=180)
+    assert not at.exception and len(at.image) == 0
+    buf = io.BytesIO()
+    Image.new("L", (32, 32), 200).save(buf, format="PNG")
+    files = [("seven.png", buf.getvalue(), "image/png"), ("broken.png", b"not a png", "image/png")]
+    at.file_uploader(key="explain_upload").set_value(files).run(timeout=180)
+    assert not at.exception
+    assert any("broken.png" in w.value for w in at.warning)
+    assert at.multiselect(key="explain_pick").value == ["upload 1: seven.png"]
+    captions = [c for img in at.image for c in img.captions]
+    assert len(at.image) == 10 and "clean" in captions, captions  # no label: the caption says only "clean"
+
+
+def _stats(n: int, triggered: bool = True) -> dict[str, NormStats]:
+    rng = np.random.default_rng(0)
+    make = lambda shift: NormStats(*(rng.random(n) + shift for _ in NORMS))
+    return {"clean": make(0.0), "triggered": make(2.0)} if triggered else {"clean": make(0.0)}
+
+
+def test_norm_histograms_figure_facets_models_by_norms():
+    fig = norm_histograms_figure({"teacher": _stats(50), "student": _stats(50)})
+    assert len(fig.data) == 2 * 3 * 2  # models × norms × {clean, triggered}
+    axes = {(t.xaxis, t.yaxis) for t in fig.data}
+    assert len(axes) == 6  # one x and y axis per facet: ℓ1 and ℓ∞ scales never share an axis
+    assert {tuple(t.meta) for t in fig.data} == {
+        (m, n, c) for m in ("teacher", "student") for n in NORMS for c in ("clean", "triggered")
+    }
+    assert sum(t.showlegend for t in fig.data) == 2
+    linf = next(t for t in fig.data if tuple(t.meta) == ("student", "linf", "triggered"))
+    assert len(linf.x) == 50 and min(linf.x) >= 2.0
+
+
+def test_norm_histograms_figure_clean_only_and_from_dicts():
+    fig = norm_histograms_figure({"teacher": {"clean": _stats(10, triggered=False)["clean"].to_dict()}})
+    assert len(fig.data) == 3 and {t.name for t in fig.data} == {"clean"}
+    with pytest.raises(ValueError):
+        norm_histograms_figure({})
+
+
+def test_activation_map_figure_tiles_channels_in_a_grid():
+    act = np.arange(32 * 4 * 5, dtype=np.float32).reshape(32, 4, 5)
+    fig = activation_map_figure(act)
+    z = np.asarray(fig.data[0].z, dtype=float)
+    assert z.shape == (4 * (4 + 1) - 1, 8 * (5 + 1) - 1)  # 32 channels → 4 rows × 8 columns, 1-pixel gaps
+    channel = np.asarray(fig.data[0].customdata)
+    np.testing.assert_array_equal(z[5:9, 6:11], act[9])  # row 1, column 1 of the grid is channel 9
+    assert (channel[5:9, 6:11] == 9).all()
+    assert np.isnan(z[4]).all() and (channel[4] == -1).all()
+    assert fig.data[0].zmax == act.max()
+    assert activation_map_figure(act, zmax=5000.0).data[0].zmax == 5000.0
+    assert np.asarray(activation_map_figure(act[:3]).data[0].z).shape == (4, 3 * 6 - 1)  # 3 → 1 × 3
+
+
+def test_activation_layer_is_the_relu_after_the_last_conv(digits_spec):
+    model = build_model(digits_spec)  # paper-cnn
+    assert activation_layer(model) is model.features[3]
+    vgg = build_model(type(digits_spec)("paper-vgg11", 10, (3, 32, 32)))
+    assert activation_layer(vgg) is vgg.features[-2]  # the last ReLU, before the final max-pool
+    from torch import nn
+
+    no_relu = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    assert activation_layer(no_relu) is no_relu[0]  # BatchNorm in between: the conv itself
+
+
+def test_decode_upload_converts_to_the_input_shape():
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGBA", (20, 10), (255, 255, 255, 0)).save(buf, format="PNG")  # transparent white
+    arr = decode_upload(buf.getvalue(), (1, 8, 8))
+    assert arr.shape == (1, 8, 8) and arr.dtype == np.uint8 and arr.max() == 0  # alpha flattened onto black
+    assert decode_upload(buf.getvalue(), (3, 4, 6)).shape == (3, 4, 6)
