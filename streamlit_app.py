@@ -6,7 +6,7 @@ st.set_page_config(page_title="kdaudit — backdoor audits", page_icon="🛡️"
 
 PAGES = [
     st.Page("pages/home.py", title="Home", icon="🏠", url_path="home", default=True),
-    st.Page("pages/new_audit.py", title="New audit", icon="➕", url_path="new"),
+    st.Page("pages/new_audit.py", title="New audit", icon="➕", url_path="new_audit"),
     st.Page("pages/jobs.py", title="Jobs", icon="⏱️", url_path="jobs"),
     st.Page("pages/results.py", title="Results", icon="📊", url_path="results"),
     st.Page("pages/candidates.py", title="Poison candidates", icon="🔎", url_path="candidates"),

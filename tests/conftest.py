@@ -82,3 +82,20 @@ def digits_files(tmp_path_factory, digits, digits_spec):
         "test": _zip_dir(root / "test", root / "test.zip", "digits-test"),
         "poisons": {f"{int(poisoned.labels[i])}/p{i:04d}.png" for i in poison_set},
     }
+
+
+def audit_config(files: dict, *, kd_epochs: int = 2, ft_epochs: int = 2, train: bool = True, **kw) -> dict:
+    cfg = {
+        "model": str(files["model"]),
+        "unlabeled": str(files["unlabeled"]),
+        "test": str(files["test"]),
+        "train": str(files["train"]) if train else "",
+        "device": "cpu",
+        "trigger": {"kind": "badnets", "target": 7, "size": 2, "margin": 0},
+        "kd": {
+            "distill": {"epochs": kd_epochs, "batch_size": 64},
+            "finetune": {"epochs": ft_epochs, "lr": 1e-4, "val_fraction": 0.1, "patience": 0},
+        },
+    }
+    cfg.update(kw)
+    return cfg

@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from kdcore.jobs.store import JobStore
 from kdcore.jobs.worker import run_job
+from tests.conftest import audit_config
 
 
 def _run_next(store: JobStore) -> None:
@@ -24,19 +25,7 @@ def app_home(tmp_path_factory, digits_files):
     """KDAUDIT_HOME with job 1 = a finished digits audit (train + test + trigger), job 2 = a tiny sweep."""
     home = tmp_path_factory.mktemp("kdaudit-home")
     store = JobStore(home)
-    store.submit(
-        "audit",
-        {
-            "model": str(digits_files["model"]),
-            "unlabeled": str(digits_files["unlabeled"]),
-            "train": str(digits_files["train"]),
-            "test": str(digits_files["test"]),
-            "device": "cpu",
-            "trigger": {"kind": "badnets", "target": 7, "size": 2, "margin": 0},
-            "kd": {"distill": {"epochs": 12}, "finetune": {"epochs": 2, "lr": 1e-4, "val_fraction": 0.1}},
-        },
-        label="digits audit",
-    )
+    store.submit("audit", audit_config(digits_files, kd_epochs=12, ft_epochs=2), label="digits audit")
     _run_next(store)
     store.submit(
         "sweep",

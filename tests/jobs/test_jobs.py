@@ -17,25 +17,9 @@ import pytest
 
 from kdcore.errors import ConfigError, InputError
 from kdcore.jobs.store import STATES, JobStore
+from tests.conftest import audit_config
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def audit_config(files: dict, *, kd_epochs: int = 2, ft_epochs: int = 2, train: bool = True, **kw) -> dict:
-    cfg = {
-        "model": str(files["model"]),
-        "unlabeled": str(files["unlabeled"]),
-        "test": str(files["test"]),
-        "train": str(files["train"]) if train else "",
-        "device": "cpu",
-        "trigger": {"kind": "badnets", "target": 7, "size": 2, "margin": 0},
-        "kd": {
-            "distill": {"epochs": kd_epochs, "batch_size": 64},
-            "finetune": {"epochs": ft_epochs, "lr": 1e-4, "val_fraction": 0.1, "patience": 0},
-        },
-    }
-    cfg.update(kw)
-    return cfg
 
 
 def start_worker(data_dir: Path, *args: str) -> subprocess.Popen:

@@ -12,6 +12,7 @@ from kdcore.errors import ConfigError, InputError
 from kdcore.jobs.review import Reviews
 from kdcore.jobs.store import JobStore
 from kdcore.runs import AuditConfig, RefineConfig, run_audit, run_refine
+from tests.conftest import audit_config
 
 
 def test_verdicts_keep_current_state_and_full_history(tmp_path):
@@ -45,18 +46,7 @@ def test_verdicts_keep_current_state_and_full_history(tmp_path):
 
 
 def test_refine_applies_verdicts_to_the_removal_set(digits_files, tmp_path):
-    cfg = from_dict(
-        AuditConfig,
-        {
-            "model": str(digits_files["model"]),
-            "unlabeled": str(digits_files["unlabeled"]),
-            "train": str(digits_files["train"]),
-            "test": str(digits_files["test"]),
-            "device": "cpu",
-            "trigger": {"kind": "badnets", "target": 7, "size": 2, "margin": 0},
-            "kd": {"distill": {"epochs": 10}, "finetune": {"epochs": 1, "lr": 1e-4, "val_fraction": 0.1}},
-        },
-    )
+    cfg = from_dict(AuditConfig, audit_config(digits_files, kd_epochs=10, ft_epochs=1))
     src = tmp_path / "audit"
     rep = run_audit(cfg, src)
     rows = list(csv.DictReader((src / "candidates.csv").open()))
