@@ -10,7 +10,7 @@ from kdcore.config import from_dict, to_dict
 from kdcore.distill import DistillConfig
 from kdcore.errors import ConfigError
 from kdcore.pipeline import KDConfig
-from kdcore.runs import KINDS, AuditConfig, DemoConfig, SweepConfig
+from kdcore.runs import KINDS, AuditConfig, DemoConfig, RefineConfig, SweepConfig
 from kdcore.train import TrainConfig
 from kdcore.triggers import Blended
 
@@ -30,6 +30,9 @@ EXAMPLES = {
         kd=KDConfig(student_arch="paper-vgg11"),
     ),
     "sweep": SweepConfig(setup=DemoConfig(n_train=30_000), budgets=(100, 200), scenarios=("attack",), seeds=(1, 2)),
+    "refine": RefineConfig(
+        source_run="runs/job-00001-audit", verdicts=((3, "poison"), (7, "clean")), finetune=TrainConfig(epochs=2)
+    ),
 }
 
 
@@ -80,7 +83,8 @@ def test_to_dict_round_trip(kind: str) -> None:
     again = from_dict(cls, json.loads(json.dumps(d)))  # config.json is JSON
     assert again == cfg
     assert to_dict(again) == d
-    defaults = cls(**AUDIT) if kind == "audit" else cls()
+    required = {"audit": AUDIT, "refine": {"source_run": "runs/job-00001-audit"}}
+    defaults = cls(**required.get(kind, {}))
     assert from_dict(cls, to_dict(defaults)) == defaults != cfg
 
 
