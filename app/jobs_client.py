@@ -35,7 +35,3 @@ def log_tail(job: Job, lines: int = 30) -> str:
     if not p.exists():
         return ""
     return "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
-
-
-def to_config_dict(cfg) -> dict:
-    return to_dict(cfg)

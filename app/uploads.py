@@ -7,6 +7,7 @@ file twice reuses it and an audit's inputs never change under it.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import zipfile
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ class ModelCheck:
 @st.cache_resource(max_entries=8, show_spinner="Loading the model and running a test batch…")
 def check_model(path: str, spec_json: str | None) -> ModelCheck:
     """Load the file safely, build the architecture, run a dummy batch. Raises KDCoreError."""
-    spec = ModelSpec.from_dict(__import__("json").loads(spec_json)) if spec_json else None
+    spec = ModelSpec.from_dict(json.loads(spec_json)) if spec_json else None
     model, spec = load_model(path, spec, "cpu")
     return ModelCheck(spec, sum(p.numel() for p in model.parameters()), spec.num_classes)
 

@@ -20,7 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kdcore.config import to_dict  # noqa: E402
 from kdcore.io import atomic_write_json  # noqa: E402
+from kdcore.runs.demo import DemoConfig  # noqa: E402
 from kdcore.runs.sweep import SweepConfig, run_sweep  # noqa: E402
 
 
@@ -33,10 +35,8 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=str(ROOT / "benchmarks" / "out" / "cache"))
     a = ap.parse_args()
     seeds = tuple(int(s) for s in a.seeds.split(","))
-    cfg = SweepConfig.preset(a.quick, seeds=seeds)
-    cfg = SweepConfig.preset(
-        a.quick, seeds=seeds, setup={**_as_dict(cfg.setup), "device": a.device, "cache_dir": a.cache_dir}
-    )
+    setup = {**to_dict(DemoConfig.preset(a.quick)), "device": a.device, "cache_dir": a.cache_dir}
+    cfg = SweepConfig.preset(a.quick, seeds=seeds, setup=setup)
     last = [0.0]
 
     def progress(stage, step, total, metrics):
@@ -63,12 +63,6 @@ def main() -> None:
             "table": report["table"],
         },
     )
-
-
-def _as_dict(cfg) -> dict:
-    from kdcore.config import to_dict
-
-    return to_dict(cfg)
 
 
 if __name__ == "__main__":

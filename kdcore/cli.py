@@ -301,7 +301,7 @@ def worker_main(a: argparse.Namespace) -> int:
 
 
 def _config_from_args(a: argparse.Namespace):
-    from kdcore.config import from_dict
+    from kdcore.config import from_dict, to_dict
     from kdcore.runs import KINDS
     from kdcore.triggers import parse_trigger
 
@@ -352,7 +352,7 @@ def _config_from_args(a: argparse.Namespace):
             over["seeds"] = _ints(a.seeds)
         if a.config:
             return from_dict(SweepConfig, _merge(_merge(base, {"setup": setup}), over))
-        preset_setup = _merge(from_dict_dict(DemoConfig.preset(a.quick)), setup)
+        preset_setup = _merge(to_dict(DemoConfig.preset(a.quick)), setup)
         return SweepConfig.preset(a.quick, setup=from_dict(DemoConfig, preset_setup), **over)
     over = {
         "model": a.model,
@@ -374,12 +374,6 @@ def _config_from_args(a: argparse.Namespace):
     if kd:
         d = _merge(d, {"kd": kd})
     return from_dict(cls, d)
-
-
-def from_dict_dict(cfg) -> dict:
-    from kdcore.config import to_dict
-
-    return to_dict(cfg)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

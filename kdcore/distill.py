@@ -132,10 +132,11 @@ def distill(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            running += loss.item() * len(idx)
+            batch_loss = loss.item()  # the one host sync per step
+            running += batch_loss * len(idx)
             seen += len(idx)
             if on_step is not None:
-                on_step(epoch * steps + i + 1, cfg.epochs * steps, {"epoch": epoch + 1, "loss": loss.item()})
+                on_step(epoch * steps + i + 1, cfg.epochs * steps, {"epoch": epoch + 1, "loss": batch_loss})
         row = {"epoch": epoch + 1, "loss": running / len(train)}
         if hold_pred is not None:
             s_pred = predict_logits(student, s_spec, hold.images, device).argmax(1)

@@ -19,12 +19,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdcore.config import to_dict
 from kdcore.data.imageset import ImageSet
 from kdcore.detox import DetoxResult, detoxify
 from kdcore.distill import DistillConfig, distill
 from kdcore.evaluate import EvalResult, evaluate_model
-from kdcore.io import atomic_write_json, atomic_write_text, read_json
+from kdcore.io import atomic_write_text
 from kdcore.models.loading import load_model, save_model
 from kdcore.models.registry import build_model
 from kdcore.models.spec import ModelSpec
@@ -205,11 +204,3 @@ def write_confusions(run_dir: Path, evals: dict[str, EvalResult], names: tuple[s
             lines = ["true\\pred," + ",".join(names)]
             lines += [f"{names[i]}," + ",".join(str(v) for v in row) for i, row in enumerate(cm)]
             atomic_write_text(run_dir / "confusion" / f"{model_name}_{which}.csv", "\n".join(lines) + "\n")
-
-
-def previous_report(run_dir: Path) -> dict | None:
-    p = run_dir / "report.json"
-    return read_json(p) if p.exists() else None
-
-
-__all__ = ["KDConfig", "PipelineOutput", "atomic_write_json", "run_kd_pipeline", "to_dict", "train_stage"]

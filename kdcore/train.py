@@ -78,7 +78,10 @@ def train_one_epoch(
     """One epoch of cross-entropy training; returns mean loss and training accuracy."""
     labels = data.require_labels("Training")
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    # One host sync per batch (the loss for the progress callback); the correct-count stays on
+    # the device until the epoch ends, so a GPU is not stalled twice per step.
+    total_loss, seen = 0.0, 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
     for i, idx in enumerate(batches(len(data), batch_size, generator)):
         x = spec.normalize(data.images[idx].to(device, non_blocking=True))  # (B, C, H, W)
         y = labels[idx].to(device, non_blocking=True)
@@ -88,12 +91,13 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += loss.item() * len(idx)
-        correct += (logits.argmax(1) == y).sum().item()
+        batch_loss = loss.item()
+        total_loss += batch_loss * len(idx)
+        correct += (logits.detach().argmax(1) == y).sum()
         seen += len(idx)
         if on_batch is not None:
-            on_batch(i + 1, -(-len(data) // batch_size), {"loss": loss.item()})
-    return {"loss": total_loss / max(seen, 1), "acc": correct / max(seen, 1)}
+            on_batch(i + 1, -(-len(data) // batch_size), {"loss": batch_loss})
+    return {"loss": total_loss / max(seen, 1), "acc": correct.item() / max(seen, 1)}
 
 
 @torch.inference_mode()

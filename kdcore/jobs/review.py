@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -56,17 +55,8 @@ class Verdict:
 
 class Reviews:
     def __init__(self, store: JobStore):
-        self.path = store.path
-        c = sqlite3.connect(self.path, timeout=30.0)
-        try:
-            c.executescript(_SCHEMA)
-        finally:
-            c.close()
-
-    def _conn(self) -> sqlite3.Connection:
-        c = sqlite3.connect(self.path, timeout=30.0)
-        c.execute("PRAGMA busy_timeout=30000")
-        return c
+        self.store = store
+        store.ensure_schema(_SCHEMA)
 
     def set(
         self, run_dir: str | Path, samples: Iterable[int], verdict: str | None, reviewer: str = "", note: str = ""
@@ -75,42 +65,35 @@ class Reviews:
         if verdict is not None and verdict not in VERDICTS:
             raise InputError(f"Verdict must be one of {VERDICTS}; got {verdict!r}")
         run, now, changed = str(run_dir), time.time(), 0
-        c = self._conn()
-        try:
-            with c:
-                for s in samples:
-                    s = int(s)
-                    row = c.execute("SELECT verdict FROM verdicts WHERE run_dir=? AND sample=?", (run, s)).fetchone()
-                    previous = row[0] if row else None
-                    if previous == verdict:
-                        continue
-                    if verdict is None:
-                        c.execute("DELETE FROM verdicts WHERE run_dir=? AND sample=?", (run, s))
-                    else:
-                        c.execute(
-                            "INSERT INTO verdicts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run_dir, sample) DO UPDATE "
-                            "SET verdict=excluded.verdict, reviewer=excluded.reviewer, note=excluded.note, "
-                            "decided_at=excluded.decided_at",
-                            (run, s, verdict, reviewer, note, now),
-                        )
+        with self.store.transaction(immediate=True) as c:
+            for s in samples:
+                s = int(s)
+                row = c.execute("SELECT verdict FROM verdicts WHERE run_dir=? AND sample=?", (run, s)).fetchone()
+                previous = row[0] if row else None
+                if previous == verdict:
+                    continue
+                if verdict is None:
+                    c.execute("DELETE FROM verdicts WHERE run_dir=? AND sample=?", (run, s))
+                else:
                     c.execute(
-                        "INSERT INTO verdict_log (run_dir, sample, verdict, previous, reviewer, note, decided_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (run, s, verdict, previous, reviewer, note, now),
+                        "INSERT INTO verdicts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run_dir, sample) DO UPDATE "
+                        "SET verdict=excluded.verdict, reviewer=excluded.reviewer, note=excluded.note, "
+                        "decided_at=excluded.decided_at",
+                        (run, s, verdict, reviewer, note, now),
                     )
-                    changed += 1
-        finally:
-            c.close()
+                c.execute(
+                    "INSERT INTO verdict_log (run_dir, sample, verdict, previous, reviewer, note, decided_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (run, s, verdict, previous, reviewer, note, now),
+                )
+                changed += 1
         return changed
 
     def get(self, run_dir: str | Path) -> dict[int, Verdict]:
-        c = self._conn()
-        try:
+        with self.store.transaction() as c:
             rows = c.execute(
                 "SELECT sample, verdict, reviewer, note, decided_at FROM verdicts WHERE run_dir=?", (str(run_dir),)
             ).fetchall()
-        finally:
-            c.close()
         return {r[0]: Verdict(*r) for r in rows}
 
     def history(self, run_dir: str | Path, sample: int | None = None) -> list[dict]:
@@ -119,13 +102,9 @@ class Reviews:
         if sample is not None:
             q += " AND sample=?"
             args.append(int(sample))
-        c = self._conn()
-        try:
+        with self.store.transaction() as c:
             rows = c.execute(q + " ORDER BY id", args).fetchall()
-        finally:
-            c.close()
-        keys = ("sample", "verdict", "previous", "reviewer", "note", "decided_at")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
+        return [dict(r) for r in rows]
 
     def to_csv(self, run_dir: str | Path) -> str:
         buf = io.StringIO()

@@ -129,16 +129,22 @@ class JobStore:
         self.path = self.data_dir / "jobs.sqlite3"
         self.runs_dir = self.data_dir / "runs"
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.ensure_schema(_SCHEMA, migrate=True)
+
+    def ensure_schema(self, script: str, migrate: bool = False) -> None:
+        """Create tables (idempotent). executescript commits on its own, so it runs outside
+        `transaction()`; WAL mode persists in the database file once set."""
         c = sqlite3.connect(self.path, timeout=30.0)
         try:
-            c.execute("PRAGMA journal_mode=WAL")  # persistent: set once for the database file
-            c.executescript(_SCHEMA)
-            _migrate(c)
+            c.execute("PRAGMA journal_mode=WAL")
+            c.executescript(script)
+            if migrate:
+                _migrate(c)
         finally:
             c.close()
 
     @contextmanager
-    def _conn(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
+    def transaction(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
         c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
         try:
             c.row_factory = sqlite3.Row
@@ -167,7 +173,7 @@ class JobStore:
     ) -> Job:
         """Validate and queue a job; an invalid config raises and nothing is queued."""
         resolved = validate_config(kind, config)
-        with self._conn(immediate=True) as c:
+        with self.transaction(immediate=True) as c:
             cur = c.execute(
                 "INSERT INTO jobs (kind, config, created_at, label, parent_id) VALUES (?, ?, ?, ?, ?)",
                 (kind, json.dumps(resolved), time.time(), label, parent_id),
@@ -178,7 +184,7 @@ class JobStore:
         return self.get(job_id)
 
     def get(self, job_id: int) -> Job:
-        with self._conn() as c:
+        with self.transaction() as c:
             row = c.execute("SELECT * FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
         if row is None:
             raise InputError(f"No job {job_id} in {self.path}")
@@ -189,7 +195,7 @@ class JobStore:
         if states:
             q += f" WHERE state IN ({','.join('?' * len(states))})"
             args = list(states)
-        with self._conn() as c:
+        with self.transaction() as c:
             rows = c.execute(q + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         return [self._job(r) for r in rows]
 
@@ -197,7 +203,7 @@ class JobStore:
     def claim(self, device: str, pid: int, job_id: int | None = None) -> Job | None:
         """Atomically take the oldest queued job (or `job_id`). A CUDA device runs one job at a time."""
         now = time.time()
-        with self._conn(immediate=True) as c:
+        with self.transaction(immediate=True) as c:
             if device.startswith("cuda"):
                 busy = c.execute("SELECT 1 FROM jobs WHERE state='running' AND device=?", (device,)).fetchone()
                 if busy:
@@ -217,7 +223,7 @@ class JobStore:
 
     def progress(self, job_id: int, stage: str, step: int, total: int, message: str = "") -> bool:
         """Record progress and heartbeat; returns True when a cancel was requested."""
-        with self._conn() as c:
+        with self.transaction() as c:
             c.execute(
                 "UPDATE jobs SET stage_started_at = CASE WHEN stage = ? THEN stage_started_at ELSE ? END, "
                 "stage=?, step=?, total=?, message=?, heartbeat_at=? WHERE id=? AND state='running'",
@@ -227,7 +233,7 @@ class JobStore:
         return bool(row and row[0])
 
     def heartbeat(self, job_id: int) -> bool:
-        with self._conn() as c:
+        with self.transaction() as c:
             c.execute("UPDATE jobs SET heartbeat_at=? WHERE id=? AND state='running'", (time.time(), job_id))
             row = c.execute("SELECT cancel_requested FROM jobs WHERE id=?", (job_id,)).fetchone()
         return bool(row and row[0])
@@ -235,7 +241,7 @@ class JobStore:
     def finish(self, job_id: int, state: str, error: str = "") -> None:
         if state not in TERMINAL:
             raise ValueError(f"finish() needs a terminal state, got {state!r}")
-        with self._conn(immediate=True) as c:
+        with self.transaction(immediate=True) as c:
             c.execute(
                 "UPDATE jobs SET state=?, error=?, finished_at=?, heartbeat_at=? WHERE id=? AND state='running'",
                 (state, error[:4000], time.time(), time.time(), job_id),
@@ -244,7 +250,7 @@ class JobStore:
     # ---- user actions ------------------------------------------------------------------------
     def cancel(self, job_id: int) -> Job:
         """Queued → cancelled at once; running → flagged, the worker stops it within seconds."""
-        with self._conn(immediate=True) as c:
+        with self.transaction(immediate=True) as c:
             row = c.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
             if row is None:
                 raise InputError(f"No job {job_id}")
@@ -271,7 +277,7 @@ class JobStore:
         """Mark running jobs whose worker died (dead pid on this host, or a stale heartbeat) as
         interrupted, with the reason. Returns the jobs it marked."""
         now, host, marked = time.time(), socket.gethostname(), []
-        with self._conn(immediate=True) as c:
+        with self.transaction(immediate=True) as c:
             for r in c.execute("SELECT * FROM jobs WHERE state='running'").fetchall():
                 reason = ""
                 if r["worker_host"] == host and r["worker_pid"] and not _pid_alive(r["worker_pid"]):

@@ -7,14 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdcore.data.folders import load_labeled, load_unlabeled
-from kdcore.device import resolve_device
 from kdcore.errors import ConfigError, InputError
 from kdcore.models.loading import load_model, read_spec
 from kdcore.models.registry import DEFAULT_INPUT
 from kdcore.models.spec import ModelSpec
 from kdcore.pipeline import KDConfig, run_kd_pipeline
 from kdcore.progress import ProgressFn, no_progress
-from kdcore.runs.common import environment, run_logging, write_config, write_report
+from kdcore.runs.common import environment, start_run, write_report
 from kdcore.stages import Stages
 from kdcore.triggers import Trigger
 
@@ -83,12 +82,7 @@ class AuditConfig:
 
 
 def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = no_progress) -> dict:
-    run_dir = Path(run_dir)
-    device = resolve_device(cfg.device)
-    with run_logging(run_dir):
-        resolved = write_config(run_dir, "audit", cfg)
-        cfg.check_inputs()
-        t0 = time.perf_counter()
+    with start_run(run_dir, "audit", cfg, cfg.device) as (run_dir, device, resolved, t0):
         on_progress("prepare", 0, 4, {"message": "loading model"})
         teacher, spec = load_model(cfg.model, cfg.model_spec(), device)
         trigger = Trigger.from_dict(cfg.trigger) if cfg.trigger else None

@@ -14,14 +14,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from kdcore import __version__
 from kdcore.config import to_dict
-from kdcore.device import describe
+from kdcore.device import describe, resolve_device
 from kdcore.io import atomic_write_json
 
 log = logging.getLogger("kdcore")
@@ -45,6 +47,27 @@ def run_logging(run_dir: Path) -> Iterator[None]:
         log.removeHandler(handler)
         handler.close()
         log.setLevel(old)
+
+
+class Run(NamedTuple):
+    dir: Path
+    device: torch.device
+    config: dict  # the resolved config, as written to config.json
+    started: float  # time.perf_counter() at the start, for wall_s
+
+
+@contextlib.contextmanager
+def start_run(run_dir: str | Path, kind: str, config, device: str) -> Iterator[Run]:
+    """What every run kind does first: resolve the device, send the log to <run_dir>/log.txt,
+    write config.json, and check the config's inputs (when it has `check_inputs`)."""
+    run_dir = Path(run_dir)
+    dev = resolve_device(device)
+    with run_logging(run_dir):
+        resolved = write_config(run_dir, kind, config)
+        check = getattr(config, "check_inputs", None)
+        if check is not None:
+            check()
+        yield Run(run_dir, dev, resolved, time.perf_counter())
 
 
 def write_config(run_dir: Path, kind: str, config) -> dict:

@@ -16,13 +16,12 @@ import torch
 from kdcore.config import from_dict
 from kdcore.data.builtin import load_fashion_mnist
 from kdcore.data.imageset import ImageSet
-from kdcore.device import resolve_device
 from kdcore.errors import ConfigError
 from kdcore.models.spec import ModelSpec
 from kdcore.paths import cache_dir
 from kdcore.pipeline import KDConfig, run_kd_pipeline, train_stage
 from kdcore.progress import ProgressFn, no_progress
-from kdcore.runs.common import environment, run_logging, write_config, write_report
+from kdcore.runs.common import environment, start_run, write_report
 from kdcore.stages import Stages
 from kdcore.train import TrainConfig
 from kdcore.triggers import BadNets, Trigger, poison_dataset
@@ -115,11 +114,7 @@ def build_demo_data(cfg: DemoConfig, n_clean: int | None = None) -> DemoData:
 
 
 def run_demo(cfg: DemoConfig, run_dir: str | Path, on_progress: ProgressFn = no_progress) -> dict:
-    run_dir = Path(run_dir)
-    device = resolve_device(cfg.device)
-    with run_logging(run_dir):
-        resolved = write_config(run_dir, "demo", cfg)
-        t0 = time.perf_counter()
+    with start_run(run_dir, "demo", cfg, cfg.device) as (run_dir, device, resolved, t0):
         on_progress("prepare", 0, 1, {})
         data = build_demo_data(cfg)
         on_progress("prepare", 1, 1, {})

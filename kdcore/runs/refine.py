@@ -17,13 +17,12 @@ from pathlib import Path
 import torch
 
 from kdcore.detox import detox_metrics
-from kdcore.device import resolve_device
 from kdcore.errors import ConfigError, InputError
 from kdcore.evaluate import evaluate_model
 from kdcore.models.loading import load_model, save_model
 from kdcore.pipeline import timed_stage, write_confusions, write_models
 from kdcore.progress import ProgressFn, for_stage, no_progress
-from kdcore.runs.common import environment, run_logging, write_config, write_report
+from kdcore.runs.common import environment, start_run, write_report
 from kdcore.runs.context import load_context
 from kdcore.stages import Stages, fingerprint
 from kdcore.train import TrainConfig, fit
@@ -63,12 +62,7 @@ def read_flags(run_dir: Path) -> dict[int, bool]:
 
 
 def run_refine(cfg: RefineConfig, run_dir: str | Path, on_progress: ProgressFn = no_progress) -> dict:
-    run_dir = Path(run_dir)
-    device = resolve_device(cfg.device)
-    with run_logging(run_dir):
-        resolved = write_config(run_dir, "refine", cfg)
-        cfg.check_inputs()
-        t0 = time.perf_counter()
+    with start_run(run_dir, "refine", cfg, cfg.device) as (run_dir, device, resolved, t0):
         on_progress("prepare", 0, 1, {"message": "rebuilding the source run"})
         src = Path(cfg.source_run)
         ctx = load_context(src, device)

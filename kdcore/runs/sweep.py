@@ -15,14 +15,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from kdcore.config import from_dict
-from kdcore.device import resolve_device
 from kdcore.errors import ConfigError
 from kdcore.evaluate import evaluate_model
 from kdcore.io import atomic_write_json, atomic_write_text
 from kdcore.paths import cache_dir
 from kdcore.pipeline import run_kd_pipeline, train_stage
 from kdcore.progress import ProgressFn, no_progress
-from kdcore.runs.common import environment, run_logging, write_config, write_report
+from kdcore.runs.common import environment, start_run, write_report
 from kdcore.runs.demo import SPEC, DemoConfig, build_demo_data
 from kdcore.stages import Stages
 from kdcore.tables import sweep_table
@@ -75,12 +74,8 @@ class SweepConfig:
 
 
 def run_sweep(cfg: SweepConfig, run_dir: str | Path, on_progress: ProgressFn = no_progress) -> dict:
-    run_dir = Path(run_dir)
-    device = resolve_device(cfg.setup.device)
     rows: list[dict] = []
-    with run_logging(run_dir):
-        resolved = write_config(run_dir, "sweep", cfg)
-        t_all = time.perf_counter()
+    with start_run(run_dir, "sweep", cfg, cfg.setup.device) as (run_dir, device, resolved, t_all):
         cells = len(cfg.seeds) * len(cfg.scenarios) * len(cfg.budgets)
         done = 0
         for seed in cfg.seeds:
