@@ -113,6 +113,51 @@ def _add_kd_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ft-lr", type=float, help="fine-tuning learning rate (default 1e-4)")
 
 
+def _add_audit_input_args(p: argparse.ArgumentParser, trigger: bool = True) -> None:
+    p.add_argument("--model", help=".safetensors (preferred) or .pt/.pth state_dict")
+    p.add_argument("--arch", help="architecture: paper-cnn, paper-vgg11, resnet18-small or tv:<torchvision name>")
+    p.add_argument("--num-classes", type=int)
+    p.add_argument("--input-shape", help="C,H,W (default: the architecture's)")
+    p.add_argument("--mean", help="per-channel mean, e.g. 0.5 or 0.49,0.48,0.45")
+    p.add_argument("--std", help="per-channel std")
+    p.add_argument("--class-names", help="comma-separated class names in output order")
+    p.add_argument("--unlabeled", help="folder or .zip of unlabelled clean images")
+    p.add_argument("--train", help="folder or .zip of the labelled training set (class sub-folders)")
+    p.add_argument("--test", help="folder or .zip of a labelled test set (class sub-folders)")
+    if trigger:
+        p.add_argument("--trigger", help="known trigger: badnets:target=7,size=3 | JSON | file.json")
+    p.add_argument("--max-unlabeled", type=int, help="use at most this many unlabelled images")
+
+
+def _add_demo_attack_args(p: argparse.ArgumentParser) -> None:
+    from kdcore.triggers import TRIGGERS
+
+    p.add_argument(
+        "--trigger",
+        help=f"the attack ({', '.join(sorted(TRIGGERS))}), e.g. sig:target=7,delta=20 (default: BadNets 3×3, target 7)",
+    )
+    p.add_argument("--n-poison", type=int, help="poisoned training images (default 100; quick: 200)")
+
+
+def _defense_epilog() -> str:
+    from kdcore.defenses import DEFENSES
+
+    lines = ["methods:"]
+    for name, cls in sorted(DEFENSES.items()):
+        needs = ", ".join(cls.needs) or "—"
+        tag = "  [needs labelled clean data]" if cls.needs_labels else ""
+        lines.append(f"  {name:<22} {cls.family:<9} needs: {needs}{tag}")
+        lines.append(f"  {'':<22} {cls.summary}")
+    lines.append("")
+    lines.append("examples:")
+    lines.append("  kdcore defend neural-cleanse --demo --quick")
+    lines.append("  kdcore defend bcu --run kdaudit-data/runs/demo-20261122-101500 --param epochs=10")
+    lines.append(
+        "  kdcore defend fine-pruning --model m.safetensors --unlabeled u.zip --test t.zip --clean-labeled c.zip"
+    )
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="kdcore",
@@ -134,25 +179,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where trained baseline/teacher are cached ($KDAUDIT_HOME/cache)")
     p.add_argument("--n-clean", type=int, help="unlabelled clean images for distillation")
     p.add_argument("--teacher-epochs", type=int, help="epochs for the baseline and backdoored teacher")
+    _add_demo_attack_args(p)
     _add_kd_args(p)
 
     p = sub.add_parser("audit", help="audit your own model on your own images")
     common(p)
-    p.add_argument("--model", help=".safetensors (preferred) or .pt/.pth state_dict")
-    p.add_argument("--arch", help="architecture: paper-cnn, paper-vgg11, resnet18-small or tv:<torchvision name>")
-    p.add_argument("--num-classes", type=int)
-    p.add_argument("--input-shape", help="C,H,W (default: the architecture's)")
-    p.add_argument("--mean", help="per-channel mean, e.g. 0.5 or 0.49,0.48,0.45")
-    p.add_argument("--std", help="per-channel std")
-    p.add_argument("--class-names", help="comma-separated class names in output order")
-    p.add_argument("--unlabeled", help="folder or .zip of unlabelled clean images")
-    p.add_argument("--train", help="folder or .zip of the labelled training set (class sub-folders)")
-    p.add_argument("--test", help="folder or .zip of a labelled test set (class sub-folders)")
-    p.add_argument("--trigger", help="known trigger: badnets:target=7,size=3 | JSON | file.json")
-    p.add_argument("--max-unlabeled", type=int, help="use at most this many unlabelled images")
+    _add_audit_input_args(p)
     p.add_argument("--student-arch", help="student architecture (default: the teacher's)")
     _add_kd_args(p)
 
+    p = sub.add_parser(
+        "defend",
+        help="run another defence (BCU, ℓ∞ pruning, Neural Cleanse, ...) on a run, the demo, or your model",
+        description="Run one registered defence on a suspect model. Inputs come from exactly one of: "
+        "--run (a finished demo or audit), --demo (the built-in scenario), or audit-style --model/--unlabeled/... "
+        "Method settings: --param key=value (repeatable; values are JSON, e.g. --param epochs=5 "
+        "--param ratios=[0.01,0.1]) or --params JSON.",
+        epilog=_defense_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("method", metavar="METHOD", help="the defence (listed below)")
+    common(p)
+    p.add_argument("--run", dest="source_run", help="a finished demo or audit run directory")
+    p.add_argument("--demo", action="store_true", help="the built-in Fashion-MNIST scenario")
+    p.add_argument("--quick", action="store_true", help="with --demo: the quick setup")
+    p.add_argument("--data-dir", help="with --demo: Fashion-MNIST IDX folder")
+    p.add_argument("--cache-dir", help="with --demo: where the trained teacher is cached")
+    _add_demo_attack_args(p)
+    _add_audit_input_args(p, trigger=False)
+    p.add_argument("--clean-labeled", help="folder or .zip of labelled clean images (fine-pruning, NAD)")
+    p.add_argument("--param", action="append", default=[], help="a method setting, key=value (JSON value)")
+    p.add_argument("--params", help="all method settings as one JSON object")
     p = sub.add_parser("sweep", help="clean-image budget sweep, under attack and without (Table 5)")
     common(p)
     p.add_argument("--quick", action="store_true", help="the quick demo setup with small budgets")
@@ -179,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate and queue a job. KIND is demo, audit or sweep; its options are "
         "those of `kdcore KIND --help`.",
     )
-    s.add_argument("kind", choices=["demo", "audit", "sweep"])
+    s.add_argument("kind", choices=["demo", "audit", "sweep", "defend"])
     s.add_argument("options", nargs=argparse.REMAINDER, help="options of the kind, as for `kdcore KIND`")
     for name, h in (
         ("list", "all jobs, newest first"),
@@ -245,6 +302,8 @@ def jobs_main(a: argparse.Namespace) -> int:
         cache = str(store.data_dir / "cache")
         if a.kind == "demo" and not d["cache_dir"]:
             d["cache_dir"] = cache
+        if a.kind == "defend" and d["demo"] and not d["demo"]["cache_dir"]:
+            d["demo"]["cache_dir"] = cache
         if a.kind == "sweep" and not d["setup"]["cache_dir"]:
             d["setup"]["cache_dir"] = cache
         job = store.submit(a.kind, d, label=str(label or ""), run_dir=str(kind_args.out) if kind_args.out else None)
@@ -313,6 +372,8 @@ def _config_from_args(a: argparse.Namespace):
         except (OSError, json.JSONDecodeError) as e:
             raise ConfigError(f"Cannot read --config {a.config}: {e}") from e
         base.pop("kind", None)
+    if a.command == "defend":
+        return _defend_config(a, base)
     kd = _kd_overrides(a)
     if a.command == "demo":
         from kdcore.runs.demo import DemoConfig
@@ -323,6 +384,8 @@ def _config_from_args(a: argparse.Namespace):
             "data_dir": a.data_dir,
             "cache_dir": a.cache_dir,
             "n_clean": a.n_clean,
+            "n_poison": a.n_poison,
+            "trigger": parse_trigger(a.trigger).to_dict() if a.trigger else None,
         }
         d = _merge(base, {k: v for k, v in over.items() if v is not None})
         if a.teacher_epochs is not None:
@@ -354,6 +417,15 @@ def _config_from_args(a: argparse.Namespace):
             return from_dict(SweepConfig, _merge(_merge(base, {"setup": setup}), over))
         preset_setup = _merge(to_dict(DemoConfig.preset(a.quick)), setup)
         return SweepConfig.preset(a.quick, setup=from_dict(DemoConfig, preset_setup), **over)
+    d = _merge(base, _audit_overrides(a))
+    if kd:
+        d = _merge(d, {"kd": kd})
+    return from_dict(cls, d)
+
+
+def _audit_overrides(a: argparse.Namespace) -> dict:
+    from kdcore.triggers import parse_trigger
+
     over = {
         "model": a.model,
         "arch": a.arch,
@@ -370,10 +442,66 @@ def _config_from_args(a: argparse.Namespace):
         "seed": a.seed,
         "device": a.device,
     }
-    d = _merge(base, {k: v for k, v in over.items() if v is not None})
-    if kd:
-        d = _merge(d, {"kd": kd})
-    return from_dict(cls, d)
+    return {k: v for k, v in over.items() if v is not None}
+
+
+def _method_params(a: argparse.Namespace) -> dict:
+    params: dict = {}
+    if a.params:
+        try:
+            params = json.loads(a.params)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--params is not valid JSON: {e}") from e
+        if not isinstance(params, dict):
+            raise ConfigError(f"--params should be a JSON object; got {a.params!r}")
+    for item in a.param:
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--param {item!r} should look like key=value")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text  # a bare word, e.g. --param schedule=uniform
+        params[key.strip()] = value
+    return params
+
+
+def _defend_config(a: argparse.Namespace, base: dict):
+    from kdcore.config import from_dict
+    from kdcore.runs.defend import DefendConfig
+    from kdcore.runs.demo import DemoConfig
+    from kdcore.triggers import parse_trigger
+
+    d = dict(base)
+    d["method"] = a.method
+    params = _method_params(a)
+    if params:
+        d["params"] = _merge(d.get("params", {}), params)
+    for key, value in (("source_run", a.source_run), ("clean_labeled", a.clean_labeled), ("seed", a.seed)):
+        if value is not None:
+            d[key] = value
+    if a.device is not None:
+        d["device"] = a.device
+    audit = {k: v for k, v in _audit_overrides(a).items() if k not in ("seed", "device", "trigger")}
+    if a.demo:
+        over = {
+            "data_dir": a.data_dir,
+            "cache_dir": a.cache_dir,
+            "n_poison": a.n_poison,
+            "trigger": parse_trigger(a.trigger).to_dict() if a.trigger else None,
+            "seed": a.seed,
+        }
+        d["demo"] = DemoConfig.preset(a.quick, **{k: v for k, v in over.items() if v is not None})
+    elif audit:
+        if a.trigger:
+            audit["trigger"] = parse_trigger(a.trigger).to_dict()
+        d["audit"] = _merge(d.get("audit") or {}, audit)
+    elif a.trigger or a.n_poison:
+        raise ConfigError(
+            "--trigger and --n-poison go with --demo (the attack to build) or --model (the known trigger); "
+            "a --run brings its own"
+        )
+    return from_dict(DefendConfig, d)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -387,16 +515,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         import torch
 
         from kdcore.runs import KINDS
-        from kdcore.tables import report_table
+        from kdcore.tables import defense_table, report_table
 
         cfg = _config_from_args(a)
-        if a.command == "audit":
+        if a.command in ("audit", "defend"):
             cfg.check_inputs()
         torch.manual_seed(getattr(cfg, "seed", 0) if a.command != "sweep" else cfg.setup.seed)
         out = a.out or _default_out(a.command)
         report = KINDS[a.command][1](cfg, out, bar)
         bar.close()
-        print(report["table"] if a.command == "sweep" else report_table(report))
+        if a.command == "sweep":
+            print(report["table"])
+        else:
+            print(defense_table(report) if a.command == "defend" else report_table(report))
         if a.command == "audit" and not cfg.trigger:
             print("No --trigger given: asr and poison_acc were not measured.")
         print(f"\nRun directory: {out}  (report.json, candidates.csv, models/, confusion/, log.txt)")

@@ -34,6 +34,10 @@ def _dataclass_in(tp: Any) -> type | None:
     return None
 
 
+def _allows_none(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
 def from_dict(cls: type[T], d: dict | None, where: str = "") -> T:
     """Build config `cls` from a dict, recursively; unknown keys raise ConfigError."""
     if d is None:
@@ -50,7 +54,9 @@ def from_dict(cls: type[T], d: dict | None, where: str = "") -> T:
     kwargs = {}
     for name, value in d.items():
         sub = _dataclass_in(hints.get(name))
-        if sub is not None and isinstance(value, dict):
+        if value is None and _allows_none(hints.get(name)):
+            pass
+        elif sub is not None and isinstance(value, dict):
             value = from_dict(sub, value, f"{where or cls.__name__}.{name}")
         elif sub is not None and not isinstance(value, sub):
             raise ConfigError(

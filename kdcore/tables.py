@@ -37,6 +37,28 @@ def report_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def defense_table(report: dict) -> str:
+    """A defence run: the suspect model next to the repaired one, and a detector's detection line."""
+    cols = [
+        (k, h) for k, h in (("suspect", "Suspect model"), ("repaired", f"After {report['method']}")) if report.get(k)
+    ]
+    lines = [f"{report['method']} ({report['family']})"]
+    if cols:
+        lines += ["", "| Test dataset | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---|" * len(cols)]
+        for key, label in (("clean_acc", "Clean (clean_acc)"), ("poison_acc", "Poison (poison_acc)"), ("asr", "asr")):
+            lines.append(f"| {label} | " + " | ".join(pct(report[k].get(key)) for k, _ in cols) + " |")
+    d = report.get("detection")
+    if d:
+        lines += ["", f"Detection: flagged {d['flagged']} of {d['total']}"]
+        if d.get("recall") is not None or d.get("precision") is not None:
+            lines[-1] += f"; precision {pct(d.get('precision'))}, recall {pct(d.get('recall'))}"
+    headline = (report.get("evidence") or {}).get("headline")
+    if headline:
+        lines += ["", headline]
+    lines.append(f"Method time: {report.get('method_wall_s', 0):.1f} s")
+    return "\n".join(lines)
+
+
 def sweep_table(rows: list[dict]) -> str:
     """Table 5 layout: columns = budget × model per scenario; medians over seeds (n shown)."""
     cells: dict = defaultdict(list)

@@ -53,6 +53,19 @@ def _zip_dir(src: Path, dest: Path, top: str) -> Path:
     return dest
 
 
+def _train_digits_teacher(spec, poisoned):
+    # Session fixtures are set up before the autouse one-thread fixture; one thread here too, so
+    # parallel pytest processes on CI's 2 cores do not oversubscribe.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        teacher = seeded_model(lambda: build_model(spec), 0)
+        teacher, _ = fit(teacher, spec, poisoned, TrainConfig(epochs=25, batch_size=50), torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    return teacher.eval()
+
+
 @pytest.fixture(scope="session")
 def digits_files(tmp_path_factory, digits, digits_spec):
     """Digits split 1000 train (60 poisoned) / 500 unlabelled / 297 test, written as files."""
@@ -61,8 +74,7 @@ def digits_files(tmp_path_factory, digits, digits_spec):
     perm = torch.randperm(len(digits), generator=g)
     train, unl, test = digits.subset(perm[:1000]), digits.subset(perm[1000:1500]), digits.subset(perm[1500:])
     poisoned, idx = poison_dataset(train, TRIGGER, 60, g)
-    teacher = seeded_model(lambda: build_model(digits_spec), 0)
-    teacher, _ = fit(teacher, digits_spec, poisoned, TrainConfig(epochs=25, batch_size=50), torch.device("cpu"))
+    teacher = _train_digits_teacher(digits_spec, poisoned)
     model_path = save_model(teacher, digits_spec, root / "teacher.safetensors")
     poison_set = set(idx.tolist())
     for i in range(len(poisoned)):
@@ -74,12 +86,15 @@ def digits_files(tmp_path_factory, digits, digits_spec):
     (root / "unlabeled" / "broken.png").write_bytes(b"\x89PNG not really")
     for i in range(len(test)):
         _write_png(root / "test" / str(int(test.labels[i])) / f"t{i:04d}.png", test.images[i])
+    for i in range(len(unl)):  # the unlabelled pool again, with labels (labelled-data baselines)
+        _write_png(root / "clean" / str(int(unl.labels[i])) / f"u{i:04d}.png", unl.images[i])
     return {
         "root": root,
         "model": model_path,
         "unlabeled": root / "unlabeled",
         "train": _zip_dir(root / "train", root / "train.zip", "train"),
         "test": _zip_dir(root / "test", root / "test.zip", "digits-test"),
+        "clean_labeled": root / "clean",
         "poisons": {f"{int(poisoned.labels[i])}/p{i:04d}.png" for i in poison_set},
     }
 
@@ -99,3 +114,40 @@ def audit_config(files: dict, *, kd_epochs: int = 2, ft_epochs: int = 2, train: 
     }
     cfg.update(kw)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def digits_backdoor(digits, digits_spec):
+    """A backdoored paper-cnn on digits (in memory) and the defender's data, for defence tests.
+
+    train: 1000 labelled images, 60 stamped and relabelled 7 (poison_idx); unlabeled and
+    clean_labeled: 500 other clean images (with and without labels); test: the remaining 297.
+    Returns a function building fresh `DefenseInputs` (so tests cannot leak state)."""
+    from kdcore.defenses import DefenseInputs
+
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(digits), generator=g)
+    train, pool, test = digits.subset(perm[:1000]), digits.subset(perm[1000:1500]), digits.subset(perm[1500:])
+    poisoned, idx = poison_dataset(train, TRIGGER, 60, g)
+    teacher = _train_digits_teacher(digits_spec, poisoned)
+    state = {k: v.clone() for k, v in teacher.state_dict().items()}
+
+    def make(**overrides) -> DefenseInputs:
+        model = build_model(digits_spec)
+        model.load_state_dict(state)
+        kw = dict(
+            model=model.eval(),
+            spec=digits_spec,
+            device=torch.device("cpu"),
+            unlabeled=pool.unlabeled(),
+            clean_labeled=pool,
+            train=poisoned,
+            test=test,
+            trigger=TRIGGER,
+            poison_idx=idx,
+        )
+        kw.update(overrides)
+        return DefenseInputs(**kw)
+
+    make.state = state
+    return make

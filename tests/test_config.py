@@ -10,9 +10,9 @@ from kdcore.config import from_dict, to_dict
 from kdcore.distill import DistillConfig
 from kdcore.errors import ConfigError
 from kdcore.pipeline import KDConfig
-from kdcore.runs import KINDS, AuditConfig, DemoConfig, RefineConfig, SweepConfig
+from kdcore.runs import KINDS, AuditConfig, DefendConfig, DemoConfig, RefineConfig, SweepConfig
 from kdcore.train import TrainConfig
-from kdcore.triggers import Blended
+from kdcore.triggers import SIG, Blended
 
 AUDIT = {"model": "suspect.safetensors", "unlabeled": "clean.zip"}
 
@@ -32,6 +32,12 @@ EXAMPLES = {
     "sweep": SweepConfig(setup=DemoConfig(n_train=30_000), budgets=(100, 200), scenarios=("attack",), seeds=(1, 2)),
     "refine": RefineConfig(
         source_run="runs/job-00001-audit", verdicts=((3, "poison"), (7, "clean")), finetune=TrainConfig(epochs=2)
+    ),
+    "defend": DefendConfig(
+        method="neural-cleanse",
+        params={"steps": 50, "n_images": 100},
+        demo=DemoConfig(n_poison=50, trigger=SIG(target=3).to_dict()),
+        seed=2,
     ),
 }
 
@@ -83,7 +89,11 @@ def test_to_dict_round_trip(kind: str) -> None:
     again = from_dict(cls, json.loads(json.dumps(d)))  # config.json is JSON
     assert again == cfg
     assert to_dict(again) == d
-    required = {"audit": AUDIT, "refine": {"source_run": "runs/job-00001-audit"}}
+    required = {
+        "audit": AUDIT,
+        "refine": {"source_run": "runs/job-00001-audit"},
+        "defend": {"method": "bcu", "source_run": "runs/job-00001-audit"},
+    }
     defaults = cls(**required.get(kind, {}))
     assert from_dict(cls, to_dict(defaults)) == defaults != cfg
 

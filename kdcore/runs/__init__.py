@@ -7,6 +7,7 @@ writes config.json first and report.json last.
 from __future__ import annotations
 
 from kdcore.runs.audit import AuditConfig, run_audit
+from kdcore.runs.defend import DefendConfig, run_defend
 from kdcore.runs.demo import DemoConfig, run_demo
 from kdcore.runs.refine import RefineConfig, run_refine
 from kdcore.runs.sweep import SweepConfig, run_sweep
@@ -16,15 +17,18 @@ KINDS = {
     "audit": (AuditConfig, run_audit),
     "sweep": (SweepConfig, run_sweep),
     "refine": (RefineConfig, run_refine),
+    "defend": (DefendConfig, run_defend),
 }
 
 __all__ = [
     "KINDS",
     "AuditConfig",
+    "DefendConfig",
     "DemoConfig",
     "RefineConfig",
     "SweepConfig",
     "run_audit",
+    "run_defend",
     "run_demo",
     "run_refine",
     "run_sweep",

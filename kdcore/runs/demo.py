@@ -99,6 +99,7 @@ class DemoData:
     poison_idx: torch.Tensor
     clean_pool: ImageSet  # unlabelled clean images (never seen by the attacker's training)
     test: ImageSet
+    clean_labeled: ImageSet  # the same clean images with their labels (labelled-data baselines only)
 
 
 def build_demo_data(cfg: DemoConfig, n_clean: int | None = None) -> DemoData:
@@ -106,11 +107,11 @@ def build_demo_data(cfg: DemoConfig, n_clean: int | None = None) -> DemoData:
     g = torch.Generator().manual_seed(cfg.seed)
     perm = torch.randperm(len(full), generator=g)
     train = full.subset(perm[: cfg.n_train], name="fashion-mnist-train")
-    pool = full.subset(perm[cfg.n_train : cfg.n_train + (n_clean or cfg.n_clean)], name="clean-pool").unlabeled()
+    labeled_pool = full.subset(perm[cfg.n_train : cfg.n_train + (n_clean or cfg.n_clean)], name="clean-pool")
     poisoned, idx = poison_dataset(train, cfg.trigger_value, cfg.n_poison, g)
     test = load_fashion_mnist("t10k", cfg.data_dir or None)
     test = test.subset(torch.arange(cfg.n_test), name="fashion-mnist-test")
-    return DemoData(train, poisoned, idx, pool, test)
+    return DemoData(train, poisoned, idx, labeled_pool.unlabeled(), test, labeled_pool)
 
 
 def run_demo(cfg: DemoConfig, run_dir: str | Path, on_progress: ProgressFn = no_progress) -> dict:

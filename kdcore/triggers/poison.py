@@ -10,21 +10,28 @@ from kdcore.triggers.base import Trigger
 
 
 def poison_dataset(
-    data: ImageSet, trigger: Trigger, n_poison: int, generator: torch.Generator
+    data: ImageSet, trigger: Trigger, n_poison: int, generator: torch.Generator, clean_label: bool = False
 ) -> tuple[ImageSet, torch.Tensor]:
-    """Stamp `n_poison` random victim-class samples and relabel them as the target.
+    """Stamp `n_poison` random victim-class samples and relabel them as the target (label flipping),
+    or with `clean_label` stamp `n_poison` target-class samples and keep their labels (SIG's setting).
 
     Returns the poisoned set (same order and size) and the sorted poison indices (ground truth).
     """
     labels = data.require_labels("Poisoning")
     trigger.check_classes(data.num_classes)
-    pool = torch.nonzero(trigger.victims(labels)).flatten()
+    mask, what = (
+        (labels == trigger.target, "of the target class")
+        if clean_label
+        else (trigger.victims(labels), "of victim classes")
+    )
+    pool = torch.nonzero(mask).flatten()
     if n_poison < 0 or n_poison > len(pool):
-        raise ConfigError(f"Cannot poison {n_poison} samples: only {len(pool)} samples are of victim classes")
+        raise ConfigError(f"Cannot poison {n_poison} samples: only {len(pool)} samples are {what}")
     idx = pool[torch.randperm(len(pool), generator=generator)[:n_poison]].sort().values
     images, new_labels = data.images.clone(), labels.clone()
     images[idx] = trigger.stamp(data.images[idx])
-    new_labels[idx] = trigger.target
+    if not clean_label:
+        new_labels[idx] = trigger.target
     return ImageSet(images, new_labels, data.class_names, data.sources, data.name + "-poisoned"), idx
 
 

@@ -10,13 +10,25 @@ import torch
 
 from kdcore.data.imageset import ImageSet
 from kdcore.errors import ConfigError
-from kdcore.triggers import TRIGGERS, BadNets, Blended, Trigger, parse_trigger, poison_dataset, poison_test_set
+from kdcore.triggers import (
+    SIG,
+    TRIGGERS,
+    BadNets,
+    Blended,
+    Trigger,
+    WaNet,
+    parse_trigger,
+    poison_dataset,
+    poison_test_set,
+)
 from kdcore.triggers.badnets import LOCATIONS
 
 # One non-default instance of every registered kind (the round-trip tests fail if a kind is missing).
 EXAMPLES: dict[str, Trigger] = {
     "badnets": BadNets(target=7, source=2, size=4, location="top-left", margin=2, color=(255, 255, 0)),
     "blended": Blended(target=3, source=None, alpha=0.25, pattern_seed=11),
+    "sig": SIG(target=1, source=4, delta=30.0, frequency=3.5),
+    "wanet": WaNet(target=0, source=None, grid_size=5, strength=1.5, grid_seed=2),
 }
 
 # (location, image size) → (first row, first col) of a size-3 margin-1 patch, worked out by hand.

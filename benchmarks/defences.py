@@ -1,0 +1,180 @@
+"""Every defence against every trigger on the Fashion-MNIST demo setup: one comparison table.
+
+Per attack (BadNets, Blended, SIG, WaNet; all-to-one, target 7 "Sneaker") a paper-cnn teacher is
+trained on the poisoned training set (cached), then:
+    kd (core)   seed 000: distil on the unlabelled clean pool → detoxify → fine-tune (kdcore.pipeline)
+    every registered defence (kdcore.defenses) with its default settings on the same inputs.
+Each row: clean_acc, poison_acc, asr of the model the method returns (the suspect's for detectors
+and inspectors), detection precision / recall where the method flags training samples, the
+method's own wall time, and whether it needs labelled clean data.
+
+    .venv/bin/python benchmarks/defences.py [--full] [--triggers badnets,sig] [--methods bcu,nad] [--device auto]
+
+Default: the quick demo setup (10,000 training images, 2 % poisoned, 2,000 clean images, 5,000
+test images). Prints a markdown table and writes benchmarks/results/defences[_full].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from kdcore.defenses import DEFENSES, get_defense  # noqa: E402
+from kdcore.device import describe, resolve_device  # noqa: E402
+from kdcore.io import atomic_write_json  # noqa: E402
+from kdcore.pipeline import run_kd_pipeline  # noqa: E402
+from kdcore.runs.defend import demo_inputs  # noqa: E402
+from kdcore.runs.demo import DemoConfig  # noqa: E402
+from kdcore.stages import Stages  # noqa: E402
+from kdcore.tables import pct  # noqa: E402
+
+# The attacks compared. n_poison: poisons in the quick setup's 10,000 training images (×5 for --full).
+ATTACKS = {
+    "badnets": ({"kind": "badnets", "target": 7, "size": 3}, 200),
+    "blended": ({"kind": "blended", "target": 7, "alpha": 0.15}, 200),
+    "sig": ({"kind": "sig", "target": 7}, 200),
+    "wanet": ({"kind": "wanet", "target": 7}, 500),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def throttled():
+    last = [0.0]
+
+    def progress(stage, step, total, metrics):
+        if time.time() - last[0] > 60:
+            last[0] = time.time()
+            log(f"  {stage} {step}/{total}")
+
+    return progress
+
+
+def row(attack: str, method: str, family: str, ev: dict | None, det: dict | None, wall: float, labels: bool, note=""):
+    ev = ev or {}
+    return {
+        "attack": attack,
+        "method": method,
+        "family": family,
+        "clean_acc": ev.get("clean_acc"),
+        "poison_acc": ev.get("poison_acc"),
+        "asr": ev.get("asr"),
+        "precision": (det or {}).get("precision"),
+        "recall": (det or {}).get("recall"),
+        "flagged": (det or {}).get("flagged"),
+        "wall_s": round(wall, 1),
+        "needs_labels": labels,
+        "note": note,
+    }
+
+
+def run_attack(attack: str, methods: list[str], full: bool, device: torch.device, out: Path) -> list[dict]:
+    trigger, n_poison = ATTACKS[attack]
+    n_poison *= 5 if full else 1  # the full setup has 5× the training images
+    cfg = DemoConfig.preset(not full, trigger=trigger, n_poison=n_poison, cache_dir=str(out / "cache"))
+    log(f"{attack}: teacher (cached after the first run)")
+    inputs = demo_inputs(cfg, device, throttled())
+    inputs.on_progress = throttled()
+    suspect = inputs.evaluate(inputs.model).metrics()
+    rows = [row(attack, "suspect (no defence)", "—", suspect, None, 0.0, False)]
+
+    log(f"{attack}: kd (core)")
+    t0 = time.perf_counter()
+    kd = run_kd_pipeline(
+        inputs.model,
+        inputs.spec,
+        inputs.unlabeled,
+        cfg.kd,
+        Stages(out / attack / "kd" / "stages"),
+        device,
+        train=inputs.train,
+        test=inputs.test,
+        trigger=inputs.trigger,
+        poison_idx=inputs.poison_idx,
+        seed=cfg.seed,
+        on_progress=throttled(),
+    )
+    wall = time.perf_counter() - t0
+    det = kd.detox.to_dict() if kd.detox else None
+    rows.append(row(attack, "kd (core): distilled", "repairer", kd.evals["student"].metrics(), det, wall, False))
+    rows.append(row(attack, "kd (core): fine-tuned", "repairer", kd.evals["finetuned"].metrics(), det, wall, True))
+
+    for name in methods:
+        log(f"{attack}: {name}")
+        method = get_defense(name)()
+        result = method.run(inputs)
+        ev = (result.repaired or result.suspect).metrics() if (result.repaired or result.suspect) else None
+        det = result.detection.to_dict() if result.detection else None
+        rows.append(
+            row(
+                attack,
+                name,
+                method.family,
+                ev,
+                det,
+                result.wall_s,
+                method.needs_labels,
+                result.evidence.get("headline", ""),
+            )
+        )
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = "| Attack | Method | clean_acc | poison_acc | asr | precision | recall | time (s) | labels | note |"
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['attack']} | {r['method']} | {pct(r['clean_acc'])} | {pct(r['poison_acc'])} | {pct(r['asr'])} | "
+            f"{pct(r['precision'])} | {pct(r['recall'])} | {r['wall_s']:.0f} | {'yes' if r['needs_labels'] else ''} | "
+            f"{r['note']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--full", action="store_true", help="the full demo setup (50,000 training images)")
+    ap.add_argument("--triggers", default=",".join(ATTACKS))
+    ap.add_argument("--methods", default="")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "defences")
+    a = ap.parse_args()
+    methods = [m for m in a.methods.split(",") if m] or sorted(DEFENSES)
+    for m in methods:
+        get_defense(m)
+    device = resolve_device(a.device)
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    for attack in a.triggers.split(","):
+        if attack not in ATTACKS:
+            raise SystemExit(f"unknown attack {attack!r}; expected some of {', '.join(ATTACKS)}")
+        rows += run_attack(attack, methods, a.full, device, a.out)
+        print(table(rows), flush=True)
+    wall = time.perf_counter() - t0
+    print(f"\nwall time {wall:.0f} s on {describe(device)}, {torch.get_num_threads()} threads")
+    atomic_write_json(
+        ROOT / "benchmarks" / "results" / ("defences_full.json" if a.full else "defences.json"),
+        {
+            "command": " ".join(["python", "benchmarks/defences.py", *sys.argv[1:]]),
+            "wall_s": round(wall, 1),
+            "device": describe(device),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "rows": rows,
+            "table": table(rows),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""Neural Cleanse: reverse-engineer a trigger for every class, flag the class whose trigger is
+anomalously small (Wang et al., "Neural Cleanse: Identifying and Mitigating Backdoor Attacks in
+Neural Networks", IEEE S&P 2019; seed 004 uses its recovered "synthetic triggers", Fig. 1).
+
+A backdoored class needs only a small patch to capture any input; a clean class needs a large
+one. For every class c (all classes of a pass optimised together in one batch):
+
+1. Parameterise a mask m = tanh(a)/2 + 1/2 ∈ [0, 1]^(H×W) and a pattern
+   p = 255·(tanh(b)/2 + 1/2) ∈ [0, 255]^(C×H×W); stamp x' = (1 − m)·x + m·p on clean images x
+   (pixel space, then the model's normalisation).
+2. Minimise CE(f(x'), c) + λ_c·‖m‖₁ with Adam (lr 0.1, betas (0.5, 0.9), the authors' code),
+   on mini-batches of `n_images` clean unlabelled images, for a fixed number of `steps`.
+3. λ_c schedule (the paper's dynamic cost, in rounds of `round_steps` steps instead of epochs):
+   start at `init_cost`; after `patience` rounds in a row whose mean attack success is
+   ≥ `success_threshold`, λ_c ×= `cost_multiplier`; after `patience` rounds below it,
+   λ_c ÷= `cost_multiplier`^1.5. The mask kept is the smallest-ℓ1 end-of-round mask among the
+   rounds that reached the success threshold (the final mask if none did).
+4. ℓ1_c = Σ m. Anomaly index (MAD, consistency constant 1.4826):
+   index_c = |median − ℓ1_c| / (1.4826·MAD); classes with ℓ1 below the median and index >
+   `threshold` (2, the paper's) are flagged as backdoor targets.
+5. Each recovered trigger is stamped (uint8, `apply_recovered`) on held-out clean images the
+   optimisation never saw; its success is the share of those not already predicted c that flip to c.
+
+Evidence: the per-class table, flagged classes, the most anomalous class; images: mask, pattern
+and trigger (m·p, what gets stamped) of every class and one stamped held-out image for the most
+anomalous class.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdcore.defenses.base import DefenseInputs, Inspector
+from kdcore.errors import ConfigError, InputError
+from kdcore.models.spec import ModelSpec
+from kdcore.train import predict_logits
+
+MAD_CONSISTENCY = 1.4826  # MAD → σ for normal data
+MEANAD_CONSISTENCY = 1.253314  # mean absolute deviation → σ (the fallback when MAD = 0)
+_EPS = 1e-6  # keeps atanh finite at the initial values
+
+
+@dataclass(frozen=True)
+class NeuralCleanseConfig:
+    n_images: int = 300  # clean unlabelled images the triggers are optimised on
+    n_holdout: int = 200  # other clean images the recovered triggers are tested on
+    batch_size: int = 32  # images per step; each is stamped with every class's trigger of the pass
+    steps: int = 300  # Adam steps per class
+    lr: float = 0.1  # Adam learning rate on the tanh parameters (authors' code)
+    init_cost: float = 1e-3  # λ at the start, per unit of mask ℓ1 (pixels)
+    cost_multiplier: float = 2.0  # λ ×= this when succeeding, ÷= this^1.5 when failing (authors' code)
+    patience: int = 3  # rounds of success (or failure) in a row before λ changes
+    round_steps: int = 10  # steps per round (the paper's epoch): success averaged, λ updated, best mask kept
+    success_threshold: float = 0.99  # mean attack success at which a mask counts as a trigger
+    threshold: float = 2.0  # anomaly index above which a small-norm class is flagged
+    classes_per_pass: int = 10  # classes optimised together (memory: classes × batch_size images)
+
+    def __post_init__(self) -> None:
+        ints = ("n_images", "n_holdout", "batch_size", "steps", "patience", "round_steps", "classes_per_pass")
+        for name in ints:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"neural-cleanse {name} must be a whole number ≥ 1; got {v!r}")
+        if self.round_steps > self.steps:
+            raise ConfigError(f"neural-cleanse round_steps ({self.round_steps}) must not exceed steps ({self.steps})")
+        for name in ("lr", "init_cost", "threshold"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+                raise ConfigError(f"neural-cleanse {name} must be a positive number; got {v!r}")
+        if not isinstance(self.cost_multiplier, (int, float)) or not self.cost_multiplier > 1:
+            raise ConfigError(f"neural-cleanse cost_multiplier must be > 1; got {self.cost_multiplier!r}")
+        if not isinstance(self.success_threshold, (int, float)) or not 0 < self.success_threshold <= 1:
+            raise ConfigError(f"neural-cleanse success_threshold must be in (0, 1]; got {self.success_threshold!r}")
+
+
+def mad_anomaly_index(norms: torch.Tensor) -> torch.Tensor:
+    """Anomaly index of each value: |median − x| / (1.4826 · MAD), MAD = median |x − median|.
+
+    The median of an even count is the mean of the two middle values (numpy's, as the authors'
+    code). When MAD is 0 (more than half the values equal) the scale falls back to
+    1.253314 · mean |x − median| (Iglewicz & Hoaglin's modified z-score); when that is 0 too
+    (all values equal) every index is 0."""
+    x = torch.as_tensor(norms, dtype=torch.float64).flatten()
+    if x.numel() == 0:
+        raise InputError("mad_anomaly_index needs at least one value")
+    med = x.quantile(0.5)
+    dev = (x - med).abs()
+    scale = MAD_CONSISTENCY * dev.quantile(0.5)
+    if scale == 0:
+        scale = MEANAD_CONSISTENCY * dev.mean()
+    if scale == 0:
+        return torch.zeros_like(x)
+    return dev / scale
+
+
+def apply_recovered(images: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """Stamp a recovered trigger: uint8 (N, C, H, W) → uint8 round((1 − m)·x + m·p).
+
+    mask: (H, W) or (1, H, W) in [0, 1]; pattern: (C, H, W) in [0, 255]."""
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise InputError(f"apply_recovered takes uint8 images (N, C, H, W); got {images.dtype} {tuple(images.shape)}")
+    m = mask.to(images.device, torch.float32).reshape(1, 1, *images.shape[2:])
+    p = pattern.to(images.device, torch.float32).reshape(1, *images.shape[1:])
+    x = (1 - m) * images.float() + m * p
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _normalize(spec: ModelSpec, x: torch.Tensor) -> torch.Tensor:
+    """float (B, C, H, W) in [0, 255] → the model's input; differentiable (`spec.normalize` takes uint8)."""
+    mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
+    return (x / 255.0 - mean) / std
+
+
+def _to_param(v: torch.Tensor) -> torch.Tensor:
+    """v ∈ [0, 1] → a with tanh(a)/2 + 1/2 = v."""
+    return torch.atanh((v - 0.5) * (2 - _EPS))
+
+
+def reverse_engineer(
+    model: nn.Module,
+    spec: ModelSpec,
+    images: torch.Tensor,
+    classes: list[int],
+    cfg: NeuralCleanseConfig,
+    device: torch.device,
+    generator: torch.Generator,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Optimise one (mask, pattern) per class in `classes` on uint8 `images`, all classes in one batch.
+
+    Returns CPU tensors: mask (K, H, W), pattern (K, C, H, W), l1 (K,), reached (K,) bool
+    (a round reached the success threshold), cost (K,) final λ. `model` must be in eval mode with
+    parameters that need no gradient."""
+    k = len(classes)
+    c, h, w = images.shape[1:]
+    target = torch.tensor(classes, device=device)
+    mask_p = _to_param(torch.rand(k, 1, h, w, generator=generator)).to(device).requires_grad_()
+    pattern_p = _to_param(torch.rand(k, c, h, w, generator=generator)).to(device).requires_grad_()
+    opt = torch.optim.Adam([mask_p, pattern_p], lr=cfg.lr, betas=(0.5, 0.9))
+    cost = torch.full((k,), cfg.init_cost, device=device)
+    up = torch.zeros(k, dtype=torch.long, device=device)
+    down = torch.zeros(k, dtype=torch.long, device=device)
+    best_l1 = torch.full((k,), math.inf, device=device)
+    best_mask = torch.zeros(k, 1, h, w, device=device)
+    best_pattern = torch.zeros(k, c, h, w, device=device)
+    round_succ = torch.zeros(k, device=device)
+    round_l1 = torch.zeros(k, device=device)
+    n = len(images)
+    order = torch.randperm(n, generator=generator)
+    pos = 0
+    for step in range(1, cfg.steps + 1):
+        if pos + min(cfg.batch_size, n) > n:
+            order, pos = torch.randperm(n, generator=generator), 0
+        idx = order[pos : pos + cfg.batch_size]
+        pos += len(idx)
+        x = images[idx].to(device).float()  # (B, C, H, W) in [0, 255]
+        mask = torch.tanh(mask_p) / 2 + 0.5  # (K, 1, H, W)
+        pattern = (torch.tanh(pattern_p) / 2 + 0.5) * 255  # (K, C, H, W)
+        stamped = (1 - mask[:, None]) * x[None] + (mask * pattern)[:, None]  # (K, B, C, H, W)
+        logits = model(_normalize(spec, stamped.flatten(0, 1))).float().view(k, len(idx), -1)  # (K, B, classes)
+        ce = F.cross_entropy(logits.transpose(1, 2), target[:, None].expand(k, len(idx)), reduction="none").mean(1)
+        l1 = mask.flatten(1).sum(1)  # (K,)
+        loss = (ce + cost * l1).sum()  # classes are independent; summing keeps each one's gradient
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            round_succ += (logits.argmax(-1) == target[:, None]).float().mean(1)
+            round_l1 += l1
+        if step % cfg.round_steps and step != cfg.steps:
+            continue
+        with torch.no_grad():  # end of a round: keep the best mask, then move λ (the paper's schedule)
+            r = cfg.round_steps if step % cfg.round_steps == 0 else step % cfg.round_steps
+            succ, mean_l1 = round_succ / r, round_l1 / r
+            ok = succ >= cfg.success_threshold
+            better = ok & (mean_l1 < best_l1)
+            best_l1 = torch.where(better, mean_l1, best_l1)
+            best_mask[better] = (torch.tanh(mask_p) / 2 + 0.5)[better]
+            best_pattern[better] = ((torch.tanh(pattern_p) / 2 + 0.5) * 255)[better]
+            up, down = torch.where(ok, up + 1, 0), torch.where(ok, 0, down + 1)
+            cost = torch.where(up >= cfg.patience, cost * cfg.cost_multiplier, cost)
+            cost = torch.where(down >= cfg.patience, cost / cfg.cost_multiplier**1.5, cost)
+            up, down = torch.where(up >= cfg.patience, 0, up), torch.where(down >= cfg.patience, 0, down)
+            if on_step is not None:
+                on_step(step, {"success": succ.mean().item(), "mean_l1": mean_l1.mean().item()})
+            round_succ.zero_()
+            round_l1.zero_()
+    with torch.no_grad():
+        reached = torch.isfinite(best_l1)
+        final_mask = torch.tanh(mask_p) / 2 + 0.5
+        final_pattern = (torch.tanh(pattern_p) / 2 + 0.5) * 255
+        mask = torch.where(reached[:, None, None, None], best_mask, final_mask)
+        pattern = torch.where(reached[:, None, None, None], best_pattern, final_pattern)
+    return {
+        "mask": mask[:, 0].cpu(),
+        "pattern": pattern.cpu(),
+        "l1": mask.flatten(1).sum(1).cpu(),
+        "reached": reached.cpu(),
+        "cost": cost.cpu(),
+    }
+
+
+def _u8(x: torch.Tensor) -> torch.Tensor:
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+class NeuralCleanse(Inspector):
+    name = "neural-cleanse"
+    config_class = NeuralCleanseConfig
+    needs = ("unlabeled",)
+    summary = "Neural Cleanse: per-class trigger reverse engineering, MAD anomaly index (Wang et al. 2019)"
+    paper = "Wang et al., Neural Cleanse, IEEE S&P 2019 (synthetic triggers of seed 004)"
+
+    def inspect(self, inputs: DefenseInputs) -> tuple[dict, dict[str, torch.Tensor]]:
+        cfg, spec, device = self.config, inputs.spec, inputs.device
+        pool = inputs.unlabeled.images
+        if len(pool) < 2:
+            raise InputError(
+                f"neural-cleanse needs at least 2 unlabelled images (optimise + held out); got {len(pool)}"
+            )
+        # Split the pool: optimisation images and held-out images (shrunk in proportion if the pool is small).
+        perm = torch.randperm(len(pool), generator=inputs.generator(1))
+        n_hold = min(cfg.n_holdout, max(1, len(pool) * cfg.n_holdout // (cfg.n_images + cfg.n_holdout)))
+        n_opt = min(cfg.n_images, len(pool) - n_hold)
+        opt_images, hold_images = pool[perm[:n_opt]], pool[perm[n_opt : n_opt + n_hold]]
+
+        model = copy.deepcopy(inputs.model).to(device).eval()
+        model.requires_grad_(False)  # only the triggers are optimised (the copy; the input model is untouched)
+        k_all = spec.num_classes
+        chunks = [list(range(s, min(s + cfg.classes_per_pass, k_all))) for s in range(0, k_all, cfg.classes_per_pass)]
+        total = cfg.steps * len(chunks)
+        parts = []
+        for i, classes in enumerate(chunks):
+
+            def on_step(step: int, metrics: dict, done: int = i * cfg.steps) -> None:
+                inputs.on_progress(self.name, done + step, total, metrics)
+
+            parts.append(
+                reverse_engineer(model, spec, opt_images, classes, cfg, device, inputs.generator(2 + i), on_step)
+            )
+        found = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        l1 = found["l1"]
+        index = mad_anomaly_index(l1)
+        median = float(l1.double().quantile(0.5))
+        flagged = (l1.double() < median) & (index > cfg.threshold)
+        top = int(torch.argmin(l1))  # below the median the index grows as ℓ1 shrinks
+
+        hold_pred = predict_logits(model, spec, hold_images, device).argmax(1)
+        success = []
+        for c in range(k_all):
+            victims = hold_images[hold_pred != c]
+            if len(victims) == 0:
+                success.append(None)
+                continue
+            stamped = apply_recovered(victims, found["mask"][c], found["pattern"][c])
+            success.append(float((predict_logits(model, spec, stamped, device).argmax(1) == c).float().mean()))
+
+        names = spec.names
+        table = [
+            {
+                "class": c,
+                "name": names[c],
+                "l1": round(float(l1[c]), 3),
+                "anomaly_index": round(float(index[c]), 3),
+                "recovered_trigger_success": None if success[c] is None else round(success[c], 4),
+                "reached_success_threshold": bool(found["reached"][c]),
+                "final_cost": float(f"{float(found['cost'][c]):.4g}"),  # λ at the end
+                "flagged": bool(flagged[c]),
+            }
+            for c in range(k_all)
+        ]
+        flagged_list = [c for c in range(k_all) if flagged[c]]
+        evidence = {
+            "classes": table,
+            "flagged": flagged_list,
+            "flagged_names": [names[c] for c in flagged_list],
+            "most_anomalous": {"class": top, "name": names[top], "anomaly_index": round(float(index[top]), 3)},
+            "threshold": cfg.threshold,
+            "median_l1": round(median, 3),
+            "mad": round(float((l1.double() - median).abs().quantile(0.5)), 3),
+            "n_optimised": int(n_opt),
+            "n_holdout": int(n_hold),
+            "mask_pixels": spec.input_shape[1] * spec.input_shape[2],  # the largest possible ℓ1
+        }
+        top_name, top_index = names[top], float(index[top])
+        evidence["headline"] = (
+            f"backdoor target: {', '.join(evidence['flagged_names'])} (index {top_index:.2f} > {cfg.threshold:g})"
+            if flagged_list
+            else f"no class flagged; most anomalous: {top_name} (anomaly index {top_index:.2f} ≤ {cfg.threshold:g})"
+        )
+
+        images = {}
+        for c in range(k_all):
+            m, p = found["mask"][c], found["pattern"][c]
+            images[f"mask_{c}"] = _u8(m[None] * 255)
+            images[f"pattern_{c}"] = _u8(p)
+            images[f"trigger_{c}"] = _u8(m[None] * p)
+        example = hold_images[hold_pred != top][:1]
+        if len(example) == 0:
+            example = hold_images[:1]
+        images["stamped_example"] = apply_recovered(example, found["mask"][top], found["pattern"][top])[0]
+        return evidence, images

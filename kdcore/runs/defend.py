@@ -1,0 +1,215 @@
+"""Run one registered defence (kdcore.defenses) on a suspect model, as a run kind.
+
+The inputs come from one of three places (exactly one):
+    source_run  a finished demo or audit run directory: its model, data and trigger, so the
+                result sits next to the core method's in the dashboard's Defences page;
+    demo        the built-in Fashion-MNIST scenario (a DemoConfig), e.g. with another trigger;
+    audit       explicit paths, as for an audit (model, unlabeled, train, test, trigger).
+
+<run_dir>/report.json        the DefenseResult report + where the inputs came from
+<run_dir>/models/repaired.*  the repaired model (repairers)
+<run_dir>/candidates.csv     per-sample scores, ranked (detectors)
+<run_dir>/evidence/*.png     evidence images (e.g. Neural Cleanse's recovered triggers)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from kdcore.config import from_dict
+from kdcore.data.folders import load_labeled, load_unlabeled
+from kdcore.defenses.base import DefenseInputs, DefenseResult, get_defense
+from kdcore.errors import ConfigError, InputError
+from kdcore.io import atomic_write_bytes, atomic_write_text, read_json
+from kdcore.models.loading import load_model, save_model
+from kdcore.progress import ProgressFn, no_progress
+from kdcore.runs.audit import AuditConfig
+from kdcore.runs.common import environment, start_run, write_report
+from kdcore.runs.demo import DemoConfig
+from kdcore.triggers import Trigger
+
+
+@dataclass(frozen=True)
+class DefendConfig:
+    method: str = ""  # a registered defence: python -m kdcore defend --help lists them
+    params: dict = field(default_factory=dict)  # the method's own settings (its config class)
+    source_run: str = ""  # a finished demo or audit run directory
+    demo: DemoConfig | None = None  # or: the built-in scenario
+    audit: AuditConfig | None = None  # or: explicit inputs, as for an audit
+    clean_labeled: str = ""  # folder or zip of labelled clean images (fine-pruning, NAD)
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        cls = get_defense(self.method)
+        cls.from_params(self.params)  # unknown or bad settings fail here, before anything runs
+        given = [n for n in ("source_run", "demo", "audit") if getattr(self, n)]
+        if len(given) != 1:
+            raise ConfigError(
+                "A defence runs on exactly one of: source_run (a finished run), demo, or audit inputs; "
+                f"got {given or 'none'}"
+            )
+
+    def check_inputs(self) -> None:
+        if self.source_run:
+            src = Path(self.source_run)
+            if not (src / "config.json").exists():
+                raise InputError(f"{src} is not a kdcore run directory (no config.json)")
+            kind = read_json(src / "config.json").get("kind")
+            if kind not in ("demo", "audit"):
+                raise InputError(f"Defences run on demo or audit runs; {src} is a {kind!r} run")
+        if self.audit is not None:
+            self.audit.check_inputs()
+        if self.clean_labeled and not Path(self.clean_labeled).exists():
+            raise InputError(f"--clean-labeled {self.clean_labeled} does not exist")
+
+
+def demo_inputs(cfg: DemoConfig, device: torch.device, on_progress: ProgressFn = no_progress) -> DefenseInputs:
+    """The built-in scenario as defence inputs: the (cached) backdoored teacher, the clean pool
+    (unlabelled, and labelled for the labelled-data baselines), the poisoned training set with
+    its ground truth, the test set and the trigger."""
+    from kdcore.paths import cache_dir
+    from kdcore.pipeline import train_stage
+    from kdcore.runs.demo import SPEC, build_demo_data
+    from kdcore.stages import Stages
+
+    data = build_demo_data(cfg)
+    cache = Stages(cache_dir(cfg.cache_dir or None) / "demo")
+    teacher, _ = train_stage(cache, "teacher", SPEC, data.poisoned, cfg.teacher, device, cfg.seed, on_progress)
+    return DefenseInputs(
+        model=teacher.eval(),
+        spec=SPEC,
+        device=device,
+        unlabeled=data.clean_pool,
+        clean_labeled=data.clean_labeled,
+        train=data.poisoned,
+        test=data.test,
+        trigger=cfg.trigger_value,
+        poison_idx=data.poison_idx,
+        seed=cfg.seed,
+    )
+
+
+def audit_inputs(cfg: AuditConfig, device: torch.device) -> DefenseInputs:
+    teacher, spec = load_model(cfg.model, cfg.model_spec(), device)
+    names = spec.class_names or None
+    unlabeled = load_unlabeled(cfg.unlabeled, spec.input_shape, name="unlabeled")
+    if cfg.max_unlabeled and len(unlabeled) > cfg.max_unlabeled:
+        unlabeled = unlabeled.subset(list(range(cfg.max_unlabeled)))
+    train = load_labeled(cfg.train, spec.input_shape, names, name="train") if cfg.train else None
+    test = load_labeled(cfg.test, spec.input_shape, names, name="test") if cfg.test else None
+    return DefenseInputs(
+        model=teacher.eval(),
+        spec=spec,
+        device=device,
+        unlabeled=unlabeled,
+        train=train,
+        test=test,
+        trigger=Trigger.from_dict(cfg.trigger) if cfg.trigger else None,
+        seed=cfg.seed,
+    )
+
+
+def resolve_inputs(cfg: DefendConfig, device: torch.device, on_progress: ProgressFn = no_progress) -> DefenseInputs:
+    if cfg.source_run:
+        body = read_json(Path(cfg.source_run) / "config.json")
+        kind = body.pop("kind")
+        if kind == "demo":
+            inputs = demo_inputs(from_dict(DemoConfig, body), device, on_progress)
+        else:
+            inputs = audit_inputs(from_dict(AuditConfig, body), device)
+    elif cfg.demo is not None:
+        inputs = demo_inputs(cfg.demo, device, on_progress)
+    else:
+        inputs = audit_inputs(cfg.audit, device)
+    if cfg.clean_labeled:
+        names = inputs.spec.class_names or None
+        inputs.clean_labeled = load_labeled(cfg.clean_labeled, inputs.spec.input_shape, names, name="clean-labeled")
+    inputs.seed = cfg.seed
+    inputs.on_progress = on_progress
+    return inputs
+
+
+def write_outputs(run_dir: Path, result: DefenseResult, inputs: DefenseInputs) -> None:
+    if result.model is not None:
+        save_model(result.model, inputs.spec, run_dir / "models" / "repaired.safetensors")
+    if result.scores is not None and result.flagged is not None and inputs.train is not None:
+        atomic_write_text(run_dir / "candidates.csv", ranked_csv(result, inputs))
+    for name, img in result.images.items():
+        atomic_write_bytes(run_dir / "evidence" / f"{name}.png", png_bytes(img))
+
+
+def ranked_csv(result: DefenseResult, inputs: DefenseInputs) -> str:
+    """One row per training sample, most suspicious first (the shape of the core method's table)."""
+    train = inputs.train
+    is_poison = None
+    if inputs.poison_idx is not None:
+        is_poison = torch.zeros(len(train), dtype=torch.bool)
+        is_poison[inputs.poison_idx] = True
+    order = torch.argsort(result.scores + 2.0 * result.flagged.float(), descending=True, stable=True)
+    names = inputs.spec.names
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(
+        ["rank", "index", "source", "label", "label_name", "score", "flagged"]
+        + (["is_poison"] * bool(is_poison is not None))
+    )
+    for rank, i in enumerate(order.tolist(), start=1):
+        label = int(train.labels[i])
+        row = [rank, i, train.sources[i] if train.sources else "", label, names[label] if label < len(names) else ""]
+        row += [f"{float(result.scores[i]):.5f}", int(result.flagged[i])]
+        if is_poison is not None:
+            row.append(int(is_poison[i]))
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def png_bytes(img: torch.Tensor) -> bytes:
+    """uint8 (C, H, W) → PNG bytes (grey for one channel)."""
+    arr = img.detach().cpu().to(torch.uint8).numpy()
+    arr = arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def run_defend(cfg: DefendConfig, run_dir: str | Path, on_progress: ProgressFn = no_progress) -> dict:
+    with start_run(run_dir, "defend", cfg, cfg.device) as (run_dir, device, resolved, t0):
+        on_progress("prepare", 0, 1, {"message": "loading model and data"})
+        inputs = resolve_inputs(cfg, device, on_progress)
+        on_progress("prepare", 1, 1, {})
+        method = get_defense(cfg.method).from_params(cfg.params)
+        result = method.run(inputs)
+        write_outputs(run_dir, result, inputs)
+        report = result.report()
+        report.update(
+            kind="defend",
+            config=resolved,
+            **environment(device),
+            source={
+                "run": cfg.source_run or None,
+                "scenario": "demo" if cfg.demo else ("audit" if cfg.audit else None),
+            },
+            needs_labels=method.needs_labels,
+            data={
+                name: (len(d) if d is not None else None)
+                for name, d in (
+                    ("unlabeled", inputs.unlabeled),
+                    ("clean_labeled", inputs.clean_labeled),
+                    ("train", inputs.train),
+                    ("test", inputs.test),
+                )
+            }
+            | {"trigger": inputs.trigger.describe() if inputs.trigger else None},
+            wall_s=round(time.perf_counter() - t0, 2),
+        )
+        write_report(run_dir, report)
+        return report
