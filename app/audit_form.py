@@ -108,6 +108,15 @@ def trigger_ui(num_classes: int | None) -> Trigger | None:
         c4, c5 = st.columns(2)
         d["alpha"] = float(c4.slider("Blend alpha", 0.01, 1.0, 0.1, key="trigger_alpha"))
         d["pattern_seed"] = int(c5.number_input("Pattern seed", 0, 2**31 - 1, 0, key="trigger_seed"))
+    elif kind == "sig":
+        c4, c5 = st.columns(2)
+        d["delta"] = float(c4.slider("Amplitude Δ (pixel levels)", 1, 255, 20, key="trigger_delta"))
+        d["frequency"] = float(c5.number_input("Frequency (cycles per width)", 0.5, 64.0, 6.0, key="trigger_freq"))
+    elif kind == "wanet":
+        c4, c5, c6 = st.columns(3)
+        d["grid_size"] = int(c4.number_input("Warp grid size k", 2, 32, 4, key="trigger_grid_size"))
+        d["strength"] = float(c5.number_input("Warp strength s", 0.0, 10.0, 1.0, key="trigger_strength"))
+        d["grid_seed"] = int(c6.number_input("Grid seed", 0, 2**31 - 1, 0, key="trigger_grid_seed"))
     try:
         return Trigger.from_dict(d)
     except KDCoreError as e:

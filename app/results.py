@@ -153,7 +153,7 @@ def confusion_grid_ui(report: dict, class_names: tuple[str, ...]) -> None:
             )
 
 
-def _model_zip(run_dir: Path, name: str = "finetuned") -> bytes:
+def model_zip(run_dir: Path, name: str = "finetuned") -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for suffix in (".safetensors", ".json"):
@@ -179,7 +179,7 @@ def downloads_ui(job: Job, report: dict) -> None:
     ]
     if (run_dir / "models" / "finetuned.safetensors").is_file():
         items.append(
-            ("fine-tuned model (.zip)", lambda: _model_zip(run_dir), f"job{job.id}-finetuned.zip", "application/zip")
+            ("fine-tuned model (.zip)", lambda: model_zip(run_dir), f"job{job.id}-finetuned.zip", "application/zip")
         )
     items.append(
         ("HTML report", lambda: audit_report_html(job, report), f"kdaudit-job{job.id}-report.html", "text/html")

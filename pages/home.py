@@ -44,7 +44,9 @@ for j in jobs[:50]:
     cols[2].write(f"{STATE_ICON.get(j.state, '')} {j.state}")
     cols[3].write(fmt_time(j.created_at))
     cols[4].write(fmt_duration(j.elapsed()))
-    if j.state == "succeeded" and j.kind != "sweep":
+    if j.state == "succeeded" and j.kind == "defend":
+        cols[5].page_link("pages/defences.py", label="Defences →", query_params={"job": str(j.id)})
+    elif j.state == "succeeded" and j.kind != "sweep":
         cols[5].page_link("pages/results.py", label="Results →", query_params={"job": str(j.id)})
     elif j.state == "succeeded":
         cols[5].page_link("pages/results.py", label="Curves →", query_params={"job": str(j.id)})

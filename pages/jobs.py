@@ -48,7 +48,8 @@ def job_list() -> None:
                         show_error(e)
                     st.rerun()
             if j.state == "succeeded":
-                act[1].page_link("pages/results.py", label="Results →", query_params={"job": str(j.id)})
+                page, label = ("defences", "Defences →") if j.kind == "defend" else ("results", "Results →")
+                act[1].page_link(f"pages/{page}.py", label=label, query_params={"job": str(j.id)})
             with st.expander("Log", expanded=(str(j.id) == st.query_params.get("job") and j.state != "succeeded")):
                 st.code(log_tail(j) or "(no log yet)", language=None)
     st.caption(

@@ -71,3 +71,63 @@ def open_page(page: str, job: int | None = None, timeout: float = 60) -> AppTest
     if job is not None:
         at.query_params["job"] = str(job)
     return at.run()
+
+
+def _copy_jobs_db(src_home: Path, dst_home: Path) -> None:
+    """Copy a data directory's job database (the run directories it points to stay where they are)."""
+    import sqlite3
+
+    src = sqlite3.connect(JobStore(src_home).path)
+    dst = sqlite3.connect(Path(dst_home) / "jobs.sqlite3")
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+
+
+DEFENCE_JOBS = (  # tiny settings: seconds each on the digits audit
+    ("linf-pruning", {"steps": 6}, False),
+    ("activation-clustering", {"reducer": "pca", "n_init": 2}, False),
+    ("neural-cleanse", {"steps": 20, "round_steps": 10, "n_images": 64, "n_holdout": 32, "batch_size": 16}, False),
+    ("nad", {"teacher_epochs": 1, "epochs": 1}, True),
+    ("fine-pruning", {"finetune": {"epochs": 1}}, True),
+    ("bcu", {"epochs": 1}, False),
+)
+
+
+@pytest.fixture(scope="session")
+def defences_home(app_home, digits_files, tmp_path_factory):
+    """A copy of app_home's job database plus finished `defend` jobs on job 1 (the digits audit), one
+    per method in DEFENCE_JOBS (labelled-data baselines get the digits' labelled clean images), run through
+    the real store + worker.
+    Returns (home, {method: job id})."""
+    home = tmp_path_factory.mktemp("kdaudit-defences")
+    _copy_jobs_db(app_home, home)
+    store = JobStore(home)
+    source = store.get(1)
+    ids = {}
+    for method, params, labelled in DEFENCE_JOBS:
+        cfg = {"method": method, "params": params, "source_run": source.run_dir, "device": "cpu"}
+        if labelled:
+            cfg["clean_labeled"] = str(digits_files["clean_labeled"])
+        job = store.submit("defend", cfg, label=f"{method} on #{source.id}")
+        claimed = store.claim("cpu", os.getpid(), job_id=job.id)
+        assert claimed is not None
+        state = run_job(store, claimed, "cpu")
+        assert state == "succeeded", store.get(job.id).error
+        ids[method] = job.id
+    return home, ids
+
+
+@pytest.fixture()
+def defences_env(defences_home, tmp_path, monkeypatch):
+    """KDAUDIT_HOME = a private copy of defences_home's database, so jobs queued by a test never leak."""
+    home, ids = defences_home
+    _copy_jobs_db(home, tmp_path)
+    monkeypatch.setenv("KDAUDIT_HOME", str(tmp_path))
+    import streamlit as st
+
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    return tmp_path, ids

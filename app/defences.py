@@ -1,0 +1,294 @@
+"""The Defences page's logic: run a registered defence (`kdcore.defenses`) on a finished audit as
+a `defend` job, follow it, and compare every defence with the core method (KD + detox).
+
+A defend job belongs to a source audit through its config's `source_run` (the source job's run
+directory); the source job's id is only in the label. Evidence views live in `app.defence_evidence`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from app.charts import defence_tradeoff_figure
+from app.defence_settings import params_from, settings_ui
+from app.results import load_report
+from app.state import STATE_ICON, fmt_duration, show_error, store
+from app.uploads import save_upload
+from kdcore.defenses import DEFENSES, Defense
+from kdcore.errors import InputError, KDCoreError
+from kdcore.jobs.store import Job
+
+FAMILIES = ("repairer", "detector", "inspector")
+FAMILY_HELP = {
+    "repairer": "returns a repaired model, evaluated on the same test set and trigger as the core method's models",
+    "detector": "ranks the training samples and flags suspected poisons (scored like the core method's detox)",
+    "inspector": "examines the model and reports evidence, e.g. a suspected target class; it changes nothing",
+}
+INPUT_NAMES = {
+    "unlabeled": "unlabelled clean images",
+    "clean_labeled": "labelled clean images",
+    "train": "the labelled, possibly poisoned training set",
+}
+LABELLED_BASELINE = "labelled-data baseline: needs labelled clean images"
+CORE_MODELS = {  # the core method's models in a demo / audit report, and how the comparison names them
+    "baseline": "Baseline (trained on clean data)",
+    "teacher": "Suspect (teacher)",
+    "student": "KD (distilled)",
+    "finetuned": "KD + detox fine-tuned",
+}
+METRICS = ("clean_acc", "poison_acc", "asr")
+
+
+# ---- methods and the inputs a source run offers ------------------------------------------------
+
+
+def methods() -> list[type[Defense]]:
+    """Every registered defence: repairers, detectors, inspectors; by name within a family."""
+    rank = {f: i for i, f in enumerate(FAMILIES)}
+    return sorted(DEFENSES.values(), key=lambda c: (rank.get(c.family, len(rank)), c.name))
+
+
+def method_label(cls: type[Defense]) -> str:
+    return f"{cls.name} · {cls.family}" + (" · 🏷️ needs labels" if cls.needs_labels else "")
+
+
+def available_inputs(source: Job) -> set[str]:
+    """What the defend run kind finds in the source run by itself (labelled clean images only for
+    the demo, whose clean pool has labels; an audit's must be uploaded)."""
+    if source.kind == "demo":
+        return {"unlabeled", "clean_labeled", "train"}
+    return {"unlabeled"} | ({"train"} if source.config.get("train") else set())
+
+
+def method_card_ui(cls: type[Defense]) -> None:
+    """Summary, paper, family and needed inputs of a method; labelled-data baselines marked."""
+    st.markdown(f"**{cls.summary or cls.name}**")
+    if cls.paper:
+        st.caption(f"📄 {cls.paper}")
+    needs = ", ".join(INPUT_NAMES.get(n, n) for n in cls.needs) or "nothing beyond the model"
+    st.markdown(f"*{cls.family.capitalize()}*: {FAMILY_HELP.get(cls.family, '')}. Needs: {needs}.")
+    if cls.needs_labels:
+        st.warning(f"**{LABELLED_BASELINE.capitalize()}.** The core method needs none.", icon="🏷️")
+
+
+# ---- submitting and following defend jobs -----------------------------------------------------
+
+
+def submit_defence(source: Job, method: str, params: dict[str, Any], clean_labeled: str = "", seed: int = 0) -> Job:
+    """Queue a `defend` job on `source`'s run; an invalid method or setting raises and queues nothing."""
+    cfg = {
+        "method": method,
+        "params": params,
+        "source_run": source.run_dir,
+        "clean_labeled": clean_labeled,
+        "seed": int(seed),
+        "device": "auto",
+    }
+    return store().submit("defend", cfg, label=f"{method} on #{source.id}")
+
+
+def defend_jobs(source: Job, states: tuple[str, ...] | None = None) -> list[Job]:
+    """The defend jobs run on `source` (newest first)."""
+    return [
+        j
+        for j in store().list(states=states)
+        if j.kind == "defend" and j.config.get("source_run") == source.run_dir and source.run_dir
+    ]
+
+
+def source_of(job: Job) -> Job | None:
+    """The demo / audit job whose run a defend job ran on (None when the run is not a job here)."""
+    run = job.config.get("source_run")
+    return next((j for j in store().list() if j.kind in ("demo", "audit") and j.run_dir == run), None) if run else None
+
+
+def focus_from_url() -> int | None:
+    """`?job=<a defend job>` → point the URL at its source audit and return the defend job's id."""
+    wanted = st.query_params.get("job", "")
+    if not wanted.isdigit():
+        return None
+    try:
+        job = store().get(int(wanted))
+    except InputError:
+        return None
+    src = source_of(job) if job.kind == "defend" else None
+    if src is None:
+        return None
+    st.query_params["job"] = str(src.id)
+    return job.id
+
+
+def defence_form_ui(source: Job) -> Job | None:
+    """Pick a method, see what it needs, set its settings, submit. Returns the queued job."""
+    classes = methods()
+    cls = st.selectbox("Method", classes, format_func=method_label, key="defence-method")
+    method_card_ui(cls)
+    have = available_inputs(source)
+    clean_file = None
+    if "clean_labeled" in cls.needs and source.kind != "demo":
+        clean_file = st.file_uploader(
+            "Labelled clean images (.zip with one folder per class)", type=["zip"], key="defence-clean-labeled"
+        )
+        if clean_file is not None:
+            have.add("clean_labeled")
+    elif "clean_labeled" in cls.needs:
+        st.caption("The demo's clean pool is used with its labels.")
+    missing = [n for n in cls.needs if n not in have]
+    st.markdown("**Settings**")
+    raw = settings_ui(cls.name, cls.config_class)
+    left, right = st.columns([1, 3])
+    seed = left.number_input("seed", value=0, step=1, key="defence-seed", help="Seeds the method's randomness.")
+    for n in missing:
+        if n == "clean_labeled":
+            st.info(f"Upload labelled clean images above to run {cls.name}.", icon="ℹ️")
+        else:
+            st.info(f"{cls.name} needs {INPUT_NAMES.get(n, n)}, which this audit was run without.", icon="ℹ️")
+    if not right.button("▶ Run this defence", type="primary", key="defence-submit", disabled=bool(missing)):
+        return None
+    try:
+        params = params_from(cls.config_class, raw)
+        clean = str(save_upload(clean_file.getvalue(), clean_file.name)) if clean_file is not None else ""
+        job = submit_defence(source, cls.name, params, clean, int(seed))
+    except KDCoreError as e:
+        show_error(e)
+        return None
+    st.success(f"Queued job #{job.id} ({job.label}); a worker runs it. Progress below.", icon="✅")
+    return job
+
+
+def active_jobs_ui(source: Job) -> None:
+    """Queued and running defend jobs of this source, with progress; refreshed every 2 s while any
+    is active. When one finishes the whole page reruns, so the comparison picks it up."""
+    if not defend_jobs(source, ("queued", "running")):
+        return
+
+    @st.fragment(run_every=2.0)
+    def progress() -> None:
+        jobs = defend_jobs(source, ("queued", "running"))
+        if not jobs:
+            st.rerun()
+        for j in jobs:
+            with st.container(border=True):
+                st.markdown(f"**#{j.id} {j.label}** — {STATE_ICON.get(j.state, '')} {j.state}")
+                if j.state == "running":
+                    frac = j.step / j.total if j.total else 0.0
+                    eta = j.eta()
+                    st.progress(
+                        min(max(frac, 0.0), 1.0),
+                        text=f"{j.stage}: {j.step}/{j.total} {j.message}"
+                        + (f" · ETA {fmt_duration(eta)}" if eta is not None else ""),
+                    )
+
+    st.markdown("**In progress**")
+    progress()
+
+
+def failed_jobs_ui(source: Job) -> None:
+    failed = defend_jobs(source, ("failed", "interrupted", "cancelled"))
+    if not failed:
+        return
+    with st.expander(f"{len(failed)} defend job(s) did not finish"):
+        for j in failed[:20]:
+            reason = j.error.strip().splitlines()[-1][:300] if j.error.strip() else ""
+            st.markdown(f"**#{j.id} {j.label}** — {STATE_ICON.get(j.state, '')} {j.state}. {reason}")
+        st.caption("Retry them from the Jobs page.")
+
+
+# ---- the comparison ---------------------------------------------------------------------------
+
+
+def finished_defences(source: Job) -> list[tuple[Job, dict]]:
+    """Succeeded defend jobs of this source with their report (newest first; reportless ones skipped)."""
+    out = []
+    for j in defend_jobs(source, ("succeeded",)):
+        report = load_report(j.run_dir)
+        if report is not None:
+            out.append((j, report))
+    return out
+
+
+def finding(report: dict) -> str:
+    """One line of what a defence found: the method's headline, else a summary of its evidence."""
+    ev = report.get("evidence") or {}
+    if ev.get("headline"):
+        return str(ev["headline"])
+    det = report.get("detection") or {}
+    if det:
+        return f"{det.get('flagged', 0):,} of {det.get('total', 0):,} training samples flagged"
+    if isinstance(ev.get("flagged_names"), list) and "most_anomalous" in ev:
+        if ev["flagged_names"]:
+            return "flagged class(es): " + ", ".join(map(str, ev["flagged_names"]))
+        top = ev["most_anomalous"] or {}
+        return f"no class flagged (most anomalous: {top.get('name', '?')}, index {top.get('anomaly_index', '?')})"
+    if "n_pruned" in ev and "n_channels" in ev:
+        return f"{ev['n_pruned']} of {ev['n_channels']} channels pruned"
+    return ""
+
+
+def compare_rows(source_report: dict | None, defences: list[tuple[Job, dict]]) -> list[dict]:
+    """One row per model: the core method's (from the source report) then one per defend job."""
+    rows = []
+    src = source_report or {}
+    timings = src.get("timings") or {}
+    for key, label in CORE_MODELS.items():
+        ev = src.get(key)
+        if not isinstance(ev, dict):
+            continue
+        family = {"baseline": "reference", "teacher": "suspect"}.get(key, "core method")
+        row = {"model": label, "job": None, "family": family}
+        row |= {m: ev.get(m) for m in METRICS}
+        detox = (src.get("detox") or {}) if key == "finetuned" else {}
+        row |= {k: detox.get(k) for k in ("flagged", "precision", "recall")}
+        row["wall_s"] = {"student": timings.get("distill"), "finetuned": src.get("wall_s")}.get(key)
+        row["needs_labels"] = False if key in ("student", "finetuned") else None
+        row["finding"] = ""
+        rows.append(row)
+    for job, report in defences:
+        repaired, det = report.get("repaired") or {}, report.get("detection") or {}
+        row = {"model": f"{report.get('method', '?')} (#{job.id})", "job": job.id, "family": report.get("family")}
+        row |= {m: repaired.get(m) for m in METRICS}
+        row |= {k: det.get(k) for k in ("flagged", "precision", "recall")}
+        row["wall_s"] = report.get("method_wall_s")
+        row["needs_labels"] = bool(report.get("needs_labels"))
+        row["finding"] = finding(report)
+        rows.append(row)
+    return rows
+
+
+def compare_ui(rows: list[dict]) -> None:
+    """The comparison table and the clean_acc-vs-asr chart."""
+
+    def pct(label: str, h: str) -> st.column_config.NumberColumn:
+        return st.column_config.NumberColumn(label, format="percent", help=h)
+
+    st.dataframe(
+        rows,
+        hide_index=True,
+        width="stretch",
+        key="defence-compare",
+        column_config={
+            "model": st.column_config.TextColumn("model", pinned=True),
+            "job": st.column_config.NumberColumn("job", format="#%d"),
+            "clean_acc": pct("clean_acc", "Accuracy on the clean test set (higher is better)."),
+            "poison_acc": pct("poison_acc", "Accuracy on triggered test images w.r.t. their true labels."),
+            "asr": pct("asr", "Attack success rate: triggered images classified as the target (lower is better)."),
+            "flagged": st.column_config.NumberColumn("flagged", help="Training samples flagged as poison."),
+            "precision": pct("precision", "Share of the flagged samples that are poison (needs the ground truth)."),
+            "recall": pct("recall", "Share of the poisons that were flagged (needs the ground truth)."),
+            "wall_s": st.column_config.NumberColumn(
+                "wall_s",
+                format="%.1f s",
+                help="The method's own run time (core method: the distillation, and the whole audit).",
+            ),
+            "needs_labels": st.column_config.CheckboxColumn("needs labels", help=LABELLED_BASELINE),
+            "finding": st.column_config.TextColumn("finding", width="large"),
+        },
+    )
+    if any(r["clean_acc"] is not None and r["asr"] is not None for r in rows):
+        st.plotly_chart(defence_tradeoff_figure(rows), key="defence-tradeoff", config={"displaylogo": False})
+        st.caption(
+            "Each model's clean accuracy against its attack success rate: the best corner is the top left. "
+            "Detectors and inspectors return no model, so they are not drawn."
+        )
