@@ -248,8 +248,8 @@ def test_html_report_of_a_real_sweep_has_table_and_curves(kdaudit_home):
 
 
 def test_model_zip_holds_weights_and_spec(kdaudit_home):
-    from app.results import _model_zip
+    from app.results import model_zip
 
     run_dir = Path(JobStore(kdaudit_home).get(1).run_dir)
-    with zipfile.ZipFile(io.BytesIO(_model_zip(run_dir))) as z:
+    with zipfile.ZipFile(io.BytesIO(model_zip(run_dir))) as z:
         assert sorted(z.namelist()) == ["finetuned.json", "finetuned.safetensors"]
