@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up from the project's own files:
 #   - Debian packages (when apt-get exists and we are root): Fashion-MNIST data, Chromium for browser tests
+#     and an emoji font (the dashboard's icons; without it the browser test's screenshots show boxes)
 #   - .venv with the pinned requirements and kdcore installed in editable mode (the `kdcore` command)
 # Re-running is cheap: pip runs again only when requirements.txt or pyproject.toml changed.
 set -euo pipefail
@@ -11,6 +12,7 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || need+=(dataset-fashion-mnist)
   [ -x /usr/bin/chromium ] || need+=(chromium)
   [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+  [ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: apt-get install ${need[*]}"
     apt-get update -qq
