@@ -17,6 +17,7 @@ test images). Prints a markdown table and writes benchmarks/results/defences[_fu
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from kdcore.config import to_dict  # noqa: E402
 from kdcore.defenses import DEFENSES, get_defense  # noqa: E402
 from kdcore.device import describe, resolve_device  # noqa: E402
 from kdcore.io import atomic_write_json  # noqa: E402
@@ -59,7 +61,18 @@ def throttled():
     return progress
 
 
-def row(attack: str, method: str, family: str, ev: dict | None, det: dict | None, wall: float, labels: bool, note=""):
+def row(
+    attack: str,
+    method: str,
+    family: str,
+    ev: dict | None,
+    det: dict | None,
+    wall: float,
+    labels: bool,
+    note: str = "",
+    config: dict | None = None,
+    evidence: dict | None = None,
+) -> dict:
     ev = ev or {}
     return {
         "attack": attack,
@@ -74,6 +87,8 @@ def row(attack: str, method: str, family: str, ev: dict | None, det: dict | None
         "wall_s": round(wall, 1),
         "needs_labels": labels,
         "note": note,
+        "config": config,  # the method's resolved settings, so the row can be re-run
+        "evidence": evidence,  # the method's own findings (NC's per-class norms, the ℓ∞ sweep, ...)
     }
 
 
@@ -88,6 +103,8 @@ def run_attack(attack: str, methods: list[str], full: bool, device: torch.device
     rows = [row(attack, "suspect (no defence)", "—", suspect, None, 0.0, False)]
 
     log(f"{attack}: kd (core)")
+    # Fresh stage folder: the core method's time must include its work, not a cache hit.
+    shutil.rmtree(out / attack / "kd", ignore_errors=True)
     t0 = time.perf_counter()
     kd = run_kd_pipeline(
         inputs.model,
@@ -105,8 +122,11 @@ def run_attack(attack: str, methods: list[str], full: bool, device: torch.device
     )
     wall = time.perf_counter() - t0
     det = kd.detox.to_dict() if kd.detox else None
-    rows.append(row(attack, "kd (core): distilled", "repairer", kd.evals["student"].metrics(), det, wall, False))
-    rows.append(row(attack, "kd (core): fine-tuned", "repairer", kd.evals["finetuned"].metrics(), det, wall, True))
+    kd_cfg = to_dict(cfg.kd)
+    for model, label in (("student", "distilled"), ("finetuned", "fine-tuned")):
+        # Fine-tuning uses the (poisoned) training set's own labels, not extra labelled clean data.
+        ev = kd.evals[model].metrics()
+        rows.append(row(attack, f"kd (core): {label}", "repairer", ev, det, wall, False, config=kd_cfg))
 
     for name in methods:
         log(f"{attack}: {name}")
@@ -124,6 +144,8 @@ def run_attack(attack: str, methods: list[str], full: bool, device: torch.device
                 result.wall_s,
                 method.needs_labels,
                 result.evidence.get("headline", ""),
+                config=result.config,
+                evidence=result.evidence,
             )
         )
     return rows

@@ -9,7 +9,7 @@ one. For every class c (all classes of a pass optimised together in one batch):
    p = 255·(tanh(b)/2 + 1/2) ∈ [0, 255]^(C×H×W); stamp x' = (1 − m)·x + m·p on clean images x
    (pixel space, then the model's normalisation).
 2. Minimise CE(f(x'), c) + λ_c·‖m‖₁ with Adam (lr 0.1, betas (0.5, 0.9), the authors' code),
-   on mini-batches of `n_images` clean unlabelled images, for a fixed number of `steps`.
+   on mini-batches of `batch_size` drawn from `n_images` clean unlabelled images, for `steps` steps.
 3. λ_c schedule (the paper's dynamic cost, in rounds of `round_steps` steps instead of epochs):
    start at `init_cost`; after `patience` rounds in a row whose mean attack success is
    ≥ `success_threshold`, λ_c ×= `cost_multiplier`; after `patience` rounds below it,
@@ -20,6 +20,12 @@ one. For every class c (all classes of a pass optimised together in one batch):
    `threshold` (2, the paper's) are flagged as backdoor targets.
 5. Each recovered trigger is stamped (uint8, `apply_recovered`) on held-out clean images the
    optimisation never saw; its success is the share of those not already predicted c that flip to c.
+
+Departures from the authors' code, for speed on a CPU: a fixed number of steps on a few hundred
+images (no early stop), rounds of 10 steps and patience 3 rounds (theirs: epochs of ~31 steps,
+patience 5). `success_threshold` stays at their 0.99: on the BadNets demo teacher (seeds 0–3) it
+flagged exactly the target every time (index 2.96–4.00), while 0.95 gave higher indices (2.74–4.37)
+but flagged a clean class too in one seed of four.
 
 Evidence: the per-class table, flagged classes, the most anomalous class; images: mask, pattern
 and trigger (m·p, what gets stamped) of every class and one stamped held-out image for the most

@@ -155,6 +155,34 @@ def test_demo_audit_from_home_to_evidence(server, page):
     page.screenshot(path=SHOTS / "explain.png", full_page=True)
 
 
+def test_defence_on_the_demo_audit_beside_the_core_method(server, page):
+    """Run Neural Cleanse on the demo audit from the Defences page; its evidence and the comparison
+    with the core method appear when the worker has finished it."""
+    url, data = server["url"], server["data"]
+    store = JobStore(data)
+    demo = next(j for j in store.list() if j.kind == "demo")
+    open_ready(page, f"{url}/defences?job={demo.id}", ".st-key-defence-method")
+    page.locator(".st-key-defence-method").click()
+    page.get_by_role("option", name="neural-cleanse").click()
+    page.get_by_text("Wang et al.").first.wait_for()
+    before = {j.id for j in store.list()}
+    page.get_by_role("button", name="Run this defence").click()
+    page.get_by_text("Queued job").wait_for()
+    new = [j for j in store.list() if j.id not in before]
+    assert len(new) == 1 and new[0].kind == "defend" and new[0].config["method"] == "neural-cleanse"
+    wait_job(data, new[0].id)
+    # the progress fragment reruns the page once the job is done; the evidence grid shows 10 triggers
+    page.get_by_text("Recovered triggers").wait_for(timeout=120_000)
+    page.wait_for_function("document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 10")
+    # the comparison table (a canvas grid), the clean_acc-vs-asr chart and Neural Cleanse's mask norms
+    assert page.locator('[data-testid="stDataFrame"]').count() >= 1
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2")
+    assert page.get_by_text("anomaly index").count() >= 1
+    # Streamlit scrolls inside its own container, so a full-page shot is the viewport: show the evidence
+    page.get_by_text("most anomalous class").first.scroll_into_view_if_needed()
+    page.screenshot(path=SHOTS / "defences.png", full_page=True)
+
+
 def test_uploaded_model_and_zips(server, page, digits_files, tmp_path):
     url, data = server["url"], server["data"]
     unl_zip = tmp_path / "unlabeled.zip"
