@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -9,11 +10,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def resolved(option: str) -> str:
+@functools.cache
+def config_show() -> list[str]:
+    """`streamlit config show` run from the project root, once for the module."""
     out = subprocess.run(
         [sys.executable, "-m", "streamlit", "config", "show"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
-    lines = out.splitlines()
+    return out.splitlines()
+
+
+def resolved(option: str) -> str:
+    lines = config_show()
     i = next(i for i, line in enumerate(lines) if line.startswith(f"{option} = "))
     assert "was set in" in lines[i - 1] and "config.toml" in lines[i - 1], lines[i - 1]  # ours, not a default
     return lines[i].split(" = ", 1)[1].strip().strip('"')
