@@ -13,8 +13,8 @@ behaviour without its backdoor response.
 
 from __future__ import annotations
 
-import copy
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from kdcore.data.imageset import ImageSet
 from kdcore.device import autocast
 from kdcore.errors import ConfigError, InputError
+from kdcore.loop import Batch, BestEpoch, Loss, epoch_progress, train_one_epoch
 from kdcore.models.spec import ModelSpec
 from kdcore.progress import StepFn
 from kdcore.train import batches, make_optimizer, predict_logits
@@ -74,6 +75,28 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
 
 
+class SoftTargetKL(Loss):
+    """`kd_loss` at a fixed temperature (soft targets; the batch target is the teacher's logits).
+
+    t_squared=False divides Hinton's T² back out, giving plain KL at T (BCU's official code);
+    written as a division after `kd_loss` so its numbers stay bit-identical to that loop's."""
+
+    def __init__(self, temperature: float, t_squared: bool = True) -> None:
+        self.temperature, self.t_squared = temperature, t_squared
+
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        t = self.temperature
+        loss = kd_loss(logits, batch.target, t)
+        return (loss if self.t_squared else loss / (t * t)), None
+
+
+class HardLabelKD(Loss):
+    """Cross-entropy on the teacher's top-1 class ("hard" labels; BCU §4.3 Table 5)."""
+
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return F.cross_entropy(logits.float(), batch.target.argmax(1)), None
+
+
 def random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
     """Shift each uint8 image (B, C, H, W) by up to ±max_shift pixels, zero-filled."""
     b, _, h, w = x.shape
@@ -81,6 +104,43 @@ def random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2
     dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator).tolist()
     dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator).tolist()
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+
+
+def kd_batches(
+    teacher: nn.Module,
+    spec: ModelSpec,
+    student_spec: ModelSpec,
+    images: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device,
+    cached: torch.Tensor | None = None,
+    augment: bool = False,
+    amp: bool = True,
+) -> Iterator[Batch]:
+    """One shuffled pass over uint8 `images` (N, C, H, W) for distillation: the student's
+    normalised input and the teacher's float32 logits, from `cached` (N, K) when given, else from
+    the teacher on this very batch (under autocast when `amp`). Draws from `generator` in the
+    order: the permutation, then each batch's random shifts."""
+    for idx in batches(len(images), batch_size, generator):
+        x_u8 = images[idx]
+        if augment:
+            x_u8 = random_shift(x_u8, generator)
+        x = x_u8.to(device, non_blocking=True)
+        if cached is not None:
+            t_logits = cached[idx].to(device, non_blocking=True)
+        else:
+            with torch.inference_mode(), autocast(device, amp):
+                t_logits = teacher(spec.normalize(x)).float()
+            t_logits = t_logits.clone()  # leave inference mode for autograd
+        yield Batch(student_spec.normalize(x), t_logits)
+
+
+def agreement(
+    student: nn.Module, spec: ModelSpec, images: torch.Tensor, teacher_pred: torch.Tensor, device: torch.device
+) -> float:
+    """Top-1 agreement of `student` with the teacher's predictions `teacher_pred` on `images`."""
+    return (predict_logits(student, spec, images, device).argmax(1) == teacher_pred).float().mean().item()
 
 
 def distill(
@@ -109,49 +169,26 @@ def distill(
     if cfg.cache_teacher and not cfg.augment:
         cached = predict_logits(teacher, spec, train.images, device)  # (N, K) float32, CPU
     opt = make_optimizer(student.parameters(), "adam", cfg.lr)
+    loss_fn = SoftTargetKL(cfg.temperature)
     steps = -(-len(train) // cfg.batch_size)
-    history, best = [], (-1.0, None, 0)
+    history, best = [], BestEpoch(ties="last")  # ties go to the later (lower-loss) epoch
     t0, seen = time.perf_counter(), 0
     for epoch in range(cfg.epochs):
-        student.train()
-        running = 0.0
-        for i, idx in enumerate(batches(len(train), cfg.batch_size, g)):
-            x_u8 = train.images[idx]
-            if cfg.augment:
-                x_u8 = random_shift(x_u8, g)
-            x = x_u8.to(device, non_blocking=True)
-            if cached is not None:
-                t_logits = cached[idx].to(device, non_blocking=True)
-            else:
-                with torch.inference_mode(), autocast(device):
-                    t_logits = teacher(spec.normalize(x)).float()
-                t_logits = t_logits.clone()  # leave inference mode for autograd
-            with autocast(device):
-                s_logits = student(s_spec.normalize(x))
-            loss = kd_loss(s_logits, t_logits, cfg.temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            batch_loss = loss.item()  # the one host sync per step
-            running += batch_loss * len(idx)
-            seen += len(idx)
-            if on_step is not None:
-                on_step(epoch * steps + i + 1, cfg.epochs * steps, {"epoch": epoch + 1, "loss": batch_loss})
-        row = {"epoch": epoch + 1, "loss": running / len(train)}
+        epoch_batches = kd_batches(teacher, spec, s_spec, train.images, cfg.batch_size, g, device, cached, cfg.augment)
+        on_batch = epoch_progress(on_step, epoch, steps, cfg.epochs)
+        row = {"epoch": epoch + 1, **train_one_epoch(student, epoch_batches, loss_fn, opt, device, on_batch)}
+        seen += len(train)
         if hold_pred is not None:
-            s_pred = predict_logits(student, s_spec, hold.images, device).argmax(1)
-            row["holdout_agreement"] = (s_pred == hold_pred).float().mean().item()
-            if row["holdout_agreement"] >= best[0]:  # ties go to the later (lower-loss) epoch
-                best = (row["holdout_agreement"], copy.deepcopy(student.state_dict()), epoch + 1)
+            row["holdout_agreement"] = agreement(student, s_spec, hold.images, hold_pred, device)
+            best.update(student, epoch + 1, row["holdout_agreement"])
         history.append(row)
     elapsed = time.perf_counter() - t0
-    if best[1] is not None:
-        student.load_state_dict(best[1])
+    kept = best.restore(student)
     result = DistillResult(
         n_images=len(train),
         n_holdout=n_hold,
-        best_epoch=best[2] if best[1] is not None else cfg.epochs,
-        holdout_agreement=best[0] if best[1] is not None else float("nan"),
+        best_epoch=best.epoch if kept else cfg.epochs,
+        holdout_agreement=best.score if kept else float("nan"),
         final_loss=history[-1]["loss"],
         images_per_s=seen / max(elapsed, 1e-9),
         history=tuple(history),

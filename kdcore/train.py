@@ -1,4 +1,4 @@
-"""Supervised training and inference loops (plain and visible, torchvision-references style).
+"""Supervised training (`fit`) and inference (`predict_logits`), on the one loop in `kdcore.loop`.
 
 Data are in-memory uint8 `ImageSet`s; each batch is moved to the device and normalised there
 by the model's `ModelSpec`, so no DataLoader workers are needed at these sizes.
@@ -6,16 +6,16 @@ by the model's `ModelSpec`, so no DataLoader workers are needed at these sizes.
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from kdcore.data.imageset import ImageSet
 from kdcore.device import autocast
 from kdcore.errors import ConfigError
+from kdcore.loop import Batch, BestEpoch, CrossEntropy, epoch_progress, train_one_epoch
 from kdcore.models.spec import ModelSpec
 from kdcore.progress import StepFn
 
@@ -65,39 +65,14 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None = None):
         yield order[start : start + batch_size]
 
 
-def train_one_epoch(
-    model: nn.Module,
-    spec: ModelSpec,
-    data: ImageSet,
-    optimizer: torch.optim.Optimizer,
-    batch_size: int,
-    generator: torch.Generator,
-    device: torch.device,
-    on_batch: StepFn | None = None,
-) -> dict:
-    """One epoch of cross-entropy training; returns mean loss and training accuracy."""
+def labelled_batches(
+    spec: ModelSpec, data: ImageSet, batch_size: int, generator: torch.Generator | None, device: torch.device
+) -> Iterator[Batch]:
+    """One shuffled pass over labelled `data`: normalised images and labels on the device."""
     labels = data.require_labels("Training")
-    model.train()
-    # One host sync per batch (the loss for the progress callback); the correct-count stays on
-    # the device until the epoch ends, so a GPU is not stalled twice per step.
-    total_loss, seen = 0.0, 0
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    for i, idx in enumerate(batches(len(data), batch_size, generator)):
+    for idx in batches(len(data), batch_size, generator):
         x = spec.normalize(data.images[idx].to(device, non_blocking=True))  # (B, C, H, W)
-        y = labels[idx].to(device, non_blocking=True)
-        with autocast(device):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        batch_loss = loss.item()
-        total_loss += batch_loss * len(idx)
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(idx)
-        if on_batch is not None:
-            on_batch(i + 1, -(-len(data) // batch_size), {"loss": batch_loss})
-    return {"loss": total_loss / max(seen, 1), "acc": correct.item() / max(seen, 1)}
+        yield Batch(x, labels[idx].to(device, non_blocking=True))
 
 
 @torch.inference_mode()
@@ -153,36 +128,24 @@ def fit(
     history: list[dict] = []
     # Only trained epochs compete: when fine-tuning, a val slice of the detoxified set is biased
     # towards samples the student already agrees on, so the untouched start would always "win".
-    best_acc, best_state, best_epoch, stale = -1.0, None, 0, 0
+    best = BestEpoch(ties="first", patience=cfg.patience)
     for epoch in range(cfg.epochs):
-
-        def on_batch(i, _n, m, _e=epoch):
-            if on_step is not None:
-                on_step(_e * steps_per_epoch + i, total, {"epoch": _e + 1, **m})
-
-        row = {"epoch": epoch + 1, **train_one_epoch(model, spec, data, opt, cfg.batch_size, g, device, on_batch)}
+        on_batch = epoch_progress(on_step, epoch, steps_per_epoch, cfg.epochs)
+        epoch_batches = labelled_batches(spec, data, cfg.batch_size, g, device)
+        row = {"epoch": epoch + 1, **train_one_epoch(model, epoch_batches, CrossEntropy(), opt, device, on_batch)}
         if val is not None:
             row["val_acc"] = accuracy(model, spec, val, device)
-            if row["val_acc"] > best_acc:
-                best_acc, best_state, best_epoch, stale = (
-                    row["val_acc"],
-                    copy.deepcopy(model.state_dict()),
-                    epoch + 1,
-                    0,
-                )
-            else:
-                stale += 1
+            best.update(model, epoch + 1, row["val_acc"])
         history.append(row)
         if on_step is not None:
             on_step((epoch + 1) * steps_per_epoch, total, dict(row))
-        if val is not None and cfg.patience and stale >= cfg.patience:
+        if best.stop:
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    best.restore(model)
     return model, {
         "epochs": history,
-        "best_epoch": best_epoch,
-        "best_val_acc": best_acc if val else None,
+        "best_epoch": best.epoch,
+        "best_val_acc": best.score if val else None,
         "n_train": len(data),
         "n_val": len(val) if val is not None else 0,
     }

@@ -49,15 +49,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from kdcore.data.imageset import ImageSet
 from kdcore.defenses.base import DefenseInputs, Repairer
-from kdcore.distill import kd_loss, random_shift
+from kdcore.distill import HardLabelKD, SoftTargetKL, agreement, kd_batches
 from kdcore.errors import ConfigError, InputError
+from kdcore.loop import BestEpoch, epoch_progress, train_one_epoch
 from kdcore.models.spec import ModelSpec
 from kdcore.progress import StepFn
-from kdcore.train import batches, make_optimizer, predict_logits
+from kdcore.train import make_optimizer, predict_logits
 
 LAYER_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -213,7 +213,8 @@ def distill_student(
 ) -> tuple[nn.Module, dict]:
     """Step 3–4: distil `teacher` into `student` on `unlabeled`; returns the selected student and a summary.
 
-    Not `kdcore.distill.distill`: that loop is Adam-only, soft-only, constant-T."""
+    Not `kdcore.distill.distill`: BCU's optimiser, cosine schedule, temperature ramp, hard labels
+    and full-precision forward differ; the epoch, batches and selection are the same code."""
     perm = torch.randperm(len(unlabeled), generator=generator)
     n_hold = round(cfg.holdout_fraction * len(unlabeled))
     hold, train = unlabeled.subset(perm[:n_hold]), unlabeled.subset(perm[n_hold:])
@@ -224,60 +225,40 @@ def distill_student(
     hold_pred = predict_logits(teacher, spec, hold.images, device).argmax(1) if n_hold else None
     cached = None if cfg.augment else predict_logits(teacher, spec, train.images, device)  # (N, K) float32, CPU
 
-    def agreement() -> float:
-        return (predict_logits(student, spec, hold.images, device).argmax(1) == hold_pred).float().mean().item()
-
     opt = make_optimizer(student.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs) if cfg.cosine else None
     steps = -(-len(train) // cfg.batch_size)
-    start = agreement() if n_hold else None
-    history, best = [], (-1.0, None, 0)
+    start = agreement(student, spec, hold.images, hold_pred, device) if n_hold else None
+    history, best = [], BestEpoch(ties="last")  # ties go to the later epoch
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         t = 1.0 + (cfg.temperature - 1.0) * (epoch + 1) / cfg.epochs if cfg.temperature_ramp else cfg.temperature
-        student.train()
-        running = 0.0
-        for i, idx in enumerate(batches(len(train), cfg.batch_size, generator)):
-            x_u8 = train.images[idx]
-            if cfg.augment:
-                x_u8 = random_shift(x_u8, generator)
-            x = spec.normalize(x_u8.to(device, non_blocking=True))  # (B, C, H, W)
-            if cached is not None:
-                t_logits = cached[idx].to(device, non_blocking=True)
-            else:
-                with torch.inference_mode():
-                    t_logits = teacher(x).float()
-                t_logits = t_logits.clone()  # leave inference mode for autograd
-            s_logits = student(x).float()
-            if cfg.labels == "soft":
-                loss = kd_loss(s_logits, t_logits, t) / (t * t)  # Eq. 2: KL at T, no T² (official code)
-            else:
-                loss = F.cross_entropy(s_logits, t_logits.argmax(1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            batch_loss = loss.item()
-            running += batch_loss * len(idx)
-            if on_step is not None:
-                on_step(epoch * steps + i + 1, cfg.epochs * steps, {"epoch": epoch + 1, "loss": batch_loss})
+        # Eq. 2: KL at T without Hinton's T² (official code).
+        loss_fn = SoftTargetKL(t, t_squared=False) if cfg.labels == "soft" else HardLabelKD()
+        # The official code trains in full precision: no autocast, for the teacher or the student.
+        epoch_batches = kd_batches(
+            teacher, spec, spec, train.images, cfg.batch_size, generator, device, cached, cfg.augment, amp=False
+        )
+        on_batch = epoch_progress(on_step, epoch, steps, cfg.epochs)
+        row = {
+            "epoch": epoch + 1,
+            **train_one_epoch(student, epoch_batches, loss_fn, opt, device, on_batch, amp=False),
+        }
         if sched is not None:
             sched.step()
-        row = {"epoch": epoch + 1, "loss": running / len(train)}
         if cfg.labels == "soft":
             row["temperature"] = round(t, 4)
         if hold_pred is not None:
-            row["holdout_agreement"] = agreement()
-            if row["holdout_agreement"] >= best[0]:  # ties go to the later epoch
-                best = (row["holdout_agreement"], copy.deepcopy(student.state_dict()), epoch + 1)
+            row["holdout_agreement"] = agreement(student, spec, hold.images, hold_pred, device)
+            best.update(student, epoch + 1, row["holdout_agreement"])
         history.append(row)
-    if best[1] is not None:
-        student.load_state_dict(best[1])
+    kept = best.restore(student)
     summary = {
         "n_images": len(train),
         "n_holdout": n_hold,
         "start_agreement": start,
-        "best_epoch": best[2] if best[1] is not None else cfg.epochs,
-        "holdout_agreement": best[0] if best[1] is not None else None,
+        "best_epoch": best.epoch if kept else cfg.epochs,
+        "holdout_agreement": best.score if kept else None,
         "final_loss": history[-1]["loss"],
         "train_s": round(time.perf_counter() - t0, 2),
         "history": history,

@@ -33,19 +33,20 @@ from __future__ import annotations
 import copy
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from kdcore.data.imageset import ImageSet
 from kdcore.defenses.base import DefenseInputs, Repairer
 from kdcore.device import autocast
 from kdcore.errors import ConfigError
+from kdcore.loop import Batch, Loss, epoch_progress, train_one_epoch
 from kdcore.models.spec import ModelSpec
 from kdcore.progress import for_stage
-from kdcore.train import TrainConfig, batches, fit, make_optimizer
+from kdcore.train import TrainConfig, fit, labelled_batches, make_optimizer
 
 # Modules that may follow a convolution inside one unit (its normalisation and activation).
 _FOLLOWERS = (
@@ -213,45 +214,33 @@ def finetune_teacher(inputs: DefenseInputs, cfg: NADConfig) -> tuple[nn.Module, 
     return teacher.eval(), history
 
 
-def _nad_epoch(
-    student: nn.Module,
-    teacher: nn.Module,
-    caps: tuple[_Capture, _Capture],
-    layers: list[str],
-    betas: list[float],
-    data: ImageSet,
-    opt: torch.optim.Optimizer,
-    cfg: NADConfig,
-    spec: ModelSpec,
-    device: torch.device,
-    g: torch.Generator,
-    on_batch,
-) -> dict:
-    """One epoch of Eq. 3: CE + Σ_l β_l · AT_l. Returns the epoch's mean CE, AT per layer and accuracy."""
-    cap_s, cap_t = caps
-    labels = data.require_labels("NAD")
-    student.train()
-    sums = torch.zeros(3 + len(layers), dtype=torch.float64)  # loss, ce, acc, AT per layer
-    steps = -(-len(data) // cfg.batch_size)
-    for i, idx in enumerate(batches(len(data), cfg.batch_size, g)):
-        x = spec.normalize(data.images[idx].to(device, non_blocking=True))  # (B, C, H, W)
-        y = labels[idx].to(device, non_blocking=True)
-        with torch.no_grad(), autocast(device):
-            teacher(x)
-        with autocast(device):
-            logits = student(x)
+class AttentionDistillationLoss(Loss):
+    """Eq. 3: CE(F_S(x), y) + Σ_l β_l · AT_l, with the student's and the teacher's activations
+    read from their captures (the teacher has run on the batch before the student).
+
+    Metrics: the CE, the training accuracy, and the AT distance per layer ("at:<layer>")."""
+
+    def __init__(self, caps: tuple[_Capture, _Capture], layers: list[str], betas: list[float], p: float) -> None:
+        self.caps, self.layers, self.betas, self.p = caps, layers, betas, p
+        self.metrics = ("ce", "acc", *(f"at:{n}" for n in layers))
+
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cap_s, cap_t = self.caps
+        y = batch.target
         ce = F.cross_entropy(logits.float(), y)
-        ats = torch.stack([at_loss(cap_s.out[n], cap_t.out[n].detach(), cfg.p) for n in layers])  # (L,)
-        loss = ce + (torch.tensor(betas, device=device) * ats).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        ats = torch.stack([at_loss(cap_s.out[n], cap_t.out[n].detach(), self.p) for n in self.layers])  # (L,)
+        loss = ce + (torch.tensor(self.betas, device=ce.device) * ats).sum()
         acc = (logits.detach().argmax(1) == y).float().mean()
-        row = torch.cat([torch.stack([loss.detach(), ce.detach(), acc]), ats.detach()]).double().cpu()  # one sync
-        sums += row * len(idx)
-        on_batch(i + 1, steps, {"loss": row[0].item()})
-    mean = (sums / len(data)).tolist()
-    return {"loss": mean[0], "ce": mean[1], "acc": mean[2], "at": dict(zip(layers, mean[3:], strict=True))}
+        # Per-batch means (float32) → float64 sums, as the epoch averages over images.
+        return loss, torch.cat([torch.stack([ce.detach(), acc]), ats.detach()]).double() * len(y)
+
+
+def _teacher_first(teacher: nn.Module, batches: Iterator[Batch], device: torch.device) -> Iterator[Batch]:
+    """Run the teacher on each batch (filling its capture) before the student sees it."""
+    for batch in batches:
+        with torch.no_grad(), autocast(device):
+            teacher(batch.x)
+        yield batch
 
 
 class NAD(Repairer):
@@ -292,16 +281,16 @@ class NAD(Repairer):
         g = inputs.generator(1)
         history = []
         steps = -(-len(data) // cfg.batch_size)
+        loss_fn = AttentionDistillationLoss(caps, layers, betas, cfg.p)
         try:
             for epoch in range(cfg.epochs):
-
-                def on_batch(i, _n, m, _e=epoch):
-                    inputs.on_progress("nad", _e * steps + i, cfg.epochs * steps, {"epoch": _e + 1, **m})
-
-                row = _nad_epoch(
-                    student, teacher, caps, layers, betas, data, opt, cfg, inputs.spec, device, g, on_batch
+                on_batch = epoch_progress(for_stage(inputs.on_progress, "nad"), epoch, steps, cfg.epochs)
+                epoch_batches = _teacher_first(
+                    teacher, labelled_batches(inputs.spec, data, cfg.batch_size, g, device), device
                 )
-                history.append({"epoch": epoch + 1, **row})
+                row = train_one_epoch(student, epoch_batches, loss_fn, opt, device, on_batch)
+                at = {n: row.pop(f"at:{n}") for n in layers}
+                history.append({"epoch": epoch + 1, **row, "at": at})
         finally:
             for c in caps:
                 c.remove()
