@@ -129,10 +129,11 @@ def fit(
     # Only trained epochs compete: when fine-tuning, a val slice of the detoxified set is biased
     # towards samples the student already agrees on, so the untouched start would always "win".
     best = BestEpoch(ties="first", patience=cfg.patience)
+    loss_fn = CrossEntropy()
     for epoch in range(cfg.epochs):
         on_batch = epoch_progress(on_step, epoch, steps_per_epoch, cfg.epochs)
         epoch_batches = labelled_batches(spec, data, cfg.batch_size, g, device)
-        row = {"epoch": epoch + 1, **train_one_epoch(model, epoch_batches, CrossEntropy(), opt, device, on_batch)}
+        row = {"epoch": epoch + 1, **train_one_epoch(model, epoch_batches, loss_fn, opt, device, on_batch)}
         if val is not None:
             row["val_acc"] = accuracy(model, spec, val, device)
             best.update(model, epoch + 1, row["val_acc"])
