@@ -3,17 +3,8 @@ last-conv activations (ℓp norms, activation maps): seed 004, Cheng et al., Adv
 
 import streamlit as st
 
-from app.explain import (
-    NORM_IMAGES,
-    activation_maps_ui,
-    compare_model_ui,
-    gradcam_grid_ui,
-    norm_histograms_figure,
-    norm_stats,
-    pick_images_ui,
-    run_context,
-    target_mode_ui,
-)
+from app.explain import activation_maps_ui, compare_model_ui, gradcam_grid_ui, pick_images_ui, target_mode_ui
+from app.explain_figures import NORM_IMAGES, norm_histograms_figure, norm_stats, run_context
 from app.state import job_picker_ui, show_error
 from kdcore.errors import KDCoreError
 
@@ -52,8 +43,8 @@ try:
         else:
             st.caption(
                 f"{len(next(iter(stats.values()))['clean'])} test images of classes other than the target, "
-                "clean and with the trigger; post-ReLU activations of the last conv block. A backdoored "
-                "model's ℓ∞ separates the two most clearly (seed 004, fig. 4)."
+                "clean and with the trigger; post-ReLU activations of the last conv block, the ones ℓ∞ "
+                "pruning scores. A backdoored model's ℓ∞ separates the two most clearly (seed 004, fig. 4)."
             )
 
     st.subheader("Activation map of one image")

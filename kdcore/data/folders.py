@@ -14,6 +14,7 @@ Steps:
 5. Decode each with PIL, flatten alpha onto black, bring 16-bit and float images to 0..255,
    convert to L (C = 1) or RGB (C = 3) and resize to (H, W) → uint8 (N, C, H, W).
    Files with an image extension that cannot be decoded are listed in `ImageSet.skipped`.
+   `decode_image` is the same decoder for one file's bytes (the dashboard's uploads).
 """
 
 from __future__ import annotations
@@ -272,6 +273,25 @@ def _decode_all(
     if skipped:
         out = out[: len(sources)].clone()  # a view would keep the unused tail in memory
     return out, tuple(sources), tuple(skipped)
+
+
+def decode_image(data: bytes, input_shape: tuple[int, int, int], name: str = "image") -> torch.Tensor:
+    """One image file's bytes → uint8 (C, H, W) at `input_shape`, decoded exactly as the folder
+    loaders decode each file (step 5: format allow-list, size and pixel caps, alpha onto black,
+    16-bit and float scaling, L/RGB conversion, bilinear resize). For single uploads.
+
+    Raises InputError, naming `name`, when the bytes are not a readable image of an allowed format.
+    """
+    c, h, w = _check_shape(input_shape)
+    if len(data) > MAX_FILE_BYTES:
+        raise InputError(f"'{name}' is over {MAX_FILE_BYTES // 2**20} MiB; image files that large are refused")
+    try:
+        arr = _decode(data, "L" if c == 1 else "RGB", (w, h))  # (H, W) or (H, W, 3)
+    except _UNREADABLE as e:
+        raise InputError(
+            f"Could not read '{name}' as an image ({type(e).__name__}: {e}); expected PNG, JPEG, BMP, WebP, TIFF or GIF"
+        ) from e
+    return torch.from_numpy(arr).reshape(h, w, c).permute(2, 0, 1).contiguous()
 
 
 def _decode(data: bytes, mode: str, size: tuple[int, int]) -> np.ndarray:

@@ -6,7 +6,8 @@ samples reach the label for different reasons, so their last hidden activations 
 distinct clusters; in a clean class they form one blob that 2-means splits arbitrarily.
 
 1. Run every training sample through the suspect model and capture the input of its last
-   `nn.Linear` (the penultimate activations, flattened): A (N, D).
+   `nn.Linear` to run (the penultimate activations, flattened; `choose_layer(..., "penultimate")`):
+   A (N, D).
 2. Per label class c (the labels of the training set, as in the paper):
    a. reduce A_c to `dims` dimensions (units that never vary dropped first) with PCA (default)
       or ICA (the paper's choice; sklearn FastICA, whitened to unit variance);
@@ -54,6 +55,8 @@ from torch import nn
 
 from kdcore.defenses.base import DefenseInputs, Detector
 from kdcore.errors import ConfigError
+from kdcore.hooks import capture
+from kdcore.models.layers import choose_layer
 from kdcore.models.spec import ModelSpec
 from kdcore.train import batches
 
@@ -88,46 +91,19 @@ class ActivationClusteringConfig:
             raise ConfigError(f"n_init and batch_size must be ≥ 1; got {self.n_init}, {self.batch_size}")
 
 
-def last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The last `nn.Linear` registered in `model` and its name: its input is the penultimate activation.
-
-    Registration order is definition order, which for the registry's models (and torchvision's)
-    puts the classification head last."""
-    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError(
-            f"{type(model).__name__} has no nn.Linear layer, so activation clustering cannot find its "
-            "penultimate activations (the input of the final dense layer)"
-        )
-    return linears[-1]
-
-
 @torch.inference_mode()
 def penultimate_activations(
     model: nn.Module, spec: ModelSpec, images_u8: torch.Tensor, device: torch.device, batch_size: int = 256
 ) -> np.ndarray:
-    """float32 (N, D) on the CPU: the flattened input of the model's last nn.Linear per image,
-    in eval mode (the model's train/eval modes are restored afterwards)."""
-    _, layer = last_linear(model)
-    captured: list[torch.Tensor] = []
-    handle = layer.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().flatten(1).clone()))
-    modes = [(m, m.training) for m in model.modules()]
+    """float32 (N, D) on the CPU: the flattened input of the model's last nn.Linear to run
+    (`choose_layer(..., "penultimate")`) per image, in eval mode (modes restored afterwards)."""
+    name, layer = choose_layer(model, spec, "penultimate")
     out = []
-    try:
-        model.eval()
+    with capture(model, {name: layer}, what="input") as cap:
         for idx in batches(len(images_u8), batch_size):
-            captured.clear()
+            cap.clear()
             model(spec.normalize(images_u8[idx].to(device, non_blocking=True)))
-            if len(captured) != 1:
-                raise ConfigError(
-                    f"The last nn.Linear of {type(model).__name__} ran {len(captured)} times in one forward "
-                    "pass; activation clustering needs a model that uses it exactly once"
-                )
-            out.append(captured.pop().float().cpu())  # (B, D)
-    finally:
-        handle.remove()
-        for m, training in modes:
-            m.training = training
+            out.append(cap.one(name).flatten(1).float().cpu())  # (B, D)
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
@@ -233,7 +209,7 @@ class ActivationClustering(Detector):
         evidence = {
             "reducer": cfg.reducer,
             "dims": cfg.dims,
-            "layer": f"input of {last_linear(model)[0]}",
+            "layer": f"input of {choose_layer(model, inputs.spec, 'penultimate')[0]}",
             "activation_dim": int(acts.shape[1]),
             "size_threshold": cfg.size_threshold,
             "silhouette_threshold": cfg.silhouette_threshold,

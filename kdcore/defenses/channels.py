@@ -12,9 +12,10 @@ After 1–2 the channel is exactly 0 after conv (+ BN) + ReLU. In a residual blo
 is still added to the shortcut: what is removed is the conv's contribution, as in any filter pruning.
 
 "Consumes" is found by tracing, not guessed from names: one dummy forward pass records which
-modules receive the conv's output tensor itself as their input (`channel_layer`). Registration
-order would also work for the registry's models (paper-cnn: conv → ReLU; resnet18-small:
-conv → bn), but not for models that define layers out of order. A consumer that mixes or normalises
+modules receive the conv's output tensor itself as their input (`kdcore.models.layers.consumers`,
+the same trace that picks the last conv by execution order). Registration order would also work
+for the registry's models (paper-cnn: conv → ReLU; resnet18-small: conv → bn), but not for
+models that define layers out of order. A consumer that mixes or normalises
 channels in a way a per-channel zero cannot survive (GroupNorm, LayerNorm, an affine-free BN)
 raises ConfigError; functional ops (F.relu, +) are invisible to the trace and harmless, because they
 see a channel that is already exactly 0.
@@ -29,7 +30,9 @@ import torch
 from torch import nn
 
 from kdcore.errors import ConfigError
-from kdcore.explain.activations import last_conv_layer, model_device
+from kdcore.hooks import trace
+from kdcore.models.layers import choose_layer
+from kdcore.models.layers import consumers as layer_consumers
 from kdcore.models.spec import ModelSpec
 
 # Consumers whose output for a zero input channel would not stay zero after step 2.
@@ -63,50 +66,16 @@ class ChannelLayer:
 
 
 def channel_layer(model: nn.Module, spec: ModelSpec, name: str | None = None) -> ChannelLayer:
-    """The conv layer called `name` in `model` (default: the last conv) and the BN that consumes it.
+    """The conv layer called `name` in `model` (default: the last conv to run) and the BN that consumes it.
 
-    Runs one dummy forward pass (2 blank images, eval mode, modes restored) to see which modules
-    take the conv's output tensor as input. Raises ConfigError when `name` is not a Conv2d, when the
-    conv runs more than once per forward pass, or when its output goes into a layer whose channels
-    a zero filter cannot switch off.
+    The conv is `choose_layer(..., "last_conv", name)`; one traced dummy forward pass (2 blank
+    images, eval mode, modes restored) shows which modules take the conv's output tensor as input.
+    Raises ConfigError when `name` is not a Conv2d, when the conv runs more than once per forward
+    pass, or when its output goes into a layer whose channels a zero filter cannot switch off.
     """
+    name, conv = choose_layer(model, spec, "last_conv", name)
     modules = dict(model.named_modules())
-    if name is None:
-        conv = last_conv_layer(model)
-        name = next(n for n, m in modules.items() if m is conv)
-    elif name not in modules:
-        raise ConfigError(f"{type(model).__name__} has no module named {name!r}; pick one of its nn.Conv2d layers")
-    conv = modules[name]
-    if not isinstance(conv, nn.Conv2d):
-        raise ConfigError(f"{name!r} is a {type(conv).__name__}; channel pruning needs an nn.Conv2d layer")
-
-    outputs: list[torch.Tensor] = []
-    consumers: list[str] = []
-
-    def on_output(_m, _inputs, output) -> None:
-        outputs.append(output)
-
-    def on_input(module_name: str):
-        def hook(_m, inputs) -> None:
-            if outputs and inputs and any(x is outputs[-1] for x in inputs if isinstance(x, torch.Tensor)):
-                consumers.append(module_name)
-
-        return hook
-
-    handles = [conv.register_forward_hook(on_output)]
-    handles += [m.register_forward_pre_hook(on_input(n)) for n, m in modules.items() if m is not conv and n]
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
-        with torch.inference_mode():
-            model(torch.zeros((2, *spec.input_shape), device=model_device(model)))
-    finally:
-        for h in handles:
-            h.remove()
-        for m, training in modes:
-            m.training = training
-    if len(outputs) != 1:
-        raise ConfigError(f"{name!r} ran {len(outputs)} times in one forward pass; pick a layer the model uses once")
+    consumers = [c.name for c in layer_consumers(trace(model, spec), name)]
 
     norm, norm_name = None, None
     for n in dict.fromkeys(consumers):  # in call order, each once

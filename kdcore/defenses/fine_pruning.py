@@ -34,7 +34,7 @@ from kdcore.data.imageset import ImageSet
 from kdcore.defenses.base import DefenseInputs, Repairer
 from kdcore.defenses.channels import channel_layer, freeze_channels, zero_channels
 from kdcore.errors import ConfigError, InputError
-from kdcore.explain.activations import _reduce_batches
+from kdcore.explain.activations import reduce_activations
 from kdcore.progress import for_stage
 from kdcore.train import TrainConfig, fit, predict_logits
 
@@ -66,7 +66,7 @@ class FinePruningConfig:
 
 def mean_activations(model: nn.Module, inputs: DefenseInputs, images: torch.Tensor, layer, batch_size: int):
     """float64 (C,): each channel's activation relu(·) averaged over images and positions (h, w)."""
-    per_image = _reduce_batches(
+    per_image = reduce_activations(
         model, inputs.spec, images, layer.activation_layer, batch_size, lambda a: a.clamp_min(0).mean(dim=(2, 3))
     )  # (N, C)
     return per_image.double().mean(0).numpy()

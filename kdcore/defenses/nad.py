@@ -6,9 +6,9 @@ Steps:
    images for a few epochs (`kdcore.train.fit`; the paper fine-tunes 5–10 epochs on 5 % of the
    training data). Fine-tuning alone weakens the backdoor; the teacher's attention is the guide.
 2. Layers: the outputs of the deepest 2–3 stages (`attention_layers`). The paper aligns the
-   three residual groups of a WRN-16-1. Here stages are found generically with one probe pass:
-   the units are the outermost residual blocks where the model has them (a module whose class
-   name ends in Block, Bottleneck or Residual, e.g. resnet18-small's `BasicBlock`), else each
+   three residual groups of a WRN-16-1. Here stages are found generically with one traced pass
+   (`kdcore.hooks.trace`): the units are the outermost residual blocks where the model has them
+   (a module whose class name ends in Block, Bottleneck or Residual, e.g. `BasicBlock`), else each
    `nn.Conv2d` extended by the BatchNorm/activation modules that run right after it (so a
    paper-cnn unit is its ReLU's output); consecutive units with the same spatial size form a
    stage, and its last unit is hooked. 1×1 maps are skipped (their normalised attention is the
@@ -18,8 +18,8 @@ Steps:
    (B, H·W) and ℓ2-normalised per sample (`attention_map`; Eq. 1, seed 002).
 4. Student: another copy of the suspect model, trained on the same images with
        L = CE(F_S(x), y) + Σ_l β_l · mean_batch ‖A_S^l − A_T^l‖₂        (Eq. 2 and 3, seed 002)
-   with forward hooks capturing both models' activations (`at_loss`). The hooks are removed
-   before returning, so the repaired model is a plain model of the same architecture.
+   with forward hooks capturing both models' activations (`kdcore.hooks.Capture`, `at_loss`). The
+   hooks are removed before returning, so the repaired model is a plain model of the same architecture.
 
 β: the paper quotes β = 5000, but its code (github.com/bboylyg/NAD, at.py) applies β to the
 mean *squared* difference over the H·W entries, not to the ℓ2 distance of Eq. 2 used here. For
@@ -43,7 +43,9 @@ from torch.nn import functional as F
 from kdcore.defenses.base import DefenseInputs, Repairer
 from kdcore.device import autocast
 from kdcore.errors import ConfigError
+from kdcore.hooks import Capture, trace
 from kdcore.loop import Batch, Loss, epoch_progress, train_one_epoch
+from kdcore.models.layers import require_conv
 from kdcore.models.spec import ModelSpec
 from kdcore.progress import for_stage
 from kdcore.train import TrainConfig, fit, labelled_batches, make_optimizer
@@ -115,33 +117,11 @@ def at_loss(a_s: torch.Tensor, a_t: torch.Tensor, p: float = 2.0) -> torch.Tenso
     return (diff.pow(2).sum(dim=1) + 1e-12).sqrt().mean()
 
 
-def _probe(model: nn.Module, spec: ModelSpec, device: torch.device) -> list[tuple[str, nn.Module, tuple]]:
-    """(name, module, output shape) of every submodule call in one dummy forward pass, in order."""
-    calls: list[tuple[str, nn.Module, tuple]] = []
-
-    def record(name):
-        def hook(module, _inp, out):
-            calls.append((name, module, tuple(out.shape) if isinstance(out, torch.Tensor) else ()))
-
-        return hook
-
-    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.inference_mode():
-            model(torch.zeros((2, *spec.input_shape), device=device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return calls
-
-
 def attention_layers(model: nn.Module, spec: ModelSpec, device: torch.device, n_layers: int = 3) -> list[str]:
     """Names of the modules whose outputs NAD aligns: the last unit of each of the deepest
     `n_layers` stages (see the module docstring, step 2)."""
-    calls = _probe(model, spec, device)
+    require_conv(model)
+    calls = [(c.name, c.module, c.shape) for c in trace(model, spec, device)]  # in the order calls finish
     count = Counter(name for name, _, _ in calls)
     has_conv = {n for n, m in model.named_modules() if any(isinstance(c, nn.Conv2d) for c in m.modules())}
     blocks = [
@@ -177,26 +157,6 @@ def attention_layers(model: nn.Module, spec: ModelSpec, device: torch.device, n_
     return names[-n_layers:]
 
 
-class _Capture:
-    """Forward hooks that keep the outputs of named modules (cloned: an in-place op after the
-    module, e.g. ReLU(inplace=True) after a conv, must not change what was captured)."""
-
-    def __init__(self, model: nn.Module, names: list[str]) -> None:
-        modules = dict(model.named_modules())
-        self.out: dict[str, torch.Tensor] = {}
-        self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
-
-    def _hook(self, name):
-        def hook(_module, _inp, out):
-            self.out[name] = out.clone()
-
-        return hook
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
 def finetune_teacher(inputs: DefenseInputs, cfg: NADConfig) -> tuple[nn.Module, dict]:
     """Step 1: a copy of the suspect fine-tuned on the labelled clean images; (teacher, fit history)."""
     teacher = copy.deepcopy(inputs.model).to(inputs.device)
@@ -220,7 +180,7 @@ class AttentionDistillationLoss(Loss):
 
     Metrics: the CE, the training accuracy, and the AT distance per layer ("at:<layer>")."""
 
-    def __init__(self, caps: tuple[_Capture, _Capture], layers: list[str], betas: list[float], p: float) -> None:
+    def __init__(self, caps: tuple[Capture, Capture], layers: list[str], betas: list[float], p: float) -> None:
         self.caps, self.layers, self.betas, self.p = caps, layers, betas, p
         self.metrics = ("ce", "acc", *(f"at:{n}" for n in layers))
 
@@ -276,7 +236,7 @@ class NAD(Repairer):
         teacher, teacher_history = finetune_teacher(inputs, cfg)
         for q in teacher.parameters():
             q.requires_grad_(False)
-        caps = (_Capture(student, layers), _Capture(teacher, layers))
+        caps = (Capture(student, layers), Capture(teacher, layers))  # cloned outputs, gradients kept
         opt = make_optimizer(student.parameters(), cfg.optimizer, cfg.lr, weight_decay=cfg.weight_decay)
         g = inputs.generator(1)
         history = []

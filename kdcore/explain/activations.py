@@ -2,10 +2,13 @@
 Backdoor Attack on Deep Neural Networks", AdvML@KDD 2019, §4 and Figs. 3–4).
 
 Steps:
-1. Pick the final convolutional layer: `last_conv_layer`, the last `nn.Conv2d` in module
-   registration order (for paper-cnn `features[2]`).
+1. Pick the layer: by default the final convolutional layer to run,
+   `choose_layer(model, spec, "last_conv")` (for paper-cnn `features[2]`); `role="conv_activation"`
+   picks the BatchNorm that consumes it when there is one (resnet18-small `layer4.1.bn2`), the
+   activation ℓ∞ pruning scores. Both are in `kdcore.models.layers`.
 2. Run the images through the model in eval mode under `torch.inference_mode()` and capture that
-   layer's output with a forward hook: A (N, C, h, w) (`activations`, Fig. 3's activation map).
+   layer's output (`kdcore.hooks.capture`): A (N, C, h, w) (`activations`, Fig. 3's activation
+   map); with `relu=True`, max(A, 0), what the ReLU after the layer passes on.
 3. Per image, flatten A to its C·h·w values and take ℓ1 = Σ|a|, ℓ2 = √Σa², ℓ∞ = max|a|
    (`activation_norms` → `NormStats`).
 4. Do 3 for clean images and for the same images with the trigger (`compare_norms`): the seed's
@@ -14,9 +17,9 @@ Steps:
    ℓ∞ neuron pruning ranks channels by.
 
 What is captured is the hooked layer's *output*, so for a conv layer the values before any
-following BatchNorm/ReLU (they can be negative; hence |a| in the norms). It is cloned inside the
-hook because an in-place ReLU after the conv (paper-cnn, VGG) would otherwise overwrite it on the
-CPU but not on a GPU. To measure post-ReLU activations, pass the ReLU module as `layer`.
+following BatchNorm/ReLU (they can be negative; hence |a| in the norms); the capture clones it, so
+an in-place ReLU after the conv (paper-cnn, VGG) does not rewrite it on the CPU.
+The Explain page shows `role="conv_activation", relu=True`: the same activation ℓ∞ pruning prunes by.
 """
 
 from __future__ import annotations
@@ -29,26 +32,14 @@ import torch
 from torch import nn
 
 from kdcore.errors import ConfigError, InputError
+from kdcore.hooks import capture, model_device
+from kdcore.models.layers import Role, choose_layer
 from kdcore.models.spec import ModelSpec
 from kdcore.train import batches
 from kdcore.triggers.base import Trigger
 
 NORMS = ("l1", "l2", "linf")  # NormStats fields, in the order the dashboard facets them
-
-
-def last_conv_layer(model: nn.Module) -> nn.Module:
-    """The last `nn.Conv2d` registered in `model` (the seed's "final convolutional layer").
-
-    Registration order is definition order, which for the registry's models is also the order
-    the convolutions run in; for a model that defines layers out of order, pass `layer=` instead.
-    """
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ConfigError(
-            f"{type(model).__name__} has no nn.Conv2d layer, so it has no last convolutional layer to "
-            "explain; pass the layer to inspect with layer=..."
-        )
-    return convs[-1]
+_CHOSEN = "the chosen layer"  # its name in error messages
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value to compare by
@@ -95,22 +86,17 @@ def check_images(spec: ModelSpec, images_u8: torch.Tensor) -> None:
         )
 
 
-def model_device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        raise ConfigError(f"{type(model).__name__} has no parameters; cannot tell which device it runs on") from None
-
-
-def _reduce_batches(
+def reduce_activations(
     model: nn.Module,
     spec: ModelSpec,
     images_u8: torch.Tensor,
     layer: nn.Module | None,
     batch_size: int,
     reduce: Callable[[torch.Tensor], torch.Tensor],
+    relu: bool = False,
 ) -> torch.Tensor:
-    """cat over batches of `reduce(A)` on the CPU, A (B, C, h, w) float32 = `layer`'s output.
+    """cat over batches of `reduce(A)` on the CPU, A (B, C, h, w) float32 = `layer`'s output
+    (default: the last conv to run), max(A, 0) when `relu`.
 
     One hook for the whole pass, removed (and the model's train/eval modes restored) even when the
     model raises. An empty input runs one blank image to learn the output shape, then returns 0 rows.
@@ -118,39 +104,19 @@ def _reduce_batches(
     check_images(spec, images_u8)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be ≥ 1; got {batch_size}")
-    layer = last_conv_layer(model) if layer is None else layer
+    layer = choose_layer(model, spec, "last_conv")[1] if layer is None else layer
     device = model_device(model)
     n = len(images_u8)
     images = images_u8 if n else images_u8.new_zeros((1, *spec.input_shape))
-    captured: list[torch.Tensor] = []
-
-    def hook(_module: nn.Module, _inputs, output) -> None:
-        if not isinstance(output, torch.Tensor):
-            raise ConfigError(f"{type(_module).__name__} returns {type(output).__name__}, not one activation tensor")
-        captured.append(output.detach().clone())  # clone: an in-place ReLU next would rewrite it
-
-    modes = [(m, m.training) for m in model.modules()]
-    handle = layer.register_forward_hook(hook)
     out: list[torch.Tensor] = []
-    try:
-        model.eval()
-        with torch.inference_mode():
-            for idx in batches(len(images), batch_size):
-                captured.clear()
-                model(spec.normalize(images[idx].to(device, non_blocking=True)))  # (B, K) logits, unused
-                if len(captured) != 1:
-                    raise ConfigError(
-                        f"The chosen layer ran {len(captured)} times in one forward pass; pick a layer "
-                        "the model uses exactly once"
-                    )
-                acts = captured.pop().float()  # (B, C, h, w)
-                if acts.dim() != 4:
-                    raise ConfigError(f"The chosen layer outputs shape {tuple(acts.shape)}; expected (B, C, h, w)")
-                out.append(reduce(acts).cpu())
-    finally:
-        handle.remove()
-        for m, training in modes:
-            m.training = training
+    with capture(model, {_CHOSEN: layer}) as cap, torch.inference_mode():
+        for idx in batches(len(images), batch_size):
+            cap.clear()
+            model(spec.normalize(images[idx].to(device, non_blocking=True)))  # (B, K) logits, unused
+            acts = cap.one(_CHOSEN).float()  # (B, C, h, w)
+            if acts.dim() != 4:
+                raise ConfigError(f"The chosen layer outputs shape {tuple(acts.shape)}; expected (B, C, h, w)")
+            out.append(reduce(acts.clamp_min(0) if relu else acts).cpu())
     return torch.cat(out)[:n]
 
 
@@ -160,13 +126,16 @@ def activations(
     images_u8: torch.Tensor,
     layer: nn.Module | None = None,
     batch_size: int = 256,
+    *,
+    relu: bool = False,
 ) -> torch.Tensor:
-    """float32 (N, C, h, w) on the CPU: the output of `layer` (default: the last conv) per image.
+    """float32 (N, C, h, w) on the CPU: the output of `layer` (default: the last conv) per image,
+    max(·, 0) with `relu`.
 
     Keeps every activation in memory; for statistics over many images prefer `activation_norms`
     or `channel_linf`, which reduce each batch on the model's device.
     """
-    return _reduce_batches(model, spec, images_u8, layer, batch_size, lambda a: a)
+    return reduce_activations(model, spec, images_u8, layer, batch_size, lambda a: a, relu)
 
 
 def activation_norms(
@@ -175,6 +144,8 @@ def activation_norms(
     images_u8: torch.Tensor,
     layer: nn.Module | None = None,
     batch_size: int = 256,
+    *,
+    relu: bool = False,
 ) -> NormStats:
     """ℓ1, ℓ2, ℓ∞ of each image's flattened activation tensor (seed 004, Fig. 4)."""
 
@@ -185,7 +156,7 @@ def activation_norms(
             dim=1,
         )  # (B, 3): l1, l2, linf
 
-    v = _reduce_batches(model, spec, images_u8, layer, batch_size, norms).numpy()  # (N, 3)
+    v = reduce_activations(model, spec, images_u8, layer, batch_size, norms, relu).numpy()  # (N, 3)
     return NormStats(l1=v[:, 0], l2=v[:, 1], linf=v[:, 2])
 
 
@@ -195,12 +166,14 @@ def channel_linf(
     images_u8: torch.Tensor,
     layer: nn.Module | None = None,
     batch_size: int = 256,
+    *,
+    relu: bool = False,
 ) -> np.ndarray:
     """float32 (N, C): each channel's largest activation per image, max over (h, w) (seed 004, §5).
 
     A signed max, not max|a|: pruning looks for neurons the trigger drives strongly positive.
     """
-    return _reduce_batches(model, spec, images_u8, layer, batch_size, lambda a: a.amax(dim=(2, 3))).numpy()
+    return reduce_activations(model, spec, images_u8, layer, batch_size, lambda a: a.amax(dim=(2, 3)), relu).numpy()
 
 
 def compare_norms(
@@ -208,17 +181,22 @@ def compare_norms(
     clean_u8: torch.Tensor,
     trigger: Trigger | None,
     batch_size: int = 256,
+    *,
+    role: Role = "last_conv",
+    relu: bool = False,
 ) -> dict[str, dict[str, NormStats]]:
     """{model name: {"clean": NormStats, "triggered": NormStats}} for the seed's Fig. 4 histograms.
 
     "triggered" is `trigger.stamp(clean_u8)`, the same images with the trigger, and is present only
     when a trigger is given. Every image is stamped; to leave out images already of the target class
-    (as an attack-success rate would), filter `clean_u8` first.
+    (as an attack-success rate would), filter `clean_u8` first. Each model is measured at the layer
+    `choose_layer(model, spec, role)` picks, after a ReLU when `relu`.
     """
     triggered = trigger.stamp(clean_u8) if trigger is not None else None
     result: dict[str, dict[str, NormStats]] = {}
     for name, (model, spec) in models.items():
-        result[name] = {"clean": activation_norms(model, spec, clean_u8, batch_size=batch_size)}
+        layer = choose_layer(model, spec, role)[1]
+        result[name] = {"clean": activation_norms(model, spec, clean_u8, layer, batch_size, relu=relu)}
         if triggered is not None:
-            result[name]["triggered"] = activation_norms(model, spec, triggered, batch_size=batch_size)
+            result[name]["triggered"] = activation_norms(model, spec, triggered, layer, batch_size, relu=relu)
     return result

@@ -2,8 +2,8 @@
 Grad-CAM itself is Selvaraju et al., ICCV 2017), computed by pytorch-grad-cam.
 
 Steps, per image with class c:
-1. Forward the normalised image; a hook on the target layer (default: `last_conv_layer`) keeps its
-   output A (C, h, w).
+1. Forward the normalised image; a hook on the target layer (default: the last conv to run,
+   `choose_layer(model, spec, "last_conv")`) keeps its output A (C, h, w).
 2. Backpropagate the class score y_c (the logit, `ClassifierOutputTarget(c)`; c = the predicted
    class when no target is given) to get ∂y_c/∂A (C, h, w).
 3. Channel weights α_k = mean over (h, w) of ∂y_c/∂A_k (`GradCAM.get_cam_weights`), (C,).
@@ -40,7 +40,9 @@ import torch
 from torch import nn
 
 from kdcore.errors import ConfigError, InputError
-from kdcore.explain.activations import check_images, last_conv_layer, model_device
+from kdcore.explain.activations import check_images
+from kdcore.hooks import model_device, restored_modes
+from kdcore.models.layers import choose_layer
 from kdcore.models.spec import ModelSpec
 from kdcore.train import batches
 
@@ -83,18 +85,16 @@ def _resolve_targets(target_classes: Targets, n: int, num_classes: int) -> list[
 @contextlib.contextmanager
 def _model_state_kept(model: nn.Module) -> Iterator[None]:
     """Freeze the parameters for the duration; restore modes, requires_grad and .grad after."""
-    modes = [(m, m.training) for m in model.modules()]
     params = [(p, p.requires_grad, p.grad) for p in model.parameters()]
-    try:
-        for p, _, _ in params:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, requires_grad, grad in params:
-            p.requires_grad_(requires_grad)
-            p.grad = grad
-        for m, training in modes:
-            m.training = training
+    with restored_modes(model, eval_mode=False):  # BaseCAM calls model.eval() itself
+        try:
+            for p, _, _ in params:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for p, requires_grad, grad in params:
+                p.requires_grad_(requires_grad)
+                p.grad = grad
 
 
 def gradcam(
@@ -108,7 +108,7 @@ def gradcam(
     """Grad-CAM maps, float32 (N, H, W) in [0, 1], for uint8 images (N, C, H, W).
 
     target_classes: one class per image, one int for all, or None; a None entry explains the
-    class the model predicts for that image. layer: default `last_conv_layer(model)`.
+    class the model predicts for that image. layer: default `choose_layer(model, spec, "last_conv")`.
     Runs in eval mode on the model's device; may be called inside `torch.inference_mode()`.
     The model comes back in the modes, `requires_grad` and `.grad` it had, with no hooks left.
     A layer whose output is 1×1 gives constant maps, which scale to all zeros.
@@ -126,7 +126,7 @@ def gradcam(
     ]
     if n == 0:
         return np.zeros((0, h, w), dtype=np.float32)
-    layer = last_conv_layer(model) if layer is None else layer
+    layer = choose_layer(model, spec, "last_conv")[1] if layer is None else layer
     if not any(m is layer for m in model.modules()):
         raise ConfigError(f"The layer {type(layer).__name__} is not part of the model; pick one of its modules")
     device = model_device(model)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.explain import activation_layer, activation_map_figure, decode_upload, norm_histograms_figure
+from app.explain_figures import ACT_ROLE, activation_map_figure, norm_histograms_figure
 from kdcore.explain import NORMS, NormStats
+from kdcore.models.layers import choose_layer
 from kdcore.models.registry import build_model
 
 PAGE = Path(__file__).resolve().parents[2] / "pages" / "explain.py"
@@ -113,24 +114,18 @@ def test_activation_map_figure_tiles_channels_in_a_grid():
     assert np.asarray(activation_map_figure(act[:3]).data[0].z).shape == (4, 3 * 6 - 1)  # 3 → 1 × 3
 
 
-def test_activation_layer_is_the_relu_after_the_last_conv(digits_spec):
-    model = build_model(digits_spec)  # paper-cnn
-    assert activation_layer(model) is model.features[3]
-    vgg = build_model(type(digits_spec)("paper-vgg11", 10, (3, 32, 32)))
-    assert activation_layer(vgg) is vgg.features[-2]  # the last ReLU, before the final max-pool
+def test_explain_measures_the_last_conv_block_where_linf_pruning_does(digits_spec):
+    """The page shows relu(output of ACT_ROLE's layer): the conv when a ReLU follows it, the BN
+    that consumes it otherwise (resnet18-small: layer4.1.bn2, as ℓ∞ pruning; it used to be the conv)."""
     from torch import nn
 
-    no_relu = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
-    assert activation_layer(no_relu) is no_relu[0]  # BatchNorm in between: the conv itself
-
-
-def test_decode_upload_converts_to_the_input_shape():
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGBA", (20, 10), (255, 255, 255, 0)).save(buf, format="PNG")  # transparent white
-    arr = decode_upload(buf.getvalue(), (1, 8, 8))
-    assert arr.shape == (1, 8, 8) and arr.dtype == np.uint8 and arr.max() == 0  # alpha flattened onto black
-    assert decode_upload(buf.getvalue(), (3, 4, 6)).shape == (3, 4, 6)
+    model = build_model(digits_spec)  # paper-cnn
+    assert choose_layer(model, digits_spec, ACT_ROLE) == ("features.2", model.features[2])
+    vgg_spec = type(digits_spec)("paper-vgg11", 10, (3, 32, 32))
+    vgg = build_model(vgg_spec)
+    assert choose_layer(vgg, vgg_spec, ACT_ROLE)[1] is vgg.features[-3]  # the last conv, before ReLU and max-pool
+    res_spec = type(digits_spec)("resnet18-small", 10, (3, 16, 16))
+    res = build_model(res_spec)
+    assert choose_layer(res, res_spec, ACT_ROLE) == ("layer4.1.bn2", res.layer4[1].bn2)
+    conv_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
+    assert choose_layer(conv_bn, digits_spec, ACT_ROLE)[1] is conv_bn[1]  # BatchNorm in between: the BN

@@ -14,7 +14,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from kdcore.data import folders
-from kdcore.data.folders import load_labeled, load_unlabeled
+from kdcore.data.folders import decode_image, load_labeled, load_unlabeled
 from kdcore.errors import InputError
 
 
@@ -166,6 +166,38 @@ def test_pixel_values(tmp_path: Path, img: Image.Image, shape: tuple[int, int, i
     x = _one_image(tmp_path, img, shape).int()
     assert x.shape == shape
     assert (x - value).abs().max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("img", "shape"),
+    [
+        (Image.new("L", (13, 11), 200), (1, 8, 8)),
+        (Image.new("I;16", (8, 8), 100 * 257), (1, 8, 8)),
+        (Image.new("RGBA", (20, 10), (255, 255, 255, 0)), (1, 8, 8)),  # transparent white → black
+        (Image.new("RGBA", (20, 10), (255, 0, 0, 128)), (3, 4, 6)),
+    ],
+)
+def test_decode_image_is_the_folder_loaders_decoder(tmp_path: Path, img: Image.Image, shape) -> None:
+    x = decode_image(_encode(img, "PNG"), shape, "up.png")
+    assert x.dtype == torch.uint8 and x.shape == shape
+    assert torch.equal(x, _one_image(tmp_path, img, shape))
+
+
+def test_decode_image_refuses_what_the_loader_skips(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InputError, match=r"Could not read 'broken\.png' as an image"):
+        decode_image(b"not a png", (1, 8, 8), "broken.png")
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"  # not on the decoder allow-list
+    with pytest.raises(InputError, match=r"eps\.png"):
+        decode_image(eps, (1, 8, 8), "eps.png")
+    png = _encode(Image.new("L", (10, 10), 3), "PNG")
+    monkeypatch.setattr(folders, "MAX_PIXELS", 99)
+    with pytest.raises(InputError, match="over the limit of 99"):
+        decode_image(png, (1, 8, 8), "big.png")
+    monkeypatch.setattr(folders, "MAX_FILE_BYTES", 10)
+    with pytest.raises(InputError, match="image files that large are refused"):
+        decode_image(png, (1, 8, 8), "big.png")
+    with pytest.raises(InputError, match="C = 1 or 3"):
+        decode_image(png, (2, 8, 8))
 
 
 def test_half_transparent_red_is_composited_onto_black(tmp_path: Path) -> None:

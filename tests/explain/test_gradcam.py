@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from kdcore.errors import ConfigError, InputError
-from kdcore.explain import gradcam, last_conv_layer, overlay
+from kdcore.explain import gradcam, overlay
+from kdcore.models.layers import choose_layer
 from kdcore.models.registry import build_model
 from kdcore.models.spec import ModelSpec
 from kdcore.train import TrainConfig, fit, predict_logits, seeded_model
@@ -47,7 +48,8 @@ def _hooks_left(model: nn.Module) -> int:
 @pytest.mark.parametrize("arch", sorted(LAST_CONV))
 def test_last_conv_layer_is_the_last_conv_to_run(arch):
     shape, expected = LAST_CONV[arch]
-    model = build_model(ModelSpec(arch, 10, shape)).eval()
+    spec = ModelSpec(arch, 10, shape)
+    model = build_model(spec).eval()
     ran: list[nn.Module] = []
     handles = [
         m.register_forward_hook(lambda m, i, o: ran.append(m)) for m in model.modules() if isinstance(m, nn.Conv2d)
@@ -56,15 +58,15 @@ def test_last_conv_layer_is_the_last_conv_to_run(arch):
         model(torch.zeros((1, *shape)))
     for h in handles:
         h.remove()
-    layer = last_conv_layer(model)
-    assert isinstance(layer, nn.Conv2d)
+    name, layer = choose_layer(model, spec, "last_conv")
+    assert isinstance(layer, nn.Conv2d) and dict(model.named_modules())[name] is layer
     assert layer is expected(model)
     assert layer is ran[-1]
 
 
 def test_last_conv_layer_without_conv_is_a_config_error():
     with pytest.raises(ConfigError, match=r"no nn\.Conv2d"):
-        last_conv_layer(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
+        choose_layer(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ModelSpec("x", 10, (1, 8, 8)), "last_conv")
 
 
 @pytest.mark.parametrize("training", [True, False])
