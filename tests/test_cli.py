@@ -185,8 +185,11 @@ def test_every_distill_setting_has_a_flag_whose_help_shows_the_default(kind):
     assert "--temperature" in text and "--batch-size" in text and "--augment" in text  # the short names stay
 
 
-def test_jobs_submit_lists_every_run_kind():
+def test_jobs_submit_lists_every_run_kind_and_each_has_a_command():
+    from kdcore.cli import COMMANDS
     from kdcore.runs import KINDS
+
+    assert sorted(COMMANDS) == sorted(KINDS)
 
     assert f"KIND is one of {', '.join(sorted(KINDS))}" in _help("jobs", "submit")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from kdcore.cli.flags import add_config_flags, add_run_args, config_file, given
-from kdcore.config import from_dict, merge
+from kdcore.cli.flags import ALIASES, add_config_flags, add_run_args, config_file, flag_name, given
+from kdcore.config import from_dict, merge, settings
 from kdcore.runs.demo import DemoConfig
 from kdcore.runs.sweep import SweepConfig
 
@@ -21,9 +21,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _unprefixed() -> dict[str, tuple[str, ...]]:
     """The setup's flags read as the demo's (`--teacher-epochs`, not `--setup-teacher-epochs`)."""
-    from kdcore.cli.flags import ALIASES, flag_name
-    from kdcore.config import settings
-
     return {f"setup.{s.name}": (*ALIASES.get(s.name, ()), flag_name(s.name)) for s in settings(DemoConfig)}
 
 
