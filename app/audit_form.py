@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app.config_form import config_form_ui, values_from
 from app.state import show_error
 from kdcore.errors import KDCoreError
 from kdcore.models.registry import ARCHS, DEFAULT_INPUT
 from kdcore.models.spec import ModelSpec
+from kdcore.runs.audit import AuditConfig
 from kdcore.triggers import TRIGGERS, Trigger
 from kdcore.triggers.badnets import LOCATIONS
 
@@ -124,35 +126,31 @@ def trigger_ui(num_classes: int | None) -> Trigger | None:
         return None
 
 
+# The audit settings the form shows: setting → (label, widget key). Defaults, bounds and help come
+# from AuditConfig's fields (kdcore.config.setting), never from here.
+HYPERPARAMETERS = {
+    "kd.distill.epochs": ("Distillation epochs", "kd_epochs"),
+    "kd.distill.temperature": ("Temperature T", "temperature"),
+    "kd.distill.lr": ("Distillation lr (Adam)", "kd_lr"),
+    "kd.distill.batch_size": ("Batch size", "batch_size"),
+    "kd.finetune.epochs": ("Fine-tuning epochs (max)", "ft_epochs"),
+    "kd.finetune.lr": ("Fine-tuning lr", "ft_lr"),
+    "max_unlabeled": ("Use at most N unlabelled images (0 = all)", "max_unlabeled"),
+    "seed": ("Seed", "seed"),
+    "kd.distill.augment": ("Augment unlabelled images (±2 px shifts; slower)", "augment"),
+}
+
+
 def hyperparameters_ui() -> tuple[dict, dict]:
-    """(kd config dict, top-level extras) with the paper's defaults."""
+    """(kd config dict, top-level extras), starting from AuditConfig's defaults."""
     with st.expander("Hyperparameters (defaults follow the paper where it says)"):
-        c1, c2, c3, c4 = st.columns(4)
-        kd_epochs = c1.number_input("Distillation epochs", 1, 500, 30, key="kd_epochs", help="Paper: 50")
-        temp = c2.number_input("Temperature T", 0.5, 100.0, 20.0, key="temperature", help="Paper: 20")
-        kd_lr = c3.number_input("Distillation lr (Adam)", 1e-5, 1e-1, 1e-3, format="%.5f", key="kd_lr")
-        bs = c4.number_input("Batch size", 8, 4096, 128, key="batch_size")
-        c5, c6, c7, c8 = st.columns(4)
-        ft_epochs = c5.number_input(
-            "Fine-tuning epochs (max)",
-            0,
-            200,
-            5,
-            key="ft_epochs",
-            help="Early stopping on a 10 % slice of the detoxified set",
+        raw = config_form_ui(
+            AuditConfig,
+            "audit",
+            only=tuple(HYPERPARAMETERS),
+            labels={k: label for k, (label, _) in HYPERPARAMETERS.items()},
+            keys={k: key for k, (_, key) in HYPERPARAMETERS.items()},
+            columns=4,
         )
-        ft_lr = c6.number_input("Fine-tuning lr", 1e-6, 1e-1, 1e-4, format="%.6f", key="ft_lr")
-        max_unl = c7.number_input("Use at most N unlabelled images (0 = all)", 0, 10_000_000, 0, key="max_unlabeled")
-        seed = c8.number_input("Seed", 0, 2**31 - 1, 0, key="seed")
-        augment = st.checkbox("Augment unlabelled images (±2 px shifts; slower)", key="augment")
-    kd = {
-        "distill": {
-            "epochs": int(kd_epochs),
-            "temperature": float(temp),
-            "lr": float(kd_lr),
-            "batch_size": int(bs),
-            "augment": bool(augment),
-        },
-        "finetune": {"epochs": int(ft_epochs), "lr": float(ft_lr), "val_fraction": 0.1, "patience": 2},
-    }
-    return kd, {"max_unlabeled": int(max_unl), "seed": int(seed)}
+    d = values_from(AuditConfig, raw)
+    return d.pop("kd"), d

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kdcore.config import setting
 from kdcore.data.imageset import ImageSet
 from kdcore.device import autocast
 from kdcore.errors import ConfigError, InputError
@@ -32,13 +33,13 @@ from kdcore.train import batches, make_optimizer, predict_logits
 
 @dataclass(frozen=True)
 class DistillConfig:
-    epochs: int = 30  # paper: 50
-    batch_size: int = 128
-    lr: float = 1e-3  # Adam
-    temperature: float = 20.0  # paper: T = 20
-    holdout_fraction: float = 0.1  # of the unlabelled images, for model selection by agreement
-    augment: bool = False  # random ±2 px shifts; forces the teacher to run on every batch
-    cache_teacher: bool = True  # False only for the naive-loop benchmark
+    epochs: int = setting(30, "distillation epochs (paper: 50)", min=1)
+    batch_size: int = setting(128, "distillation batch size", min=1)
+    lr: float = setting(1e-3, "distillation Adam learning rate")
+    temperature: float = setting(20.0, "KD temperature T (paper: 20)")
+    holdout_fraction: float = setting(0.1, "of the unlabelled images, for model selection by agreement")
+    augment: bool = setting(False, "random ±2 px shifts during distillation; forces the teacher to run on every batch")
+    cache_teacher: bool = setting(True, "False only for the naive-loop benchmark")
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdcore.config import setting
 from kdcore.data.imageset import ImageSet
 from kdcore.detox import DetoxResult, detoxify
 from kdcore.distill import DistillConfig, distill
@@ -39,9 +40,9 @@ log = logging.getLogger("kdcore")
 class KDConfig:
     """Hyperparameters of the defence (seed 000 steps 1–3)."""
 
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=1e-4, val_fraction=0.1, patience=2))
-    student_arch: str = ""  # "" = the teacher's architecture, freshly initialised
+    distill: DistillConfig = setting(factory=DistillConfig)
+    finetune: TrainConfig = setting(factory=lambda: TrainConfig(epochs=5, lr=1e-4, val_fraction=0.1, patience=2))
+    student_arch: str = setting("", '"" = the teacher\'s architecture, freshly initialised')
 
 
 @dataclass

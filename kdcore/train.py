@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
+from kdcore.config import setting
 from kdcore.data.imageset import ImageSet
 from kdcore.device import autocast
 from kdcore.errors import ConfigError
@@ -24,14 +26,14 @@ from kdcore.progress import StepFn
 class TrainConfig:
     """Supervised training (the attacker's teacher, the baseline, and fine-tuning)."""
 
-    epochs: int = 8
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: str = "adam"  # adam | sgd
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
-    val_fraction: float = 0.0  # held-out slice of the training set for early stopping / selection
-    patience: int = 0  # epochs without val improvement before stopping; 0 = run all epochs
+    epochs: int = setting(8, "training epochs (the most, with early stopping)", min=0)
+    batch_size: int = setting(128, "batch size", min=1)
+    lr: float = setting(1e-3, "learning rate")
+    optimizer: Literal["adam", "sgd"] = setting("adam", "optimizer")
+    momentum: float = setting(0.9, "sgd only")
+    weight_decay: float = setting(0.0, "L2 weight decay")
+    val_fraction: float = setting(0.0, "held-out slice of the training set for early stopping / selection")
+    patience: int = setting(0, min=0, help="epochs without val improvement before stopping; 0 = run all epochs")
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:

@@ -4,6 +4,7 @@ saved as .safetensors, image folders and zips written to disk, then `python -m k
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -154,3 +155,83 @@ def test_bad_input_exits_2_with_one_line(digits_files, tmp_path, case, expected)
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert expected.lower() in lines[0].lower(), lines[0]
     assert not canary.exists()
+
+
+# ---- the parser: flags generated from the configs, --quick with --config, help that cannot drift ----
+
+
+def _help(*kind: str) -> str:
+    from kdcore.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+    p = sub[kind[0]]
+    for name in kind[1:]:
+        p = next(a for a in p._actions if a.dest == "jobs_command").choices[name]
+    return " ".join(p.format_help().split())
+
+
+@pytest.mark.parametrize("kind", ["demo", "audit", "sweep"])
+def test_every_distill_setting_has_a_flag_whose_help_shows_the_default(kind):
+    from kdcore.cli.flags import flag_name
+    from kdcore.distill import DistillConfig
+
+    text = _help(kind)
+    for f in dataclasses.fields(DistillConfig):
+        flag = flag_name(f"kd.distill.{f.name}")
+        assert flag in text, flag
+        shown = {True: "default True", False: "default False"}.get(f.default, f"default {f.default}")
+        assert shown in text, (flag, shown)
+    assert "--temperature" in text and "--batch-size" in text and "--augment" in text  # the short names stay
+
+
+def test_jobs_submit_lists_every_run_kind_and_each_has_a_command():
+    from kdcore.cli import COMMANDS
+    from kdcore.runs import KINDS
+
+    assert sorted(COMMANDS) == sorted(KINDS)
+
+    assert f"KIND is one of {', '.join(sorted(KINDS))}" in _help("jobs", "submit")
+
+
+def test_flags_override_the_file_and_quick_comes_first(tmp_path):
+    from kdcore.cli import resolve_config
+    from kdcore.runs import DemoConfig, SweepConfig
+
+    assert resolve_config(["demo", "--quick", "--seed", "0"]) == DemoConfig.preset(quick=True)
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps({"kind": "demo", "n_poison": 150, "seed": 1, "kd": {"distill": {"epochs": 4}}}))
+    quick = DemoConfig.preset(quick=True)
+    cfg = resolve_config(["demo", "--quick", "--config", str(cfg_file), "--seed", "2"])
+    assert (cfg.n_train, cfg.teacher.epochs, cfg.kd.finetune.epochs) == (quick.n_train, 5, 3)  # quick sizes
+    assert cfg.n_poison == 150 and cfg.kd.distill.epochs == 4  # then the file
+    assert cfg.seed == 2  # then the flags
+    full = resolve_config(["demo", "--config", str(cfg_file), "--kd-epochs", "7", "--ft-epochs", "2"])
+    assert full.n_train == DemoConfig().n_train and full.kd.distill.epochs == 7 and full.n_poison == 150
+    assert full.kd.finetune == dataclasses.replace(DemoConfig().kd.finetune, epochs=2)  # other defaults kept
+    sweep = resolve_config(["sweep", "--quick", "--teacher-epochs", "2", "--temperature", "9", "--budgets", "100,200"])
+    assert sweep.budgets == (100, 200) and sweep.setup.teacher.epochs == 2 and sweep.setup.kd.distill.temperature == 9
+    assert sweep.setup.kd.distill.epochs == SweepConfig.preset(quick=True).setup.kd.distill.epochs
+
+
+def test_generated_flags_types_choices_and_bools():
+    from kdcore.cli import resolve_config
+
+    a = resolve_config(
+        [
+            *("audit", "--model", "m.pt", "--unlabeled", "u", "--input-shape", "1, 8,8", "--mean", "0.5,0.4"),
+            *("--class-names", "a, b", "--augment", "--ft-optimizer", "sgd", "--no-kd-cache-teacher"),
+        ]
+    )
+    assert a.input_shape == (1, 8, 8) and a.mean == (0.5, 0.4) and a.class_names == ("a", "b")
+    assert a.kd.distill.augment and not a.kd.distill.cache_teacher and a.kd.finetune.optimizer == "sgd"
+    with pytest.raises(SystemExit):
+        resolve_config(["audit", "--model", "m.pt", "--unlabeled", "u", "--ft-optimizer", "rmsprop"])
+
+
+def test_bad_list_value_is_one_line_exit_2(capsys):
+    from kdcore.cli import main
+
+    assert main(["audit", "--model", "m.pt", "--unlabeled", "u", "--input-shape", "1,a", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["kdcore: error: --input-shape expects comma-separated integers; got '1,a'"]

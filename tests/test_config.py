@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from kdcore.config import from_dict, to_dict
+from kdcore.config import from_dict, merge, nest, settings, to_dict
 from kdcore.distill import DistillConfig
 from kdcore.errors import ConfigError
 from kdcore.pipeline import KDConfig
@@ -141,3 +142,78 @@ def test_quick_preset_is_smaller() -> None:
     assert quick.kd.finetune.epochs <= full.kd.finetune.epochs
     assert DemoConfig.preset(quick=True, seed=3, n_poison=None).seed == 3
     assert max(SweepConfig.preset(quick=True).budgets) < max(SweepConfig.preset().budgets)
+
+
+# ---- merging into defaults, choices, bounds, the settings the CLI and the forms are built from ----
+
+
+def test_partial_nested_override_keeps_the_field_defaults() -> None:
+    """KDConfig.finetune's default is not TrainConfig(): setting one value keeps the others."""
+    ft = from_dict(KDConfig, {"finetune": {"epochs": 3}}).finetune
+    assert ft == dataclasses.replace(KDConfig().finetune, epochs=3) != TrainConfig(epochs=3)
+    assert (ft.lr, ft.val_fraction, ft.patience) == (1e-4, 0.1, 2)
+    deep = from_dict(DemoConfig, {"kd": {"finetune": {"lr": 0.01}}}).kd.finetune
+    assert deep == dataclasses.replace(KDConfig().finetune, lr=0.01)
+    refine = from_dict(RefineConfig, {"source_run": "r", "finetune": {"epochs": 1}})
+    assert refine.finetune == dataclasses.replace(RefineConfig(source_run="r").finetune, epochs=1)
+
+
+def test_from_dict_merges_into_a_base_instance() -> None:
+    quick = DemoConfig.preset(quick=True)
+    cfg = from_dict(DemoConfig, {"seed": 4, "kd": {"distill": {"temperature": 5.0}}}, base=quick)
+    assert cfg == dataclasses.replace(
+        quick, seed=4, kd=dataclasses.replace(quick.kd, distill=dataclasses.replace(quick.kd.distill, temperature=5.0))
+    )
+    assert from_dict(DemoConfig, None, base=quick) is quick
+    # The quick preset restates nothing: what it leaves alone is the full demo's default.
+    assert quick.kd.finetune == dataclasses.replace(DemoConfig().kd.finetune, epochs=3)
+
+
+@pytest.mark.parametrize(
+    ("cls", "d", "match"),
+    [
+        (TrainConfig, {"optimizer": "rmsprop"}, r"TrainConfig.optimizer must be one of 'adam', 'sgd'; got 'rmsprop'"),
+        (DemoConfig, {"kd": {"finetune": {"optimizer": "x"}}}, r"DemoConfig.kd.finetune.optimizer must be one of"),
+        (DistillConfig, {"epochs": 0}, r"DistillConfig.epochs must be ≥ 1; got 0"),
+        (TrainConfig, {"patience": -1}, r"TrainConfig.patience must be ≥ 0"),
+    ],
+)
+def test_choices_and_bounds_are_checked_with_the_allowed_values(cls, d: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        from_dict(cls, d)
+
+
+def test_defence_literals_are_checked_by_name() -> None:
+    from kdcore.defenses import BCU
+
+    with pytest.raises(ConfigError, match=r"bcu.schedule must be one of 'adaptive', 'uniform'; got 'cubic'"):
+        BCU.from_params({"schedule": "cubic"})
+
+
+def _config_classes() -> list[type]:
+    from kdcore.defenses import DEFENSES
+
+    return [DistillConfig, TrainConfig, KDConfig, *(cls for cls, _ in KINDS.values())] + [
+        d.config_class for d in DEFENSES.values()
+    ]
+
+
+@pytest.mark.parametrize("cls", _config_classes(), ids=lambda c: c.__name__)
+def test_every_setting_has_help_and_a_valid_default(cls) -> None:
+    for s in settings(cls):
+        assert s.help, f"{cls.__name__}.{s.name} has no help text"
+        if s.choices:
+            assert s.default in s.choices, s
+        if s.min is not None:
+            assert s.default >= s.min, s
+
+
+def test_settings_flatten_nested_configs_with_their_own_defaults() -> None:
+    by_name = {s.name: s for s in settings(KDConfig)}
+    assert by_name["finetune.epochs"].default == 5 and by_name["finetune.lr"].default == 1e-4
+    assert by_name["finetune.optimizer"].kind == "choice" and by_name["finetune.optimizer"].choices == ("adam", "sgd")
+    assert by_name["distill.temperature"].kind == "float" and "paper: 20" in by_name["distill.temperature"].help
+    assert by_name["distill.augment"].kind == "bool" and by_name["distill.epochs"].min == 1
+    assert {s.name for s in settings(DistillConfig)} == {f.name for f in dataclasses.fields(DistillConfig)}
+    assert nest({"a.b": 1, "a.c": 2, "d": 3}) == {"a": {"b": 1, "c": 2}, "d": 3}
+    assert merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}}) == {"a": {"b": 1, "c": 3}}

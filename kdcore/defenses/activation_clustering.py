@@ -48,11 +48,13 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from kdcore.config import setting
 from kdcore.defenses.base import DefenseInputs, Detector
 from kdcore.errors import ConfigError
 from kdcore.hooks import capture
@@ -65,13 +67,17 @@ REDUCERS = ("ica", "pca")
 
 @dataclass(frozen=True)
 class ActivationClusteringConfig:
-    reducer: str = "pca"  # "pca", or "ica" (the paper's FastICA; separated poisons worse here, see above)
-    dims: int = 10  # reduced dimensions per class (paper: 10)
-    size_threshold: float = 0.35  # poisoned only if the smaller cluster holds ≤ this fraction of its class
-    silhouette_threshold: float = 0.44  # …and the split's mean silhouette is ≥ this (calibrated for PCA, above)
-    min_class_size: int = 20  # classes with fewer training samples are skipped (too few to cluster)
-    n_init: int = 10  # k-means restarts (the best inertia is kept)
-    batch_size: int = 256  # images per forward pass
+    reducer: Literal["pca", "ica"] = setting(
+        "pca", '"pca", or "ica" (the paper\'s FastICA; separated poisons worse here, see above)'
+    )
+    dims: int = setting(10, "reduced dimensions per class (paper: 10)")
+    size_threshold: float = setting(0.35, "poisoned only if the smaller cluster holds ≤ this fraction of its class")
+    silhouette_threshold: float = setting(
+        0.44, "…and the split's mean silhouette is ≥ this (calibrated for PCA, above)"
+    )
+    min_class_size: int = setting(20, "classes with fewer training samples are skipped (too few to cluster)")
+    n_init: int = setting(10, "k-means restarts (the best inertia is kept)")
+    batch_size: int = setting(256, "images per forward pass")
 
     def __post_init__(self) -> None:
         if self.reducer not in REDUCERS:

@@ -46,10 +46,12 @@ import math
 import re
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
+from kdcore.config import setting
 from kdcore.data.imageset import ImageSet
 from kdcore.defenses.base import DefenseInputs, Repairer
 from kdcore.distill import HardLabelKD, SoftTargetKL, agreement, kd_batches
@@ -73,21 +75,25 @@ _BLOCK = re.compile(r"^layer([1-4])\.([01])\.")
 
 @dataclass(frozen=True)
 class BCUConfig:
-    schedule: str = "adaptive"  # adaptive (ratio grows with depth) | uniform
-    uniform_ratio: float = 0.1  # fraction re-initialised in every layer when schedule = "uniform"
-    ratios: tuple[float, ...] = ()  # explicit ratio per conv/linear layer (registration order); overrides schedule
-    labels: str = "soft"  # soft: KL at temperature T (Eq. 2) | hard: cross-entropy on the teacher's argmax
-    temperature: float = 4.0  # soft labels: T (the final T when ramped)
-    temperature_ramp: bool = True  # official code: T_e = 1 + (T − 1)·(e + 1)/E; False = constant T
-    epochs: int = 10  # paper: 100 (CIFAR-10, GPU)
-    lr: float = 3e-3  # paper: 0.01 with SGD
-    batch_size: int = 128  # paper: 256
-    optimizer: str = "adam"  # adam | sgd (paper: SGD, momentum 0.9, weight decay 5e-4)
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 5e-4  # L2, as in the paper
-    cosine: bool = True  # cosine-annealed learning rate over the epochs (official code)
-    augment: bool = False  # random ±2 px shifts (paper: random crop); runs the teacher on every batch
-    holdout_fraction: float = 0.1  # of the unlabelled images, for selecting the epoch by agreement; 0 = last
+    schedule: Literal["adaptive", "uniform"] = setting("adaptive", "adaptive (ratio grows with depth) | uniform")
+    uniform_ratio: float = setting(0.1, 'fraction re-initialised in every layer when schedule = "uniform"')
+    ratios: tuple[float, ...] = setting(
+        (), "explicit ratio per conv/linear layer (registration order); overrides schedule"
+    )
+    labels: Literal["soft", "hard"] = setting(
+        "soft", "soft: KL at temperature T (Eq. 2) | hard: cross-entropy on the teacher's argmax"
+    )
+    temperature: float = setting(4.0, "soft labels: T (the final T when ramped)")
+    temperature_ramp: bool = setting(True, "official code: T_e = 1 + (T − 1)·(e + 1)/E; False = constant T")
+    epochs: int = setting(10, "paper: 100 (CIFAR-10, GPU)")
+    lr: float = setting(3e-3, "paper: 0.01 with SGD")
+    batch_size: int = setting(128, "paper: 256")
+    optimizer: Literal["adam", "sgd"] = setting("adam", "adam | sgd (paper: SGD, momentum 0.9, weight decay 5e-4)")
+    momentum: float = setting(0.9, "sgd only")
+    weight_decay: float = setting(5e-4, "L2, as in the paper")
+    cosine: bool = setting(True, "cosine-annealed learning rate over the epochs (official code)")
+    augment: bool = setting(False, "random ±2 px shifts (paper: random crop); runs the teacher on every batch")
+    holdout_fraction: float = setting(0.1, "of the unlabelled images, for selecting the epoch by agreement; 0 = last")
 
     def __post_init__(self) -> None:
         if self.schedule not in ("adaptive", "uniform"):

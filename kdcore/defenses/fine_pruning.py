@@ -24,12 +24,13 @@ the accuracy and overwrites what is left of it. Steps:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from kdcore.config import setting
 from kdcore.data.imageset import ImageSet
 from kdcore.defenses.base import DefenseInputs, Repairer
 from kdcore.defenses.channels import channel_layer, freeze_channels, zero_channels
@@ -41,13 +42,13 @@ from kdcore.train import TrainConfig, fit, predict_logits
 
 @dataclass(frozen=True)
 class FinePruningConfig:
-    holdout_fraction: float = 0.2  # share of the labelled clean images held out to measure accuracy
-    max_acc_drop: float = 0.05  # stop pruning before held-out accuracy falls more than this (absolute)
-    max_prune_fraction: float = 0.9  # never prune more than this share of the layer's channels
-    channels_per_step: int = 1  # channels pruned between two accuracy measurements
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, batch_size=64, lr=1e-3))
-    layer: str = ""  # qualified name of the conv layer to prune; "" = the last nn.Conv2d
-    batch_size: int = 256  # images per forward pass when measuring activations and accuracy
+    holdout_fraction: float = setting(0.2, "share of the labelled clean images held out to measure accuracy")
+    max_acc_drop: float = setting(0.05, "stop pruning before held-out accuracy falls more than this (absolute)")
+    max_prune_fraction: float = setting(0.9, "never prune more than this share of the layer's channels")
+    channels_per_step: int = setting(1, "channels pruned between two accuracy measurements")
+    finetune: TrainConfig = setting(factory=lambda: TrainConfig(epochs=10, batch_size=64, lr=1e-3))
+    layer: str = setting("", 'qualified name of the conv layer to prune; "" = the last nn.Conv2d')
+    batch_size: int = setting(256, "images per forward pass when measuring activations and accuracy")
 
     def __post_init__(self) -> None:
         if not 0.0 < self.holdout_fraction <= 0.5:

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kdcore.config import setting
 from kdcore.defenses.base import DefenseInputs, Repairer
 from kdcore.defenses.channels import channel_layer, zero_channels
 from kdcore.errors import ConfigError
@@ -43,14 +44,14 @@ from kdcore.train import predict_logits
 
 @dataclass(frozen=True)
 class LinfPruningConfig:
-    steps: int = 20  # thresholds in the sweep, evenly spaced from the clean max down to lowest × it
-    lowest: float = 0.0  # fraction of the clean max where the even sweep ends (0 = threshold 0)
-    thresholds: tuple[float, ...] = ()  # explicit thresholds (activation units) instead of steps/lowest
-    quantile: float = 1.0  # channel score = this quantile over clean images of the per-image ℓ∞ (1 = max)
-    max_agreement_drop: float = 0.03  # choose the lowest threshold keeping agreement ≥ 1 − this
-    stop_agreement: float = 0.5  # stop sweeping after a threshold whose agreement falls below this
-    layer: str = ""  # qualified name of the conv layer to prune; "" = the last nn.Conv2d
-    batch_size: int = 256  # images per forward pass
+    steps: int = setting(20, "thresholds in the sweep, evenly spaced from the clean max down to lowest × it")
+    lowest: float = setting(0.0, "fraction of the clean max where the even sweep ends (0 = threshold 0)")
+    thresholds: tuple[float, ...] = setting((), "explicit thresholds (activation units) instead of steps/lowest")
+    quantile: float = setting(1.0, "channel score = this quantile over clean images of the per-image ℓ∞ (1 = max)")
+    max_agreement_drop: float = setting(0.03, "choose the lowest threshold keeping agreement ≥ 1 − this")
+    stop_agreement: float = setting(0.5, "stop sweeping after a threshold whose agreement falls below this")
+    layer: str = setting("", 'qualified name of the conv layer to prune; "" = the last nn.Conv2d')
+    batch_size: int = setting(256, "images per forward pass")
 
     def __post_init__(self) -> None:
         if self.steps < 2:

@@ -35,11 +35,13 @@ import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from kdcore.config import setting
 from kdcore.defenses.base import DefenseInputs, Repairer
 from kdcore.device import autocast
 from kdcore.errors import ConfigError
@@ -69,16 +71,16 @@ _BLOCK_NAME = re.compile(r"(Block|Bottleneck|Residual)$")
 
 @dataclass(frozen=True)
 class NADConfig:
-    teacher_epochs: int = 5  # fine-tuning of the teacher (paper: 5–10)
-    epochs: int = 10  # NAD training of the student (paper: 20)
-    batch_size: int = 64  # paper: 64
-    lr: float = 3e-3  # both stages, Adam (the suspects here are Adam-trained); paper: SGD 0.1 → 0.01
-    optimizer: str = "adam"  # adam | sgd (momentum 0.9)
-    weight_decay: float = 0.0  # paper: 1e-4 (with SGD)
-    p: float = 2.0  # attention power, A = mean_c |a|^p (paper: 2)
-    betas: tuple[float, ...] = (5.0,)  # AT weight per layer, shallow → deep; one value = every layer
-    n_layers: int = 3  # the deepest stage outputs to align (fewer when the model has fewer stages)
-    layers: tuple[str, ...] = ()  # explicit module names (model.named_modules()); overrides n_layers
+    teacher_epochs: int = setting(5, "fine-tuning of the teacher (paper: 5–10)")
+    epochs: int = setting(10, "NAD training of the student (paper: 20)")
+    batch_size: int = setting(64, "paper: 64")
+    lr: float = setting(3e-3, "both stages, Adam (the suspects here are Adam-trained); paper: SGD 0.1 → 0.01")
+    optimizer: Literal["adam", "sgd"] = setting("adam", "adam | sgd (momentum 0.9)")
+    weight_decay: float = setting(0.0, "paper: 1e-4 (with SGD)")
+    p: float = setting(2.0, "attention power, A = mean_c |a|^p (paper: 2)")
+    betas: tuple[float, ...] = setting((5.0,), "AT weight per layer, shallow → deep; one value = every layer")
+    n_layers: int = setting(3, "the deepest stage outputs to align (fewer when the model has fewer stages)")
+    layers: tuple[str, ...] = setting((), "explicit module names (model.named_modules()); overrides n_layers")
 
     def __post_init__(self) -> None:
         if self.teacher_epochs < 0 or self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdcore.config import setting
 from kdcore.defenses.base import DefenseInputs, Inspector
 from kdcore.errors import ConfigError, InputError
 from kdcore.models.spec import ModelSpec
@@ -55,18 +56,18 @@ _EPS = 1e-6  # keeps atanh finite at the initial values
 
 @dataclass(frozen=True)
 class NeuralCleanseConfig:
-    n_images: int = 300  # clean unlabelled images the triggers are optimised on
-    n_holdout: int = 200  # other clean images the recovered triggers are tested on
-    batch_size: int = 32  # images per step; each is stamped with every class's trigger of the pass
-    steps: int = 300  # Adam steps per class
-    lr: float = 0.1  # Adam learning rate on the tanh parameters (authors' code)
-    init_cost: float = 1e-3  # λ at the start, per unit of mask ℓ1 (pixels)
-    cost_multiplier: float = 2.0  # λ ×= this when succeeding, ÷= this^1.5 when failing (authors' code)
-    patience: int = 3  # rounds of success (or failure) in a row before λ changes
-    round_steps: int = 10  # steps per round (the paper's epoch): success averaged, λ updated, best mask kept
-    success_threshold: float = 0.99  # mean attack success at which a mask counts as a trigger
-    threshold: float = 2.0  # anomaly index above which a small-norm class is flagged
-    classes_per_pass: int = 10  # classes optimised together (memory: classes × batch_size images)
+    n_images: int = setting(300, "clean unlabelled images the triggers are optimised on")
+    n_holdout: int = setting(200, "other clean images the recovered triggers are tested on")
+    batch_size: int = setting(32, "images per step; each is stamped with every class's trigger of the pass")
+    steps: int = setting(300, "Adam steps per class")
+    lr: float = setting(0.1, "Adam learning rate on the tanh parameters (authors' code)")
+    init_cost: float = setting(1e-3, "λ at the start, per unit of mask ℓ1 (pixels)")
+    cost_multiplier: float = setting(2.0, "λ ×= this when succeeding, ÷= this^1.5 when failing (authors' code)")
+    patience: int = setting(3, "rounds of success (or failure) in a row before λ changes")
+    round_steps: int = setting(10, "steps per round (the paper's epoch): success averaged, λ updated, best mask kept")
+    success_threshold: float = setting(0.99, "mean attack success at which a mask counts as a trigger")
+    threshold: float = setting(2.0, "anomaly index above which a small-norm class is flagged")
+    classes_per_pass: int = setting(10, "classes optimised together (memory: classes × batch_size images)")
 
     def __post_init__(self) -> None:
         ints = ("n_images", "n_holdout", "batch_size", "steps", "patience", "round_steps", "classes_per_pass")

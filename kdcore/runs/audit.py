@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+from kdcore.config import setting
 from kdcore.data.folders import load_labeled, load_unlabeled
 from kdcore.errors import ConfigError, InputError
 from kdcore.models.loading import load_model, read_spec
@@ -20,21 +21,21 @@ from kdcore.triggers import Trigger
 
 @dataclass(frozen=True)
 class AuditConfig:
-    model: str = ""  # .safetensors (preferred) or .pt/.pth state_dict
-    arch: str = ""  # registry name; "" = read from the model's spec
-    num_classes: int = 0  # 0 = read from the model's spec
-    input_shape: tuple[int, ...] = ()  # (C, H, W); () = the spec's or the architecture's default
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-    class_names: tuple[str, ...] = ()
-    unlabeled: str = ""  # folder or zip of clean images, any layout
-    train: str = ""  # folder or zip, one sub-folder per class: enables detox + fine-tuning
-    test: str = ""  # folder or zip, one sub-folder per class: enables clean_acc / poison_acc / asr
-    trigger: dict | None = None  # a known trigger (Trigger.to_dict()): enables poison_acc and asr
-    max_unlabeled: int = 0  # 0 = use all unlabelled images
-    seed: int = 0
-    device: str = "auto"
-    kd: KDConfig = field(default_factory=KDConfig)
+    model: str = setting("", ".safetensors (preferred) or .pt/.pth state_dict")
+    arch: str = setting("", 'registry name; "" = read from the model\'s spec')
+    num_classes: int = setting(0, "0 = read from the model's spec")
+    input_shape: tuple[int, ...] = setting((), "(C, H, W); () = the spec's or the architecture's default")
+    mean: tuple[float, ...] = setting((), "per-channel mean of the normalisation, e.g. 0.5 or 0.49,0.48,0.45")
+    std: tuple[float, ...] = setting((), "per-channel std of the normalisation")
+    class_names: tuple[str, ...] = setting((), "class names in output order")
+    unlabeled: str = setting("", "folder or zip of clean images, any layout")
+    train: str = setting("", "folder or zip, one sub-folder per class: enables detox + fine-tuning")
+    test: str = setting("", "folder or zip, one sub-folder per class: enables clean_acc / poison_acc / asr")
+    trigger: dict | None = setting(None, "a known trigger (Trigger.to_dict()): enables poison_acc and asr")
+    max_unlabeled: int = setting(0, "use at most this many unlabelled images; 0 = all", min=0)
+    seed: int = setting(0, "random seed")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    kd: KDConfig = setting(factory=KDConfig)
 
     def __post_init__(self) -> None:
         if not self.model:

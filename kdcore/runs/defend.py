@@ -17,14 +17,14 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from kdcore.config import from_dict
+from kdcore.config import from_dict, setting
 from kdcore.data.folders import load_labeled, load_unlabeled
 from kdcore.defenses.base import DefenseInputs, DefenseResult, get_defense
 from kdcore.errors import ConfigError, InputError
@@ -39,14 +39,14 @@ from kdcore.triggers import Trigger
 
 @dataclass(frozen=True)
 class DefendConfig:
-    method: str = ""  # a registered defence: python -m kdcore defend --help lists them
-    params: dict = field(default_factory=dict)  # the method's own settings (its config class)
-    source_run: str = ""  # a finished demo or audit run directory
-    demo: DemoConfig | None = None  # or: the built-in scenario
-    audit: AuditConfig | None = None  # or: explicit inputs, as for an audit
-    clean_labeled: str = ""  # folder or zip of labelled clean images (fine-pruning, NAD)
-    seed: int = 0
-    device: str = "auto"
+    method: str = setting("", "a registered defence: python -m kdcore defend --help lists them")
+    params: dict = setting(factory=dict, help="the method's own settings (its config class)")
+    source_run: str = setting("", "a finished demo or audit run directory")
+    demo: DemoConfig | None = setting(None, "or: the built-in scenario")
+    audit: AuditConfig | None = setting(None, "or: explicit inputs, as for an audit")
+    clean_labeled: str = setting("", "folder or zip of labelled clean images (fine-pruning, NAD)")
+    seed: int = setting(0, "random seed")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
 
     def __post_init__(self) -> None:
         cls = get_defense(self.method)

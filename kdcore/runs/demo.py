@@ -8,12 +8,12 @@ unlabelled clean images from the part of the training split the attacker never s
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from kdcore.config import from_dict
+from kdcore.config import from_dict, setting
 from kdcore.data.builtin import load_fashion_mnist
 from kdcore.data.imageset import ImageSet
 from kdcore.errors import ConfigError
@@ -27,22 +27,32 @@ from kdcore.train import TrainConfig
 from kdcore.triggers import BadNets, Trigger, poison_dataset
 
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
+# What `--quick` changes; everything else keeps DemoConfig's defaults.
+QUICK = {
+    "quick": True,
+    "n_train": 10_000,
+    "n_clean": 2_000,
+    "n_poison": 200,
+    "n_test": 5_000,
+    "teacher": {"epochs": 5},
+    "kd": {"distill": {"epochs": 12}, "finetune": {"epochs": 3}},
+}
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    quick: bool = False
-    seed: int = 0
-    device: str = "auto"
-    data_dir: str = ""  # Fashion-MNIST IDX folder; "" = /usr/share/datasets/fashion-mnist
-    cache_dir: str = ""  # trained baseline/teacher cache; "" = $KDAUDIT_HOME/cache
-    n_train: int = 50_000  # labelled (possibly poisoned) training images
-    n_clean: int = 3_000  # unlabelled clean images for distillation, from the other 10,000
-    n_poison: int = 100
-    n_test: int = 10_000
-    trigger: dict = field(default_factory=lambda: BadNets(target=7, size=3).to_dict())
-    teacher: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8))
-    kd: KDConfig = field(default_factory=KDConfig)
+    quick: bool = setting(False, "the quick setup (DemoConfig.preset(quick=True))")
+    seed: int = setting(0, "random seed")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
+    data_dir: str = setting("", 'Fashion-MNIST IDX folder; "" = /usr/share/datasets/fashion-mnist')
+    cache_dir: str = setting("", 'trained baseline/teacher cache; "" = $KDAUDIT_HOME/cache')
+    n_train: int = setting(50_000, "labelled (possibly poisoned) training images")
+    n_clean: int = setting(3_000, "unlabelled clean images for distillation, from the other 10,000")
+    n_poison: int = setting(100, "poisoned training images")
+    n_test: int = setting(10_000, "test images")
+    trigger: dict = setting(factory=lambda: BadNets(target=7, size=3).to_dict(), help="the attack (Trigger.to_dict())")
+    teacher: TrainConfig = setting(factory=lambda: TrainConfig(epochs=8))
+    kd: KDConfig = setting(factory=KDConfig)
 
     def __post_init__(self) -> None:
         if not 100 <= self.n_train <= 59_000:
@@ -59,23 +69,10 @@ class DemoConfig:
 
     @classmethod
     def preset(cls, quick: bool = False, **overrides) -> DemoConfig:
-        """The full demo, or `quick`: 10k training images, 2% poisons, fewer epochs (< 3 min, 2 CPU cores)."""
-        base: dict = {}
-        if quick:
-            base = dict(
-                quick=True,
-                n_train=10_000,
-                n_clean=2_000,
-                n_poison=200,
-                n_test=5_000,
-                teacher={"epochs": 5},
-                kd={
-                    "distill": {"epochs": 12},
-                    "finetune": {"epochs": 3, "lr": 1e-4, "val_fraction": 0.1, "patience": 2},
-                },
-            )
-        base.update({k: v for k, v in overrides.items() if v is not None})
-        return from_dict(cls, base)
+        """The full demo, or `quick`: 10k training images, 2% poisons, fewer epochs (< 3 min, 2 CPU cores).
+        `overrides` (None = keep) merge into the preset, nested mappings setting by setting."""
+        base = from_dict(cls, QUICK) if quick else cls()
+        return from_dict(cls, {k: v for k, v in overrides.items() if v is not None}, base=base)
 
     @property
     def trigger_value(self) -> Trigger:

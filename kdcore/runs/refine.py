@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from kdcore.config import setting
 from kdcore.detox import detox_metrics
 from kdcore.errors import ConfigError, InputError
 from kdcore.evaluate import evaluate_model
 from kdcore.models.loading import load_model, save_model
-from kdcore.pipeline import timed_stage, write_confusions, write_models
+from kdcore.pipeline import KDConfig, timed_stage, write_confusions, write_models
 from kdcore.progress import ProgressFn, for_stage, no_progress
 from kdcore.runs.common import environment, start_run, write_report
 from kdcore.runs.context import load_context
@@ -32,11 +33,11 @@ VERDICT_VALUES = ("poison", "clean", "unsure")
 
 @dataclass(frozen=True)
 class RefineConfig:
-    source_run: str = ""  # run directory of a finished demo or audit
-    verdicts: tuple[tuple[int, str], ...] = ()  # (training-sample index, poison | clean | unsure)
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=5, lr=1e-4, val_fraction=0.1, patience=2))
-    seed: int = 0
-    device: str = "auto"
+    source_run: str = setting("", "run directory of a finished demo or audit")
+    verdicts: tuple[tuple[int, str], ...] = setting((), "(training-sample index, poison | clean | unsure)")
+    finetune: TrainConfig = setting(factory=lambda: KDConfig().finetune)  # the audit's own fine-tuning
+    seed: int = setting(0, "random seed")
+    device: str = setting("auto", "auto | cpu | cuda | cuda:N")
 
     def __post_init__(self) -> None:
         if not self.source_run:

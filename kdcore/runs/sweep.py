@@ -11,10 +11,10 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kdcore.config import from_dict
+from kdcore.config import from_dict, setting
 from kdcore.errors import ConfigError
 from kdcore.evaluate import evaluate_model
 from kdcore.io import atomic_write_json, atomic_write_text
@@ -45,10 +45,10 @@ ROW_KEYS = (
 
 @dataclass(frozen=True)
 class SweepConfig:
-    setup: DemoConfig = field(default_factory=DemoConfig)
-    budgets: tuple[int, ...] = (3_000, 6_500, 10_000)
-    scenarios: tuple[str, ...] = SCENARIOS
-    seeds: tuple[int, ...] = (0,)
+    setup: DemoConfig = setting(factory=DemoConfig)
+    budgets: tuple[int, ...] = setting((3_000, 6_500, 10_000), "clean-image budgets")
+    scenarios: tuple[str, ...] = setting(SCENARIOS, "attack, no_attack or both")
+    seeds: tuple[int, ...] = setting((0,), "seeds, one sweep each")
 
     def __post_init__(self) -> None:
         if not self.budgets or any(b < 10 for b in self.budgets):

@@ -1,0 +1,98 @@
+"""`python -m kdcore` / `kdcore`: the command line, one module per run kind.
+
+Each kind's module (`kdcore/cli/<kind>.py`) owns its arguments (generated from its config class by
+`kdcore.cli.flags`), its flags → config mapping and its printed summary; `kdcore.cli.jobs` holds the
+job commands and the worker.
+
+Exit codes: 0 ok · 2 bad input (one line on stderr saying why) · 1 a bug (traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+from kdcore.cli.progress import BarProgress
+from kdcore.errors import KDCoreError
+
+EXIT_OK, EXIT_BUG, EXIT_INPUT = 0, 1, 2
+COMMANDS = ("demo", "audit", "defend", "sweep", "refine")  # the run kinds, in the order --help lists them
+
+__all__ = ["EXIT_BUG", "EXIT_INPUT", "EXIT_OK", "BarProgress", "build_parser", "main", "resolve_config"]
+
+
+def kind_module(kind: str) -> ModuleType:
+    return importlib.import_module(f"kdcore.cli.{kind}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kdcore.cli import jobs
+
+    ap = argparse.ArgumentParser(
+        prog="kdcore",
+        description="Audit image classifiers for backdoors: distil → detoxify → fine-tune (Yoshida & Fujino 2020).",
+    )
+    sub = ap.add_subparsers(dest="command", required=True)
+    for kind in COMMANDS:
+        module = kind_module(kind)
+        p = sub.add_parser(kind, help=module.HELP, **getattr(module, "PARSER", {}))
+        module.add_arguments(p)
+    jobs.add_parsers(sub)
+    return ap
+
+
+def resolve_config(argv: Sequence[str]):
+    """The config a run command line resolves to, without running it."""
+    a = build_parser().parse_args(argv)
+    return kind_module(a.command).config_from_args(a)
+
+
+def _default_out(kind: str) -> Path:
+    from kdcore.paths import data_home
+
+    return data_home() / "runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_command(a: argparse.Namespace, bar: BarProgress) -> int:
+    import torch
+
+    from kdcore.runs import KINDS
+
+    module = kind_module(a.command)
+    cfg = module.config_from_args(a)
+    check = getattr(cfg, "check_inputs", None)
+    if check is not None:
+        check()
+    torch.manual_seed(getattr(module, "seed", lambda c: c.seed)(cfg))
+    out = a.out or _default_out(a.command)
+    report = KINDS[a.command][1](cfg, out, bar)
+    bar.close()
+    print(module.summary(cfg, report))
+    print(f"\nRun directory: {out}  (report.json, candidates.csv, models/, confusion/, log.txt)")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    bar = BarProgress(enabled=False)
+    try:
+        a = build_parser().parse_args(argv)
+        bar.enabled = not getattr(a, "no_progress", True)
+        if a.command in ("jobs", "worker"):
+            from kdcore.cli.jobs import jobs_main, worker_main
+
+            return jobs_main(a) if a.command == "jobs" else worker_main(a)
+        return run_command(a, bar)
+    except KDCoreError as e:
+        bar.close()
+        msg = " ".join(str(e).split())
+        print(f"kdcore: error: {msg}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        bar.close()
+        print("kdcore: interrupted", file=sys.stderr)
+        return 130
