@@ -156,5 +156,3 @@ def ground_truth_summary(rows: Sequence[Candidate], verdicts: Mapping[int, str])
 
 def page_count(n: int, page_size: int = PAGE_SIZE) -> int:
     return max(1, math.ceil(n / page_size))
-
-

@@ -204,4 +204,3 @@ def read_candidates(path: str | os.PathLike) -> tuple[Candidate, ...]:
 def flags_of(rows: Sequence[Candidate]) -> dict[int, bool]:
     """Training-sample index → flagged."""
     return {r.index: r.flagged for r in rows}
-

@@ -137,8 +137,8 @@ def test_to_csv_columns(train: ImageSet) -> None:
     assert lines[0].split(",") == [
         "rank", "index", "source", "label", "label_name", "teacher_pred", "student_pred",
         "teacher_conf", "student_conf", "score", "flagged",
-    ]  # fmt: skip  (kdcore.candidates.COLUMNS; is_poison only with ground truth)
-    assert all(line.split(",")[4] == "" for line in lines[1:])  # no class names given
+    ]  # fmt: skip
+    assert all(line.split(",")[4] == "" for line in lines[1:])  # kdcore.candidates.COLUMNS; no names given
 
     _, table, _ = detoxify(model, model, SPEC, train, CPU, poison_idx=torch.tensor([0]))
     names = tuple(f"digit-{i}" for i in range(10))

@@ -37,6 +37,7 @@ from kdcore.errors import ConfigError, InputError
 from kdcore.evaluate import EvalResult, evaluate_model
 from kdcore.models.spec import ModelSpec
 from kdcore.progress import ProgressFn, no_progress
+from kdcore.report import ROLES
 from kdcore.triggers.base import Trigger
 
 DEFENSES: dict[str, type[Defense]] = {}
@@ -269,6 +270,8 @@ class RepairerDetector(Repairer):
         out = self.repair_and_detect(inputs)
         wall = time.perf_counter() - t0
         out.model.eval()
+        if set(out.others) - set(ROLES):
+            raise RuntimeError(f"{self.name} returned models of unknown roles {sorted(set(out.others) - set(ROLES))}")
         detection = None
         if out.flagged is not None and out.scores is not None:
             detection = self._detection(inputs, out.scores, out.flagged)
