@@ -21,7 +21,7 @@ from kdcore.errors import InputError, KDCoreError
 from kdcore.jobs.store import Job
 from kdcore.report import ROLES, detection_of, headline_of, metrics_of, models_of, seconds_of
 
-FAMILIES = ("repairer+detector", "repairer", "detector", "inspector")
+FAMILIES = ("repairer", "repairer+detector", "detector", "inspector")
 FAMILY_HELP = {
     "repairer+detector": "returns a repaired model and flags suspected poisons in the training set, as the core "
     "method does",
