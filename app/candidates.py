@@ -1,34 +1,35 @@
 """The review queue: poison-data candidates of a finished run, ranked by suspicion, judged by hand.
 
-Rows come from the run's `candidates.csv` (written by `kdcore.detox`: flagged first, then by
-descending suspicion score); images come from the run's training set, rebuilt once per run
-directory and cached. Verdicts go to `kdcore.jobs.review.Reviews` (current verdict + append-only
-audit trail) and flow into a `refine` job (fine-tune again with the verdicts).
+Rows come from the run's `candidates.csv` (`kdcore.candidates`: flagged first, then by descending
+suspicion score); images come from the run's training set. Both are read, cached and filtered in
+`app.review_queue`; this module draws them. Verdicts go to `kdcore.jobs.review.Reviews` (current
+verdict + append-only audit trail) and flow into a `refine` job (fine-tune again with the verdicts).
 
 Widget keys are stable so a browser test can drive the page: see `KEYS` below.
 """
 
 from __future__ import annotations
 
-import csv
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import streamlit as st
 
+from app.review_queue import (
+    PAGE_SIZE,
+    VERDICT_FILTERS,
+    Filters,
+    ground_truth_summary,
+    page_count,
+    review_counts,
+    thumbnail,
+)
 from app.state import fmt_time, reviews
+from kdcore.candidates import Candidate
 from kdcore.data.imageset import ImageSet
-from kdcore.errors import InputError
 from kdcore.jobs.review import VERDICTS, Verdict
 from kdcore.jobs.store import Job
 
-PAGE_SIZE = 24
 GRID_COLUMNS = 6
-THUMB_PX = 112
-VERDICT_FILTERS = ("all", "unreviewed", *VERDICTS)
 VERDICT_ICON = {"poison": "☠️", "clean": "✅", "unsure": "❔"}
 REFINE_LABEL = "Fine-tune again with my verdicts"
 # Stable widget keys (Streamlit also renders them as the CSS class `st-key-<key>`).
@@ -44,191 +45,6 @@ KEYS = {
     "export": "export-verdicts",
     "truth": "show-truth",
 }
-_REQUIRED = ("rank", "index", "label", "teacher_pred", "student_pred", "score", "flagged")
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One row of candidates.csv: a training sample, its predictions and its suspicion score."""
-
-    rank: int
-    index: int  # position in the run's training set
-    source: str  # file name inside the training folder/zip ('' for built-in data)
-    label: int
-    label_name: str
-    teacher_pred: int
-    student_pred: int
-    teacher_conf: float  # p_teacher(ŷ_t)
-    student_conf: float  # p_student(ŷ_t)
-    score: float  # teacher_conf − student_conf
-    flagged: bool  # teacher and student disagree
-    is_poison: bool | None = None  # ground truth, only for built-in demos
-
-    @property
-    def name(self) -> str:
-        return self.source or f"#{self.index}"
-
-
-@dataclass(frozen=True)
-class Filters:
-    classes: tuple[int, ...] = ()  # labels to keep; empty = all
-    predicted: tuple[int, ...] = ()  # teacher predictions to keep; empty = all
-    score_range: tuple[float, float] = (-1.0, 1.0)
-    only_flagged: bool = True
-    verdict: str = "all"  # one of VERDICT_FILTERS
-
-
-# ---------------------------------------------------------------- data (no widgets)
-
-
-def load_candidates(run_dir: str | Path) -> tuple[Candidate, ...] | None:
-    """The run's ranked candidates, or None when the run has no candidates.csv (no training set)."""
-    p = Path(run_dir) / "candidates.csv"
-    if not p.exists():
-        return None
-    return _parse_candidates(str(p), p.stat().st_mtime_ns)
-
-
-@st.cache_data(max_entries=8, show_spinner=False)
-def _parse_candidates(path: str, mtime_ns: int) -> tuple[Candidate, ...]:
-    # mtime_ns is part of the cache key only: a re-run that rewrites the file is re-read.
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise InputError(f"{path} is missing column(s) {missing}; was it written by kdcore's detox step?")
-        truth = "is_poison" in (reader.fieldnames or [])
-        try:
-            return tuple(
-                Candidate(
-                    rank=int(r["rank"]),
-                    index=int(r["index"]),
-                    source=r.get("source") or "",
-                    label=int(r["label"]),
-                    label_name=r.get("label_name") or "",
-                    teacher_pred=int(r["teacher_pred"]),
-                    student_pred=int(r["student_pred"]),
-                    teacher_conf=float(r.get("teacher_conf") or "nan"),
-                    student_conf=float(r.get("student_conf") or "nan"),
-                    score=float(r["score"]),
-                    flagged=r["flagged"] == "1",
-                    is_poison=(r["is_poison"] == "1") if truth else None,
-                )
-                for r in reader
-            )
-        except (TypeError, ValueError) as e:
-            raise InputError(f"{path} line {reader.line_num} cannot be read ({e}); re-run the audit") from e
-
-
-@st.cache_resource(max_entries=4, show_spinner="Loading the training images…")
-def train_images(run_dir: str) -> ImageSet:
-    """The run's training set (uint8 (N, C, H, W)), rebuilt from its run directory once per process."""
-    from kdcore.runs.context import load_context
-
-    train = load_context(run_dir, device="cpu").train
-    if train is None:
-        raise InputError(f"The run in {run_dir} has no training set to show")
-    return train
-
-
-def class_names(rows: Sequence[Candidate], known: Sequence[str] = ()) -> dict[int, str]:
-    """Class id → name, from `known` names, else the CSV's label_name column, else the id."""
-    names = {i: n for i, n in enumerate(known)}
-    for r in rows:
-        if r.label_name:
-            names.setdefault(r.label, r.label_name)
-    for c in {r.label for r in rows} | {r.teacher_pred for r in rows} | {r.student_pred for r in rows}:
-        names.setdefault(c, str(c))
-    return dict(sorted(names.items()))
-
-
-def thumbnail(image, size: int = THUMB_PX) -> np.ndarray:
-    """(C, H, W) uint8 → (H', W', 3) uint8, nearest-neighbour scaled so the long side is about `size`.
-
-    Grey images are repeated into 3 channels, an alpha channel is dropped; an integer scale factor
-    keeps every source pixel a crisp block (8×8 digits → 112×112, 28×28 → 112×112).
-    """
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = a[None]
-    if a.ndim != 3 or a.dtype != np.uint8:
-        raise InputError(f"Expected a uint8 image (C, H, W); got {a.dtype} {a.shape}")
-    a = a[:3] if a.shape[0] >= 3 else np.repeat(a[:1], 3, axis=0)
-    h, w = a.shape[1:]
-    side = max(h, w)
-    if side > 2 * size:  # large images: subsample instead of enlarging
-        step = side // size
-        a = a[:, ::step, ::step]
-    else:
-        k = max(1, round(size / side))
-        a = a.repeat(k, axis=1).repeat(k, axis=2)
-    return np.ascontiguousarray(a.transpose(1, 2, 0))  # (H', W', 3)
-
-
-def filter_rows(
-    rows: Sequence[Candidate],
-    classes: Sequence[int] = (),
-    predicted: Sequence[int] = (),
-    score_range: tuple[float, float] = (-1.0, 1.0),
-    only_flagged: bool = True,
-    verdict_filter: str = "all",
-    verdicts: Mapping[int, str] | None = None,
-) -> list[Candidate]:
-    """Rows that pass every filter, in their ranked order. Empty `classes`/`predicted` = no constraint.
-
-    `verdicts` maps sample index → verdict string; `verdict_filter` is one of VERDICT_FILTERS.
-    """
-    if verdict_filter not in VERDICT_FILTERS:
-        raise InputError(f"Verdict filter must be one of {VERDICT_FILTERS}; got {verdict_filter!r}")
-    verdicts = verdicts or {}
-    keep_cls, keep_pred = set(classes), set(predicted)
-    lo, hi = score_range
-    out = []
-    for r in rows:
-        if only_flagged and not r.flagged:
-            continue
-        if keep_cls and r.label not in keep_cls:
-            continue
-        if keep_pred and r.teacher_pred not in keep_pred:
-            continue
-        if not lo <= r.score <= hi:
-            continue
-        v = verdicts.get(r.index)
-        if verdict_filter == "unreviewed" and v is not None:
-            continue
-        if verdict_filter in VERDICTS and v != verdict_filter:
-            continue
-        out.append(r)
-    return out
-
-
-def review_counts(rows: Sequence[Candidate], verdicts: Mapping[int, str]) -> dict[str, int]:
-    """flagged, reviewed and per-verdict counts over the run's candidates."""
-    counts = {"flagged": sum(r.flagged for r in rows), "reviewed": len(verdicts)}
-    counts.update({v: sum(x == v for x in verdicts.values()) for v in VERDICTS})
-    return counts
-
-
-def ground_truth_summary(rows: Sequence[Candidate], verdicts: Mapping[int, str]) -> dict[str, int] | None:
-    """Demo only: how flags and verdicts compare with the known poisons. None without ground truth."""
-    if not rows or rows[0].is_poison is None:
-        return None
-    poison = {r.index for r in rows if r.is_poison}
-    flagged = {r.index for r in rows if r.flagged}
-    said_poison = {s for s, v in verdicts.items() if v == "poison"}
-    said_clean = {s for s, v in verdicts.items() if v == "clean"}
-    return {
-        "poisons": len(poison),
-        "flagged_poisons": len(poison & flagged),
-        "poison_verdicts": len(said_poison),
-        "poison_verdicts_right": len(said_poison & poison),
-        "clean_verdicts": len(said_clean),
-        "clean_verdicts_on_poison": len(said_clean & poison),
-    }
-
-
-def page_count(n: int, page_size: int = PAGE_SIZE) -> int:
-    return max(1, math.ceil(n / page_size))
 
 
 # ---------------------------------------------------------------- widgets

@@ -15,14 +15,16 @@ from statistics import median
 import numpy as np
 import plotly.graph_objects as go
 
-MODEL_LABELS = {
-    "baseline": "Baseline",
-    "teacher": "Teacher (suspect)",
-    "backdoor": "Backdoor (teacher)",
-    "student": "Distilled",
-    "finetuned": "Fine-tuned",
+from kdcore.report import METRICS, ROLES, models_of
+
+MODEL_LABELS = ROLES  # one display name per model role (kdcore.report)
+MODEL_COLORS = {
+    "baseline": "#7f7f7f",
+    "teacher": "#d62728",
+    "student": "#1f77b4",
+    "finetuned": "#2ca02c",
+    "repaired": "#9467bd",
 }
-MODEL_COLORS = {"baseline": "#7f7f7f", "teacher": "#d62728", "student": "#1f77b4", "finetuned": "#2ca02c"}
 SCENARIO_LABELS = {"attack": "under attack", "no_attack": "no attack"}
 BASELINE_BAND = 0.01  # the paper's figures shade one accuracy point below the baseline
 
@@ -220,16 +222,16 @@ def sweep_detox_figure(rows: list[dict], scenario: str) -> go.Figure:
 
 
 def present_models(report: dict) -> list[str]:
-    """The evaluated models of a report, in the paper's order (baseline, teacher, student, fine-tuned)."""
-    return [m for m in ("baseline", "teacher", "student", "finetuned") if isinstance(report.get(m), dict)]
+    """The evaluated model roles of a report, in the paper's order (baseline, teacher, student, fine-tuned)."""
+    return list(models_of(report))
 
 
 def metric_bars(report: dict) -> go.Figure:
     """Grouped bars: clean_acc / poison_acc / asr of every evaluated model (Table 5 at a glance)."""
     fig = go.Figure()
-    keys = ["clean_acc", "poison_acc", "asr"]
-    for model in present_models(report):
-        vals = [report[model].get(k) for k in keys]
+    keys = list(METRICS)
+    for model, ev in models_of(report).items():
+        vals = [ev.get(k) for k in keys]
         fig.add_trace(
             go.Bar(
                 x=keys,
@@ -261,7 +263,7 @@ def class_names_of(report: dict) -> tuple[str, ...]:
         return SPEC.names
     k = int(spec.get("num_classes") or 0)
     if not k:
-        k = max((len(report[m].get("confusion_clean") or ()) for m in present_models(report)), default=0)
+        k = max((len(ev.get("confusion_clean") or ()) for ev in models_of(report).values()), default=0)
     return tuple(str(i) for i in range(k))
 
 

@@ -17,12 +17,13 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from app.candidates import thumbnail
 from app.charts import mask_norms_figure, pruning_sweep_figure
-from app.defences import METRICS, finding
+from app.defences import finding
 from app.results import model_zip
+from app.review_queue import thumbnail
 from app.state import fmt_duration, job_title
 from kdcore.jobs.store import Job
+from kdcore.report import METRICS, detection_of, evidence_of, models_of
 
 GRID_COLUMNS = 8
 SHORT_TEXT = 40  # longer strings are shown as text, not as a metric card
@@ -82,8 +83,10 @@ def _pct(v: float | None) -> str:
 
 
 def result_cards_ui(report: dict) -> None:
-    """The repaired model's metrics against the suspect's, or a detector's flagged / precision / recall."""
-    suspect, repaired, det = report.get("suspect") or {}, report.get("repaired"), report.get("detection")
+    """The repaired model's metrics against the suspect's, and the flagged / precision / recall of the
+    samples the method flagged (a repairer-detector has both)."""
+    models, det = models_of(report), detection_of(report)
+    suspect, repaired = models.get("teacher") or {}, models.get("repaired")
     if repaired:
         cols = st.columns(len(METRICS) + 1)
         for col, key in zip(cols, METRICS, strict=False):
@@ -98,15 +101,16 @@ def result_cards_ui(report: dict) -> None:
                 border=True,
             )
         cols[-1].metric("wall time", fmt_duration(report.get("method_wall_s")), border=True)
-    elif det:
+    if det:
         cols = st.columns(4)
         cols[0].metric("flagged", f"{det.get('flagged', 0):,}", help=f"of {det.get('total', 0):,}", border=True)
         cols[1].metric("precision", _pct(det.get("precision")), border=True)
         cols[2].metric("recall", _pct(det.get("recall")), border=True)
-        cols[3].metric("wall time", fmt_duration(report.get("method_wall_s")), border=True)
+        if not repaired:
+            cols[3].metric("wall time", fmt_duration(report.get("method_wall_s")), border=True)
         if det.get("precision") is None and det.get("recall") is None:
             st.caption("Precision and recall need the true poison indices, which only the demo knows.")
-    else:
+    if not repaired and not det:
         st.metric("wall time", fmt_duration(report.get("method_wall_s")))
 
 
@@ -197,9 +201,9 @@ def generic_evidence_ui(ev: dict) -> None:
     cards = [
         (k, v)
         for k, v in ev.items()
-        if k != "headline" and (isinstance(v, (int, float, bool)) or (isinstance(v, str) and len(v) <= SHORT_TEXT))
+        if isinstance(v, (int, float, bool)) or (isinstance(v, str) and len(v) <= SHORT_TEXT)
     ]
-    done = {k for k, _ in cards} | {"headline"}
+    done = {k for k, _ in cards}
     for start in range(0, len(cards), 4):
         for col, (k, v) in zip(st.columns(4), cards[start : start + 4], strict=False):
             col.metric(k, _fmt(v))
@@ -250,7 +254,7 @@ def downloads_ui(job: Job) -> None:
 
 def evidence_ui(job: Job, report: dict) -> None:
     """Headline, result cards, method views, evidence images, every evidence value, downloads."""
-    ev = report.get("evidence") or {}
+    ev = evidence_of(report)
     head = finding(report)
     if head:
         st.info(head, icon="🔎")

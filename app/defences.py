@@ -19,9 +19,12 @@ from app.uploads import save_upload
 from kdcore.defenses import DEFENSES, Defense
 from kdcore.errors import InputError, KDCoreError
 from kdcore.jobs.store import Job
+from kdcore.report import ROLES, detection_of, headline_of, metrics_of, models_of, seconds_of
 
-FAMILIES = ("repairer", "detector", "inspector")
+FAMILIES = ("repairer", "repairer+detector", "detector", "inspector")
 FAMILY_HELP = {
+    "repairer+detector": "returns a repaired model and flags suspected poisons in the training set, as the core "
+    "method does",
     "repairer": "returns a repaired model, evaluated on the same test set and trigger as the core method's models",
     "detector": "ranks the training samples and flags suspected poisons (scored like the core method's detox)",
     "inspector": "examines the model and reports evidence, e.g. a suspected target class; it changes nothing",
@@ -32,13 +35,8 @@ INPUT_NAMES = {
     "train": "the labelled, possibly poisoned training set",
 }
 LABELLED_BASELINE = "labelled-data baseline: needs labelled clean images"
-CORE_MODELS = {  # the core method's models in a demo / audit report, and how the comparison names them
-    "baseline": "Baseline (trained on clean data)",
-    "teacher": "Suspect (teacher)",
-    "student": "KD (distilled)",
-    "finetuned": "KD + detox fine-tuned",
-}
-METRICS = ("clean_acc", "poison_acc", "asr")
+REFERENCE_ROLES = {"baseline": "reference", "teacher": "suspect"}  # the source's other models: "core method"
+DETECTION = ("flagged", "precision", "recall")
 
 
 # ---- methods and the inputs a source run offers ------------------------------------------------
@@ -210,46 +208,30 @@ def finished_defences(source: Job) -> list[tuple[Job, dict]]:
 
 
 def finding(report: dict) -> str:
-    """One line of what a defence found: the method's headline, else a summary of its evidence."""
-    ev = report.get("evidence") or {}
-    if ev.get("headline"):
-        return str(ev["headline"])
-    det = report.get("detection") or {}
-    if det:
-        return f"{det.get('flagged', 0):,} of {det.get('total', 0):,} training samples flagged"
-    if isinstance(ev.get("flagged_names"), list) and "most_anomalous" in ev:
-        if ev["flagged_names"]:
-            return "flagged class(es): " + ", ".join(map(str, ev["flagged_names"]))
-        top = ev["most_anomalous"] or {}
-        return f"no class flagged (most anomalous: {top.get('name', '?')}, index {top.get('anomaly_index', '?')})"
-    if "n_pruned" in ev and "n_channels" in ev:
-        return f"{ev['n_pruned']} of {ev['n_channels']} channels pruned"
-    return ""
+    """One line of what a defence found: the method's headline, else how many samples it flagged."""
+    headline = headline_of(report)
+    if headline:
+        return headline
+    det = detection_of(report)
+    return f"{det.get('flagged', 0):,} of {det.get('total', 0):,} training samples flagged" if det else ""
 
 
 def compare_rows(source_report: dict | None, defences: list[tuple[Job, dict]]) -> list[dict]:
-    """One row per model: the core method's (from the source report) then one per defend job."""
+    """One row per model: the source run's (baseline, suspect, the core method's) then one per defend job."""
     rows = []
     src = source_report or {}
-    timings = src.get("timings") or {}
-    for key, label in CORE_MODELS.items():
-        ev = src.get(key)
-        if not isinstance(ev, dict):
-            continue
-        family = {"baseline": "reference", "teacher": "suspect"}.get(key, "core method")
-        row = {"model": label, "job": None, "family": family}
-        row |= {m: ev.get(m) for m in METRICS}
-        detox = (src.get("detox") or {}) if key == "finetuned" else {}
-        row |= {k: detox.get(k) for k in ("flagged", "precision", "recall")}
-        row["wall_s"] = {"student": timings.get("distill"), "finetuned": src.get("wall_s")}.get(key)
-        row["needs_labels"] = False if key in ("student", "finetuned") else None
-        row["finding"] = ""
+    seconds, src_det = seconds_of(src), detection_of(src) or {}
+    for role, ev in models_of(src).items():
+        core = role not in REFERENCE_ROLES
+        det = src_det if role == "finetuned" else {}
+        row = {"model": ROLES[role], "job": None, "family": REFERENCE_ROLES.get(role, "core method")}
+        row |= metrics_of(ev) | {k: det.get(k) for k in DETECTION}
+        row |= {"wall_s": seconds.get(role), "needs_labels": False if core else None, "finding": ""}
         rows.append(row)
     for job, report in defences:
-        repaired, det = report.get("repaired") or {}, report.get("detection") or {}
+        det = detection_of(report) or {}
         row = {"model": f"{report.get('method', '?')} (#{job.id})", "job": job.id, "family": report.get("family")}
-        row |= {m: repaired.get(m) for m in METRICS}
-        row |= {k: det.get(k) for k in ("flagged", "precision", "recall")}
+        row |= metrics_of(models_of(report).get("repaired")) | {k: det.get(k) for k in DETECTION}
         row["wall_s"] = report.get("method_wall_s")
         row["needs_labels"] = bool(report.get("needs_labels"))
         row["finding"] = finding(report)

@@ -15,14 +15,13 @@ from typing import Any
 import plotly.graph_objects as go
 
 from app.charts import (
-    MODEL_LABELS,
     SCENARIO_LABELS,
     class_names_of,
     confusion_figure,
-    present_models,
     sweep_accuracy_figure,
     sweep_detox_figure,
 )
+from kdcore.report import METRICS, ROLES, detection_of, headline_of, models_of
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1240px;
@@ -88,17 +87,17 @@ def markdown_tables_to_html(md: str) -> str:
 
 def metrics_table_html(report: dict) -> str:
     """Table 5 of seed 000: clean_acc / poison_acc / asr of every model evaluated."""
-    models = present_models(report)
+    models = models_of(report)
     if not models:
         return "<p>No model was evaluated (no labelled test set).</p>"
-    rows = [[k, *(pct(report[m].get(k)) for m in models)] for k in ("clean_acc", "poison_acc", "asr")]
+    rows = [[k, *(pct(ev.get(k)) for ev in models.values())] for k in METRICS]
     rows.append(
         [
             "test images (clean / poison)",
-            *(f"{report[m].get('n_clean', 0):,} / {report[m].get('n_poison', 0):,}" for m in models),
+            *(f"{ev.get('n_clean', 0):,} / {ev.get('n_poison', 0):,}" for ev in models.values()),
         ]
     )
-    return _table(["metric", *(escape(MODEL_LABELS[m]) for m in models)], rows)
+    return _table(["metric", *(escape(ROLES[m]) for m in models)], rows)
 
 
 def detox_html(detox: dict | None) -> str:
@@ -196,9 +195,9 @@ def _confusion_section(report: dict, embed: _Figures) -> str:
     parts = ["<h2>Confusion matrices</h2><p>Rows: true class; columns: predicted class; colour: share of the row.</p>"]
     for which, title in (("confusion_clean", "Clean test set"), ("confusion_poison", "Poison test set")):
         figs = [
-            embed(confusion_figure(report[m][which], names, f"{MODEL_LABELS[m]} — {title.lower()}"), 390)
-            for m in present_models(report)
-            if report[m].get(which)
+            embed(confusion_figure(ev[which], names, f"{ROLES[m]} — {title.lower()}"), 390)
+            for m, ev in models_of(report).items()
+            if ev.get(which)
         ]
         if figs:
             parts.append(f"<h3>{title}</h3><div class='grid'>{''.join(f'<div>{f}</div>' for f in figs)}</div>")
@@ -238,11 +237,13 @@ def audit_report_html(job: Any, report: dict) -> str:
     if kind == "sweep":
         body.append(_sweep_section(report, embed))
     else:
+        headline = headline_of(report)
         body += [
+            f"<p class='note'>{escape(headline)}</p>" if headline else "",
             "<h2>Results (Table 5 layout)</h2>",
             metrics_table_html(report),
             "<h2>Detoxification</h2>",
-            detox_html(report.get("detox")),
+            detox_html(detection_of(report)),
             review_html(report.get("review")),
         ]
     notes = report.get("notes") or []

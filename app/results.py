@@ -11,13 +11,13 @@ from pathlib import Path
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
-from app.charts import MODEL_LABELS, confusion_figure, present_models
+from app.charts import confusion_figure
 from app.report_html import audit_report_html
 from kdcore.errors import InputError
 from kdcore.io import read_json
 from kdcore.jobs.store import Job
+from kdcore.report import METRICS, ROLES, models_of
 
-METRICS = ("clean_acc", "poison_acc", "asr")
 METRIC_HELP = {
     "clean_acc": "Accuracy on the clean test set.",
     "poison_acc": "Accuracy on the poison test set (trigger on every non-target image), w.r.t. the true labels.",
@@ -48,7 +48,9 @@ def refine_view(report: dict, source: dict | None) -> dict:
     the class names) from its source run so it reads like an audit. Returns a new dict."""
     view = dict(report)
     if source:
-        for key in ("baseline", "teacher", "student", "model", "data"):
+        own = models_of(report)
+        view |= {role: ev for role, ev in models_of(source).items() if role not in own}
+        for key in ("model", "data"):
             if source.get(key) is not None and view.get(key) is None:
                 view[key] = source[key]
         view["source_kind"] = source.get("kind")
@@ -77,15 +79,15 @@ def _pct(v: float | None) -> str:
 
 def metric_cards_ui(report: dict) -> None:
     """One column per model, clean_acc / poison_acc / asr cards; deltas in points vs the teacher."""
-    models = present_models(report)
+    models = models_of(report)
     if not models:
         st.info("No model was evaluated: the run had no labelled test set.")
         return
-    teacher = report.get("teacher") or {}
-    for col, model in zip(st.columns(len(models)), models, strict=True):
-        col.markdown(f"**{MODEL_LABELS[model]}**")
+    teacher = models.get("teacher") or {}
+    for col, (model, ev) in zip(st.columns(len(models)), models.items(), strict=True):
+        col.markdown(f"**{ROLES[model]}**")
         for key in METRICS:
-            v, ref = report[model].get(key), teacher.get(key)
+            v, ref = ev.get(key), teacher.get(key)
             delta = None
             if model != "teacher" and v is not None and ref is not None:
                 delta = f"{100 * (v - ref):+.1f} pts vs teacher"
@@ -133,20 +135,18 @@ def review_summary_ui(review: dict | None) -> None:
 
 def confusion_grid_ui(report: dict, class_names: tuple[str, ...]) -> None:
     """Models side by side (baseline | teacher | student | fine-tuned); clean row above, poison below."""
-    models = present_models(report)
+    models = models_of(report)
     if not models:
         return
     for which, title in (("confusion_clean", "Clean test set"), ("confusion_poison", "Poison test set")):
         st.markdown(f"**{title}**")
-        for col, model in zip(st.columns(len(models)), models, strict=True):
-            matrix = report[model].get(which)
+        for col, (model, ev) in zip(st.columns(len(models)), models.items(), strict=True):
+            matrix = ev.get(which)
             if not matrix:
-                col.caption(
-                    f"{MODEL_LABELS[model]}: not measured" + (" (no trigger given)" if "poison" in which else "")
-                )
+                col.caption(f"{ROLES[model]}: not measured" + (" (no trigger given)" if "poison" in which else ""))
                 continue
             col.plotly_chart(
-                confusion_figure(matrix, class_names, MODEL_LABELS[model]),
+                confusion_figure(matrix, class_names, ROLES[model]),
                 width="stretch",
                 key=f"cm-{model}-{which}",
                 config={"displaylogo": False},

@@ -1,12 +1,13 @@
 """Every defence against every trigger on the Fashion-MNIST demo setup: one comparison table.
 
 Per attack (BadNets, Blended, SIG, WaNet; all-to-one, target 7 "Sneaker") a paper-cnn teacher is
-trained on the poisoned training set (cached), then:
-    kd (core)   seed 000: distil on the unlabelled clean pool → detoxify → fine-tune (kdcore.pipeline)
-    every registered defence (kdcore.defenses) with its default settings on the same inputs.
-Each row: clean_acc, poison_acc, asr of the model the method returns (the suspect's for detectors
-and inspectors), detection precision / recall where the method flags training samples, the
-method's own wall time, and whether it needs labelled clean data.
+trained on the poisoned training set (cached), then every registered defence (kdcore.defenses) runs
+on the same inputs: the core method `kd` (seed 000: distil on the unlabelled clean pool → detoxify
+→ fine-tune) with the demo's own settings, every other method with its default settings.
+Each row: clean_acc, poison_acc, asr of a model the method returns (one row per model role, e.g.
+kd's distilled and fine-tuned students; the suspect's for detectors and inspectors), detection
+precision / recall where the method flags training samples, the method's own wall time (kd: in a
+fresh stage folder, so no cache hit), and whether it needs labelled clean data.
 
     .venv/bin/python benchmarks/defences.py [--full] [--triggers badnets,sig] [--methods bcu,nad] [--device auto]
 
@@ -17,7 +18,6 @@ test images). Prints a markdown table and writes benchmarks/results/defences[_fu
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,10 +31,9 @@ from kdcore.config import to_dict  # noqa: E402
 from kdcore.defenses import DEFENSES, get_defense  # noqa: E402
 from kdcore.device import describe, resolve_device  # noqa: E402
 from kdcore.io import atomic_write_json  # noqa: E402
-from kdcore.pipeline import run_kd_pipeline  # noqa: E402
+from kdcore.report import ROLES, detection_of, evidence_of, headline_of, metrics_of, models_of  # noqa: E402
 from kdcore.runs.defend import demo_inputs  # noqa: E402
 from kdcore.runs.demo import DemoConfig  # noqa: E402
-from kdcore.stages import Stages  # noqa: E402
 from kdcore.tables import pct  # noqa: E402
 
 # The attacks compared. n_poison: poisons in the quick setup's 10,000 training images (×5 for --full).
@@ -73,23 +72,42 @@ def row(
     config: dict | None = None,
     evidence: dict | None = None,
 ) -> dict:
-    ev = ev or {}
+    det = det or {}
     return {
         "attack": attack,
         "method": method,
         "family": family,
-        "clean_acc": ev.get("clean_acc"),
-        "poison_acc": ev.get("poison_acc"),
-        "asr": ev.get("asr"),
-        "precision": (det or {}).get("precision"),
-        "recall": (det or {}).get("recall"),
-        "flagged": (det or {}).get("flagged"),
+        **metrics_of(ev),
+        "precision": det.get("precision"),
+        "recall": det.get("recall"),
+        "flagged": det.get("flagged"),
         "wall_s": round(wall, 1),
         "needs_labels": labels,
         "note": note,
         "config": config,  # the method's resolved settings, so the row can be re-run
         "evidence": evidence,  # the method's own findings (NC's per-class norms, the ℓ∞ sweep, ...)
     }
+
+
+def method_rows(attack: str, name: str, report: dict, labels: bool) -> list[dict]:
+    """One row per model the method returned (the suspect's for detectors and inspectors)."""
+    models = models_of(report)
+    own = {role: ev for role, ev in models.items() if role != "teacher"} or {"teacher": models.get("teacher")}
+    return [
+        row(
+            attack,
+            name if len(own) == 1 else f"{name}: {ROLES[role]}",
+            report["family"],
+            ev,
+            detection_of(report),
+            report["method_wall_s"],
+            labels,
+            headline_of(report),
+            config=report["method_config"],
+            evidence=evidence_of(report),
+        )
+        for role, ev in own.items()
+    ]
 
 
 def run_attack(attack: str, methods: list[str], full: bool, device: torch.device, out: Path) -> list[dict]:
@@ -101,53 +119,14 @@ def run_attack(attack: str, methods: list[str], full: bool, device: torch.device
     inputs.on_progress = throttled()
     suspect = inputs.evaluate(inputs.model).metrics()
     rows = [row(attack, "suspect (no defence)", "—", suspect, None, 0.0, False)]
-
-    log(f"{attack}: kd (core)")
-    # Fresh stage folder: the core method's time must include its work, not a cache hit.
-    shutil.rmtree(out / attack / "kd", ignore_errors=True)
-    t0 = time.perf_counter()
-    kd = run_kd_pipeline(
-        inputs.model,
-        inputs.spec,
-        inputs.unlabeled,
-        cfg.kd,
-        Stages(out / attack / "kd" / "stages"),
-        device,
-        train=inputs.train,
-        test=inputs.test,
-        trigger=inputs.trigger,
-        poison_idx=inputs.poison_idx,
-        seed=cfg.seed,
-        on_progress=throttled(),
-    )
-    wall = time.perf_counter() - t0
-    det = kd.detox.to_dict() if kd.detox else None
-    kd_cfg = to_dict(cfg.kd)
-    for model, label in (("student", "distilled"), ("finetuned", "fine-tuned")):
-        # Fine-tuning uses the (poisoned) training set's own labels, not extra labelled clean data.
-        ev = kd.evals[model].metrics()
-        rows.append(row(attack, f"kd (core): {label}", "repairer", ev, det, wall, False, config=kd_cfg))
-
+    # The core method runs with the demo setup's own settings (as `kdcore demo` does); inputs.work_dir
+    # stays None, so its stages go to a fresh temporary folder and its time includes all its work.
+    settings = {"kd": to_dict(cfg.kd)}
     for name in methods:
         log(f"{attack}: {name}")
-        method = get_defense(name)()
-        result = method.run(inputs)
-        ev = (result.repaired or result.suspect).metrics() if (result.repaired or result.suspect) else None
-        det = result.detection.to_dict() if result.detection else None
-        rows.append(
-            row(
-                attack,
-                name,
-                method.family,
-                ev,
-                det,
-                result.wall_s,
-                method.needs_labels,
-                result.evidence.get("headline", ""),
-                config=result.config,
-                evidence=result.evidence,
-            )
-        )
+        method = get_defense(name).from_params(settings.get(name))
+        report = method.run(inputs).report()
+        rows += method_rows(attack, name, report, method.needs_labels)
     return rows
 
 

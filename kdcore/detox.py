@@ -11,13 +11,12 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from kdcore.candidates import Candidate, rank_order, ranked_rows, to_csv
 from kdcore.data.imageset import ImageSet
 from kdcore.models.spec import ModelSpec
 from kdcore.train import predict_logits
@@ -54,49 +53,31 @@ class DetoxTable:
 
     def ranked(self) -> torch.Tensor:
         """Sample indices, flagged first, then by descending suspicion score."""
-        key = self.score + 2.0 * self.flagged.float()
-        return torch.argsort(key, descending=True, stable=True)
+        return rank_order(self.score, self.flagged)
+
+    def rows(self, class_names: tuple[str, ...] = ()) -> list[Candidate]:
+        """The ranked rows of candidates.csv (kdcore.candidates owns the columns and the writing)."""
+        return ranked_rows(
+            self.score,
+            self.flagged,
+            self.label,
+            sources=self.sources,
+            class_names=class_names,
+            poison_idx=None if self.is_poison is None else torch.nonzero(self.is_poison).flatten(),
+            per_sample=self.predictions(),
+        )
+
+    def predictions(self) -> dict[str, torch.Tensor]:
+        """teacher_pred, student_pred, teacher_conf, student_conf: the candidate columns beyond the score."""
+        return {
+            "teacher_pred": self.teacher_pred,
+            "student_pred": self.student_pred,
+            "teacher_conf": self.teacher_conf,
+            "student_conf": self.student_conf,
+        }
 
     def to_csv(self, class_names: tuple[str, ...] = ()) -> str:
-        names = list(class_names)
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        header = [
-            "rank",
-            "index",
-            "source",
-            "label",
-            "teacher_pred",
-            "student_pred",
-            "teacher_conf",
-            "student_conf",
-            "score",
-            "flagged",
-        ]
-        if names:
-            header[4:4] = ["label_name"]
-        if self.is_poison is not None:
-            header.append("is_poison")
-        w.writerow(header)
-        for rank, i in enumerate(self.ranked().tolist(), start=1):
-            row = [
-                rank,
-                i,
-                self.sources[i] if self.sources else "",
-                int(self.label[i]),
-                int(self.teacher_pred[i]),
-                int(self.student_pred[i]),
-                f"{self.teacher_conf[i]:.5f}",
-                f"{self.student_conf[i]:.5f}",
-                f"{self.score[i]:.5f}",
-                int(self.flagged[i]),
-            ]
-            if names:
-                row[4:4] = [names[int(self.label[i])] if int(self.label[i]) < len(names) else ""]
-            if self.is_poison is not None:
-                row.append(int(self.is_poison[i]))
-            w.writerow(row)
-        return buf.getvalue()
+        return to_csv(self.rows(class_names))
 
 
 def detox_metrics(flagged: torch.Tensor, poison_idx: torch.Tensor | None) -> DetoxResult:

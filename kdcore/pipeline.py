@@ -6,7 +6,9 @@
     evaluate → clean_acc / poison_acc / asr and confusion matrices of every model (kdcore.evaluate)
 
 Each stage's outputs are cached by content (`kdcore.stages`), so re-running with the same
-inputs, or retrying an interrupted job, skips what has already finished.
+inputs, or retrying an interrupted job, skips what has already finished. `kd_stages` is the
+method itself (steps 1–3); the demo and audit runs call it through `run_kd_pipeline`, the
+`defend` run kind through the registered defence `kdcore.defenses.kd.KD`.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdcore.candidates import FILE_NAME, write_candidates
 from kdcore.config import setting
 from kdcore.data.imageset import ImageSet
-from kdcore.detox import DetoxResult, detoxify
+from kdcore.detox import DetoxResult, DetoxTable, detoxify
 from kdcore.distill import DistillConfig, distill
 from kdcore.evaluate import EvalResult, evaluate_model
 from kdcore.io import atomic_write_text
@@ -29,6 +32,7 @@ from kdcore.models.loading import load_model, save_model
 from kdcore.models.registry import build_model
 from kdcore.models.spec import ModelSpec
 from kdcore.progress import ProgressFn, for_stage, no_progress
+from kdcore.report import ROLES
 from kdcore.stages import StageOutput, Stages, fingerprint
 from kdcore.train import TrainConfig, fit, seeded_model
 from kdcore.triggers.base import Trigger
@@ -56,16 +60,23 @@ class PipelineOutput:
     stages: dict[str, StageOutput] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    def timings(self) -> dict[str, float]:
+        """Seconds per stage (a reused stage reports the time it took when it ran)."""
+        return {
+            k: round(s.meta.get("seconds", s.seconds) if s.reused else s.seconds, 3) for k, s in self.stages.items()
+        }
+
     def report(self) -> dict:
+        unknown = set(self.evals) - set(ROLES)
+        if unknown:
+            raise ValueError(f"Model role(s) {sorted(unknown)} are not in kdcore.report.ROLES")
         r: dict = {name: ev.to_dict() for name, ev in self.evals.items()}
         for name in ("teacher", "student", "finetuned"):
             r.setdefault(name, None)
         r["detox"] = self.detox.to_dict() if self.detox else None
         r["distill"] = self.distill
         r["finetune"] = self.finetune
-        r["timings"] = {
-            k: round(s.meta.get("seconds", s.seconds) if s.reused else s.seconds, 3) for k, s in self.stages.items()
-        }
+        r["timings"] = self.timings()
         r["stages"] = {
             k: {"reused": s.reused, "seconds": round(s.seconds, 3), "dir": str(s.dir)} for k, s in self.stages.items()
         }
@@ -109,26 +120,31 @@ def train_stage(
     return model, out
 
 
-def run_kd_pipeline(
+@dataclass
+class KDModels:
+    """Steps 1–3 of the method: its models (by role, with their specs) and the detox table."""
+
+    models: dict[str, tuple[nn.Module, ModelSpec]]  # teacher, student and (with a training set) finetuned
+    table: DetoxTable | None  # one row per training sample (None without a training set)
+    kept: ImageSet | None  # the detoxified training set
+
+
+def kd_stages(
     teacher: nn.Module,
     spec: ModelSpec,
     unlabeled: ImageSet,
     cfg: KDConfig,
     stages: Stages,
     device: torch.device,
+    out: PipelineOutput,
     *,
     train: ImageSet | None = None,
-    test: ImageSet | None = None,
-    trigger: Trigger | None = None,
     poison_idx: torch.Tensor | None = None,
-    references: dict[str, nn.Module] | None = None,
     seed: int = 0,
     on_progress: ProgressFn = no_progress,
-    run_dir: Path | None = None,
-) -> PipelineOutput:
-    """Distil → detoxify → fine-tune → evaluate. Writes models, candidates.csv and confusion
-    matrices into `run_dir` when given. `references` (e.g. the demo's baseline) are evaluated too."""
-    out = PipelineOutput()
+) -> KDModels:
+    """Distil → detoxify → fine-tune, each a cached stage; records stages, detox and notes in `out`.
+    `poison_idx` only scores the detox (precision / recall); the method never sees it."""
     teacher = teacher.to(device).eval()
     s_spec = spec.replace(arch=cfg.student_arch) if cfg.student_arch else spec
     t_key = fingerprint(teacher)
@@ -152,25 +168,53 @@ def run_kd_pipeline(
     # Steps 2–3: detoxify the labelled training set and fine-tune on what is left.
     if train is None:
         out.notes.append("No labelled training set given: no detoxification and no fine-tuning.")
-    else:
-        on_progress("detox", 0, 1, {})
-        detox, table, kept = detoxify(teacher, student, spec, train, device, poison_idx, s_spec)
-        on_progress("detox", 1, 1, {"flagged": detox.flagged})
-        out.detox = detox
-        if run_dir is not None:
-            atomic_write_text(run_dir / "candidates.csv", table.to_csv(spec.names))
-        f_key = fingerprint("finetune", d_key, kept, cfg.finetune, seed)
+        return KDModels(models, None, None)
+    on_progress("detox", 0, 1, {})
+    detox, table, kept = detoxify(teacher, student, spec, train, device, poison_idx, s_spec)
+    on_progress("detox", 1, 1, {"flagged": detox.flagged})
+    out.detox = detox
+    f_key = fingerprint("finetune", d_key, kept, cfg.finetune, seed)
 
-        def run_finetune(folder: Path) -> dict:
-            model, _ = load_model(st.dir / "student.safetensors", s_spec, device)
-            model, hist = fit(model, s_spec, kept, cfg.finetune, device, seed, for_stage(on_progress, "finetune"))
-            save_model(model, s_spec, folder / "finetuned.safetensors")
-            return {"history": hist}
+    def run_finetune(folder: Path) -> dict:
+        model, _ = load_model(st.dir / "student.safetensors", s_spec, device)
+        model, hist = fit(model, s_spec, kept, cfg.finetune, device, seed, for_stage(on_progress, "finetune"))
+        save_model(model, s_spec, folder / "finetuned.safetensors")
+        return {"history": hist}
 
-        ft = timed_stage(stages, "finetune", f_key, run_finetune)
-        out.stages["finetune"], out.finetune = ft, ft.meta.get("history")
-        finetuned, _ = load_model(ft.dir / "finetuned.safetensors", s_spec, device)
-        models["finetuned"] = (finetuned, s_spec)
+    ft = timed_stage(stages, "finetune", f_key, run_finetune)
+    out.stages["finetune"], out.finetune = ft, ft.meta.get("history")
+    finetuned, _ = load_model(ft.dir / "finetuned.safetensors", s_spec, device)
+    models["finetuned"] = (finetuned, s_spec)
+    return KDModels(models, table, kept)
+
+
+def run_kd_pipeline(
+    teacher: nn.Module,
+    spec: ModelSpec,
+    unlabeled: ImageSet,
+    cfg: KDConfig,
+    stages: Stages,
+    device: torch.device,
+    *,
+    train: ImageSet | None = None,
+    test: ImageSet | None = None,
+    trigger: Trigger | None = None,
+    poison_idx: torch.Tensor | None = None,
+    references: dict[str, nn.Module] | None = None,
+    seed: int = 0,
+    on_progress: ProgressFn = no_progress,
+    run_dir: Path | None = None,
+) -> PipelineOutput:
+    """Distil → detoxify → fine-tune (`kd_stages`) → evaluate. Writes models, candidates.csv and
+    confusion matrices into `run_dir` when given. `references` (e.g. the demo's baseline) are evaluated too."""
+    out = PipelineOutput()
+    kd = kd_stages(
+        teacher, spec, unlabeled, cfg, stages, device, out,
+        train=train, poison_idx=poison_idx, seed=seed, on_progress=on_progress,
+    )  # fmt: skip
+    models = kd.models
+    if kd.table is not None and run_dir is not None:
+        write_candidates(run_dir / FILE_NAME, kd.table.rows(spec.names))
 
     # Step 4: evaluation of every model on clean and triggered test images.
     if test is None:

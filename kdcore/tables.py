@@ -5,54 +5,51 @@ from __future__ import annotations
 from collections import defaultdict
 from statistics import median
 
+from kdcore.report import METRICS, ROLES, detection_of, headline_of, models_of
+
 
 def pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f} %"
 
 
+def _metric_rows(models: dict[str, dict]) -> list[str]:
+    """A | Test dataset | role … | table of clean_acc / poison_acc / asr, one column per model role."""
+    lines = ["| Test dataset | " + " | ".join(ROLES[r] for r in models) + " |", "|---|" + "---|" * len(models)]
+    for key, label in zip(METRICS, ("Clean (clean_acc)", "Poison (poison_acc)", "asr"), strict=True):
+        lines.append(f"| {label} | " + " | ".join(pct(ev.get(key)) for ev in models.values()) + " |")
+    return lines
+
+
+def _detection_line(d: dict, with_fp: bool) -> str:
+    tail = f"flagged {d['flagged']} of {d['total']}"
+    if d.get("recall") is not None or d.get("precision") is not None:
+        tail += f"; precision {pct(d.get('precision'))}, recall {pct(d.get('recall'))}"
+        if with_fp:
+            tail += f", false_positives {d.get('false_positives')}"
+    return tail
+
+
 def report_table(report: dict) -> str:
-    """Clean / poison accuracy and ASR of baseline, backdoor (teacher), distilled and fine-tuned."""
-    cols = [
-        ("baseline", "Baseline"),
-        ("teacher", "Backdoor (teacher)"),
-        ("student", "Distilled"),
-        ("finetuned", "Fine-tuned"),
-    ]
-    cols = [(k, h) for k, h in cols if report.get(k)]
-    lines = ["| Test dataset | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---|" * len(cols)]
-    for key, label in (("clean_acc", "Clean (clean_acc)"), ("poison_acc", "Poison (poison_acc)"), ("asr", "asr")):
-        lines.append(f"| {label} | " + " | ".join(pct(report[k].get(key)) for k, _ in cols) + " |")
-    d = report.get("detox")
+    """Clean / poison accuracy and ASR of baseline, suspect (teacher), distilled and fine-tuned."""
+    lines = _metric_rows(models_of(report))
+    d = detection_of(report)
     if d:
-        tail = f"flagged {d['flagged']} of {d['total']}"
-        if d.get("recall") is not None or d.get("precision") is not None:
-            tail += (
-                f"; precision {pct(d.get('precision'))}, recall {pct(d.get('recall'))}, "
-                f"false_positives {d.get('false_positives')}"
-            )
-        lines.append("")
-        lines.append(f"Detoxification: {tail}")
+        lines += ["", f"Detoxification: {_detection_line(d, True)}"]
     for note in report.get("notes", []):
         lines.append(f"Note: {note}")
     return "\n".join(lines)
 
 
 def defense_table(report: dict) -> str:
-    """A defence run: the suspect model next to the repaired one, and a detector's detection line."""
-    cols = [
-        (k, h) for k, h in (("suspect", "Suspect model"), ("repaired", f"After {report['method']}")) if report.get(k)
-    ]
+    """A defence run: the suspect model next to the repaired one, and the detection line of what it flagged."""
     lines = [f"{report['method']} ({report['family']})"]
-    if cols:
-        lines += ["", "| Test dataset | " + " | ".join(h for _, h in cols) + " |", "|---|" + "---|" * len(cols)]
-        for key, label in (("clean_acc", "Clean (clean_acc)"), ("poison_acc", "Poison (poison_acc)"), ("asr", "asr")):
-            lines.append(f"| {label} | " + " | ".join(pct(report[k].get(key)) for k, _ in cols) + " |")
-    d = report.get("detection")
+    models = models_of(report)
+    if models:
+        lines += ["", *_metric_rows(models)]
+    d = detection_of(report)
     if d:
-        lines += ["", f"Detection: flagged {d['flagged']} of {d['total']}"]
-        if d.get("recall") is not None or d.get("precision") is not None:
-            lines[-1] += f"; precision {pct(d.get('precision'))}, recall {pct(d.get('recall'))}"
-    headline = (report.get("evidence") or {}).get("headline")
+        lines += ["", f"Detection: {_detection_line(d, False)}"]
+    headline = headline_of(report)
     if headline:
         lines += ["", headline]
     lines.append(f"Method time: {report.get('method_wall_s', 0):.1f} s")
@@ -79,7 +76,7 @@ def sweep_table(rows: list[dict]) -> str:
                 if (s, b, m) in cells:
                     cols.append((s, b, m, f"{'attack' if s == 'attack' else 'no attack'}: {label} {b:,}"))
     lines = ["| Metric | " + " | ".join(c[3] for c in cols) + " |", "|---|" + "---|" * len(cols)]
-    for key in ("clean_acc", "poison_acc", "asr"):
+    for key in METRICS:
         lines.append(f"| {key} | " + " | ".join(pct(med(key, cells[c[:3]])) for c in cols) + " |")
     det = [(s, b) for s in scen for b in budgets if (s, b, "student") in cells]
     if det:

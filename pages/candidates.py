@@ -7,6 +7,7 @@ that fine-tunes the student again on the training set the reviewer approved.
 import streamlit as st
 
 from app import candidates as cand
+from app import review_queue as queue
 from app.jobs_client import submit_refine
 from app.state import job_picker_ui, reviews, show_error
 from kdcore.errors import KDCoreError
@@ -23,7 +24,7 @@ if job is None:
     st.stop()
 
 try:
-    rows = cand.load_candidates(job.run_dir)
+    rows = queue.load_candidates(job.run_dir)
     if rows is None:
         st.info(
             "This run has no poison candidates: candidates come from comparing teacher and student on the "
@@ -33,11 +34,11 @@ try:
         st.stop()
     verdicts = reviews().get(job.run_dir)
     verdict_of = {s: v.verdict for s, v in verdicts.items()}
-    images = cand.train_images(job.run_dir)
-    names = cand.class_names(rows, images.class_names)
+    images = queue.train_images(job.run_dir)
+    names = queue.class_names(rows, images.class_names)
 
     filters = cand.candidate_filters_ui(rows, names)
-    shown = cand.filter_rows(
+    shown = queue.filter_rows(
         rows,
         filters.classes,
         filters.predicted,
@@ -58,13 +59,13 @@ try:
     top = st.columns([1, 4])
     with top[0]:
         start = cand.pager_ui(len(shown))
-    page_rows = shown[start : start + cand.PAGE_SIZE]
+    page_rows = shown[start : start + queue.PAGE_SIZE]
     with top[1]:
         cand.bulk_actions_ui(job, page_rows)
     if shown:
         st.caption(
             f"Showing {start + 1}–{start + len(page_rows)} of {len(shown):,} "
-            f"(page {start // cand.PAGE_SIZE + 1} of {cand.page_count(len(shown))})"
+            f"(page {start // queue.PAGE_SIZE + 1} of {queue.page_count(len(shown))})"
         )
     cand.gallery_ui(job, page_rows, images, verdicts, names, show_truth)
     cand.history_ui(job)

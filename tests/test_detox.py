@@ -135,9 +135,10 @@ def test_to_csv_columns(train: ImageSet) -> None:
     lines = plain.to_csv().splitlines()
     assert len(lines) == N + 1
     assert lines[0].split(",") == [
-        "rank", "index", "source", "label", "teacher_pred", "student_pred",
+        "rank", "index", "source", "label", "label_name", "teacher_pred", "student_pred",
         "teacher_conf", "student_conf", "score", "flagged",
     ]  # fmt: skip
+    assert all(line.split(",")[4] == "" for line in lines[1:])  # kdcore.candidates.COLUMNS; no names given
 
     _, table, _ = detoxify(model, model, SPEC, train, CPU, poison_idx=torch.tensor([0]))
     names = tuple(f"digit-{i}" for i in range(10))

@@ -11,11 +11,14 @@ from kdcore.defenses.base import (
     DefenseResult,
     Detector,
     Inspector,
+    RepairAndDetection,
     Repairer,
+    RepairerDetector,
     get_defense,
 )
 from kdcore.defenses.bcu import BCU
 from kdcore.defenses.fine_pruning import FinePruning
+from kdcore.defenses.kd import KD
 from kdcore.defenses.linf_pruning import LinfPruning
 from kdcore.defenses.nad import NAD
 from kdcore.defenses.neural_cleanse import NeuralCleanse
@@ -23,6 +26,7 @@ from kdcore.defenses.neural_cleanse import NeuralCleanse
 __all__ = [
     "BCU",
     "DEFENSES",
+    "KD",
     "NAD",
     "ActivationClustering",
     "Defense",
@@ -33,6 +37,8 @@ __all__ = [
     "Inspector",
     "LinfPruning",
     "NeuralCleanse",
+    "RepairAndDetection",
     "Repairer",
+    "RepairerDetector",
     "get_defense",
 ]

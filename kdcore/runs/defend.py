@@ -6,15 +6,15 @@ The inputs come from one of three places (exactly one):
     demo        the built-in Fashion-MNIST scenario (a DemoConfig), e.g. with another trigger;
     audit       explicit paths, as for an audit (model, unlabeled, train, test, trigger).
 
-<run_dir>/report.json        the DefenseResult report + where the inputs came from
+<run_dir>/report.json        the DefenseResult report (kdcore.report's shape) + where the inputs came from
 <run_dir>/models/repaired.*  the repaired model (repairers)
-<run_dir>/candidates.csv     per-sample scores, ranked (detectors)
+<run_dir>/candidates.csv     per-sample scores, ranked (detectors; kdcore.candidates)
 <run_dir>/evidence/*.png     evidence images (e.g. Neural Cleanse's recovered triggers)
+<run_dir>/stages/            cached stage outputs of methods that have stages (KD)
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import time
 from dataclasses import dataclass
@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from kdcore.candidates import FILE_NAME, ranked_rows, write_candidates
 from kdcore.config import from_dict, setting
 from kdcore.data.folders import load_labeled, load_unlabeled
 from kdcore.defenses.base import DefenseInputs, DefenseResult, get_defense
 from kdcore.errors import ConfigError, InputError
-from kdcore.io import atomic_write_bytes, atomic_write_text, read_json
+from kdcore.io import atomic_write_bytes, read_json
 from kdcore.models.loading import load_model, save_model
 from kdcore.progress import ProgressFn, no_progress
 from kdcore.runs.audit import AuditConfig
@@ -140,36 +141,21 @@ def resolve_inputs(cfg: DefendConfig, device: torch.device, on_progress: Progres
 
 def write_outputs(run_dir: Path, result: DefenseResult, inputs: DefenseInputs) -> None:
     if result.model is not None:
-        save_model(result.model, inputs.spec, run_dir / "models" / "repaired.safetensors")
+        save_model(result.model, result.spec or inputs.spec, run_dir / "models" / "repaired.safetensors")
     if result.scores is not None and result.flagged is not None and inputs.train is not None:
-        atomic_write_text(run_dir / "candidates.csv", ranked_csv(result, inputs))
+        train = inputs.train
+        rows = ranked_rows(
+            result.scores,
+            result.flagged,
+            train.require_labels("A candidates table"),
+            sources=train.sources,
+            class_names=inputs.spec.names,
+            poison_idx=inputs.poison_idx,
+            per_sample=result.per_sample,
+        )
+        write_candidates(run_dir / FILE_NAME, rows)
     for name, img in result.images.items():
         atomic_write_bytes(run_dir / "evidence" / f"{name}.png", png_bytes(img))
-
-
-def ranked_csv(result: DefenseResult, inputs: DefenseInputs) -> str:
-    """One row per training sample, most suspicious first (the shape of the core method's table)."""
-    train = inputs.train
-    is_poison = None
-    if inputs.poison_idx is not None:
-        is_poison = torch.zeros(len(train), dtype=torch.bool)
-        is_poison[inputs.poison_idx] = True
-    order = torch.argsort(result.scores + 2.0 * result.flagged.float(), descending=True, stable=True)
-    names = inputs.spec.names
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(
-        ["rank", "index", "source", "label", "label_name", "score", "flagged"]
-        + (["is_poison"] * bool(is_poison is not None))
-    )
-    for rank, i in enumerate(order.tolist(), start=1):
-        label = int(train.labels[i])
-        row = [rank, i, train.sources[i] if train.sources else "", label, names[label] if label < len(names) else ""]
-        row += [f"{float(result.scores[i]):.5f}", int(result.flagged[i])]
-        if is_poison is not None:
-            row.append(int(is_poison[i]))
-        w.writerow(row)
-    return buf.getvalue()
 
 
 def png_bytes(img: torch.Tensor) -> bytes:
@@ -185,6 +171,7 @@ def run_defend(cfg: DefendConfig, run_dir: str | Path, on_progress: ProgressFn =
     with start_run(run_dir, "defend", cfg, cfg.device) as (run_dir, device, resolved, t0):
         on_progress("prepare", 0, 1, {"message": "loading model and data"})
         inputs = resolve_inputs(cfg, device, on_progress)
+        inputs.work_dir = run_dir / "stages"
         on_progress("prepare", 1, 1, {})
         method = get_defense(cfg.method).from_params(cfg.params)
         result = method.run(inputs)

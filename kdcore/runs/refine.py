@@ -9,13 +9,13 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from kdcore.candidates import FILE_NAME, flags_of, read_candidates
 from kdcore.config import setting
 from kdcore.detox import detox_metrics
 from kdcore.errors import ConfigError, InputError
@@ -50,7 +50,7 @@ class RefineConfig:
 
     def check_inputs(self) -> None:
         src = Path(self.source_run)
-        for need in ("config.json", "candidates.csv", "models/student.safetensors"):
+        for need in ("config.json", FILE_NAME, "models/student.safetensors"):
             if not (src / need).exists():
                 raise InputError(
                     f"{src} cannot be refined: {need} is missing (has the audit finished with a training set?)"
@@ -58,8 +58,8 @@ class RefineConfig:
 
 
 def read_flags(run_dir: Path) -> dict[int, bool]:
-    with (run_dir / "candidates.csv").open(newline="") as f:
-        return {int(r["index"]): r["flagged"] == "1" for r in csv.DictReader(f)}
+    """Training-sample index → flagged by the source run's detox (its candidates.csv)."""
+    return flags_of(read_candidates(run_dir / FILE_NAME))
 
 
 def run_refine(cfg: RefineConfig, run_dir: str | Path, on_progress: ProgressFn = no_progress) -> dict:

@@ -93,6 +93,7 @@ DEFENCE_JOBS = (  # tiny settings: seconds each on the digits audit
     ("nad", {"teacher_epochs": 1, "epochs": 1}, True),
     ("fine-pruning", {"finetune": {"epochs": 1}}, True),
     ("bcu", {"epochs": 1}, False),
+    ("kd", {"distill": {"epochs": 2, "batch_size": 64}, "finetune": {"epochs": 1, "patience": 0}}, False),
 )
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from app.candidates import PAGE_SIZE, Candidate, filter_rows, load_candidates, thumbnail
+from app.review_queue import PAGE_SIZE, filter_rows, load_candidates, thumbnail
+from kdcore.candidates import Candidate
 from kdcore.errors import InputError
 from kdcore.jobs.review import Reviews
 from kdcore.jobs.store import JobStore

@@ -14,9 +14,10 @@ from streamlit.testing.v1 import AppTest
 
 from app.charts import defence_tradeoff_figure, mask_norms_figure, pruning_sweep_figure
 from app.defence_settings import Setting, params_from, parse_tuple, settings_of, to_param
-from kdcore.defenses import DEFENSES, LinfPruning, NeuralCleanse
+from kdcore.defenses import DEFENSES, LinfPruning, NeuralCleanse, Repairer
 from kdcore.errors import ConfigError
 from kdcore.jobs.store import JobStore
+from kdcore.report import METRICS, ROLES
 from tests.app.conftest import DEFENCE_JOBS, open_page
 
 
@@ -123,11 +124,11 @@ def test_compare_table_has_the_core_method_and_every_finished_defence(defences_e
     table = _compare_table(at)
     rows = {r["model"]: r for r in table.to_dict("records")}
     source = _report(home, 1)
-    core = {"Suspect (teacher)": "teacher", "KD (distilled)": "student", "KD + detox fine-tuned": "finetuned"}
+    core = {ROLES[key]: key for key in ("teacher", "student", "finetuned")}
     for label, key in core.items():
-        for m in ("clean_acc", "poison_acc", "asr"):
+        for m in METRICS:
             assert rows[label][m] == pytest.approx(source[key][m])
-    assert rows["KD + detox fine-tuned"]["flagged"] == source["detox"]["flagged"]
+    assert rows[ROLES["finetuned"]]["flagged"] == source["detox"]["flagged"]
     assert len(table) == len(core) + len(ids)
 
     for method, job_id in ids.items():
@@ -144,8 +145,9 @@ def test_compare_table_has_the_core_method_and_every_finished_defence(defences_e
         if report["detection"]:
             assert row["flagged"] == report["detection"]["flagged"]
 
-    chart = _figures(at)[0]  # clean_acc vs asr: the three core models and each repairer
-    repairers = [m for m in ids if DEFENSES[m].family == "repairer"]
+    chart = _figures(at)[0]  # clean_acc vs asr: the three core models and each repairer (kd too)
+    repairers = [m for m in ids if issubclass(DEFENSES[m], Repairer)]
+    assert "kd" in repairers and rows[f"kd (#{ids['kd']})"]["flagged"] > 0  # kd repairs and detects
     assert len(chart["data"]) == len(core) + len(repairers)
     point = next(t for t in chart["data"] if t["name"].startswith(f"nad (#{ids['nad']})"))
     assert point["x"] == [pytest.approx(_report(home, ids["nad"])["repaired"]["asr"])]
@@ -284,8 +286,8 @@ def test_parse_tuple_and_to_param():
 
 def test_tradeoff_norms_and_sweep_figures():
     rows = [
-        {"model": "Suspect (teacher)", "family": "suspect", "clean_acc": 0.97, "asr": 0.98, "needs_labels": None},
-        {"model": "KD + detox fine-tuned", "family": "core method", "clean_acc": 0.92, "asr": 0.02},
+        {"model": ROLES["teacher"], "family": "suspect", "clean_acc": 0.97, "asr": 0.98, "needs_labels": None},
+        {"model": ROLES["finetuned"], "family": "core method", "clean_acc": 0.92, "asr": 0.02},
         {"model": "nad (#6)", "family": "repairer", "clean_acc": 0.9, "asr": 0.5, "needs_labels": True},
         {"model": "ac (#4)", "family": "detector", "clean_acc": None, "asr": None},
     ]

@@ -161,10 +161,10 @@ SWEEP_ROWS = [
 def test_sweep_accuracy_figure_medians_baseline_line_and_band():
     fig = sweep_accuracy_figure(SWEEP_ROWS, "attack")
     assert [t.name for t in fig.data] == [
-        "Distilled · clean_acc",
-        "Distilled · poison_acc",
-        "Fine-tuned · clean_acc",
-        "Fine-tuned · poison_acc",
+        "Distilled student · clean_acc",
+        "Distilled student · poison_acc",
+        "Fine-tuned student · clean_acc",
+        "Fine-tuned student · poison_acc",
     ]
     clean = fig.data[0]
     assert list(clean.x) == [500, 1000]

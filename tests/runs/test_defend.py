@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdcore.candidates import read_candidates
 from kdcore.config import from_dict
 from kdcore.data.folders import load_labeled
-from kdcore.defenses import DEFENSES
+from kdcore.defenses import DEFENSES, Repairer
 from kdcore.errors import ConfigError, InputError
 from kdcore.evaluate import evaluate_model
 from kdcore.models.loading import load_model
+from kdcore.report import ROLES, models_of
 from kdcore.runs.defend import DefendConfig, run_defend
 from kdcore.triggers import BadNets
 
@@ -32,6 +34,10 @@ FAST = {
     "activation-clustering": {},
     "fine-pruning": {"finetune": {"epochs": 1}},
     "nad": {"teacher_epochs": 1, "epochs": 1},
+    "kd": {
+        "distill": {"epochs": 2, "batch_size": 64},
+        "finetune": {"epochs": 1, "lr": 1e-4, "val_fraction": 0.1, "patience": 0},
+    },
 }
 
 
@@ -68,9 +74,10 @@ def test_every_method_writes_the_same_report_shape(method, digits_files, tmp_pat
     assert on_disk["suspect"]["asr"] > 0.8  # the teacher is backdoored
     assert json.loads((tmp_path / "config.json").read_text())["kind"] == "defend"
     assert on_disk["method_wall_s"] > 0 and on_disk["wall_s"] >= on_disk["method_wall_s"]
-    assert isinstance(on_disk["evidence"]["headline"], str) and on_disk["evidence"]["headline"]
+    assert isinstance(on_disk["headline"], str) and on_disk["headline"] == report["headline"]
+    assert on_disk["headline"] and "headline" not in on_disk["evidence"]
     family = DEFENSES[method].family
-    if family == "repairer":
+    if issubclass(DEFENSES[method], Repairer):
         # The saved repaired model reloads and scores exactly what the report says.
         model, spec = load_model(tmp_path / "models" / "repaired.safetensors", None, "cpu")
         test = load_labeled(digits_files["test"], spec.input_shape, None, name="test")
@@ -79,12 +86,17 @@ def test_every_method_writes_the_same_report_shape(method, digits_files, tmp_pat
         assert ev.asr == pytest.approx(on_disk["repaired"]["asr"])
     else:
         assert on_disk["repaired"] is None
-    if family == "detector":
+    if family in ("detector", "repairer+detector"):
         rows = list(csv.DictReader((tmp_path / "candidates.csv").open()))
         assert len(rows) == on_disk["data"]["train"] == on_disk["detection"]["total"]
         assert sum(int(r["flagged"]) for r in rows) == on_disk["detection"]["flagged"]
         flagged_first = [int(r["flagged"]) for r in rows]
         assert flagged_first == sorted(flagged_first, reverse=True)
+        typed = read_candidates(tmp_path / "candidates.csv")
+        assert [c.index for c in typed] == [int(r["index"]) for r in rows]
+        assert on_disk["detection"]["precision"] is None  # an audit's inputs carry no ground truth
+    else:
+        assert on_disk["detection"] is None and not (tmp_path / "candidates.csv").exists()
     if family == "inspector":
         assert on_disk["evidence_images"]
         for name in on_disk["evidence_images"]:
@@ -132,8 +144,29 @@ def test_cli_lists_every_method_and_runs_one(digits_files, tmp_path):
         home=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "neural-cleanse (inspector)" in r.stdout and "Suspect model" in r.stdout
+    assert "neural-cleanse (inspector)" in r.stdout and ROLES["teacher"] in r.stdout
     assert json.loads((out / "report.json").read_text())["method"] == "neural-cleanse"
+
+
+def test_cli_runs_the_core_method_as_a_defence(digits_files, tmp_path):
+    """`kdcore defend kd`: the core method through the defend run kind repairs and detects, with the
+    same report shape (suspect, distilled student, repaired = fine-tuned student, detection)."""
+    f = digits_files
+    out = tmp_path / "kd"
+    r = kdcore(
+        "defend", "kd", "--model", str(f["model"]), "--unlabeled", str(f["unlabeled"]), "--train", str(f["train"]),
+        "--test", str(f["test"]), "--trigger", "badnets:target=7,size=2,margin=0", "--device", "cpu",
+        "--params", json.dumps(FAST["kd"]), "--out", str(out), "--no-progress",
+        home=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "kd (repairer+detector)" in r.stdout and "Detection: flagged" in r.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert set(models_of(report)) == {"teacher", "student", "repaired"}
+    assert report["detection"]["flagged"] == sum(c.flagged for c in read_candidates(out / "candidates.csv")) > 0
+    assert set(report["timings"]) == {"distill", "finetune"}
+    assert (out / "models" / "repaired.safetensors").exists()
+    assert sorted(p.name.split("-")[0] for p in (out / "stages").iterdir()) == ["distill", "finetune"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,139 @@
+"""kdcore.candidates: one schema for both writers (the core method's detox, a detector through the
+defend run), atomic writing, typed reading, and escaping of user-controlled strings against
+spreadsheet formula injection while every reader still matches samples by index."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdcore.candidates import (
+    COLUMNS,
+    FILE_NAME,
+    Candidate,
+    escape_cell,
+    parse_candidates,
+    rank_order,
+    ranked_rows,
+    read_candidates,
+    to_csv,
+    unescape_cell,
+    write_candidates,
+)
+from kdcore.data.imageset import ImageSet
+from kdcore.defenses.base import DefenseInputs, DefenseResult
+from kdcore.detox import DetoxTable
+from kdcore.errors import InputError
+from kdcore.models.spec import ModelSpec
+from kdcore.runs.defend import write_outputs
+from kdcore.runs.refine import read_flags
+
+EVIL = "=cmd|' /C calc'!A0"
+NAMES = (EVIL, "+plus", "-minus", "@at", "\tTab", "'quoted", "plain")
+SPEC = ModelSpec("paper-cnn", len(NAMES), (1, 8, 8), (0.3,), (0.4,), NAMES)
+N = 14
+
+
+def _data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    g = torch.Generator().manual_seed(0)
+    score = torch.rand(N, generator=g) * 2 - 1  # negative scores too: numbers are never escaped
+    flagged = score > 0.3
+    labels = torch.arange(N) % len(NAMES)
+    sources = tuple(f"{NAMES[int(c)]}/=HYPERLINK(x){i}.png" if i % 2 else f"ok/{i}.png" for i, c in enumerate(labels))
+    return score, flagged, labels, sources
+
+
+def test_escape_cell_oracle():
+    for text in ("=1+1", "+1", "-1", "@SUM(A1)", "\t=1", "\r=1", "'=1"):
+        assert escape_cell(text) == "'" + text and unescape_cell(escape_cell(text)) == text
+    for text in ("plain", "1=1", "", "a-b"):
+        assert escape_cell(text) == text and unescape_cell(text) == text
+
+
+def test_rank_order_is_flagged_first_then_by_score():
+    score = torch.tensor([0.9, 0.1, 0.5, -0.2, 0.3])
+    flagged = torch.tensor([False, True, False, True, False])
+    assert rank_order(score, flagged).tolist() == [1, 3, 0, 2, 4]
+
+
+def test_round_trip_and_injection_is_escaped(tmp_path):
+    score, flagged, labels, sources = _data()
+    rows = ranked_rows(
+        score,
+        flagged,
+        labels,
+        sources=sources,
+        class_names=NAMES,
+        poison_idx=torch.tensor([0, 3]),
+        per_sample={"teacher_pred": labels, "student_pred": (labels + 1) % len(NAMES)},
+    )
+    path = write_candidates(tmp_path / FILE_NAME, rows)
+    text = path.read_text(encoding="utf-8")
+    raw = list(csv.DictReader(io.StringIO(text)))
+    assert list(raw[0]) == list(COLUMNS)
+    evil = [r for r in raw if int(r["label"]) == 0]
+    assert evil and all(r["label_name"] == "'" + EVIL for r in evil)  # a spreadsheet shows text, runs nothing
+    for r in raw:
+        for col in ("source", "label_name"):
+            assert not r[col].startswith(("=", "+", "-", "@", "\t", "\r")), (col, r[col])
+    assert any(r["score"].startswith("-") for r in raw)  # numbers are written as numbers
+    assert all(r["teacher_conf"] == "" for r in raw)  # a column the writer does not know stays empty
+
+    back = read_candidates(path)
+    assert [dataclass_tuple(c) for c in back] == [dataclass_tuple(c, rounded=True) for c in rows]
+    assert [c.index for c in back] == rank_order(score, flagged).tolist()
+    assert {c.index for c in back if c.is_poison} == {0, 3}
+
+
+def dataclass_tuple(c: Candidate, rounded: bool = False) -> tuple:
+    r = (lambda v: None if v is None else round(v, 5)) if rounded else (lambda v: v)
+    return (c.rank, c.index, c.source, c.label, c.label_name, c.teacher_pred, c.student_pred,
+            r(c.teacher_conf), r(c.student_conf), r(c.score), c.flagged, c.is_poison)  # fmt: skip
+
+
+def test_both_writers_write_one_schema(tmp_path):
+    """The detox table (core method) and a detector's defend run: the same columns, the same ranking."""
+    score, flagged, labels, sources = _data()
+    preds = labels.clone()
+    detox = DetoxTable(labels, preds, (preds + 1) % 7, score.abs(), score.abs() / 2, score, flagged, None, sources)
+    core = parse_candidates(detox.to_csv(NAMES))
+
+    train = ImageSet(torch.zeros(N, 1, 8, 8, dtype=torch.uint8), labels, NAMES, sources, "train")
+    inputs = DefenseInputs(model=torch.nn.Identity(), spec=SPEC, device=torch.device("cpu"), train=train)
+    result = DefenseResult("ac", "detector", {}, scores=score, flagged=flagged)
+    write_outputs(tmp_path, result, inputs)
+    det_text = (tmp_path / FILE_NAME).read_text(encoding="utf-8")
+    assert det_text.splitlines()[0] == detox.to_csv(NAMES).splitlines()[0] == ",".join(COLUMNS[:-1])
+    det = read_candidates(tmp_path / FILE_NAME)
+    assert [c.index for c in det] == [c.index for c in core]
+    assert [c.label_name for c in det] == [c.label_name for c in core] == [NAMES[int(labels[c.index])] for c in det]
+    assert all(c.teacher_pred is None for c in det) and all(c.teacher_pred is not None for c in core)
+
+
+def test_readers_match_samples_of_an_injected_class(tmp_path):
+    """refine's removal set and the dashboard's review queue read the escaped file by sample index."""
+    from app.review_queue import class_names, filter_rows, load_candidates
+
+    score, flagged, labels, sources = _data()
+    rows = ranked_rows(score, flagged, labels, sources=sources, class_names=NAMES)
+    write_candidates(tmp_path / FILE_NAME, rows)
+
+    assert read_flags(tmp_path) == {i: bool(flagged[i]) for i in range(N)}
+    loaded = load_candidates(str(tmp_path))
+    names = class_names(loaded)
+    assert names[0] == EVIL
+    evil = filter_rows(loaded, classes=[0], only_flagged=False)
+    assert sorted(c.index for c in evil) == [i for i in range(N) if int(labels[i]) == 0]
+    assert all(c.name == sources[c.index] for c in loaded)
+
+
+def test_unreadable_files_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="missing column"):
+        parse_candidates("rank,index\n1,2\n")
+    (Path(tmp_path) / FILE_NAME).write_text(to_csv([]).strip() + "\n1,oops,,0,,,,,,0.5,1\n")
+    with pytest.raises(InputError, match="cannot be read"):
+        read_candidates(tmp_path / FILE_NAME)
