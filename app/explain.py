@@ -18,7 +18,6 @@ et al., "Defending against Backdoor Attack on Deep Neural Networks", AdvML@KDD 2
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +34,8 @@ from app.explain_figures import (
     upscale,
 )
 from app.uploads import image_types
+from kdcore.candidates import FILE_NAME as CANDIDATES_FILE
+from kdcore.candidates import Candidate, read_candidates
 from kdcore.data.folders import decode_image
 from kdcore.errors import InputError
 from kdcore.models.spec import ModelSpec
@@ -60,18 +61,15 @@ def _keep_valid(key: str, options: Sequence) -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def read_candidates(path: str, n: int = POOL) -> list[dict]:
-    """Top `n` rows of a candidates.csv, flagged first, then by rank."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    rows.sort(key=lambda r: (r.get("flagged") != "1", int(r["rank"])))
-    return rows[:n]
+def top_candidates(path: str, n: int = POOL) -> tuple[Candidate, ...]:
+    """The top `n` rows of a candidates table (already ranked: flagged first, then by score)."""
+    return read_candidates(path)[:n]
 
 
 def _candidates_path(ctx: RunContext, run_dir: str) -> Path | None:
     for d in (Path(run_dir), ctx.run_dir):  # a refine job ranks nothing itself; use its source run's
-        if (d / "candidates.csv").exists():
-            return d / "candidates.csv"
+        if (d / CANDIDATES_FILE).exists():
+            return d / CANDIDATES_FILE
     return None
 
 
@@ -93,15 +91,15 @@ def pick_images_ui(ctx: RunContext, run_dir: str) -> tuple[torch.Tensor, list[in
     labels: list[int | None] = []
     captions: list[str] = []
     if source == SOURCES[0]:
-        for r in read_candidates(str(cand_path)):
-            i = int(r["index"])
+        for r in top_candidates(str(cand_path)):
+            i = r.index
             if not 0 <= i < len(ctx.train):
                 raise InputError(f"candidates.csv lists training sample {i} but the training set has {len(ctx.train)}")
             label = None if ctx.train.labels is None else int(ctx.train.labels[i])
-            flag = " · flagged" if r.get("flagged") == "1" else ""
+            flag = " · flagged" if r.flagged else ""
             images.append(ctx.train.images[i])
             labels.append(label)
-            captions.append(f"#{r['rank']} train[{i}] label {_class_name(ctx.spec, label)}{flag}")
+            captions.append(f"#{r.rank} train[{i}] label {_class_name(ctx.spec, label)}{flag}")
     elif source == SOURCES[1]:
         test_labels = ctx.test.labels
         choices = ["All classes", *range(ctx.spec.num_classes)] if test_labels is not None else ["All classes"]
