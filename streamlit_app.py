@@ -9,7 +9,7 @@ PAGES = [
     st.Page("pages/new_audit.py", title="New audit", icon="➕", url_path="new_audit"),
     st.Page("pages/jobs.py", title="Jobs", icon="⏱️", url_path="jobs"),
     st.Page("pages/results.py", title="Results", icon="📊", url_path="results"),
-    st.Page("pages/defences.py", title="Defences", icon="🧪", url_path="defences"),
+    st.Page("pages/defenses.py", title="Defenses", icon="🧪", url_path="defenses"),
     st.Page("pages/candidates.py", title="Poison candidates", icon="🔎", url_path="candidates"),
     st.Page("pages/explain.py", title="Explain", icon="🔥", url_path="explain"),
 ]

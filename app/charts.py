@@ -267,14 +267,14 @@ def class_names_of(report: dict) -> tuple[str, ...]:
     return tuple(str(i) for i in range(k))
 
 
-DEFENCE_PALETTE = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+DEFENSE_PALETTE = ("#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 
 
-def defence_tradeoff_figure(rows: list[dict]) -> go.Figure:
-    """clean_acc (y) against asr (x), one marker per model of the Defences page's comparison.
+def defense_tradeoff_figure(rows: list[dict]) -> go.Figure:
+    """clean_acc (y) against asr (x), one marker per model of the Defenses page's comparison.
 
     `rows` are its rows (model, family, clean_acc, asr, needs_labels); rows without both metrics are
-    skipped. The suspect is red, the clean baseline grey, the core method's models green, each defence its own colour;
+    skipped. The suspect is red, the clean baseline grey, the core method's models green, each defense its own colour;
     labelled-data baselines are open markers. The best corner is the top left."""
     fig = go.Figure()
     core = {
@@ -289,7 +289,7 @@ def defence_tradeoff_figure(rows: list[dict]) -> go.Figure:
         name = html.escape(str(r["model"]))
         color, symbol = core.get(str(r.get("family")), (None, "circle"))
         if color is None:
-            color, i = DEFENCE_PALETTE[i % len(DEFENCE_PALETTE)], i + 1
+            color, i = DEFENSE_PALETTE[i % len(DEFENSE_PALETTE)], i + 1
         fig.add_trace(
             go.Scatter(
                 x=[r["asr"]],

@@ -6,7 +6,7 @@ against Backdoor Attack on Deep Neural Networks", AdvML@KDD 2019, figs. 2–4).
   activations clean vs triggered (`norm_stats`, through `kdcore.explain.compare_norms`) and one
   image's activation maps (`layer_activations`). Activations are measured where ℓ∞ pruning
   measures them: `ACT_ROLE` ("conv_activation": the BatchNorm that consumes the last conv, else
-  the conv) after a ReLU, so the page and the defence talk about the same neurons.
+  the conv) after a ReLU, so the page and the defense talk about the same neurons.
 - Figures are pure (values in, `go.Figure` out): `norm_histograms_figure` (fig. 4),
   `activation_map_figure` (fig. 3).
 

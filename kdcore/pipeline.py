@@ -1,4 +1,4 @@
-"""The seed-000 defence end to end (Yoshida & Fujino, AISec 2020), stage by stage:
+"""The seed-000 defense end to end (Yoshida & Fujino, AISec 2020), stage by stage:
 
     distill  → student from the teacher on unlabelled clean images (kdcore.distill)
     detox    → poison-data candidates = teacher/student disagreements (kdcore.detox)
@@ -8,7 +8,7 @@
 Each stage's outputs are cached by content (`kdcore.stages`), so re-running with the same
 inputs, or retrying an interrupted job, skips what has already finished. `kd_stages` is the
 method itself (steps 1–3); the demo and audit runs call it through `run_kd_pipeline`, the
-`defend` run kind through the registered defence `kdcore.defenses.kd.KD`.
+`defend` run kind through the registered defense `kdcore.defenses.kd.KD`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ log = logging.getLogger("kdcore")
 
 @dataclass(frozen=True)
 class KDConfig:
-    """Hyperparameters of the defence (seed 000 steps 1–3)."""
+    """Hyperparameters of the defense (seed 000 steps 1–3)."""
 
     distill: DistillConfig = setting(factory=DistillConfig)
     finetune: TrainConfig = setting(factory=lambda: TrainConfig(epochs=5, lr=1e-4, val_fraction=0.1, patience=2))

@@ -6,7 +6,7 @@ Every run that evaluates models writes them by *role*, each an `EvalResult.to_di
     teacher     the suspect model (a defend report writes it as `suspect`)
     student     the distilled student (the core method, step 1)
     finetuned   the student fine-tuned on the detoxified set (the core method, step 3)
-    repaired    the model a defence returns (a defend report)
+    repaired    the model a defense returns (a defend report)
 
 and beside them `detection` (flagged / precision / recall of the samples a method flagged; a
 demo or audit writes it as `detox`), `headline` (one line of what a method found), `evidence`
@@ -62,7 +62,7 @@ def evidence_of(report: dict) -> dict:
 
 
 def seconds_of(report: dict) -> dict[str, float]:
-    """role → the seconds it took to produce that model: a defence's own time for its model; for the
+    """role → the seconds it took to produce that model: a defense's own time for its model; for the
     core method the distillation (student) and the whole run (fine-tuned student)."""
     out = {}
     timings = report.get("timings") or {}

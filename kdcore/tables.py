@@ -41,7 +41,7 @@ def report_table(report: dict) -> str:
 
 
 def defense_table(report: dict) -> str:
-    """A defence run: the suspect model next to the repaired one, and the detection line of what it flagged."""
+    """A defense run: the suspect model next to the repaired one, and the detection line of what it flagged."""
     lines = [f"{report['method']} ({report['family']})"]
     models = models_of(report)
     if models:

@@ -45,7 +45,7 @@ for j in jobs[:50]:
     cols[3].write(fmt_time(j.created_at))
     cols[4].write(fmt_duration(j.elapsed()))
     if j.state == "succeeded" and j.kind == "defend":
-        cols[5].page_link("pages/defences.py", label="Defences →", query_params={"job": str(j.id)})
+        cols[5].page_link("pages/defenses.py", label="Defenses →", query_params={"job": str(j.id)})
     elif j.state == "succeeded" and j.kind != "sweep":
         cols[5].page_link("pages/results.py", label="Results →", query_params={"job": str(j.id)})
     elif j.state == "succeeded":

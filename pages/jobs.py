@@ -48,7 +48,7 @@ def job_list() -> None:
                         show_error(e)
                     st.rerun()
             if j.state == "succeeded":
-                page, label = ("defences", "Defences →") if j.kind == "defend" else ("results", "Results →")
+                page, label = ("defenses", "Defenses →") if j.kind == "defend" else ("results", "Results →")
                 act[1].page_link(f"pages/{page}.py", label=label, query_params={"job": str(j.id)})
             with st.expander("Log", expanded=(str(j.id) == st.query_params.get("job") and j.state != "succeeded")):
                 st.code(log_tail(j) or "(no log yet)", language=None)

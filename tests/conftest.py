@@ -118,7 +118,7 @@ def audit_config(files: dict, *, kd_epochs: int = 2, ft_epochs: int = 2, train: 
 
 @pytest.fixture(scope="session")
 def digits_backdoor(digits, digits_spec):
-    """A backdoored paper-cnn on digits (in memory) and the defender's data, for defence tests.
+    """A backdoored paper-cnn on digits (in memory) and the defender's data, for defense tests.
 
     train: 1000 labelled images, 60 stamped and relabelled 7 (poison_idx); unlabeled and
     clean_labeled: 500 other clean images (with and without labels); test: the remaining 297.

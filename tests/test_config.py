@@ -183,7 +183,7 @@ def test_choices_and_bounds_are_checked_with_the_allowed_values(cls, d: dict, ma
         from_dict(cls, d)
 
 
-def test_defence_literals_are_checked_by_name() -> None:
+def test_defense_literals_are_checked_by_name() -> None:
     from kdcore.defenses import BCU
 
     with pytest.raises(ConfigError, match=r"bcu.schedule must be one of 'adaptive', 'uniform'; got 'cubic'"):

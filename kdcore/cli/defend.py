@@ -1,4 +1,4 @@
-"""`kdcore defend METHOD`: run one registered defence on a finished run, the demo, or your model.
+"""`kdcore defend METHOD`: run one registered defense on a finished run, the demo, or your model.
 
 Flags come from DefendConfig (top level), AuditConfig's inputs (`--model`, `--unlabeled`, ...) and
 DemoConfig's data settings (with --demo); method settings are `--param key=value` / `--params JSON`.
@@ -18,14 +18,14 @@ from kdcore.runs.audit import AuditConfig
 from kdcore.runs.defend import DefendConfig
 from kdcore.runs.demo import DemoConfig
 
-HELP = "run another defence (BCU, ℓ∞ pruning, Neural Cleanse, ...) on a run, the demo, or your model"
+HELP = "run another defense (BCU, ℓ∞ pruning, Neural Cleanse, ...) on a run, the demo, or your model"
 CACHE_KEY = ("demo", "cache_dir")
 AUDIT_INPUTS = tuple(
     "model arch num_classes input_shape mean std class_names unlabeled train test max_unlabeled".split()
 )
 DEMO_INPUTS = ("data_dir", "cache_dir", "n_poison")
 PARSER = {
-    "description": "Run one registered defence on a suspect model. Inputs come from exactly one of: "
+    "description": "Run one registered defense on a suspect model. Inputs come from exactly one of: "
     "--run (a finished demo or audit), --demo (the built-in scenario), or audit-style --model/--unlabeled/... "
     "Method settings: --param key=value (repeatable; values are JSON, e.g. --param epochs=5 "
     "--param ratios=[0.01,0.1]) or --params JSON.",
@@ -54,7 +54,7 @@ def epilog() -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = epilog()
-    p.add_argument("method", metavar="METHOD", help="the defence (listed below)")
+    p.add_argument("method", metavar="METHOD", help="the defense (listed below)")
     add_run_args(p, quick="with --demo: the quick setup")
     add_config_flags(p, DefendConfig, skip=("method",), names={"source_run": ("--run",)})
     p.add_argument("--param", action="append", default=[], help="a method setting, key=value (JSON value)")

@@ -1,4 +1,4 @@
-"""Backdoor defences beside the core method, one interface per family (see `base`).
+"""Backdoor defenses beside the core method, one interface per family (see `base`).
 
 Importing this package registers every method in `DEFENSES` (name → class).
 """

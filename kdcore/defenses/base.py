@@ -1,4 +1,4 @@
-"""Defences: one small interface per family, one registry, one result shape.
+"""Defenses: one small interface per family, one registry, one result shape.
 
     Repairer          suspect model + data → a repaired model    (BCU, ℓ∞ pruning, fine-pruning, NAD)
     Detector          suspect model + labelled training set → ranked samples (activation clustering)
@@ -52,7 +52,7 @@ INPUT_HELP = {
 
 @dataclass
 class DefenseInputs:
-    """Everything a defence may use, and what it is evaluated on. Images are uint8 ImageSets."""
+    """Everything a defense may use, and what it is evaluated on. Images are uint8 ImageSets."""
 
     model: nn.Module  # the suspect model; methods must not modify it (copy first)
     spec: ModelSpec
@@ -79,7 +79,7 @@ class DefenseInputs:
 
 @dataclass(frozen=True, eq=False)
 class DefenseResult:
-    """What a defence produced. `report()` is the JSON written to report.json (kdcore.report's shape)."""
+    """What a defense produced. `report()` is the JSON written to report.json (kdcore.report's shape)."""
 
     method: str
     family: str
@@ -296,5 +296,5 @@ def get_defense(name: str) -> type[Defense]:
     import kdcore.defenses  # noqa: F401  (registers every method)
 
     if name not in DEFENSES:
-        raise ConfigError(f"Unknown defence {name!r}; expected one of {', '.join(sorted(DEFENSES))}")
+        raise ConfigError(f"Unknown defense {name!r}; expected one of {', '.join(sorted(DEFENSES))}")
     return DEFENSES[name]

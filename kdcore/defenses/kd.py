@@ -1,4 +1,4 @@
-"""KD: the core method as a defence of the family (Yoshida & Fujino, AISec 2020; seed 000).
+"""KD: the core method as a defense of the family (Yoshida & Fujino, AISec 2020; seed 000).
 
 1. Distil a fresh student from the suspect (teacher) on unlabelled clean images: the student
    learns the clean task but not the trigger, which those images never show.

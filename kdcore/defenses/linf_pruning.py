@@ -17,7 +17,7 @@ plain weights, so a neuron's mask has to be fixed, not decided per input. Steps:
    s_c > t are masked: filter and BN affine zeroed, so their activation is exactly 0
    (`channels.zero_channels`). Pruned sets are nested, so n_pruned only grows as t falls.
 4. Measure at each t: agreement = fraction of the clean unlabelled images on which the pruned
-   model predicts what the suspect model predicts (label-free), and — the one place a defence
+   model predicts what the suspect model predicts (label-free), and — the one place a defense
    uses evaluation data, as a measurement only — `inputs.evaluate` (clean_acc, asr, poison_acc).
    The sweep stops after the first t whose agreement falls below `stop_agreement`.
 5. Choose, without test labels or the trigger: walking down from the top, the lowest threshold

@@ -1,4 +1,4 @@
-"""Which layer of a model a method looks at: one choice, shared by Explain and every defence.
+"""Which layer of a model a method looks at: one choice, shared by Explain and every defense.
 
 `choose_layer(model, spec, role, name=None) -> (name, module)`, roles:
 

@@ -1,8 +1,8 @@
-"""Run one registered defence (kdcore.defenses) on a suspect model, as a run kind.
+"""Run one registered defense (kdcore.defenses) on a suspect model, as a run kind.
 
 The inputs come from one of three places (exactly one):
     source_run  a finished demo or audit run directory: its model, data and trigger, so the
-                result sits next to the core method's in the dashboard's Defences page;
+                result sits next to the core method's in the dashboard's Defenses page;
     demo        the built-in Fashion-MNIST scenario (a DemoConfig), e.g. with another trigger;
     audit       explicit paths, as for an audit (model, unlabeled, train, test, trigger).
 
@@ -40,7 +40,7 @@ from kdcore.triggers import Trigger
 
 @dataclass(frozen=True)
 class DefendConfig:
-    method: str = setting("", "a registered defence: python -m kdcore defend --help lists them")
+    method: str = setting("", "a registered defense: python -m kdcore defend --help lists them")
     params: dict = setting(factory=dict, help="the method's own settings (its config class)")
     source_run: str = setting("", "a finished demo or audit run directory")
     demo: DemoConfig | None = setting(None, "or: the built-in scenario")
@@ -55,7 +55,7 @@ class DefendConfig:
         given = [n for n in ("source_run", "demo", "audit") if getattr(self, n)]
         if len(given) != 1:
             raise ConfigError(
-                "A defence runs on exactly one of: source_run (a finished run), demo, or audit inputs; "
+                "A defense runs on exactly one of: source_run (a finished run), demo, or audit inputs; "
                 f"got {given or 'none'}"
             )
 
@@ -66,7 +66,7 @@ class DefendConfig:
                 raise InputError(f"{src} is not a kdcore run directory (no config.json)")
             kind = read_json(src / "config.json").get("kind")
             if kind not in ("demo", "audit"):
-                raise InputError(f"Defences run on demo or audit runs; {src} is a {kind!r} run")
+                raise InputError(f"Defenses run on demo or audit runs; {src} is a {kind!r} run")
         if self.audit is not None:
             self.audit.check_inputs()
         if self.clean_labeled and not Path(self.clean_labeled).exists():
@@ -74,7 +74,7 @@ class DefendConfig:
 
 
 def demo_inputs(cfg: DemoConfig, device: torch.device, on_progress: ProgressFn = no_progress) -> DefenseInputs:
-    """The built-in scenario as defence inputs: the (cached) backdoored teacher, the clean pool
+    """The built-in scenario as defense inputs: the (cached) backdoored teacher, the clean pool
     (unlabelled, and labelled for the labelled-data baselines), the poisoned training set with
     its ground truth, the test set and the trigger."""
     from kdcore.paths import cache_dir

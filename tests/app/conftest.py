@@ -86,7 +86,7 @@ def _copy_jobs_db(src_home: Path, dst_home: Path) -> None:
         dst.close()
 
 
-DEFENCE_JOBS = (  # tiny settings: seconds each on the digits audit
+DEFENSE_JOBS = (  # tiny settings: seconds each on the digits audit
     ("linf-pruning", {"steps": 6}, False),
     ("activation-clustering", {"reducer": "pca", "n_init": 2}, False),
     ("neural-cleanse", {"steps": 20, "round_steps": 10, "n_images": 64, "n_holdout": 32, "batch_size": 16}, False),
@@ -98,17 +98,17 @@ DEFENCE_JOBS = (  # tiny settings: seconds each on the digits audit
 
 
 @pytest.fixture(scope="session")
-def defences_home(app_home, digits_files, tmp_path_factory):
+def defenses_home(app_home, digits_files, tmp_path_factory):
     """A copy of app_home's job database plus finished `defend` jobs on job 1 (the digits audit), one
-    per method in DEFENCE_JOBS (labelled-data baselines get the digits' labelled clean images), run through
+    per method in DEFENSE_JOBS (labelled-data baselines get the digits' labelled clean images), run through
     the real store + worker.
     Returns (home, {method: job id})."""
-    home = tmp_path_factory.mktemp("kdaudit-defences")
+    home = tmp_path_factory.mktemp("kdaudit-defenses")
     _copy_jobs_db(app_home, home)
     store = JobStore(home)
     source = store.get(1)
     ids = {}
-    for method, params, labelled in DEFENCE_JOBS:
+    for method, params, labelled in DEFENSE_JOBS:
         cfg = {"method": method, "params": params, "source_run": source.run_dir, "device": "cpu"}
         if labelled:
             cfg["clean_labeled"] = str(digits_files["clean_labeled"])
@@ -122,9 +122,9 @@ def defences_home(app_home, digits_files, tmp_path_factory):
 
 
 @pytest.fixture()
-def defences_env(defences_home, tmp_path, monkeypatch):
-    """KDAUDIT_HOME = a private copy of defences_home's database, so jobs queued by a test never leak."""
-    home, ids = defences_home
+def defenses_env(defenses_home, tmp_path, monkeypatch):
+    """KDAUDIT_HOME = a private copy of defenses_home's database, so jobs queued by a test never leak."""
+    home, ids = defenses_home
     _copy_jobs_db(home, tmp_path)
     monkeypatch.setenv("KDAUDIT_HOME", str(tmp_path))
     import streamlit as st

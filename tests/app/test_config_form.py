@@ -1,5 +1,5 @@
 """The form generated from a config class (app.config_form): the audit form's hyperparameters and a
-defence's settings start at the dataclass defaults, read back from the rendered widgets."""
+defense's settings start at the dataclass defaults, read back from the rendered widgets."""
 
 from __future__ import annotations
 
@@ -34,13 +34,13 @@ def test_audit_form_defaults_are_the_dataclass_defaults():
 def _bcu_form() -> None:
     import streamlit as st
 
-    from app.defence_settings import params_from, settings_ui
+    from app.defense_settings import params_from, settings_ui
     from kdcore.defenses import BCU
 
     st.session_state["params"] = params_from(BCU.config_class, settings_ui("bcu", BCU.config_class))
 
 
-def test_defence_form_renders_choices_and_changes_one_setting():
+def test_defense_form_renders_choices_and_changes_one_setting():
     at = AppTest.from_function(_bcu_form).run(timeout=60)
     assert not at.exception, at.exception
     schedule = at.selectbox(key="defset-bcu-schedule")

@@ -1,4 +1,4 @@
-"""One display name per model role (kdcore.report.ROLES) on the Results page, in the Defences
+"""One display name per model role (kdcore.report.ROLES) on the Results page, in the Defenses
 comparison and in the HTML report, and no other spelling of a role anywhere in them."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from app.charts import metric_bars
-from app.defences import compare_rows
+from app.defenses import compare_rows
 from app.report_html import audit_report_html
 from kdcore.jobs.store import JobStore
 from kdcore.report import ROLES, models_of
@@ -47,11 +47,11 @@ def test_audit_roles_read_the_same_on_every_page(kdaudit_home):
     assert [v for v in shown if v.strip("*") in ROLES.values()] == [f"**{label}**" for label in labels]
     _check(labels, " ".join(shown + [c.value for c in results.caption]), "results page")
 
-    defences = open_page("defences", job=1, timeout=120)
-    assert not defences.exception, defences.exception
-    table = next(d.value for d in defences.dataframe if "model" in d.value.columns)
+    defenses = open_page("defenses", job=1, timeout=120)
+    assert not defenses.exception, defenses.exception
+    table = next(d.value for d in defenses.dataframe if "model" in d.value.columns)
     assert list(table["model"]) == labels
-    _check(labels, " | ".join(table["model"]), "defences comparison")
+    _check(labels, " | ".join(table["model"]), "defenses comparison")
 
     html = audit_report_html(job, report)
     _check([escape(label) for label in labels], html, "HTML report")

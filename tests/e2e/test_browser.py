@@ -155,18 +155,18 @@ def test_demo_audit_from_home_to_evidence(server, page):
     page.screenshot(path=SHOTS / "explain.png", full_page=True)
 
 
-def test_defence_on_the_demo_audit_beside_the_core_method(server, page):
-    """Run Neural Cleanse on the demo audit from the Defences page; its evidence and the comparison
+def test_defense_on_the_demo_audit_beside_the_core_method(server, page):
+    """Run Neural Cleanse on the demo audit from the Defenses page; its evidence and the comparison
     with the core method appear when the worker has finished it."""
     url, data = server["url"], server["data"]
     store = JobStore(data)
     demo = next(j for j in store.list() if j.kind == "demo")
-    open_ready(page, f"{url}/defences?job={demo.id}", ".st-key-defence-method")
-    page.locator(".st-key-defence-method").click()
+    open_ready(page, f"{url}/defenses?job={demo.id}", ".st-key-defense-method")
+    page.locator(".st-key-defense-method").click()
     page.get_by_role("option", name="neural-cleanse").click()
     page.get_by_text("Wang et al.").first.wait_for()
     before = {j.id for j in store.list()}
-    page.get_by_role("button", name="Run this defence").click()
+    page.get_by_role("button", name="Run this defense").click()
     page.get_by_text("Queued job").wait_for()
     new = [j for j in store.list() if j.id not in before]
     assert len(new) == 1 and new[0].kind == "defend" and new[0].config["method"] == "neural-cleanse"
@@ -180,7 +180,7 @@ def test_defence_on_the_demo_audit_beside_the_core_method(server, page):
     assert page.get_by_text("anomaly index").count() >= 1
     # Streamlit scrolls inside its own container, so a full-page shot is the viewport: show the evidence
     page.get_by_text("most anomalous class").first.scroll_into_view_if_needed()
-    page.screenshot(path=SHOTS / "defences.png", full_page=True)
+    page.screenshot(path=SHOTS / "defenses.png", full_page=True)
 
 
 def test_uploaded_model_and_zips(server, page, digits_files, tmp_path):

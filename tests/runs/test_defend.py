@@ -1,4 +1,4 @@
-"""The `defend` run kind and CLI verb: every registered defence through one entry point, writing
+"""The `defend` run kind and CLI verb: every registered defense through one entry point, writing
 one report shape, on scikit-learn's digits with a backdoored teacher saved to disk."""
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def test_every_method_writes_the_same_report_shape(method, digits_files, tmp_pat
 
 
 def test_unknown_method_and_bad_settings_are_refused_before_running(digits_files):
-    with pytest.raises(ConfigError, match=r"Unknown defence 'nope'.*bcu"):
+    with pytest.raises(ConfigError, match=r"Unknown defense 'nope'.*bcu"):
         from_dict(DefendConfig, {"method": "nope", "audit": _audit(digits_files)})
     with pytest.raises(ConfigError, match="Unknown key"):
         from_dict(DefendConfig, {"method": "bcu", "params": {"epoch": 3}, "audit": _audit(digits_files)})
@@ -148,7 +148,7 @@ def test_cli_lists_every_method_and_runs_one(digits_files, tmp_path):
     assert json.loads((out / "report.json").read_text())["method"] == "neural-cleanse"
 
 
-def test_cli_runs_the_core_method_as_a_defence(digits_files, tmp_path):
+def test_cli_runs_the_core_method_as_a_defense(digits_files, tmp_path):
     """`kdcore defend kd`: the core method through the defend run kind repairs and detects, with the
     same report shape (suspect, distilled student, repaired = fine-tuned student, detection)."""
     f = digits_files
@@ -172,7 +172,7 @@ def test_cli_runs_the_core_method_as_a_defence(digits_files, tmp_path):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["nope", "--demo"], "Unknown defence 'nope'"),
+        (["nope", "--demo"], "Unknown defense 'nope'"),
         (["bcu", "--param", "epochs"], "should look like key=value"),
         (["bcu", "--demo", "--params", "[1]"], "JSON object"),
         (["bcu", "--trigger", "sig:target=7"], "go with --demo"),

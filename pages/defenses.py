@@ -1,4 +1,4 @@
-"""Defences: run other backdoor defences on a finished audit and compare them with the core method.
+"""Defenses: run other backdoor defenses on a finished audit and compare them with the core method.
 
 Repairers (BCU, ℓ∞ pruning, fine-pruning, NAD) return a repaired model, detectors (activation
 clustering) flag training samples, inspectors (Neural Cleanse) report evidence about the model.
@@ -7,23 +7,23 @@ Each runs as a `defend` job on the audit's model and data; its evidence is shown
 
 import streamlit as st
 
-from app.defence_evidence import evidence_ui, pick_defence_ui
-from app.defences import (
+from app.defense_evidence import evidence_ui, pick_defense_ui
+from app.defenses import (
     active_jobs_ui,
     compare_rows,
     compare_ui,
-    defence_form_ui,
+    defense_form_ui,
     failed_jobs_ui,
-    finished_defences,
+    finished_defenses,
     focus_from_url,
 )
 from app.results import link_ui, load_report
 from app.state import job_picker_ui, show_error
 from kdcore.errors import KDCoreError
 
-st.title("🧪 Defences")
+st.title("🧪 Defenses")
 st.caption(
-    "How do published backdoor defences do on the same suspect model, data and trigger as the core method "
+    "How do published backdoor defenses do on the same suspect model, data and trigger as the core method "
     "(distil on unlabelled images, remove the samples teacher and student disagree on, fine-tune)? Methods "
     "marked 🏷️ are labelled-data baselines: they need labelled clean images, which the core method does not."
 )
@@ -35,24 +35,24 @@ try:
         st.stop()
     source_report = load_report(source.run_dir)
 
-    st.subheader("Run a defence")
-    defence_form_ui(source)
+    st.subheader("Run a defense")
+    defense_form_ui(source)
     active_jobs_ui(source)
     failed_jobs_ui(source)
 
     st.subheader("Compare")
-    done = finished_defences(source)
+    done = finished_defenses(source)
     if source_report is None:
-        st.warning(f"Job #{source.id} has no report.json: only the defences are listed.")
+        st.warning(f"Job #{source.id} has no report.json: only the defenses are listed.")
     compare_ui(compare_rows(source_report, done))
     if not done:
-        st.info("No finished defence on this audit yet: run one above.")
+        st.info("No finished defense on this audit yet: run one above.")
     link_ui("pages/results.py", "📊 The core method's full results", source.id)
 
     st.subheader("Evidence")
-    picked = pick_defence_ui(done, focus)
+    picked = pick_defense_ui(done, focus)
     if picked is None:
-        st.caption("The evidence of a finished defence appears here.")
+        st.caption("The evidence of a finished defense appears here.")
     else:
         evidence_ui(*picked)
 except KDCoreError as e:

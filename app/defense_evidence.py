@@ -1,4 +1,4 @@
-"""The Defences page's evidence view of one finished defend job.
+"""The Defenses page's evidence view of one finished defend job.
 
 Method-specific views where the report's `evidence` has their keys (Neural Cleanse's per-class
 mask norms and recovered triggers, ℓ∞ pruning's threshold sweep, activation clustering's
@@ -18,7 +18,7 @@ import streamlit as st
 from PIL import Image
 
 from app.charts import mask_norms_figure, pruning_sweep_figure
-from app.defences import finding
+from app.defenses import finding
 from app.results import model_zip
 from app.review_queue import thumbnail
 from app.state import fmt_duration, job_title
@@ -57,7 +57,7 @@ def image_grid_ui(paths: list[Path], captions: list[str] | None = None, columns:
             col.image(_thumb(str(p), p.stat().st_mtime_ns), caption=cap, width="stretch")
 
 
-def pick_defence_ui(done: list[tuple[Job, dict]], focus: int | None = None) -> tuple[Job, dict] | None:
+def pick_defense_ui(done: list[tuple[Job, dict]], focus: int | None = None) -> tuple[Job, dict] | None:
     """Select one finished defend job (newest first; `focus` preselected)."""
     if not done:
         return None
@@ -275,5 +275,5 @@ def evidence_ui(job: Job, report: dict) -> None:
         st.markdown("**Evidence**")
         generic_evidence_ui(ev)
     else:
-        st.caption("This defence reported no evidence.")
+        st.caption("This defense reported no evidence.")
     downloads_ui(job)

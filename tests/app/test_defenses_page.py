@@ -1,4 +1,4 @@
-"""The Defences page (AppTest on the digits audit and real finished `defend` jobs) and its pure
+"""The Defenses page (AppTest on the digits audit and real finished `defend` jobs) and its pure
 helpers: the settings form generated from each method's config, the comparison rows, the figures."""
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from app.charts import defence_tradeoff_figure, mask_norms_figure, pruning_sweep_figure
-from app.defence_settings import Setting, params_from, parse_tuple, settings_of, to_param
+from app.charts import defense_tradeoff_figure, mask_norms_figure, pruning_sweep_figure
+from app.defense_settings import Setting, params_from, parse_tuple, settings_of, to_param
 from kdcore.defenses import DEFENSES, LinfPruning, NeuralCleanse, Repairer
 from kdcore.errors import ConfigError
 from kdcore.jobs.store import JobStore
 from kdcore.report import METRICS, ROLES
-from tests.app.conftest import DEFENCE_JOBS, open_page
+from tests.app.conftest import DEFENSE_JOBS, open_page
 
 
 def _page(job: int | None = 1) -> AppTest:
-    at = open_page("defences", job=job, timeout=120)
+    at = open_page("defenses", job=job, timeout=120)
     assert not at.exception, at.exception
     return at
 
@@ -56,11 +56,11 @@ def test_page_without_audits_says_how_to_get_one(tmp_path, monkeypatch):
     assert not at.dataframe and not at.button
 
 
-def test_every_method_is_offered_with_a_form_of_its_settings(defences_env):
+def test_every_method_is_offered_with_a_form_of_its_settings(defenses_env):
     at = _page()
-    assert len(at.selectbox(key="defence-method").options) == len(DEFENSES)
+    assert len(at.selectbox(key="defense-method").options) == len(DEFENSES)
     for cls in DEFENSES.values():
-        at.selectbox(key="defence-method").set_value(cls).run()
+        at.selectbox(key="defense-method").set_value(cls).run()
         assert not at.exception, (cls.name, at.exception)
         keys = {w.key for kind in ("number_input", "text_input", "selectbox", "checkbox") for w in at.get(kind)}
         fields = {s.name for s in settings_of(cls.config_class)}
@@ -71,19 +71,19 @@ def test_every_method_is_offered_with_a_form_of_its_settings(defences_env):
         labelled = [w.value for w in at.warning if "Labelled-data baseline" in w.value]
         assert bool(labelled) == cls.needs_labels, cls.name
         # The digits audit has a training set but no labelled clean images (no upload here).
-        assert at.button(key="defence-submit").disabled == ("clean_labeled" in cls.needs), cls.name
+        assert at.button(key="defense-submit").disabled == ("clean_labeled" in cls.needs), cls.name
 
 
-def test_submit_queues_a_defend_job_with_the_form_settings(defences_env):
-    home, _ = defences_env
+def test_submit_queues_a_defend_job_with_the_form_settings(defenses_env):
+    home, _ = defenses_env
     store = JobStore(home)
     at = _page()
-    at.selectbox(key="defence-method").set_value(LinfPruning).run()
+    at.selectbox(key="defense-method").set_value(LinfPruning).run()
     at.number_input(key="defset-linf-pruning-steps").set_value(7).run()
     at.text_input(key="defset-linf-pruning-thresholds").input("3, 1.5").run()
-    at.number_input(key="defence-seed").set_value(3).run()
+    at.number_input(key="defense-seed").set_value(3).run()
     before = len(store.list())
-    at.button(key="defence-submit").click().run()
+    at.button(key="defense-submit").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
 
     jobs = store.list()
@@ -104,22 +104,22 @@ def test_submit_queues_a_defend_job_with_the_form_settings(defences_env):
     ("field", "value", "message"),
     [("steps", 1, "steps must be ≥ 2"), ("thresholds", "3, x", "comma-separated float values")],
 )
-def test_bad_setting_shows_the_config_error_and_queues_nothing(defences_env, field, value, message):
-    home, _ = defences_env
+def test_bad_setting_shows_the_config_error_and_queues_nothing(defenses_env, field, value, message):
+    home, _ = defenses_env
     store = JobStore(home)
     at = _page()
-    at.selectbox(key="defence-method").set_value(LinfPruning).run()
+    at.selectbox(key="defense-method").set_value(LinfPruning).run()
     key = f"defset-linf-pruning-{field}"
     (at.number_input(key=key).set_value(value) if isinstance(value, int) else at.text_input(key=key).input(value)).run()
     before = len(store.list())
-    at.button(key="defence-submit").click().run()
+    at.button(key="defense-submit").click().run()
     assert not at.exception, at.exception
     assert any(message in e.value for e in at.error), [e.value for e in at.error]
     assert len(store.list()) == before
 
 
-def test_compare_table_has_the_core_method_and_every_finished_defence(defences_env):
-    home, ids = defences_env
+def test_compare_table_has_the_core_method_and_every_finished_defense(defenses_env):
+    home, ids = defenses_env
     at = _page()
     table = _compare_table(at)
     rows = {r["model"]: r for r in table.to_dict("records")}
@@ -154,8 +154,8 @@ def test_compare_table_has_the_core_method_and_every_finished_defence(defences_e
     assert point["marker"]["symbol"].endswith("-open")  # the labelled-data baseline
 
 
-def test_neural_cleanse_evidence_shows_norms_and_recovered_triggers(defences_env):
-    home, ids = defences_env
+def test_neural_cleanse_evidence_shows_norms_and_recovered_triggers(defenses_env):
+    home, ids = defenses_env
     job_id = ids["neural-cleanse"]
     at = _page(job=job_id)  # a defend job in the URL opens its source audit, with its evidence
     assert at.query_params["job"] == "1"
@@ -177,8 +177,8 @@ def test_neural_cleanse_evidence_shows_norms_and_recovered_triggers(defences_env
     assert metrics["most anomalous class"] == str(ev["most_anomalous"]["name"])
 
 
-def test_pruning_and_clustering_evidence_and_downloads(defences_env):
-    home, ids = defences_env
+def test_pruning_and_clustering_evidence_and_downloads(defenses_env):
+    home, ids = defenses_env
     at = _page(job=ids["linf-pruning"])
     ev = _report(home, ids["linf-pruning"])["evidence"]
     sweep = next(f for f in _figures(at) if f["layout"]["xaxis"].get("title", {}).get("text", "").startswith("ℓ∞"))
@@ -196,9 +196,9 @@ def test_pruning_and_clustering_evidence_and_downloads(defences_env):
     assert "⬇ candidates.csv" in downloads and "⬇ repaired model (.zip)" not in downloads
 
 
-def test_unknown_evidence_is_rendered_generically(defences_env, tmp_path):
+def test_unknown_evidence_is_rendered_generically(defenses_env, tmp_path):
     """A method the page knows nothing about: headline, scalars, tables, lists and images still show."""
-    home, _ = defences_env
+    home, _ = defenses_env
     store = JobStore(home)
     run = tmp_path / "odd-run"
     (run / "evidence").mkdir(parents=True)
@@ -291,7 +291,7 @@ def test_tradeoff_norms_and_sweep_figures():
         {"model": "nad (#6)", "family": "repairer", "clean_acc": 0.9, "asr": 0.5, "needs_labels": True},
         {"model": "ac (#4)", "family": "detector", "clean_acc": None, "asr": None},
     ]
-    fig = defence_tradeoff_figure(rows)
+    fig = defense_tradeoff_figure(rows)
     assert [(t.x[0], t.y[0]) for t in fig.data] == [(0.98, 0.97), (0.02, 0.92), (0.5, 0.9)]
     assert fig.data[2].marker.symbol == "circle-open" and fig.data[0].marker.symbol == "diamond"
 
@@ -315,4 +315,4 @@ def test_tradeoff_norms_and_sweep_figures():
 
 def test_fixture_runs_every_registered_method():
     """So the comparison and evidence tests see every method's real report."""
-    assert {m for m, _, _ in DEFENCE_JOBS} == set(DEFENSES)
+    assert {m for m, _, _ in DEFENSE_JOBS} == set(DEFENSES)

@@ -1,7 +1,7 @@
-"""Every defence against every trigger on the Fashion-MNIST demo setup: one comparison table.
+"""Every defense against every trigger on the Fashion-MNIST demo setup: one comparison table.
 
 Per attack (BadNets, Blended, SIG, WaNet; all-to-one, target 7 "Sneaker") a paper-cnn teacher is
-trained on the poisoned training set (cached), then every registered defence (kdcore.defenses) runs
+trained on the poisoned training set (cached), then every registered defense (kdcore.defenses) runs
 on the same inputs: the core method `kd` (seed 000: distil on the unlabelled clean pool → detoxify
 → fine-tune) with the demo's own settings, every other method with its default settings.
 Each row: clean_acc, poison_acc, asr of a model the method returns (one row per model role, e.g.
@@ -9,10 +9,10 @@ kd's distilled and fine-tuned students; the suspect's for detectors and inspecto
 precision / recall where the method flags training samples, the method's own wall time (kd: in a
 fresh stage folder, so no cache hit), and whether it needs labelled clean data.
 
-    .venv/bin/python benchmarks/defences.py [--full] [--triggers badnets,sig] [--methods bcu,nad] [--device auto]
+    .venv/bin/python benchmarks/defenses.py [--full] [--triggers badnets,sig] [--methods bcu,nad] [--device auto]
 
 Default: the quick demo setup (10,000 training images, 2 % poisoned, 2,000 clean images, 5,000
-test images). Prints a markdown table and writes benchmarks/results/defences[_full].json.
+test images). Prints a markdown table and writes benchmarks/results/defenses[_full].json.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def run_attack(attack: str, methods: list[str], full: bool, device: torch.device
     inputs = demo_inputs(cfg, device, throttled())
     inputs.on_progress = throttled()
     suspect = inputs.evaluate(inputs.model).metrics()
-    rows = [row(attack, "suspect (no defence)", "—", suspect, None, 0.0, False)]
+    rows = [row(attack, "suspect (no defense)", "—", suspect, None, 0.0, False)]
     # The core method runs with the demo setup's own settings (as `kdcore demo` does); inputs.work_dir
     # stays None, so its stages go to a fresh temporary folder and its time includes all its work.
     settings = {"kd": to_dict(cfg.kd)}
@@ -148,7 +148,7 @@ def main() -> None:
     ap.add_argument("--triggers", default=",".join(ATTACKS))
     ap.add_argument("--methods", default="")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "defences")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "defenses")
     a = ap.parse_args()
     methods = [m for m in a.methods.split(",") if m] or sorted(DEFENSES)
     for m in methods:
@@ -164,9 +164,9 @@ def main() -> None:
     wall = time.perf_counter() - t0
     print(f"\nwall time {wall:.0f} s on {describe(device)}, {torch.get_num_threads()} threads")
     atomic_write_json(
-        ROOT / "benchmarks" / "results" / ("defences_full.json" if a.full else "defences.json"),
+        ROOT / "benchmarks" / "results" / ("defenses_full.json" if a.full else "defenses.json"),
         {
-            "command": " ".join(["python", "benchmarks/defences.py", *sys.argv[1:]]),
+            "command": " ".join(["python", "benchmarks/defenses.py", *sys.argv[1:]]),
             "wall_s": round(wall, 1),
             "device": describe(device),
             "torch": torch.__version__,

@@ -1,4 +1,4 @@
-"""A defence's settings form, generated from its config dataclass (`Defense.config_class`) by
+"""A defense's settings form, generated from its config dataclass (`Defense.config_class`) by
 `app.config_form`: the widgets, their choices, bounds and help come from the field metadata."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""The Defences page's logic: run a registered defence (`kdcore.defenses`) on a finished audit as
-a `defend` job, follow it, and compare every defence with the core method (KD + detox).
+"""The Defenses page's logic: run a registered defense (`kdcore.defenses`) on a finished audit as
+a `defend` job, follow it, and compare every defense with the core method (KD + detox).
 
 A defend job belongs to a source audit through its config's `source_run` (the source job's run
-directory); the source job's id is only in the label. Evidence views live in `app.defence_evidence`.
+directory); the source job's id is only in the label. Evidence views live in `app.defense_evidence`.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 
 import streamlit as st
 
-from app.charts import defence_tradeoff_figure
-from app.defence_settings import params_from, settings_ui
+from app.charts import defense_tradeoff_figure
+from app.defense_settings import params_from, settings_ui
 from app.results import load_report
 from app.state import STATE_ICON, fmt_duration, show_error, store
 from app.uploads import save_upload
@@ -43,7 +43,7 @@ DETECTION = ("flagged", "precision", "recall")
 
 
 def methods() -> list[type[Defense]]:
-    """Every registered defence: repairers, detectors, inspectors; by name within a family."""
+    """Every registered defense: repairers, detectors, inspectors; by name within a family."""
     rank = {f: i for i, f in enumerate(FAMILIES)}
     return sorted(DEFENSES.values(), key=lambda c: (rank.get(c.family, len(rank)), c.name))
 
@@ -74,7 +74,7 @@ def method_card_ui(cls: type[Defense]) -> None:
 # ---- submitting and following defend jobs -----------------------------------------------------
 
 
-def submit_defence(source: Job, method: str, params: dict[str, Any], clean_labeled: str = "", seed: int = 0) -> Job:
+def submit_defense(source: Job, method: str, params: dict[str, Any], clean_labeled: str = "", seed: int = 0) -> Job:
     """Queue a `defend` job on `source`'s run; an invalid method or setting raises and queues nothing."""
     cfg = {
         "method": method,
@@ -118,16 +118,16 @@ def focus_from_url() -> int | None:
     return job.id
 
 
-def defence_form_ui(source: Job) -> Job | None:
+def defense_form_ui(source: Job) -> Job | None:
     """Pick a method, see what it needs, set its settings, submit. Returns the queued job."""
     classes = methods()
-    cls = st.selectbox("Method", classes, format_func=method_label, key="defence-method")
+    cls = st.selectbox("Method", classes, format_func=method_label, key="defense-method")
     method_card_ui(cls)
     have = available_inputs(source)
     clean_file = None
     if "clean_labeled" in cls.needs and source.kind != "demo":
         clean_file = st.file_uploader(
-            "Labelled clean images (.zip with one folder per class)", type=["zip"], key="defence-clean-labeled"
+            "Labelled clean images (.zip with one folder per class)", type=["zip"], key="defense-clean-labeled"
         )
         if clean_file is not None:
             have.add("clean_labeled")
@@ -137,18 +137,18 @@ def defence_form_ui(source: Job) -> Job | None:
     st.markdown("**Settings**")
     raw = settings_ui(cls.name, cls.config_class)
     left, right = st.columns([1, 3])
-    seed = left.number_input("seed", value=0, step=1, key="defence-seed", help="Seeds the method's randomness.")
+    seed = left.number_input("seed", value=0, step=1, key="defense-seed", help="Seeds the method's randomness.")
     for n in missing:
         if n == "clean_labeled":
             st.info(f"Upload labelled clean images above to run {cls.name}.", icon="ℹ️")
         else:
             st.info(f"{cls.name} needs {INPUT_NAMES.get(n, n)}, which this audit was run without.", icon="ℹ️")
-    if not right.button("▶ Run this defence", type="primary", key="defence-submit", disabled=bool(missing)):
+    if not right.button("▶ Run this defense", type="primary", key="defense-submit", disabled=bool(missing)):
         return None
     try:
         params = params_from(cls.config_class, raw)
         clean = str(save_upload(clean_file.getvalue(), clean_file.name)) if clean_file is not None else ""
-        job = submit_defence(source, cls.name, params, clean, int(seed))
+        job = submit_defense(source, cls.name, params, clean, int(seed))
     except KDCoreError as e:
         show_error(e)
         return None
@@ -197,7 +197,7 @@ def failed_jobs_ui(source: Job) -> None:
 # ---- the comparison ---------------------------------------------------------------------------
 
 
-def finished_defences(source: Job) -> list[tuple[Job, dict]]:
+def finished_defenses(source: Job) -> list[tuple[Job, dict]]:
     """Succeeded defend jobs of this source with their report (newest first; reportless ones skipped)."""
     out = []
     for j in defend_jobs(source, ("succeeded",)):
@@ -208,7 +208,7 @@ def finished_defences(source: Job) -> list[tuple[Job, dict]]:
 
 
 def finding(report: dict) -> str:
-    """One line of what a defence found: the method's headline, else how many samples it flagged."""
+    """One line of what a defense found: the method's headline, else how many samples it flagged."""
     headline = headline_of(report)
     if headline:
         return headline
@@ -216,7 +216,7 @@ def finding(report: dict) -> str:
     return f"{det.get('flagged', 0):,} of {det.get('total', 0):,} training samples flagged" if det else ""
 
 
-def compare_rows(source_report: dict | None, defences: list[tuple[Job, dict]]) -> list[dict]:
+def compare_rows(source_report: dict | None, defenses: list[tuple[Job, dict]]) -> list[dict]:
     """One row per model: the source run's (baseline, suspect, the core method's) then one per defend job."""
     rows = []
     src = source_report or {}
@@ -228,7 +228,7 @@ def compare_rows(source_report: dict | None, defences: list[tuple[Job, dict]]) -
         row |= metrics_of(ev) | {k: det.get(k) for k in DETECTION}
         row |= {"wall_s": seconds.get(role), "needs_labels": False if core else None, "finding": ""}
         rows.append(row)
-    for job, report in defences:
+    for job, report in defenses:
         det = detection_of(report) or {}
         row = {"model": f"{report.get('method', '?')} (#{job.id})", "job": job.id, "family": report.get("family")}
         row |= metrics_of(models_of(report).get("repaired")) | {k: det.get(k) for k in DETECTION}
@@ -249,7 +249,7 @@ def compare_ui(rows: list[dict]) -> None:
         rows,
         hide_index=True,
         width="stretch",
-        key="defence-compare",
+        key="defense-compare",
         column_config={
             "model": st.column_config.TextColumn("model", pinned=True),
             "job": st.column_config.NumberColumn("job", format="#%d"),
@@ -269,7 +269,7 @@ def compare_ui(rows: list[dict]) -> None:
         },
     )
     if any(r["clean_acc"] is not None and r["asr"] is not None for r in rows):
-        st.plotly_chart(defence_tradeoff_figure(rows), key="defence-tradeoff", config={"displaylogo": False})
+        st.plotly_chart(defense_tradeoff_figure(rows), key="defense-tradeoff", config={"displaylogo": False})
         st.caption(
             "Each model's clean accuracy against its attack success rate: the best corner is the top left. "
             "Detectors and inspectors return no model, so they are not drawn."
