@@ -141,6 +141,14 @@ def load_model(
     return model.to(device), got
 
 
+def check_model(path: PathLike, spec: ModelSpec | None = None, *, budget: BudgetArg = "flat") -> tuple[ModelSpec, int]:
+    """What the dashboard shows before an audit: the child loads the model as `load_model` does
+    (read, fit, test batch) and answers with the spec and the parameter count only."""
+    spec_dict = spec.to_dict() if spec is not None else None
+    b = _budget(budget, path, "model")
+    return tuple(run("kdcore.sandbox:_child_check_model", (str(path), spec_dict), b, ModelLoadError, path))
+
+
 def load_labeled(path: PathLike, *args: Any, budget: BudgetArg = "scaled", **kwargs: Any) -> ImageSet:
     """`kdcore.data.folders.load_labeled`, in a sandbox."""
     b = _budget(budget, path, "images")
@@ -547,6 +555,13 @@ def _child_load_model(path: str, spec: dict | None) -> tuple[dict[str, torch.Ten
 
     model, got = load(path, ModelSpec.from_dict(spec) if spec is not None else None, "cpu")
     return dict(model.state_dict()), got
+
+
+def _child_check_model(path: str, spec: dict | None) -> tuple[ModelSpec, int]:
+    from kdcore.models.loading import load_model as load
+
+    model, got = load(path, ModelSpec.from_dict(spec) if spec is not None else None, "cpu")
+    return got, sum(p.numel() for p in model.parameters())
 
 
 def _child_decode_image(data: bytes, input_shape: tuple[int, int, int], name: str) -> torch.Tensor:
