@@ -197,7 +197,8 @@ def run(
     pid = None
     try:
         # parent → child may be a pickle: the child trusts the parent, not the other way round
-        (work / "request.pkl").write_bytes(pickle.dumps((target, args, kwargs or {}, dataclasses.asdict(budget))))
+        request = (target, args, kwargs or {}, dataclasses.asdict(budget), dataclasses.asdict(limits.current()))
+        (work / "request.pkl").write_bytes(pickle.dumps(request))
         pid = _SERVER.fork(work)
         status = _wait(work, budget.timeout_s)
         timed_out = status is None
@@ -429,7 +430,8 @@ def _child(work: str) -> None:
     try:
         os.setpgid(0, 0)
         os.chdir(work)
-        target, args, kwargs, budget = pickle.loads(Path("request.pkl").read_bytes())
+        target, args, kwargs, budget, lim = pickle.loads(Path("request.pkl").read_bytes())
+        limits.use(limits.Limits(**lim))  # the readers check the parent's limits, --limit included
         _limit_self(Budget(**budget))
         for fd, name in ((0, os.devnull), (1, "stdout.txt"), (2, "stderr.txt")):
             out = os.open(name, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600) if fd else os.open(name, os.O_RDONLY)
