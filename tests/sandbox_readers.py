@@ -56,3 +56,9 @@ def write_file(path: str, text: str) -> str:
 
 def values() -> dict:
     return {"t": torch.arange(6, dtype=torch.float32).view(2, 3), "n": (1, "a", None), "b": torch.tensor([True])}
+
+
+def current_limit(name: str) -> float:
+    from kdcore import limits
+
+    return getattr(limits.current(), name)

@@ -188,3 +188,31 @@ def test_scaled_budgets_grow_with_the_input(tmp_path):
     assert images.memory_bytes == flat.memory_bytes + current().max_dataset_bytes
     assert images.timeout_s > flat.timeout_s and images.cpu_s > flat.cpu_s
     assert signal.SIGXCPU  # the CPU limit's signal exists on this platform
+
+
+def test_cli_limit_sets_the_limits_that_the_sandboxed_readers_see(tmp_path):
+    from kdcore import limits
+    from kdcore.cli import EXIT_INPUT, EXIT_OK, main
+
+    old = limits.current()
+    try:
+        assert (
+            main(
+                [
+                    "--limit",
+                    "max_nesting=7",
+                    "--limit",
+                    "max_archive_bytes=1GiB",
+                    "jobs",
+                    "list",
+                    "--data-dir",
+                    str(tmp_path),
+                ]
+            )
+            == EXIT_OK
+        )
+        assert (limits.current().max_nesting, limits.current().max_archive_bytes) == (7, 2**30)
+        assert sandbox.run(R + "current_limit", ("max_nesting",), SMALL) == 7
+    finally:
+        limits.use(old)
+    assert main(["--limit", "no_such_limit=1", "jobs", "list", "--data-dir", str(tmp_path)]) == EXIT_INPUT
