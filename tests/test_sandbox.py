@@ -104,26 +104,27 @@ def test_a_memory_bomb_is_refused_with_the_memory_budget_named(reader):
     e, took = timed(sandbox.run, R + reader, (2 * 2**30,), SMALL, ModelLoadError, "bomb.pt")
     assert type(e) is ModelLoadError
     assert "bomb.pt: this file could not be read safely (it needed more than 0.3 GB of memory)" in str(e)
-    assert took < 3
+    assert took < 10
 
 
 def test_a_cpu_bomb_is_stopped_at_the_cpu_limit():
-    e, took = timed(sandbox.run, R + "spin", (), SMALL, InputError, "spin.zip")
+    budget = sandbox.Budget(300 * 2**20, cpu_s=2, timeout_s=60)  # wall time: CI's 2 cores may be shared
+    e, took = timed(sandbox.run, R + "spin", (), budget, InputError, "spin.zip")
     assert type(e) is InputError and "took longer than 2 s of CPU time" in str(e), e
-    assert 1.5 < took < 5
+    assert 1.5 < took < 30
 
 
 def test_a_hang_is_killed_at_the_timeout():
     budget = sandbox.Budget(300 * 2**20, cpu_s=10, timeout_s=1.5)
     e, took = timed(sandbox.run, R + "sleep", (60,), budget, InputError, "fifo")
     assert type(e) is InputError and "it took longer than 2 s" in str(e), e
-    assert 1.4 < took < 4
+    assert 1.4 < took < 10
 
 
 def test_a_segfault_is_reported_as_a_crash():
     e, took = timed(sandbox.run, R + "segfault", (), SMALL, ModelLoadError, "deep.pt")
     assert type(e) is ModelLoadError and "it crashed with SIGSEGV" in str(e)
-    assert took < 3
+    assert took < 10
 
 
 def test_the_deep_tuple_pt_of_issue_11_is_an_error_not_a_dead_process(tmp_path):
