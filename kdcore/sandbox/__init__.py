@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -63,6 +64,7 @@ from kdcore.models.spec import ModelSpec
 
 PathLike = str | os.PathLike
 _GiB = 2**30
+log = logging.getLogger("kdcore")
 _S_PER_GIB = 300.0  # extra CPU and wall seconds per GiB of input, for jobs (≈ 3.5 MB/s, generous)
 _MAX_ANSWER_JSON = 256 * 2**20  # the answer's JSON part (image sets list every source file)
 _ERRORS = {c.__name__: c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, KDCoreError)}
@@ -178,7 +180,7 @@ def run(
     args: tuple = (),
     budget: Budget | None = None,
     error: type[KDCoreError] = InputError,
-    name: PathLike = "this file",
+    name: PathLike = "",
     kwargs: dict | None = None,
 ) -> Any:
     """Call `target` ("package.module:function") with `args` in a limited child process and return
@@ -186,7 +188,7 @@ def run(
     `name` names the input in error messages; `error` is raised for a crashed, killed or timed-out child.
     """
     budget = budget or Budget.flat()
-    label = Path(str(name)).name or str(name)
+    label = f"{Path(str(name)).name or name}: " if str(name) else ""
     work = Path(tempfile.mkdtemp(prefix="kdcore-sandbox-"))
     pid = None
     try:
@@ -194,16 +196,26 @@ def run(
         request = (target, args, kwargs or {}, dataclasses.asdict(budget), dataclasses.asdict(limits.current()))
         (work / "request.pkl").write_bytes(pickle.dumps(request))
         pid = _SERVER.fork(work)
-        status = _wait(work, budget.timeout_s)
-        timed_out = status is None
+        t0 = time.monotonic()
+        ended = _wait(work, budget.timeout_s)
+        timed_out = ended is None
         if timed_out:
             _kill_group(pid)
-            status = _wait(work, 10.0)
+            ended = _wait(work, 10.0)
         pid = None
+        if ended is not None:
+            log.info(
+                "sandbox: %s read by %s in %.2f s (%.2f s CPU, peak %.0f MB)",
+                Path(str(name)).name or "input",
+                target,
+                time.monotonic() - t0,
+                ended[2],
+                ended[1] / 1024,
+            )
         answer = None if timed_out else _read_answer(work)
         if answer is None:
-            code = None if status is None else os.waitstatus_to_exitcode(status)
-            raise error(f"{label}: this file could not be read safely ({_why(code, timed_out, budget)})")
+            code = None if ended is None else os.waitstatus_to_exitcode(ended[0])
+            raise error(f"{label}this file could not be read safely ({_why(code, timed_out, budget)})")
         return _rebuild(answer, work, error, label, budget)
     finally:
         if pid is not None:  # the parent was interrupted (cancel, job timeout) while waiting
@@ -241,7 +253,8 @@ class _ForkServer:
 
 
 def _start_server() -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    # The same modules as here, and the limits in force (each request carries them as well).
+    env = {**os.environ, **limits.current().to_env(), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     return subprocess.Popen(
         [sys.executable, "-m", "kdcore.sandbox.child", "serve"],
         stdin=subprocess.PIPE,
@@ -254,15 +267,17 @@ def _start_server() -> subprocess.Popen:
 _SERVER = _ForkServer()
 
 
-def _wait(work: Path, timeout_s: float) -> int | None:
-    """The child's wait status once the server has written it, or None after `timeout_s`."""
+def _wait(work: Path, timeout_s: float) -> tuple[int, int, float] | None:
+    """(wait status, peak RSS in KiB, CPU seconds) of the child once the server has written them,
+    or None after `timeout_s`."""
     exit_file = work / "exit"
     end = time.monotonic() + timeout_s
     delay = 0.002
     while True:
         if exit_file.is_file():
             with contextlib.suppress(ValueError, OSError):
-                return int(exit_file.read_text())
+                status, rss, cpu = exit_file.read_text().split()
+                return int(status), int(rss), float(cpu)
         if time.monotonic() > end:
             return None
         time.sleep(delay)
@@ -308,9 +323,9 @@ def _gb(n: float) -> str:
 def _why(exitcode: int | None, timed_out: bool, b: Budget) -> str:
     fix = f"if the file is genuine, raise the limits behind it ({b.hint}) with --limit NAME=VALUE or KDAUDIT_LIMIT_NAME"
     if timed_out:
-        return f"it took longer than {b.timeout_s:.0f} s; {fix}"
+        return f"it took longer than {b.timeout_s:g} s; {fix}"
     if exitcode == -signal.SIGXCPU:
-        return f"it took longer than {b.cpu_s:.0f} s of CPU time; {fix}"
+        return f"it took longer than {b.cpu_s:g} s of CPU time; {fix}"
     if exitcode == -signal.SIGKILL:  # killed from outside: the kernel's out-of-memory killer
         return f"it was killed, most likely for needing more than {_gb(b.memory_bytes)} of memory; {fix}"
     if exitcode is not None and exitcode < 0:
@@ -336,13 +351,13 @@ def _rebuild(answer: dict, work: Path, error: type[KDCoreError], label: str, b: 
         raise cls(str(answer.get("message", "")))
     if status == "memory":
         raise error(
-            f"{label}: this file could not be read safely (it needed more than {_gb(b.memory_bytes)} of memory); "
+            f"{label}this file could not be read safely (it needed more than {_gb(b.memory_bytes)} of memory); "
             f"if the file is genuine, raise the limits behind it ({b.hint}) with --limit NAME=VALUE"
         )
     if status == "bug":
         raise RuntimeError(f"The sandboxed reader failed with a bug:\n{str(answer.get('traceback', ''))[-8000:]}")
     if status != "ok":
-        raise error(f"{label}: this file could not be read safely (its reader gave no valid answer)")
+        raise error(f"{label}this file could not be read safely (its reader gave no valid answer)")
     tensors = {}
     if answer.get("tensors"):
         import safetensors.torch
@@ -350,11 +365,11 @@ def _rebuild(answer: dict, work: Path, error: type[KDCoreError], label: str, b: 
         try:
             tensors = safetensors.torch.load_file(work / "tensors.safetensors")
         except Exception as e:  # the child's own output; a broken one means the child went wrong
-            raise error(f"{label}: this file could not be read safely (its reader's answer is broken: {e})") from e
+            raise error(f"{label}this file could not be read safely (its reader's answer is broken: {e})") from e
     try:
         return _decode(answer.get("value"), tensors, depth=0)
     except (ValueError, KeyError, TypeError) as e:
-        raise error(f"{label}: this file could not be read safely (its reader's answer is broken: {e})") from e
+        raise error(f"{label}this file could not be read safely (its reader's answer is broken: {e})") from e
 
 
 def _decode(v: Any, tensors: dict[str, torch.Tensor], depth: int) -> Any:

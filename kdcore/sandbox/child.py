@@ -59,14 +59,15 @@ def _serve() -> None:
                 children[pid] = work
                 os.write(1, f"{pid}\n".encode())
         while children:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
             if pid == 0:
                 break
             work = children.pop(pid, None)
             if work is not None and os.path.isdir(work):
                 with contextlib.suppress(OSError):
                     part = os.path.join(work, "exit.part")
-                    Path(part).write_text(str(status))
+                    cpu = usage.ru_utime + usage.ru_stime
+                    Path(part).write_text(f"{status} {usage.ru_maxrss} {cpu:.3f}")  # maxrss in KiB
                     os.replace(part, os.path.join(work, "exit"))
 
 
