@@ -41,18 +41,48 @@ def test_an_audit_past_its_timeout_fails_with_the_reason_and_keeps_finished_stag
     digits_files, tmp_path, audit_timeout
 ):
     store = JobStore(tmp_path)
-    # distillation (2 epochs) finishes in about a second; fine-tuning for 400 epochs would not
-    store.submit("audit", audit_config(digits_files, kd_epochs=2, ft_epochs=400))
+    # distillation (1 epoch, 200 images) finishes in about a second; fine-tuning for 2000 epochs would not
+    store.submit("audit", audit_config(digits_files, kd_epochs=1, ft_epochs=2000, max_unlabeled=200))
     job = store.claim("cpu", os.getpid())
-    audit_timeout(4)
+    audit_timeout(8)
     t0 = time.monotonic()
     state = run_job(store, job, "cpu")
     took = time.monotonic() - t0
     done = store.get(job.id)
     assert state == "failed" == done.state, done.error
-    assert done.error.startswith("stopped after ") and "the job timeout for audit is 4 s" in done.error
+    assert done.error.startswith("stopped after ") and "the job timeout for audit is 8 s" in done.error
     assert "--limit job_timeout_audit_s=SECONDS" in done.error and "jobs retry" in done.error
-    assert took < 4 + 5 + 3  # the timeout, the grace for a stage that never calls back, slack
+    assert took < 8 + 5 + 3  # the timeout, the grace for a stage that never calls back, slack
     finished = [p.parent.name for p in Path(done.run_dir, "stages").glob("*/stage.json")]
     assert any(name.startswith("distill") for name in finished), finished
     assert not Path(done.run_dir, "report.json").exists()
+
+
+def test_a_worker_started_with_limit_applies_it(digits_files, tmp_path):
+    import subprocess
+    import sys
+
+    store = JobStore(tmp_path)
+    job = store.submit("audit", audit_config(digits_files, kd_epochs=300, ft_epochs=1))
+    root = Path(__file__).resolve().parents[2]
+    worker = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kdcore",
+            "--limit",
+            "job_timeout_audit_s=3",
+            "worker",
+            "--once",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        cwd=root,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert worker.returncode == 0, worker.stderr
+    done = store.get(job.id)
+    assert done.state == "failed" and "the job timeout for audit is 3 s" in done.error, done.error
