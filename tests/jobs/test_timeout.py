@@ -74,6 +74,8 @@ def test_a_worker_started_with_limit_applies_it(digits_files, tmp_path):
             "job_timeout_audit_s=3",
             "worker",
             "--once",
+            "--device",
+            "cpu",
             "--data-dir",
             str(tmp_path),
         ],
