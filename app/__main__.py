@@ -1,10 +1,11 @@
 """Start the product: the dashboard and its worker process(es), stopped together.
 
-    python -m app [--port 8501] [--workers N] [--device auto] [--data-dir DIR]
+    python -m app [--port 8501] [--workers N] [--device auto] [--data-dir DIR] [--limit NAME=VALUE ...]
 
 Workers are fresh processes (`python -m kdcore worker`), never forked from this one. A worker
 that dies is restarted (its job is then reaped as `interrupted` and can be retried). Ctrl-C or
-SIGTERM stops the dashboard and the workers.
+SIGTERM stops the dashboard and the workers. `--limit` (as `kdcore --limit`) reaches the dashboard
+and the workers as KDAUDIT_LIMIT_* environment variables (`kdcore.limits`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from kdcore import limits
+from kdcore.errors import KDCoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,9 +33,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="worker processes (default 1; one job per GPU)")
     ap.add_argument("--device", default="auto", help="device for the workers: auto | cpu | cuda")
     ap.add_argument("--data-dir", default=os.environ.get("KDAUDIT_HOME", str(ROOT / "kdaudit-data")))
+    ap.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change a budget against hostile input, repeatable (see `python -m kdcore --help`)",
+    )
     a = ap.parse_args(argv)
+    try:
+        lim = limits.with_overrides(limits.from_env(), a.limit)
+    except KDCoreError as e:
+        ap.error(str(e))
     data_dir = str(Path(a.data_dir).resolve())
-    env = {**os.environ, "KDAUDIT_HOME": data_dir, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **lim.to_env(), "KDAUDIT_HOME": data_dir, "PYTHONUNBUFFERED": "1"}
     Path(data_dir).mkdir(parents=True, exist_ok=True)
 
     def start_worker(i: int) -> subprocess.Popen:

@@ -3,7 +3,7 @@ et al., "Defending against Backdoor Attack on Deep Neural Networks", AdvML@KDD 2
 
 1. Rebuild the run and load its models (`app.explain_figures`: `run_context`, `run_model`).
 2. Pick up to 4 images: top poison candidates, test images or uploads (`pick_images_ui`; uploads
-   are decoded by the data loader's own `decode_image`).
+   are decoded by the data loader's own `decode_image`, in a `kdcore.sandbox` child process).
 3. Grad-CAM of the last conv layer for each image, clean and with the known trigger, for the
    predicted class and a chosen one (true label or trigger target), teacher vs student
    (`gradcam_grid_ui`; fig. 2 minus the synthetic trigger, which kdcore does not make yet).
@@ -36,10 +36,10 @@ from app.explain_figures import (
 from app.uploads import image_types
 from kdcore.candidates import FILE_NAME as CANDIDATES_FILE
 from kdcore.candidates import Candidate, read_candidates
-from kdcore.data.folders import decode_image
 from kdcore.errors import InputError
 from kdcore.models.spec import ModelSpec
 from kdcore.runs.context import RunContext
+from kdcore.sandbox import decode_image
 
 SOURCES = ("Top poison candidates", "Test images", "Upload images")
 MAX_PICK = 4  # images in the Grad-CAM grid

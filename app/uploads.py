@@ -1,7 +1,9 @@
 """Uploaded files → the data directory, and the immediate model check of the New-audit page.
 
 Uploads are stored by content hash (`uploads/<sha256[:16]>/<safe name>`), so uploading the same
-file twice reuses it and an audit's inputs never change under it.
+file twice reuses it and an audit's inputs never change under it. The Streamlit process only
+writes an upload's bytes to disk: reading it (unpickling, unzipping, decoding) happens in
+`kdcore.sandbox`'s limited child processes, so a hostile file costs that process, not the server.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from pathlib import Path
 import streamlit as st
 
 from app.state import store
+from kdcore import sandbox
 from kdcore.data.folders import IMAGE_EXTENSIONS
 from kdcore.errors import InputError
-from kdcore.models.loading import load_model, read_spec
 from kdcore.models.spec import ModelSpec
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -79,19 +81,23 @@ class ModelCheck:
     output_classes: int
 
 
-@st.cache_resource(max_entries=8, show_spinner="Loading the model and running a test batch…")
+@st.cache_resource(max_entries=32, show_spinner="Loading the model and running a test batch…")
 def check_model(path: str, spec_json: str | None) -> ModelCheck:
-    """Load the file safely, build the architecture, run a dummy batch. Raises KDCoreError."""
+    """Load the file in a sandbox, build the architecture, run a dummy batch. Raises KDCoreError.
+
+    Keyed by the upload's path, which is its content hash, and the spec: checking the same file
+    again is instant. A refused file raises, and Streamlit does not cache exceptions.
+    """
     spec = ModelSpec.from_dict(json.loads(spec_json)) if spec_json else None
-    model, spec = load_model(path, spec, "cpu")
-    return ModelCheck(spec, sum(p.numel() for p in model.parameters()), spec.num_classes)
+    spec, parameters = sandbox.check_model(path, spec)
+    return ModelCheck(spec, parameters, spec.num_classes)
 
 
+@st.cache_resource(max_entries=32, show_spinner=False)
 def stored_spec(path: str) -> ModelSpec | None:
-    try:
-        return read_spec(path)
-    except InputError:
-        return None
+    """The spec the uploaded file carries (None when it carries none), read in a sandbox.
+    Raises KDCoreError for a file that is malformed, hostile or not readable in the sandbox's limits."""
+    return sandbox.read_spec(path)
 
 
 def image_types() -> list[str]:

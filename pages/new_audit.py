@@ -22,7 +22,13 @@ up = st.file_uploader(
 model_path = spec = None
 if up is not None:
     model_path = save_upload(up.getvalue(), up.name)
-    spec = model_spec_ui(stored_spec(str(model_path)))
+    try:
+        stored = stored_spec(str(model_path))
+    except KDCoreError as e:  # a malformed or hostile file: say why, and no audit with it
+        show_error(e)
+        model_path = None
+    else:
+        spec = model_spec_ui(stored)
     if spec is not None:
         try:
             check = check_model(str(model_path), json.dumps(spec.to_dict()))

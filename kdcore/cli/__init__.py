@@ -4,12 +4,17 @@ Each kind's module (`kdcore/cli/<kind>.py`) owns its arguments (generated from i
 `kdcore.cli.flags`), its flags → config mapping and its printed summary; `kdcore.cli.jobs` holds the
 job commands and the worker.
 
+Global options (before the command): `--limit NAME=VALUE`, repeatable, changes one budget of
+`kdcore.limits` for this process and the sandboxed readers it starts (a worker: for every job it
+runs), e.g. `kdcore --limit max_archive_bytes=8GiB --limit job_timeout_audit_s=36000 worker`.
+
 Exit codes: 0 ok · 2 bad input (one line on stderr saying why) · 1 a bug (traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import sys
 import time
@@ -17,8 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
+from kdcore import limits
 from kdcore.cli.progress import BarProgress
 from kdcore.errors import KDCoreError
+from kdcore.limits import Limits
 
 EXIT_OK, EXIT_BUG, EXIT_INPUT = 0, 1, 2
 COMMANDS = ("demo", "audit", "defend", "sweep", "refine")  # the run kinds, in the order --help lists them
@@ -36,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="kdcore",
         description="Audit image classifiers for backdoors: distil → detoxify → fine-tune (Yoshida & Fujino 2020).",
+    )
+    ap.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change a budget against hostile input, repeatable (e.g. max_archive_bytes=8GiB, "
+        "sandbox_timeout_s=60, job_timeout_audit_s=36000); the limits and their defaults: "
+        + ", ".join(f"{f.name}={getattr(Limits(), f.name)}" for f in dataclasses.fields(Limits)),
     )
     sub = ap.add_subparsers(dest="command", required=True)
     for kind in COMMANDS:
@@ -81,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar = BarProgress(enabled=False)
     try:
         a = build_parser().parse_args(argv)
+        if a.limit:
+            limits.use(limits.with_overrides(limits.current(), a.limit))
         bar.enabled = not getattr(a, "no_progress", True)
         if a.command in ("jobs", "worker"):
             from kdcore.cli.jobs import jobs_main, worker_main

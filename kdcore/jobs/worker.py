@@ -12,7 +12,11 @@ Inside a job:
 - progress goes to the store at most every `PROGRESS_EVERY_S` seconds (plus stage changes);
 - a heartbeat thread writes every `HEARTBEAT_S` seconds even while a stage is silent;
 - cancel is cooperative: the progress callback raises `Cancelled`; if a stage makes no callback
-  for `CANCEL_GRACE_S` seconds after the request, the heartbeat thread interrupts the main thread.
+  for `CANCEL_GRACE_S` seconds after the request, the heartbeat thread interrupts the main thread;
+- a job that runs longer than its kind's timeout (`job_timeout_<kind>_s` in `kdcore.limits`:
+  demo 1 h, audit 6 h, sweep 24 h, defend 3 h, refine 1 h; `kdcore --limit NAME=SECONDS worker`
+  or KDAUDIT_LIMIT_JOB_TIMEOUT_<KIND>_S) is stopped the same two ways and ends `failed` with the
+  reason. Finished stages stay in the run directory, so `jobs retry` resumes from them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
+from kdcore import limits
 from kdcore.config import from_dict
 from kdcore.device import resolve_device
 from kdcore.errors import Cancelled, KDCoreError
@@ -37,6 +42,24 @@ PROGRESS_EVERY_S = 0.25
 HEARTBEAT_S = 2.0
 CANCEL_GRACE_S = 5.0
 POLL_S = 1.0
+
+
+class _TimedOut(KDCoreError):
+    """The job ran past its kind's timeout (raised from the progress callback)."""
+
+
+def job_timeout_s(kind: str) -> float:
+    """The wall-clock seconds a job of `kind` may run (`job_timeout_<kind>_s` in kdcore.limits)."""
+    return float(getattr(limits.current(), f"job_timeout_{kind}_s"))
+
+
+def _timeout_reason(kind: str, timeout: float, elapsed: float) -> str:
+    name = f"job_timeout_{kind}_s"
+    return (
+        f"stopped after {elapsed:.0f} s: the job timeout for {kind} is {timeout:.0f} s; raise it with "
+        f"`kdcore --limit {name}=SECONDS worker` (or {limits.ENV_PREFIX}{name.upper()}) and retry: "
+        "`jobs retry` resumes from the finished stages"
+    )
 
 
 class _Stop(BaseException):
@@ -62,9 +85,17 @@ class _JobContext:
     cancel_seen_at: float | None = None
     done: threading.Event = field(default_factory=threading.Event)
     interrupted_for_cancel: bool = False
+    started: float = field(default_factory=time.monotonic)
+    timeout_s: float = float("inf")
+    interrupted_for_timeout: bool = False
+
+    def past_deadline(self, now: float, grace: float = 0.0) -> bool:
+        return now - self.started > self.timeout_s + grace
 
     def on_progress(self, stage: str, step: int, total: int, metrics: dict) -> None:
         now = time.monotonic()
+        if self.past_deadline(now):
+            raise _TimedOut(_timeout_reason(self.job.kind, self.timeout_s, now - self.started))
         if stage == self.last_stage and now - self.last_write < PROGRESS_EVERY_S and step < total:
             return
         self.last_write, self.last_stage = now, stage
@@ -73,7 +104,10 @@ class _JobContext:
             raise Cancelled(f"job {self.job.id} was cancelled during stage '{stage}'")
 
     def heartbeat_loop(self) -> None:
-        while not self.done.wait(HEARTBEAT_S):
+        while not self.done.wait(min(HEARTBEAT_S, max(0.05, self.timeout_s / 4))):
+            if self.past_deadline(time.monotonic(), CANCEL_GRACE_S) and not self.interrupted_for_timeout:
+                self.interrupted_for_timeout = True
+                _thread.interrupt_main()  # a stage that never calls back still stops
             try:
                 cancel = self.store.heartbeat(self.job.id)
             except Exception:  # a busy database must not kill the heartbeat; the next beat retries
@@ -92,7 +126,7 @@ def run_job(store: JobStore, job: Job, device: str) -> str:
     from kdcore.runs import KINDS
 
     cls, run = KINDS[job.kind]
-    ctx = _JobContext(store, job)
+    ctx = _JobContext(store, job, timeout_s=job_timeout_s(job.kind))
     beat = threading.Thread(target=ctx.heartbeat_loop, name=f"heartbeat-{job.id}", daemon=True)
     beat.start()
     state, error = "failed", ""
@@ -102,8 +136,13 @@ def run_job(store: JobStore, job: Job, device: str) -> str:
         state = "succeeded"
     except Cancelled as e:
         state, error = "cancelled", f"{e}; finished stages are kept in {job.run_dir}/stages"
+    except _TimedOut as e:
+        state, error = "failed", str(e)
     except KeyboardInterrupt:
-        if ctx.interrupted_for_cancel:
+        if ctx.interrupted_for_timeout:
+            elapsed = time.monotonic() - ctx.started
+            state, error = "failed", _timeout_reason(job.kind, ctx.timeout_s, elapsed)
+        elif ctx.interrupted_for_cancel:
             state, error = "cancelled", f"cancelled (interrupted after {CANCEL_GRACE_S:.0f} s without a callback)"
         else:
             state, error = "interrupted", "the worker was interrupted; `jobs retry` resumes from finished stages"

@@ -7,14 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdcore.config import setting
-from kdcore.data.folders import load_labeled, load_unlabeled
 from kdcore.errors import ConfigError, InputError
-from kdcore.models.loading import load_model, read_spec
 from kdcore.models.registry import DEFAULT_INPUT
 from kdcore.models.spec import ModelSpec
 from kdcore.pipeline import KDConfig, run_kd_pipeline
 from kdcore.progress import ProgressFn, no_progress
 from kdcore.runs.common import environment, start_run, write_report
+from kdcore.sandbox import load_labeled, load_model, load_unlabeled, read_spec  # untrusted input: in a child process
 from kdcore.stages import Stages
 from kdcore.triggers import Trigger
 

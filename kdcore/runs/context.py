@@ -2,7 +2,8 @@
 
 Used by the `refine` run kind (fine-tune again with reviewer verdicts) and by the dashboard's
 evidence views. Everything is rebuilt from `config.json` and the saved models, so a run
-directory is self-describing.
+directory is self-describing. The user's own files (an audit's model and image sets) are read
+through `kdcore.sandbox`; the models kdcore saved itself (`models/*.safetensors`) directly.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdcore import sandbox
 from kdcore.config import from_dict
 from kdcore.data.imageset import ImageSet
 from kdcore.device import resolve_device
@@ -83,16 +85,16 @@ def load_context(run_dir: str | Path, device: torch.device | str = "cpu", with_d
             run_dir, kind, config, SPEC, teacher, data.poisoned, data.test, cfg.trigger_value, data.poison_idx
         )
     if kind == "audit":
-        from kdcore.data.folders import load_labeled
         from kdcore.runs.audit import AuditConfig
 
         cfg = from_dict(AuditConfig, body)
         report = read_json(run_dir / "report.json") if (run_dir / "report.json").exists() else {}
         spec = ModelSpec.from_dict(report["model"]["spec"]) if report.get("model") else cfg.model_spec()
-        teacher, spec = load_model(cfg.model, spec, device)
+        teacher, spec = sandbox.load_model(cfg.model, spec, device)
         names = spec.class_names or None
-        train = load_labeled(cfg.train, spec.input_shape, names, name="train") if cfg.train and with_data else None
-        test = load_labeled(cfg.test, spec.input_shape, names, name="test") if cfg.test and with_data else None
+        load = sandbox.load_labeled
+        train = load(cfg.train, spec.input_shape, names, name="train") if cfg.train and with_data else None
+        test = load(cfg.test, spec.input_shape, names, name="test") if cfg.test and with_data else None
         trigger = Trigger.from_dict(cfg.trigger) if cfg.trigger else None
         return RunContext(run_dir, kind, config, spec, teacher, train, test, trigger, None)
     raise InputError(f"Run kind {kind!r} in {run_dir} has no models to inspect (expected demo, audit or refine)")

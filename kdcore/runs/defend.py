@@ -26,15 +26,15 @@ from PIL import Image
 
 from kdcore.candidates import FILE_NAME, ranked_rows, write_candidates
 from kdcore.config import from_dict, setting
-from kdcore.data.folders import load_labeled, load_unlabeled
 from kdcore.defenses.base import DefenseInputs, DefenseResult, get_defense
 from kdcore.errors import ConfigError, InputError
 from kdcore.io import atomic_write_bytes, read_json
-from kdcore.models.loading import load_model, save_model
+from kdcore.models.loading import save_model
 from kdcore.progress import ProgressFn, no_progress
 from kdcore.runs.audit import AuditConfig
 from kdcore.runs.common import environment, start_run, write_report
 from kdcore.runs.demo import DemoConfig
+from kdcore.sandbox import load_labeled, load_model, load_unlabeled  # untrusted input: in a child process
 from kdcore.triggers import Trigger
 
 

@@ -1,0 +1,225 @@
+"""The child side of `kdcore.sandbox`: the fork server, the limited child, and the readers'
+adapters. Runs as `python -m kdcore.sandbox.child serve` (started by the parent on first use)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import json
+import math
+import os
+import pickle
+import resource
+import select
+import struct
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdcore import limits
+from kdcore.data.imageset import ImageSet
+from kdcore.errors import KDCoreError
+from kdcore.models.spec import ModelSpec
+from kdcore.sandbox import Budget
+
+PRELOAD = [
+    "kdcore.sandbox",
+    "kdcore.sandbox.child",
+    "kdcore.models.loading",
+    "kdcore.models.registry",
+    "kdcore.data.folders",
+]
+
+
+def _serve() -> None:
+    """The fork server's loop: read `{"work": dir}` lines, fork a child for each and answer its pid;
+    reap children and write each one's wait status to `<dir>/exit`. Single-threaded, so that fork
+    is safe; torch is imported here but never run, so no thread pool exists to be forked."""
+    for module in PRELOAD:
+        importlib.import_module(module)
+    children: dict[int, str] = {}
+    buf = b""
+    while True:
+        ready, _, _ = select.select([0], [], [], 0.02)
+        if ready:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                return  # the parent closed our stdin: it is gone
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                work = json.loads(line)["work"]
+                pid = os.fork()
+                if pid == 0:
+                    _child(work)  # never returns
+                children[pid] = work
+                os.write(1, f"{pid}\n".encode())
+        while children:
+            pid, status, usage = os.wait4(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            work = children.pop(pid, None)
+            if work is not None and os.path.isdir(work):
+                with contextlib.suppress(OSError):
+                    part = os.path.join(work, "exit.part")
+                    cpu = usage.ru_utime + usage.ru_stime
+                    Path(part).write_text(f"{status} {usage.ru_maxrss} {cpu:.3f}")  # maxrss in KiB
+                    os.replace(part, os.path.join(work, "exit"))
+
+
+def _child(work: str) -> None:
+    """The child's whole life: own group, limits, quiet, call, answer. Always ends with os._exit."""
+    try:
+        os.setpgid(0, 0)
+        os.chdir(work)
+        target, args, kwargs, budget, lim = pickle.loads(Path("request.pkl").read_bytes())
+        limits.use(limits.Limits(**lim))  # the readers check the parent's limits, --limit included
+        _limit_self(Budget(**budget))
+        for fd, name in ((0, os.devnull), (1, "stdout.txt"), (2, "stderr.txt")):
+            out = os.open(name, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600) if fd else os.open(name, os.O_RDONLY)
+            os.dup2(out, fd)  # also drops the server's request and answer pipes
+            os.close(out)
+        torch.set_num_threads(1)
+    except BaseException:
+        os._exit(2)
+    try:
+        module, _, func = target.partition(":")
+        value = getattr(importlib.import_module(module), func)(*args, **kwargs)
+        tensors: dict[str, torch.Tensor] = {}
+        encoded = _encode(value, tensors)
+        if tensors:
+            _write_safetensors(Path("tensors.safetensors"), tensors)
+        answer = {"status": "ok", "value": encoded, "tensors": bool(tensors)}
+    except BaseException as e:
+        if _is_memory(e):
+            answer = {"status": "memory"}
+        elif isinstance(e, KDCoreError):
+            answer = {"status": "error", "class": type(e).__name__, "message": str(e)}
+        else:
+            answer = {"status": "bug", "traceback": traceback.format_exc()}
+    try:
+        Path("answer.part").write_text(json.dumps(answer), encoding="utf-8")
+        os.replace("answer.part", "answer.json")
+    except BaseException:
+        os._exit(3)
+    os._exit(0)
+
+
+def _limit_self(b: Budget) -> None:
+    vm = _vm_size()
+    resource.setrlimit(resource.RLIMIT_AS, (vm + b.memory_bytes, vm + b.memory_bytes))
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = math.ceil(used.ru_utime + used.ru_stime + b.cpu_s)
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 2))  # SIGXCPU at the soft limit, SIGKILL 2 s later
+    resource.setrlimit(resource.RLIMIT_FSIZE, (b.memory_bytes, b.memory_bytes))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _vm_size() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize in /proc/self/status")
+
+
+def _is_memory(e: BaseException | None) -> bool:
+    """MemoryError, or torch's allocator failure, anywhere in the chain of causes."""
+    for _ in range(20):
+        if e is None:
+            return False
+        text = str(e) if isinstance(e, RuntimeError) else ""
+        if isinstance(e, MemoryError) or "can't allocate memory" in text or "not enough memory" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _encode(v: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    if isinstance(v, torch.Tensor):
+        key = str(len(tensors))
+        tensors[key] = v.detach().cpu()
+        return {"tensor": key}
+    if isinstance(v, ModelSpec):
+        return {"ModelSpec": _encode(v.to_dict(), tensors)}
+    if isinstance(v, ImageSet):
+        return {"ImageSet": _encode({f.name: getattr(v, f.name) for f in dataclasses.fields(v)}, tensors)}
+    if isinstance(v, list):
+        return [_encode(x, tensors) for x in v]
+    if isinstance(v, tuple):
+        return {"tuple": [_encode(x, tensors) for x in v]}
+    if isinstance(v, dict):
+        return {"dict": [[str(k), _encode(x, tensors)] for k, x in v.items()]}
+    raise TypeError(f"a sandboxed reader returned a {type(v).__name__}, which the sandbox cannot send back")
+
+
+_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """The safetensors format (8-byte header length, JSON header, raw little-endian data) written
+    tensor by tensor, so a multi-GB image set is not copied once more in memory."""
+    header: dict[str, Any] = {}
+    flat, offset = [], 0
+    for key, t in tensors.items():
+        b = t.contiguous().reshape(-1).view(torch.uint8)  # (nbytes,)
+        header[key] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + b.numel()]}
+        flat.append(b)
+        offset += b.numel()
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)))
+        f.write(head)
+        for b in flat:
+            f.write(memoryview(b.numpy()))
+
+
+def read_spec(path: str) -> ModelSpec | None:
+    from kdcore.models.loading import read_spec as read
+
+    return read(path)
+
+
+def load_model_state(path: str, spec: dict | None) -> tuple[dict[str, torch.Tensor], ModelSpec]:
+    from kdcore.models.loading import load_model as load
+
+    model, got = load(path, ModelSpec.from_dict(spec) if spec is not None else None, "cpu")
+    return dict(model.state_dict()), got
+
+
+def check_model(path: str, spec: dict | None) -> tuple[ModelSpec, int]:
+    from kdcore.models.loading import load_model as load
+
+    model, got = load(path, ModelSpec.from_dict(spec) if spec is not None else None, "cpu")
+    return got, sum(p.numel() for p in model.parameters())
+
+
+def decode_image(data: bytes, input_shape: tuple[int, int, int], name: str) -> torch.Tensor:
+    from kdcore.data.folders import decode_image as decode
+
+    return decode(data, input_shape, name)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["serve"]:
+        _serve()
+    elif len(sys.argv) == 3 and sys.argv[1] == "child":  # one child without the server (timing, debugging)
+        _child(sys.argv[2])

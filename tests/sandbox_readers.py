@@ -1,0 +1,64 @@
+"""Test-only readers for `kdcore.sandbox`: each misbehaves in one way a hostile file can make a
+real reader misbehave. They run only inside the sandbox's child process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import torch
+
+from kdcore import errors
+
+
+def allocate(n_bytes: int) -> int:
+    """A memory bomb: asks for `n_bytes` at once (what the allow-listed `bytearray(n)` does)."""
+    return len(bytearray(n_bytes))
+
+
+def allocate_tensor(n_bytes: int) -> int:
+    """The same through torch's allocator, which raises RuntimeError, not MemoryError."""
+    return torch.empty(n_bytes, dtype=torch.uint8).numel()
+
+
+def spin() -> None:
+    """A CPU bomb (overlapping zip entries, bzip2): never returns, never sleeps."""
+    x = 0
+    while True:
+        x += 1
+
+
+def sleep(seconds: float) -> None:
+    """A hang (a FIFO in an image folder): blocks without using CPU."""
+    time.sleep(seconds)
+
+
+def segfault() -> None:
+    """A crash in C code (hashing a tuple nested a million deep overflows the C stack)."""
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def fail(cls: str, message: str) -> None:
+    raise getattr(errors, cls)(message)
+
+
+def bug() -> None:
+    raise KeyError("not a KDCoreError")
+
+
+def write_file(path: str, text: str) -> str:
+    """Writes where it is told (relative paths land in the child's working directory)."""
+    with open(path, "w") as f:
+        f.write(text)
+    return os.path.abspath(path)
+
+
+def values() -> dict:
+    return {"t": torch.arange(6, dtype=torch.float32).view(2, 3), "n": (1, "a", None), "b": torch.tensor([True])}
+
+
+def current_limit(name: str) -> float:
+    from kdcore import limits
+
+    return getattr(limits.current(), name)
