@@ -166,7 +166,7 @@ def _class_names(listing: _Listing, images: list[_File], given: Sequence[str] | 
     if empty:
         raise InputError(
             f"Class folder(s) {_few(empty)} in '{root.name}' hold no images; put each class's images in its "
-            "folder, or remove the empty folder"
+            "folder (folders behind symlinks are not followed), or remove the empty folder"
         )
     if len(names) < 2:
         raise InputError(
