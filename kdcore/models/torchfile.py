@@ -78,7 +78,7 @@ def _checked_zip(path: Path, lim: Limits) -> bytes:
                     f"contain code that would run on load, so it was not loaded. {UPLOAD_HINT}"
                 )
             folder = names[0].split("/", 1)[0] if "/" in names[0] else None
-            pkl = next((m for m in z.members if folder and m.name.casefold() == f"{folder}/data.pkl"), None)
+            pkl = next((m for m in z.members if folder and m.name.casefold() == f"{folder}/data.pkl".casefold()), None)
             if pkl is None:
                 raise ModelLoadError(
                     f"{path.name} is a zip archive but not a torch.save file (no data.pkl in the folder of its "
