@@ -15,18 +15,36 @@ Steps:
    convert to L (C = 1) or RGB (C = 3) and resize to (H, W) → uint8 (N, C, H, W).
    Files with an image extension that cannot be decoded are listed in `ImageSet.skipped`.
    `decode_image` is the same decoder for one file's bytes (the dashboard's uploads).
+
+Guards against hostile input, each with its limit from `kdcore.limits.current()`:
+- a zip goes through `kdcore.archive`: entry count (`max_archive_entries`), non-empty unique
+  names, stored/deflate only, no overlapping entries, real decompressed bytes counted per member
+  (`max_file_bytes`) and per archive (`max_archive_bytes`); a damaged member is skipped;
+- on disk, a file is opened without blocking and read only if it is a regular file: a FIFO,
+  device or socket with an image extension is skipped with a note ("(not a regular file: FIFO)")
+  instead of hanging; at most `max_file_bytes` are read; folders are walked without following
+  symlinked folders; a name that is not valid UTF-8 is an error naming it;
+- one pixel cap for every decode, folders and single uploads alike (`max_image_pixels`), checked
+  on the header before any pixel is decoded; only the PNG, JPEG, BMP, WebP, TIFF and GIF
+  decoders of PIL may run;
+- the decoded set, N × C × H × W bytes, is checked against `max_dataset_bytes` before it is
+  allocated;
+- labelled sets: with `class_names` given (the model's classes), the class folders must be
+  exactly those names, or an error names the missing and the unexpected ones (a missing folder
+  would shift every label after it); a class folder without images is an error naming it.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -34,6 +52,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from kdcore import limits
+from kdcore.archive import CorruptMemberError, SafeZip, open_zip
 from kdcore.data.imageset import ImageSet
 from kdcore.errors import InputError
 
@@ -42,9 +62,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", "
 # EPS file would otherwise hand the bytes to Ghostscript.
 _PIL_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "TIFF", "GIF")
 _JUNK_NAMES = {"thumbs.db", "desktop.ini"}
-MAX_FILE_BYTES = 64 * 2**20  # per image file, uncompressed (zip-bomb guard)
-MAX_ZIP_MEMBERS = 500_000
-MAX_PIXELS = 50_000_000  # larger images are skipped before their pixels are decoded
 
 LABELED_LAYOUT = "one sub-folder per class with the images inside (e.g. cat/001.png, dog/002.png)"
 UNLABELED_LAYOUT = "image files (.png, .jpg, ...) in any folder layout"
@@ -58,13 +75,25 @@ _UNREADABLE = (
     zlib.error,
     zipfile.BadZipFile,
     Image.DecompressionBombError,
+    CorruptMemberError,
 )
+_KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "device", stat.S_IFBLK: "device", stat.S_IFSOCK: "socket"}
+
+
+class _NotRegularFile(Exception):
+    """A FIFO, device or socket where an image file was expected: skipped, never read."""
 
 
 @dataclass(frozen=True)
 class _File:
     rel: str  # posix path relative to the dataset root, e.g. "cat/001.png"
     read: Callable[[], bytes]
+
+
+@dataclass(frozen=True)
+class _Listing:
+    files: list[_File]
+    folders: set[str] = field(default_factory=set)  # every non-junk folder, e.g. {"cat", "cat/sub"}
 
 
 def load_labeled(
@@ -75,13 +104,14 @@ def load_labeled(
 ) -> ImageSet:
     """Load `root/<class>/.../<image>` from a folder or a .zip; label = index of the class folder.
 
-    Classes are the sorted folder names, or `class_names` in the given order (every folder must
-    be one of them; a listed class without a folder simply has no images).
+    Classes are the sorted folder names, or `class_names` in the given order: then the folders
+    must be exactly those names (an error names the missing and the unexpected ones). A class
+    folder without images is an error naming it.
     """
     shape = _check_shape(input_shape)
     root = Path(path)
-    with _list_files(root) as files:
-        images = _image_files(files, root, LABELED_LAYOUT)
+    with _list_files(root) as listing:
+        images = _image_files(listing.files, root, LABELED_LAYOUT)
         at_root = [f.rel for f in images if "/" not in f.rel]
         if at_root:
             raise InputError(
@@ -89,8 +119,8 @@ def load_labeled(
                 f"(e.g. '{at_root[0]}'), so their class is unknown; expected {LABELED_LAYOUT}. "
                 "Move each image into the folder of its class."
             )
-        names = _class_names(sorted({f.rel.split("/", 1)[0] for f in images}), class_names, root)
-        x, sources, skipped = _decode_all(images, shape, len(files), root, LABELED_LAYOUT)
+        names = _class_names(listing, images, class_names, root)
+        x, sources, skipped = _decode_all(images, shape, len(listing.files), root, LABELED_LAYOUT)
     index = {c: i for i, c in enumerate(names)}
     labels = torch.tensor([index[s.split("/", 1)[0]] for s in sources], dtype=torch.int64)
     return ImageSet(x, labels, names, sources, name or root.name, skipped)
@@ -100,9 +130,9 @@ def load_unlabeled(path: str | os.PathLike, input_shape: tuple[int, int, int], n
     """Load every image under a folder or in a .zip, in any layout, without labels."""
     shape = _check_shape(input_shape)
     root = Path(path)
-    with _list_files(root) as files:
-        images = _image_files(files, root, UNLABELED_LAYOUT)
-        x, sources, skipped = _decode_all(images, shape, len(files), root, UNLABELED_LAYOUT)
+    with _list_files(root) as listing:
+        images = _image_files(listing.files, root, UNLABELED_LAYOUT)
+        x, sources, skipped = _decode_all(images, shape, len(listing.files), root, UNLABELED_LAYOUT)
     return ImageSet(x, None, (), sources, name or root.name, skipped)
 
 
@@ -113,23 +143,41 @@ def _check_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-def _class_names(folders: list[str], given: Sequence[str] | None, root: Path) -> tuple[str, ...]:
-    names = tuple(folders) if given is None else tuple(given)
+def _class_names(listing: _Listing, images: list[_File], given: Sequence[str] | None, root: Path) -> tuple[str, ...]:
+    with_images = {f.rel.split("/", 1)[0] for f in images}
+    folders = with_images | {d.split("/", 1)[0] for d in listing.folders}
+    folders |= {f.rel.split("/", 1)[0] for f in listing.files if "/" in f.rel}
+    names = tuple(sorted(folders)) if given is None else tuple(given)
     if given is not None:
         if len(set(names)) != len(names):
             raise InputError(f"class_names must be unique; got {list(names)}")
-        unknown = [d for d in folders if d not in names]
-        if unknown:
+        unexpected = sorted(d for d in folders if d not in names)
+        missing = [c for c in names if c not in folders]
+        if unexpected or missing:
+            problems = [f"folder(s) {_few(unexpected)} are not among the class names"] if unexpected else []
+            problems += [f"there is no folder for {_few(missing)}"] if missing else []
             raise InputError(
-                f"Folder(s) {unknown} in '{root.name}' are not among the class names {list(names)}; "
-                "rename the folder or add the class to the list"
+                f"The class folders of '{root.name}' do not match the {len(names)} classes {_few(list(names))}: "
+                + "; ".join(problems)
+                + ". Name one folder per class, exactly as the classes are named (a missing folder would shift "
+                "every label after it)."
             )
+    empty = sorted(folders - with_images)
+    if empty:
+        raise InputError(
+            f"Class folder(s) {_few(empty)} in '{root.name}' hold no images; put each class's images in its "
+            "folder (folders behind symlinks are not followed), or remove the empty folder"
+        )
     if len(names) < 2:
         raise InputError(
             f"Found {len(names)} class folder(s) {list(names)} in '{root.name}'; a labelled set needs "
             f"at least 2. Expected {LABELED_LAYOUT}."
         )
     return names
+
+
+def _few(items: list[str], n: int = 10) -> str:
+    return str(items[:n])[:-1] + f", … {len(items) - n} more]" if len(items) > n else str(items)
 
 
 def _is_junk(rel: str) -> bool:
@@ -143,20 +191,13 @@ def _is_image(rel: str) -> bool:
 
 
 @contextmanager
-def _list_files(root: Path) -> Iterator[list[_File]]:
-    """Yield the dataset's non-junk files; zip members stay readable until the block ends."""
+def _list_files(root: Path) -> Iterator[_Listing]:
+    """Yield the dataset's non-junk files and folders; zip members stay readable until the block ends."""
     if root.is_dir():
         yield _list_dir(root)
     elif root.is_file() and (root.suffix.lower() == ".zip" or zipfile.is_zipfile(root)):
-        try:
-            zf = zipfile.ZipFile(root)
-        except (zipfile.BadZipFile, OSError) as e:
-            raise InputError(
-                f"'{root.name}' is not a readable zip archive ({e}); re-create it with your system's "
-                "'Compress' command or `zip -r`"
-            ) from e
-        with zf:
-            yield _strip_single_top(_list_zip(zf, root))
+        with open_zip(root) as archive:
+            yield _strip_single_top(_list_zip(archive))
     elif root.exists():
         raise InputError(
             f"Got the file '{root.name}', which is neither a folder nor a .zip archive; "
@@ -171,70 +212,69 @@ def _walk_error(e: OSError) -> None:
     raise InputError(f"Cannot read the folder '{e.filename}': {e.strerror}") from e
 
 
-def _list_dir(root: Path) -> list[_File]:
-    files = []
+def _list_dir(root: Path) -> _Listing:
+    files, folders = [], set()
     for dirpath, dirnames, filenames in os.walk(root, onerror=_walk_error):
         dirnames[:] = [d for d in dirnames if not _is_junk(d)]  # do not descend into .git/ etc.
         rel_dir = Path(dirpath).relative_to(root).as_posix()
+        for d in dirnames:
+            folders.add(_utf8(d if rel_dir == "." else f"{rel_dir}/{d}", root))
         for fn in filenames:
             rel = fn if rel_dir == "." else f"{rel_dir}/{fn}"
             if not _is_junk(rel):
-                files.append(_File(rel, partial(_read_disk_file, Path(dirpath) / fn)))
-    return files
+                files.append(_File(_utf8(rel, root), partial(_read_disk_file, Path(dirpath) / fn)))
+    return _Listing(files, folders)
+
+
+def _utf8(rel: str, root: Path) -> str:
+    """Names become class names and report entries; one that is not UTF-8 cannot be written there."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(rel)
+        raise InputError(f"'{root.name}' holds a file or folder whose name is not UTF-8 ({raw!r}); rename it") from None
+    return rel
 
 
 def _read_disk_file(p: Path) -> bytes:
-    with open(p, "rb") as fh:
-        data = fh.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise InputError(f"'{p.name}' is over {MAX_FILE_BYTES // 2**20} MiB; image files that large are refused")
+    cap = limits.current().max_file_bytes
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+    fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _NotRegularFile(f"not a regular file: {_KINDS.get(stat.S_IFMT(mode), 'special file')}")
+        data = fh.read(cap + 1)
+    if len(data) > cap:
+        raise InputError(f"'{p.name}' is over {cap // 2**20} MiB; image files that large are refused (max_file_bytes)")
     return data
 
 
-def _list_zip(zf: zipfile.ZipFile, root: Path) -> list[_File]:
-    infos = zf.infolist()
-    if len(infos) > MAX_ZIP_MEMBERS:
-        raise InputError(
-            f"'{root.name}' has {len(infos):,} entries; at most {MAX_ZIP_MEMBERS:,} are accepted. "
-            "Split it into smaller archives."
-        )
-    files = []
-    for info in infos:
+def _list_zip(archive: SafeZip) -> _Listing:
+    cap = limits.current().max_file_bytes
+    files, folders = [], set()
+    for m in archive.members:
         # Names are only used as labels and for sorting, never as paths on disk. Windows tools
         # sometimes write "\" separators; empty parts come from a leading "/" or "a//b".
-        rel = "/".join(p for p in info.filename.replace("\\", "/").split("/") if p)
-        if not info.is_dir() and rel and not _is_junk(rel):
-            files.append(_File(rel, partial(_read_member, zf, info)))
-    return files
+        rel = "/".join(p for p in m.name.replace("\\", "/").split("/") if p)
+        if not rel or _is_junk(rel):
+            continue
+        if m.is_dir:
+            folders.add(rel)
+        else:
+            files.append(_File(rel, partial(archive.read, m, cap)))
+    return _Listing(files, folders)
 
 
-def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
-    if info.file_size > MAX_FILE_BYTES:
-        raise InputError(
-            f"'{info.filename}' unpacks to {info.file_size / 2**20:.0f} MiB; image files over "
-            f"{MAX_FILE_BYTES // 2**20} MiB are refused (zip-bomb guard)"
-        )
-    if info.flag_bits & 0x1:
-        raise InputError(f"'{info.filename}' is password-protected; re-create the archive without a password")
-    try:
-        with zf.open(info) as fh:
-            # zipfile stops at the declared file_size and checks the CRC, so at most MAX_FILE_BYTES.
-            return fh.read()
-    except NotImplementedError as e:
-        raise InputError(
-            f"'{info.filename}' uses a compression method Python cannot read ({e}); "
-            "re-create the archive with standard zip (deflate)"
-        ) from e
-
-
-def _strip_single_top(files: list[_File]) -> list[_File]:
+def _strip_single_top(listing: _Listing) -> _Listing:
     """If every image sits inside one top folder (`train/cat/1.png`), make that folder the root."""
-    images = [f.rel for f in files if _is_image(f.rel)]
+    images = [f.rel for f in listing.files if _is_image(f.rel)]
     tops = {r.split("/", 1)[0] for r in images}
     if len(tops) != 1 or not all("/" in r for r in images):
-        return files
+        return listing
     prefix = tops.pop() + "/"
-    return [replace(f, rel=f.rel[len(prefix) :]) for f in files if f.rel.startswith(prefix)]
+    files = [replace(f, rel=f.rel[len(prefix) :]) for f in listing.files if f.rel.startswith(prefix)]
+    return _Listing(files, {d[len(prefix) :] for d in listing.folders if d.startswith(prefix)})
 
 
 def _image_files(files: list[_File], root: Path, layout: str) -> list[_File]:
@@ -252,6 +292,13 @@ def _decode_all(
 ) -> tuple[torch.Tensor, tuple[str, ...], tuple[str, ...]]:
     c, h, w = shape
     mode = "L" if c == 1 else "RGB"
+    budget = limits.current().max_dataset_bytes
+    if len(images) * c * h * w > budget:
+        raise InputError(
+            f"'{root.name}' has {len(images):,} images; decoded at {c}×{h}×{w} that is "
+            f"{len(images) * c * h * w / 2**30:.1f} GiB, over the limit of {budget / 2**30:.1f} GiB "
+            "(max_dataset_bytes). Use fewer images or a smaller input size."
+        )
     # Filled in place: stacking a list would hold every image twice at the peak.
     out = torch.empty((len(images), c, h, w), dtype=torch.uint8)  # (N, C, H, W)
     sources: list[str] = []
@@ -261,6 +308,9 @@ def _decode_all(
             arr = _decode(f.read(), mode, (w, h))  # (H, W) or (H, W, 3)
         except _UNREADABLE:
             skipped.append(f.rel)  # reported through ImageSet.skipped, never dropped silently
+            continue
+        except _NotRegularFile as e:
+            skipped.append(f"{f.rel} ({e})")
             continue
         out[len(sources)] = torch.from_numpy(arr).reshape(h, w, c).permute(2, 0, 1)
         sources.append(f.rel)
@@ -283,8 +333,9 @@ def decode_image(data: bytes, input_shape: tuple[int, int, int], name: str = "im
     Raises InputError, naming `name`, when the bytes are not a readable image of an allowed format.
     """
     c, h, w = _check_shape(input_shape)
-    if len(data) > MAX_FILE_BYTES:
-        raise InputError(f"'{name}' is over {MAX_FILE_BYTES // 2**20} MiB; image files that large are refused")
+    cap = limits.current().max_file_bytes
+    if len(data) > cap:
+        raise InputError(f"'{name}' is over {cap // 2**20} MiB; image files that large are refused (max_file_bytes)")
     try:
         arr = _decode(data, "L" if c == 1 else "RGB", (w, h))  # (H, W) or (H, W, 3)
     except _UNREADABLE as e:
@@ -296,9 +347,10 @@ def decode_image(data: bytes, input_shape: tuple[int, int, int], name: str = "im
 
 def _decode(data: bytes, mode: str, size: tuple[int, int]) -> np.ndarray:
     """One file's bytes → uint8 array in `mode` ("L" or "RGB") at `size` (W, H)."""
+    max_pixels = limits.current().max_image_pixels
     with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as img:
-        if img.width * img.height > MAX_PIXELS:  # the header is read, the pixels are not yet
-            raise ValueError(f"{img.width}x{img.height} pixels is over the limit of {MAX_PIXELS:,}")
+        if img.width * img.height > max_pixels:  # the header is read, the pixels are not yet
+            raise ValueError(f"{img.width}x{img.height} pixels is over the limit of {max_pixels:,} (max_image_pixels)")
         img.load()  # decode now, so a truncated file fails inside the caller's try (GIF: frame 0)
         out = _to_mode(img, mode)
         if out.size != size:

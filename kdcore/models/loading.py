@@ -1,10 +1,12 @@
 """Saving and SAFE loading of classifier weights.
 
-Users upload models they did not train, so a model file is untrusted input. The policy:
+Users upload models they did not train, so a model file is untrusted input. The policy, each
+guard with the limit it uses (`kdcore.limits.current()`):
 
 1. `.safetensors` is the preferred format. It is a JSON header plus raw tensor bytes; reading it
    cannot run code. kdcore writes only this format (`save_model`), with the `ModelSpec` in the
-   header metadata (key `kdcore_spec`) and again in a `<stem>.json` beside the file.
+   header metadata (key `kdcore_spec`) and again in a `<stem>.json` beside the file. Its tensors'
+   elements are summed from the header before any is read (`max_tensor_elements`).
 2. PyTorch pickles (`.pt`, `.pth`, `.bin`, `.ckpt`) are read with
    `torch.load(..., weights_only=True)` only, never `weights_only=False`. A pickle can name any
    Python callable (`os.system`, ...) and have the unpickler call it, so full unpickling of an
@@ -14,21 +16,34 @@ Users upload models they did not train, so a model file is untrusted input. The 
 3. TorchScript archives (`torch.jit.save` output: a zip with `constants.pkl` and a `code/`
    folder) are refused before `torch.load` sees them: they carry TorchScript code that runs
    when the model is loaded and called.
+4. What the weights-only unpickler still builds without bound is checked before it runs:
+   - the file itself: at most `max_model_file_bytes`; what it looks like is recognised first
+     (torch.save zip, pickle, or else text, an image, HDF5, ONNX, tar: refused by name);
+   - a torch.save zip goes through `kdcore.archive` (entries, names, methods, overlap, sizes);
+     its `data.pkl` is decompressed with its real bytes counted (`max_pickle_bytes`), and any
+     compressed tensor record is decompressed once to check its real size (`max_archive_bytes`);
+   - the pickle stream (data.pkl, or the pickles of the pre-2018 format, read up to
+     `max_pickle_bytes`) is walked by `kdcore.models.pickle_scan`: nesting (`max_nesting`),
+     instruction count and shared-reference expansion (`max_pickle_bytes / 16`), and the
+     elements of storages, `bytearray(n)` and tensor constructors (`max_tensor_elements`).
+5. Only dense CPU tensors count as weights (not sparse, quantized, meta or nested ones), and
+   `load_model` refuses weights that cannot give a sound audit: a non-float tensor where the
+   architecture has a float one (bool, int, complex), and NaN or Inf values.
 
 Every refusal is a `ModelLoadError` that says what was found and what to upload instead:
 `safetensors.torch.save_file(model.state_dict(), "model.safetensors")`, or at least
-`torch.save(model.state_dict(), "model.pt")`.
+`torch.save(model.state_dict(), "model.pt")`. No message passes on torch's own advice to
+retry in the unsafe mode.
 
 `load_model` then rebuilds the architecture from the spec, checks keys and shapes against the
-file (one error listing every problem), loads strictly and runs a dummy forward pass.
+file (one error listing every problem), loads strictly and runs a dummy forward pass. `read_spec`
+raises ModelLoadError for any malformed file or spec, and nothing else.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
-import re
-import zipfile
 from pathlib import Path
 
 import safetensors
@@ -36,10 +51,12 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from kdcore import limits
 from kdcore.errors import ConfigError, ModelLoadError
 from kdcore.io import atomic_write_bytes, atomic_write_json
 from kdcore.models.registry import build_model, check_forward
 from kdcore.models.spec import ModelSpec
+from kdcore.models.torchfile import UPLOAD_HINT, torch_load_weights_only
 
 SPEC_METADATA_KEY = "kdcore_spec"
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -48,11 +65,7 @@ SUPPORTED_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES)
 NESTED_STATE_DICT_KEYS = ("state_dict", "model_state_dict")  # common training-checkpoint layouts
 
 _MAX_LISTED = 10  # problems listed per kind in one error message
-_UPLOAD_HINT = (
-    "Upload weights only: best a .safetensors file made with "
-    "`safetensors.torch.save_file(model.state_dict(), 'model.safetensors')`, or a state_dict saved "
-    "with `torch.save(model.state_dict(), 'model.pt')`"
-)
+_UPLOAD_HINT = UPLOAD_HINT
 
 PathLike = str | os.PathLike
 
@@ -85,14 +98,18 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     prefix on every key (from `nn.DataParallel`) is removed. Raises ModelLoadError.
     """
     path = _existing_file(path)
+    lim = limits.current()
+    size = path.stat().st_size
+    if size > lim.max_model_file_bytes:
+        raise ModelLoadError(
+            f"{path.name} is {size / 2**30:.1f} GiB; model files over {lim.max_model_file_bytes / 2**30:.1f} GiB "
+            "are refused (max_model_file_bytes)"
+        )
     suffix = path.suffix.lower()
     if suffix == SAFETENSORS_SUFFIX:
-        try:
-            obj = safetensors.torch.load_file(path, device="cpu")
-        except Exception as e:  # any parser failure is a property of the (untrusted) file
-            raise ModelLoadError(f"{path.name} is not a valid safetensors file ({e}). {_UPLOAD_HINT}") from e
+        obj = _read_safetensors(path, lim.max_tensor_elements)
     elif suffix in PICKLE_SUFFIXES:
-        obj = _torch_load_weights_only(path)
+        obj = torch_load_weights_only(path, lim)
     else:
         raise ModelLoadError(
             f"Unsupported model file type '{path.suffix or path.name}'; expected one of {', '.join(SUPPORTED_SUFFIXES)}"
@@ -111,13 +128,17 @@ def read_spec(path: PathLike) -> ModelSpec | None:
         try:
             with safetensors.safe_open(path, framework="pt") as f:
                 metadata = f.metadata() or {}
-        except Exception as e:  # untrusted file, see read_state_dict
+        except Exception as e:  # untrusted file: any parser failure is the file's, see read_state_dict
             raise ModelLoadError(f"{path.name} is not a valid safetensors file ({e}). {_UPLOAD_HINT}") from e
         if SPEC_METADATA_KEY in metadata:
             return _parse_spec(metadata[SPEC_METADATA_KEY], f"the metadata of {path.name}")
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
-        return _parse_spec(sidecar.read_text(encoding="utf-8"), sidecar.name)
+        try:
+            text = sidecar.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ModelLoadError(f"Cannot read the model spec {sidecar.name} ({e}); it must be UTF-8 JSON") from e
+        return _parse_spec(text, sidecar.name)
     return None
 
 
@@ -143,6 +164,7 @@ def load_model(
         )
     model = build_model(spec)
     _check_fits(model.state_dict(), state, spec, path)
+    _check_sound(model.state_dict(), state, path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:  # e.g. a dtype that cannot be copied; keys and shapes were checked
@@ -164,49 +186,20 @@ def _existing_file(path: PathLike) -> Path:
     return path
 
 
-def _is_torchscript(path: Path) -> bool:
-    """True for `torch.jit.save` output: a zip with `<archive>/constants.pkl` or `<archive>/code/`."""
-    if not zipfile.is_zipfile(path):
-        return False
+def _read_safetensors(path: Path, max_elements: int) -> dict[str, torch.Tensor]:
     try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except zipfile.BadZipFile:
-        return False  # torch.load will report the broken archive
-    for name in names:
-        inner = name.split("/", 1)[-1]  # names are "<archive>/...", the folder name varies
-        if inner == "constants.pkl" or inner.startswith("code/"):
-            return True
-    return False
-
-
-def _torch_load_weights_only(path: Path) -> object:
-    if _is_torchscript(path):
-        raise ModelLoadError(
-            f"{path.name} is a TorchScript archive (torch.jit.save output). TorchScript archives "
-            f"contain code that would run on load, so it was not loaded. {_UPLOAD_HINT}"
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # KeyError, EOFError, RuntimeError, ...: any failure is the file's
-        message = str(e)
-        found = re.search(r"GLOBAL\s+([\w.]+)", message)  # the first global the safe unpickler refused
-        # torch wraps every refusal (a global, or an opcode such as protocol 4's FRAME) in the same
-        # "Weights only load failed"; only the file's first bytes tell a pickle from garbage.
-        if found or ("Weights only load failed" in message and _looks_like_pickle(path)):
-            what = f" (it references `{found.group(1)}`)" if found else ""
+        with safetensors.safe_open(path, framework="pt") as f:  # reads the header only
+            elements = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        if elements > max_elements:
             raise ModelLoadError(
-                f"{path.name} is a pickled object{what}, not a plain state_dict of tensors. Pickles can "
-                f"run arbitrary code when loaded, so it was not loaded. {_UPLOAD_HINT}"
-            ) from e
-        raise ModelLoadError(f"{path.name} is not a readable PyTorch file ({e!r}). {_UPLOAD_HINT}") from e
-
-
-def _looks_like_pickle(path: Path) -> bool:
-    """A torch.save zip (its data.pkl is a pickle) or a raw pickle of protocol 2 or newer."""
-    with open(path, "rb") as f:
-        head = f.read(2)
-    return zipfile.is_zipfile(path) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+                f"{path.name} declares {elements:,} tensor elements; at most {max_elements:,} are read "
+                "(max_tensor_elements)"
+            )
+        return safetensors.torch.load_file(path, device="cpu")
+    except ModelLoadError:
+        raise
+    except Exception as e:  # any parser failure is a property of the (untrusted) file
+        raise ModelLoadError(f"{path.name} is not a valid safetensors file ({e}). {_UPLOAD_HINT}") from e
 
 
 def _plain_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -229,6 +222,12 @@ def _plain_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
             f"{path.name} is not a plain state_dict: these entries are not named tensors: "
             f"{_listing(bad)}. {_UPLOAD_HINT}"
         )
+    exotic = [f"{k} ({_kind(v)})" for k, v in obj.items() if _kind(v) != "dense"]
+    if exotic:
+        raise ModelLoadError(
+            f"{path.name} holds tensors that are not plain dense weights: {_listing(exotic)}. A classifier's "
+            f"state_dict holds dense CPU tensors. {_UPLOAD_HINT}"
+        )
     if not obj:
         raise ModelLoadError(f"{path.name} holds no tensors. {_UPLOAD_HINT}")
     state = dict(obj)
@@ -237,16 +236,57 @@ def _plain_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _kind(t: torch.Tensor) -> str:
+    if t.is_quantized:
+        return "quantized"
+    if t.is_meta or t.is_nested or t.layout != torch.strided:
+        return "meta" if t.is_meta else "nested" if t.is_nested else f"layout {t.layout}"
+    return "dense" if t.device.type == "cpu" else f"on {t.device.type}"
+
+
 def _parse_spec(text: str, where: str) -> ModelSpec:
     try:
-        d = json.loads(text)
-        if not isinstance(d, dict):
-            raise ConfigError(f"expected a JSON object, got {type(d).__name__}")
-        return ModelSpec.from_dict(d)
-    except (json.JSONDecodeError, ConfigError, TypeError, ValueError) as e:
+        return ModelSpec.from_json(text)
+    except ConfigError as e:
         raise ModelLoadError(
             f"The model spec in {where} is not valid ({e}); fix it or give --arch and --num-classes"
         ) from e
+
+
+def _check_sound(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights that cannot give a sound audit: the wrong kind of dtype, or NaN/Inf values.
+
+    The architecture's own state_dict says which tensors are float (weights, running statistics)
+    and which are integer (BatchNorm's num_batches_tracked); float16/bfloat16 files are fine."""
+    wrong, nonfinite = [], []
+    for key, exp in expected.items():
+        t = got[key]
+        if _dtype_kind(t.dtype) != _dtype_kind(exp.dtype):
+            wrong.append(f"{key} ({_dtype_name(t.dtype)}, expected {_dtype_name(exp.dtype)})")
+        elif t.is_floating_point():
+            native = t.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+            if not bool(torch.isfinite(t if native else t.float()).all()):  # float8 has no isfinite
+                nonfinite.append(key)
+    problems = []
+    if wrong:
+        problems.append(f"tensors of the wrong type: {_listing(wrong)}")
+    if nonfinite:
+        problems.append(f"NaN or Inf values in: {_listing(nonfinite)}")
+    if problems:
+        raise ModelLoadError(
+            f"{path.name} cannot give a sound audit; " + "; ".join(problems) + ". Upload the float weights of a "
+            "healthy trained model (e.g. `model.float().state_dict()` from a checkpoint whose loss was finite)"
+        )
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    return "complex" if dtype.is_complex else "float" if dtype.is_floating_point else "integer"
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _check_fits(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], spec: ModelSpec, path: Path) -> None:

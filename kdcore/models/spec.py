@@ -1,16 +1,26 @@
 """ModelSpec: everything needed to rebuild a model and feed it images.
 
 A spec travels with every saved model (a `.json` beside the `.safetensors`, and the same
-fields in the safetensors metadata), so a checkpoint can be rebuilt without guessing.
+fields in the safetensors metadata), so a checkpoint can be rebuilt without guessing. Specs
+also come from uploaded files and the dashboard, so every field is checked for its type and
+range on construction (ConfigError saying what was got and what is expected):
+arch a name; num_classes a whole number from 2 to `max_num_classes`; input_shape three whole
+numbers with C = 1 or 3 and H × W at most `max_input_pixels`; mean/std finite numbers; class
+names strings; extra a flat mapping of option names to JSON scalars or lists of them.
+`from_json` also refuses JSON nested deeper than `max_nesting` (limits from
+`kdcore.limits.current()`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from kdcore import limits
 from kdcore.errors import ConfigError
 
 SPEC_FORMAT_VERSION = 1
@@ -34,14 +44,32 @@ class ModelSpec:
     extra: dict = field(default_factory=dict)  # architecture options (e.g. torchvision kwargs)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input_shape", tuple(int(v) for v in self.input_shape))
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        object.__setattr__(self, "class_names", tuple(str(v) for v in self.class_names))
+        lim = limits.current()
+        if not isinstance(self.arch, str) or not self.arch.strip():
+            got = _show(self.arch)
+            raise ConfigError(f"arch must be an architecture name like 'paper-cnn' or 'tv:resnet18'; got {got}")
+        object.__setattr__(self, "num_classes", _whole(self.num_classes, "num_classes"))
+        shape = _seq(self.input_shape, "input_shape")
+        object.__setattr__(self, "input_shape", tuple(_whole(v, "input_shape") for v in shape))
+        object.__setattr__(self, "mean", tuple(_finite(v, "mean") for v in _seq(self.mean, "mean")))
+        object.__setattr__(self, "std", tuple(_finite(v, "std") for v in _seq(self.std, "std")))
+        object.__setattr__(self, "class_names", tuple(_name(v) for v in _seq(self.class_names, "class_names")))
+        object.__setattr__(self, "format_version", _whole(self.format_version, "format_version"))
+        _check_extra(self.extra)
         if self.num_classes < 2:
             raise ConfigError(f"num_classes must be at least 2; got {self.num_classes}")
+        if self.num_classes > lim.max_num_classes:
+            raise ConfigError(
+                f"num_classes is {self.num_classes:,}; at most {lim.max_num_classes:,} classes are accepted "
+                "(max_num_classes)"
+            )
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
             raise ConfigError(f"input_shape must be (C, H, W) with positive sizes; got {self.input_shape}")
+        if self.input_shape[1] * self.input_shape[2] > lim.max_input_pixels:
+            raise ConfigError(
+                f"input_shape {self.input_shape} has {self.input_shape[1] * self.input_shape[2]:,} pixels per image; "
+                f"at most {lim.max_input_pixels:,} (max_input_pixels), e.g. (3, 224, 224)"
+            )
         c = self.input_shape[0]
         if c not in (1, 3):
             raise ConfigError(f"input_shape must have 1 or 3 channels; got {c}")
@@ -86,7 +114,25 @@ class ModelSpec:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        """A spec from JSON text (a file, safetensors metadata, the dashboard); raises ConfigError."""
+        if not isinstance(text, str):
+            raise ConfigError(f"A model spec must be JSON text; got {type(text).__name__}")
+        max_depth = limits.current().max_nesting
+        try:
+            d = json.loads(text)  # the C parser raises RecursionError past ~1000 levels, it never crashes
+        except RecursionError as e:
+            raise ConfigError(f"the JSON is nested more than {max_depth} levels deep (max_nesting)") from e
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"not valid JSON ({e})") from e
+        if json_depth(d) > max_depth:
+            raise ConfigError(f"the JSON is nested more than {max_depth} levels deep (max_nesting)")
+        return cls.from_dict(d)
+
+    @classmethod
     def from_dict(cls, d: dict) -> ModelSpec:
+        if not isinstance(d, dict):
+            raise ConfigError(f"A model spec must be a JSON object; got {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -99,3 +145,59 @@ class ModelSpec:
         d = self.to_dict()
         d.update(changes)
         return ModelSpec.from_dict(d)
+
+
+def json_depth(value: object) -> int:
+    """How deeply lists and dicts nest in a parsed JSON value ([] is 1, [[1]] is 2); iterative."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, depth = todo.pop()
+        if isinstance(v, (list, dict)):
+            deepest = max(deepest, depth)
+            todo.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _show(v: object) -> str:
+    text = repr(v)
+    return f"{type(v).__name__} {text[:60]}{'…' if len(text) > 60 else ''}"
+
+
+def _seq(v: object, name: str) -> tuple | list:
+    if not isinstance(v, (list, tuple)):
+        raise ConfigError(f"{name} must be a list; got {_show(v)}")
+    return v
+
+
+def _whole(v: object, name: str) -> int:
+    """An int, or a float with an integer value (JSON writes 10.0); never a bool or 10.5."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return int(v)
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    what = "whole numbers" if name == "input_shape" else "a whole number"
+    raise ConfigError(f"{name} must be {what}; got {_show(v)}")
+
+
+def _finite(v: object, name: str) -> float:
+    if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v):
+        return float(v)
+    raise ConfigError(f"{name} must be finite numbers; got {_show(v)}")
+
+
+def _name(v: object) -> str:
+    if isinstance(v, str) or (isinstance(v, numbers.Integral) and not isinstance(v, bool)):
+        return str(v)
+    raise ConfigError(f"class_names must be strings; got {_show(v)}")
+
+
+def _check_extra(extra: object) -> None:
+    """Architecture options: names to JSON scalars or flat lists of them (torchvision kwargs)."""
+    if not isinstance(extra, dict):
+        raise ConfigError(f"extra must be a mapping of option names to values; got {_show(extra)}")
+    scalar = (bool, int, float, str, type(None))
+    for k, v in extra.items():
+        if not isinstance(k, str) or not k.isidentifier():
+            raise ConfigError(f"extra option names must be identifiers; got {_show(k)}")
+        if not (isinstance(v, scalar) or (isinstance(v, (list, tuple)) and all(isinstance(x, scalar) for x in v))):
+            raise ConfigError(f"extra option {k!r} must be a number, string, bool or a flat list; got {_show(v)}")

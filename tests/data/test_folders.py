@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import zipfile
 from pathlib import Path
@@ -13,7 +14,6 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from kdcore.data import folders
 from kdcore.data.folders import decode_image, load_labeled, load_unlabeled
 from kdcore.errors import InputError
 
@@ -117,14 +117,36 @@ def test_zip_and_folder_give_identical_sets(dataset: Path, tmp_path: Path, digit
 
 
 @pytest.mark.parametrize("dataset", ["zip", "dir"], indirect=True)
-def test_explicit_class_names_order_and_missing_class(dataset: Path) -> None:
-    names = ("dog", "fish", "cat", "bird")  # "fish" has no folder: allowed, just no images
+def test_explicit_class_names_order(dataset: Path) -> None:
+    names = ("dog", "cat", "bird")  # the model's order, not the sorted one
     data = load_labeled(dataset, (1, 8, 8), class_names=names, name="mine")
     assert data.class_names == names and data.name == "mine"
     assert data.labels.tolist() == [names.index(s.split("/")[0]) for s in data.sources]
-    assert 1 not in data.labels.tolist()
-    with pytest.raises(InputError, match=r"'bird'.*not among the class names"):
+    assert sorted(set(data.labels.tolist())) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("dataset", ["zip", "dir"], indirect=True)
+def test_class_folders_must_match_the_given_class_names(dataset: Path) -> None:
+    # A class without a folder would shift every label after it: refused, naming it.
+    with pytest.raises(InputError, match=r"no folder for \['fish'\].*shift every label"):
+        load_labeled(dataset, (1, 8, 8), class_names=("dog", "fish", "cat", "bird"))
+    with pytest.raises(InputError, match=r"\['bird'\] are not among the class names"):
         load_labeled(dataset, (1, 8, 8), class_names=("cat", "dog"))
+    with pytest.raises(InputError, match=r"\['bird', 'cat', 'dog'\] are not among.*no folder for \['0', '1', '2'\]"):
+        load_labeled(dataset, (1, 8, 8), class_names=("0", "1", "2"))
+
+
+@pytest.mark.parametrize("as_zip", [True, False])
+def test_empty_class_folder_is_named_not_dropped(tmp_path: Path, digits: np.ndarray, as_zip: bool) -> None:
+    files = {k: v for k, v in _good_files(digits).items() if not k.startswith("cat/")}
+    if as_zip:
+        path = _write_zip(tmp_path / "e.zip", files, top="train")  # writes the folder entry train/cat/
+    else:
+        path = _write_dir(tmp_path / "e", files)
+        (path / "cat").mkdir()
+    with pytest.raises(InputError, match=r"Class folder\(s\) \['cat'\] in '.*' hold no images"):
+        load_labeled(path, (1, 8, 8))
+    assert len(load_unlabeled(path, (1, 8, 8))) == 5  # without labels an empty folder is harmless
 
 
 def test_folder_is_its_own_root(tmp_path: Path, digits: np.ndarray) -> None:
@@ -183,17 +205,17 @@ def test_decode_image_is_the_folder_loaders_decoder(tmp_path: Path, img: Image.I
     assert torch.equal(x, _one_image(tmp_path, img, shape))
 
 
-def test_decode_image_refuses_what_the_loader_skips(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decode_image_refuses_what_the_loader_skips(set_limits) -> None:
     with pytest.raises(InputError, match=r"Could not read 'broken\.png' as an image"):
         decode_image(b"not a png", (1, 8, 8), "broken.png")
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n"  # not on the decoder allow-list
     with pytest.raises(InputError, match=r"eps\.png"):
         decode_image(eps, (1, 8, 8), "eps.png")
     png = _encode(Image.new("L", (10, 10), 3), "PNG")
-    monkeypatch.setattr(folders, "MAX_PIXELS", 99)
+    set_limits(max_image_pixels=99)
     with pytest.raises(InputError, match="over the limit of 99"):
         decode_image(png, (1, 8, 8), "big.png")
-    monkeypatch.setattr(folders, "MAX_FILE_BYTES", 10)
+    set_limits(max_file_bytes=10)
     with pytest.raises(InputError, match="image files that large are refused"):
         decode_image(png, (1, 8, 8), "big.png")
     with pytest.raises(InputError, match="C = 1 or 3"):
@@ -246,15 +268,43 @@ def test_error_labeled_layout(tmp_path: Path, digits: np.ndarray) -> None:
     assert len(load_unlabeled(loose, (1, 8, 8))) == 3  # the same files are fine without labels
 
 
-def test_zip_bomb_guards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_zip_bomb_guards(tmp_path: Path, set_limits) -> None:
     # A highly compressible member: 2 MiB of zeros packs into a few KiB.
     path = _write_zip(tmp_path / "z.zip", {"a/x.png": bytes(2 * 2**20), "b/y.png": b""})
-    monkeypatch.setattr(folders, "MAX_FILE_BYTES", 2**20)
+    set_limits(max_file_bytes=2**20)
     with pytest.raises(InputError, match=r"unpacks to 2 MiB.*zip-bomb"):
         load_labeled(path, (1, 8, 8))
-    monkeypatch.setattr(folders, "MAX_ZIP_MEMBERS", 3)
-    with pytest.raises(InputError, match="has 4 entries; at most 3"):
+    set_limits(max_archive_entries=3)
+    with pytest.raises(InputError, match="has more than 3 entries"):
         load_labeled(path, (1, 8, 8))
+    set_limits(max_file_bytes=2 * 2**20, max_archive_entries=10, max_archive_bytes=2**20)
+    with pytest.raises(InputError, match=r"more than 1 MiB in total.*max_archive_bytes"):
+        load_labeled(path, (1, 8, 8))
+
+
+def test_disk_file_cap(tmp_path: Path, set_limits, digits: np.ndarray) -> None:
+    root = _write_dir(tmp_path / "d", _good_files(digits))
+    set_limits(max_file_bytes=100)
+    with pytest.raises(InputError, match=r"over 0 MiB.*max_file_bytes"):
+        load_labeled(root, (1, 8, 8))
+
+
+def test_decoded_set_size_is_checked_before_allocation(tmp_path: Path, set_limits, digits: np.ndarray) -> None:
+    root = _write_dir(tmp_path / "d", _good_files(digits))
+    set_limits(max_dataset_bytes=8 * 3 * 32 * 32 - 1)  # one byte short of 8 RGB 32×32 images
+    with pytest.raises(InputError, match=r"has 8 images; decoded at 3×32×32.*max_dataset_bytes"):
+        load_unlabeled(root, (3, 32, 32))
+    set_limits(max_dataset_bytes=8 * 3 * 32 * 32)
+    assert load_unlabeled(root, (3, 32, 32)).images.shape == (8, 3, 32, 32)
+
+
+def test_special_files_are_skipped_with_a_note(tmp_path: Path, digits: np.ndarray) -> None:
+    root = _write_dir(tmp_path / "d", _good_files(digits))
+    os.mkfifo(root / "cat" / "pipe.png")  # opening it for reading the usual way blocks forever
+    os.symlink("/dev/zero", root / "dog" / "zero.png")  # a device behind a symlink
+    data = load_labeled(root, (1, 8, 8))
+    assert data.sources == _SOURCES
+    assert data.skipped == ("cat/pipe.png (not a regular file: FIFO)", "dog/zero.png (not a regular file: device)")
 
 
 def test_bad_input_shape(tmp_path: Path) -> None:

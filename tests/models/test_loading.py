@@ -13,6 +13,7 @@ import pickle
 import shlex
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -281,7 +282,10 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path, how, suffix, torch_l
     with pytest.raises(ModelLoadError, match="pickled object"):
         load_model(path, SPEC)
     assert not canary.exists()
-    assert torch_load_calls and all(c.get("weights_only") is True for c in torch_load_calls)
+    if how == "torch.save":  # protocol 2, like every torch.save: the weights-only unpickler refuses the global
+        assert torch_load_calls and all(c.get("weights_only") is True for c in torch_load_calls)
+    else:  # protocol 4's FRAME is an opcode torch.save never writes: refused before torch.load
+        assert torch_load_calls == []
 
 
 # --- unreadable files --------------------------------------------------------------------------
@@ -311,3 +315,63 @@ def test_missing_file(tmp_path):
         read_state_dict(tmp_path / "nope.safetensors")
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_model(tmp_path / "nope.pt", SPEC)
+
+
+# --- what a normal file may be, and what a sound one may not ---------------------------------------
+
+
+def test_other_torch_save_layouts_load(model, tmp_path):
+    legacy = tmp_path / "legacy.pt"
+    torch.save(model.state_dict(), legacy, _use_new_zipfile_serialization=False)
+    assert_same_weights(model.state_dict(), read_state_dict(legacy))
+    saved = tmp_path / "saved.pt"
+    torch.save(model.state_dict(), saved)
+    rezipped = tmp_path / "rezipped.pt"  # unpacked and zipped again by a standard tool: deflated records
+    with zipfile.ZipFile(saved) as src, zipfile.ZipFile(rezipped, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    assert_same_weights(model.state_dict(), read_state_dict(rezipped))
+
+
+def test_half_precision_and_integer_buffers_are_sound(tmp_path):
+    spec = ModelSpec("resnet18-small", 10, (3, 16, 16))  # BatchNorm: int64 num_batches_tracked
+    sd = {k: v.half() if v.is_floating_point() else v for k, v in build_model(spec).state_dict().items()}
+    path = tmp_path / "half.pt"
+    torch.save(sd, path)
+    loaded, _ = load_model(path, spec)
+    assert next(loaded.parameters()).dtype == torch.float32
+    sd = {k: v.float() if k.endswith("num_batches_tracked") else v for k, v in sd.items()}
+    torch.save(sd, path)
+    with pytest.raises(ModelLoadError, match=r"wrong type: .*num_batches_tracked \(float32, expected int64\)"):
+        load_model(path, spec)
+
+
+def test_model_size_limits(model, tmp_path, set_limits):
+    path = save_model(model, SPEC, tmp_path / "m.safetensors")
+    n = sum(t.numel() for t in model.state_dict().values())
+    set_limits(max_tensor_elements=n - 1)
+    with pytest.raises(ModelLoadError, match=rf"declares {n:,} tensor elements.*max_tensor_elements"):
+        read_state_dict(path)
+    set_limits(max_tensor_elements=n, max_model_file_bytes=path.stat().st_size - 1)
+    with pytest.raises(ModelLoadError, match=r"max_model_file_bytes"):
+        read_state_dict(path)
+
+
+@pytest.mark.filterwarnings("ignore:Validating sparse tensor invariants")
+def test_sparse_tensors_are_not_weights(tmp_path):
+    path = tmp_path / "sparse.pt"
+    torch.save({"w": torch.eye(3).to_sparse()}, path)
+    with pytest.raises(ModelLoadError, match=r"not plain dense weights: w \(layout torch\.sparse_coo\)"):
+        read_state_dict(path)
+
+
+def test_read_spec_raises_one_error_type_for_any_malformed_file(model, tmp_path):
+    for name, content in [("a.safetensors", b""), ("b.safetensors", b"garbage" * 20), ("c.safetensors", b"\x08" * 9)]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ModelLoadError):
+            read_spec(tmp_path / name)
+    path = tmp_path / "m.pt"
+    torch.save(model.state_dict(), path)
+    (tmp_path / "m.json").write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(ModelLoadError, match="must be UTF-8 JSON"):
+        read_spec(path)
