@@ -9,7 +9,6 @@ writes an upload's bytes to disk: reading it (unpickling, unzipping, decoding) h
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import zipfile
 from dataclasses import dataclass
@@ -88,7 +87,7 @@ def check_model(path: str, spec_json: str | None) -> ModelCheck:
     Keyed by the upload's path, which is its content hash, and the spec: checking the same file
     again is instant. A refused file raises, and Streamlit does not cache exceptions.
     """
-    spec = ModelSpec.from_dict(json.loads(spec_json)) if spec_json else None
+    spec = ModelSpec.from_json(spec_json) if spec_json else None
     spec, parameters = sandbox.check_model(path, spec)
     return ModelCheck(spec, parameters, spec.num_classes)
 

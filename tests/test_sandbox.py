@@ -18,7 +18,7 @@ from kdcore.errors import ConfigError, InputError, ModelLoadError
 from kdcore.models.loading import load_model, read_state_dict, save_model
 from kdcore.models.registry import build_model
 from kdcore.models.spec import ModelSpec
-from tests.hostile import deep_tuple_pt
+from tests.hostile.corpus import deep_tuple_pt
 
 SMALL = sandbox.Budget(memory_bytes=300 * 2**20, cpu_s=2, timeout_s=6)
 R = "tests.sandbox_readers:"
@@ -128,7 +128,7 @@ def test_a_segfault_is_reported_as_a_crash():
 
 
 def test_the_deep_tuple_pt_of_issue_11_is_an_error_not_a_dead_process(tmp_path):
-    e, took = timed(sandbox.check_model, deep_tuple_pt(tmp_path / "deep.pt"), None)
+    e, took = timed(sandbox.check_model, deep_tuple_pt(tmp_path), None)
     assert isinstance(e, ModelLoadError) and "deep.pt" in str(e)
     assert took < 30
 

@@ -12,8 +12,8 @@ from kdcore.models.registry import DEFAULT_INPUT
 from kdcore.models.spec import ModelSpec
 from kdcore.pipeline import KDConfig, run_kd_pipeline
 from kdcore.progress import ProgressFn, no_progress
-from kdcore.runs.common import environment, start_run, write_report
-from kdcore.sandbox import load_labeled, load_model, load_unlabeled, read_spec  # untrusted input: in a child process
+from kdcore.runs.common import environment, labelled_sets, start_run, write_report
+from kdcore.sandbox import load_model, load_unlabeled, read_spec  # untrusted input: in a child process
 from kdcore.stages import Stages
 from kdcore.triggers import Trigger
 
@@ -90,20 +90,8 @@ def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = n
         unlabeled = load_unlabeled(cfg.unlabeled, spec.input_shape, name="unlabeled")
         if cfg.max_unlabeled and len(unlabeled) > cfg.max_unlabeled:
             unlabeled = unlabeled.subset(list(range(cfg.max_unlabeled)))
-        names = spec.class_names or None
-        train = load_labeled(cfg.train, spec.input_shape, names, name="train") if cfg.train else None
-        on_progress("prepare", 2, 4, {})
-        test = load_labeled(cfg.test, spec.input_shape, names, name="test") if cfg.test else None
-        for data in (train, test):
-            if data is not None and data.num_classes > spec.num_classes:
-                raise InputError(
-                    f"{data.name} has {data.num_classes} classes but the model outputs {spec.num_classes}; "
-                    "pick the matching --num-classes or pass --class-names in the model's order"
-                )
-        if not spec.class_names and (train or test) is not None:
-            found = (train or test).class_names
-            if len(found) == spec.num_classes:
-                spec = spec.replace(class_names=found)
+        on_progress("prepare", 2, 4, {"message": "loading labelled images"})
+        train, test, _, spec = labelled_sets(spec, cfg.train, cfg.test)
         on_progress("prepare", 4, 4, {})
         out = run_kd_pipeline(
             teacher,

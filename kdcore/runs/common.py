@@ -23,8 +23,11 @@ import torch
 
 from kdcore import __version__
 from kdcore.config import to_dict
+from kdcore.data.imageset import ImageSet
 from kdcore.device import describe, resolve_device
+from kdcore.errors import InputError
 from kdcore.io import atomic_write_json
+from kdcore.models.spec import ModelSpec
 
 log = logging.getLogger("kdcore")
 
@@ -87,3 +90,33 @@ def environment(device: torch.device) -> dict:
 
 def write_report(run_dir: Path, report: dict) -> Path:
     return atomic_write_json(run_dir / "report.json", report)
+
+
+def labelled_sets(
+    spec: ModelSpec, train_path: str = "", test_path: str = "", clean_path: str = ""
+) -> tuple[ImageSet | None, ImageSet | None, ImageSet | None, ModelSpec]:
+    """Load the labelled sets of a run (training, test, labelled clean; each optional) so that one
+    class index means one class in all of them, and return them with the spec, named when the model
+    had no class names. In the sandbox, since the files are the user's.
+
+    The class names come from the model's spec, else from the first set loaded; every later set must
+    have exactly those class folders (the reader names missing and unexpected ones), so a missing
+    folder cannot shift the labels after it, and `c0…c9` against `0…9` is an error, not a 10 % audit.
+    """
+    from kdcore import sandbox
+
+    names = spec.class_names or None
+    sets: list[ImageSet | None] = []
+    for path, what in ((train_path, "train"), (test_path, "test"), (clean_path, "clean-labeled")):
+        data = sandbox.load_labeled(path, spec.input_shape, names, name=what) if path else None
+        if data is not None:
+            if data.num_classes > spec.num_classes or (names is None and data.num_classes != spec.num_classes):
+                raise InputError(
+                    f"{what} has {data.num_classes} class folders but the model outputs {spec.num_classes} classes; "
+                    "give the model's class count and its class names in output order"
+                )
+            names = names or data.class_names
+        sets.append(data)
+    if not spec.class_names and names and len(names) == spec.num_classes:
+        spec = spec.replace(class_names=tuple(names))
+    return sets[0], sets[1], sets[2], spec

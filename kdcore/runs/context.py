@@ -22,6 +22,7 @@ from kdcore.errors import InputError
 from kdcore.io import read_json
 from kdcore.models.loading import load_model
 from kdcore.models.spec import ModelSpec
+from kdcore.runs.common import labelled_sets
 from kdcore.triggers import Trigger
 
 
@@ -91,10 +92,7 @@ def load_context(run_dir: str | Path, device: torch.device | str = "cpu", with_d
         report = read_json(run_dir / "report.json") if (run_dir / "report.json").exists() else {}
         spec = ModelSpec.from_dict(report["model"]["spec"]) if report.get("model") else cfg.model_spec()
         teacher, spec = sandbox.load_model(cfg.model, spec, device)
-        names = spec.class_names or None
-        load = sandbox.load_labeled
-        train = load(cfg.train, spec.input_shape, names, name="train") if cfg.train and with_data else None
-        test = load(cfg.test, spec.input_shape, names, name="test") if cfg.test and with_data else None
+        train, test, _, spec = labelled_sets(spec, cfg.train, cfg.test) if with_data else (None, None, None, spec)
         trigger = Trigger.from_dict(cfg.trigger) if cfg.trigger else None
         return RunContext(run_dir, kind, config, spec, teacher, train, test, trigger, None)
     raise InputError(f"Run kind {kind!r} in {run_dir} has no models to inspect (expected demo, audit or refine)")

@@ -32,9 +32,9 @@ from kdcore.io import atomic_write_bytes, read_json
 from kdcore.models.loading import save_model
 from kdcore.progress import ProgressFn, no_progress
 from kdcore.runs.audit import AuditConfig
-from kdcore.runs.common import environment, start_run, write_report
+from kdcore.runs.common import environment, labelled_sets, start_run, write_report
 from kdcore.runs.demo import DemoConfig
-from kdcore.sandbox import load_labeled, load_model, load_unlabeled  # untrusted input: in a child process
+from kdcore.sandbox import load_model, load_unlabeled  # untrusted input: in a child process
 from kdcore.triggers import Trigger
 
 
@@ -101,12 +101,10 @@ def demo_inputs(cfg: DemoConfig, device: torch.device, on_progress: ProgressFn =
 
 def audit_inputs(cfg: AuditConfig, device: torch.device) -> DefenseInputs:
     teacher, spec = load_model(cfg.model, cfg.model_spec(), device)
-    names = spec.class_names or None
     unlabeled = load_unlabeled(cfg.unlabeled, spec.input_shape, name="unlabeled")
     if cfg.max_unlabeled and len(unlabeled) > cfg.max_unlabeled:
         unlabeled = unlabeled.subset(list(range(cfg.max_unlabeled)))
-    train = load_labeled(cfg.train, spec.input_shape, names, name="train") if cfg.train else None
-    test = load_labeled(cfg.test, spec.input_shape, names, name="test") if cfg.test else None
+    train, test, _, spec = labelled_sets(spec, cfg.train, cfg.test)
     return DefenseInputs(
         model=teacher.eval(),
         spec=spec,
@@ -132,8 +130,8 @@ def resolve_inputs(cfg: DefendConfig, device: torch.device, on_progress: Progres
     else:
         inputs = audit_inputs(cfg.audit, device)
     if cfg.clean_labeled:
-        names = inputs.spec.class_names or None
-        inputs.clean_labeled = load_labeled(cfg.clean_labeled, inputs.spec.input_shape, names, name="clean-labeled")
+        # inputs.spec carries the training/test sets' class names when the model had none
+        *_, inputs.clean_labeled, _ = labelled_sets(inputs.spec, clean_path=cfg.clean_labeled)
     inputs.seed = cfg.seed
     inputs.on_progress = on_progress
     return inputs
