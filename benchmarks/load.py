@@ -8,11 +8,11 @@ folder) is driven by Playwright in Debian's headless Chromium, as tests/e2e/test
    the temporary folder; one seed audit runs so Results and Explain have a finished job to show.
 2. Baseline: one session, no job running, walks New audit (uploads, widgets) → Home → Jobs →
    Results → Explain → New audit, twice (the first walk fills the dashboard's caches).
-3. Load: 10 small audits (500 unlabelled 8×8 images, 15 distillation + 2 fine-tuning epochs, seeds
-   1..10) are queued, and 5 independent browser contexts
-   (separate Streamlit sessions) walk the same pages in rounds until every job has finished. Each
-   session uploads its own distinctly named model (its spec carries session-specific class names)
-   and image zip, and sets session-specific widget values.
+3. Load: 10 small audits (500 unlabelled 8×8 images, 150 distillation + 2 fine-tuning epochs, seeds
+   1..10) are queued, and 5 independent browser contexts (separate Streamlit sessions) walk the
+   same pages in rounds until every job has finished (at least one round, at most --max-rounds).
+   Each session uploads its own distinctly named model (its spec carries session-specific class
+   names) and image zip, and sets session-specific widget values.
 4. Every page of every session is checked: it must show none of another session's file names,
    class names, labels or widget values, and New audit must show the session's own values back.
 
@@ -247,6 +247,7 @@ class Session:
 
     @property
     def token(self) -> str:
+        """In every string only this session puts on a page: file names, class names, label."""
         return f"{self.name}{self.tag}"
 
     @property
@@ -279,10 +280,6 @@ class Session:
         with zipfile.ZipFile(self.root / self.images_file, "w") as z:
             for p in sorted(unlabeled.glob("*.png"))[: 40 + self.index]:  # distinct content too
                 z.write(p, f"clean/{p.name}")
-
-    def secrets_(self) -> list[str]:
-        """Strings that only this session ever puts on a page."""
-        return [self.token]
 
 
 async def wait_ready(page, key: str) -> None:
@@ -328,9 +325,8 @@ class Walker:
     async def check_isolation(self, key: str, rnd: int) -> None:
         seen = await self.page.evaluate(VISIBLE_JS)
         for o in self.others:
-            for secret in o.secrets_():
-                if secret in seen:
-                    self.s.violations.append(f"{self.phase} round {rnd}: {key} shows {o.name}'s {secret!r}")
+            if o.token in seen:
+                self.s.violations.append(f"{self.phase} round {rnd}: {key} shows {o.name}'s data ({o.token!r})")
         if key == "new_audit":
             # widget values left on the page are the session's own or the defaults, never another's
             for widget, own, default in (("trigger_size", self.s.trigger_size, 3),):
@@ -473,7 +469,7 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--kd-epochs", type=int, default=15, help="distillation epochs of each job (500 images)")
+    ap.add_argument("--kd-epochs", type=int, default=150, help="distillation epochs of each job (500 images)")
     ap.add_argument("--max-rounds", type=int, default=4, help="walks per session under load, at most")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds the jobs may take, at most")
     a = ap.parse_args()
