@@ -37,10 +37,11 @@ def epilog() -> str:
     from kdcore.defenses import DEFENSES
 
     lines = ["methods:"]
+    width = max(len(c.family) for c in DEFENSES.values())
     for name, cls in sorted(DEFENSES.items()):
         needs = ", ".join(cls.needs) or "—"
         tag = "  [needs labelled clean data]" if cls.needs_labels else ""
-        lines.append(f"  {name:<22} {cls.family:<9} needs: {needs}{tag}")
+        lines.append(f"  {name:<22} {cls.family:<{width}} needs: {needs}{tag}")
         lines.append(f"  {'':<22} {cls.summary}")
     lines += [
         "",
