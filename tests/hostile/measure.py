@@ -5,7 +5,8 @@ it through `kdcore.sandbox` as the dashboard and jobs do (`read_sandboxed`), and
 measured is the sandbox's child, forked from a fork server started (and counted idle) before the
 clock starts. Peak memory, reader: `resource.getrusage(RUSAGE_SELF).ru_maxrss` after the reader minus
 the same before it (the process's idle size, with every import done); sandbox: the child's peak RSS
-(from wait4, as the sandbox logs it) minus the fork server's RSS (the child starts as its copy).
+(from wait4, as the sandbox logs it) minus the peak of a child that read nothing (a first call, which
+also waits for the fork server to be up).
 Wall time is `time.perf_counter` around the call. The process runs under an address-space limit of
 its idle size + `headroom` bytes, so a guard that regresses fails with MemoryError instead of
 taking the machine down.
@@ -50,12 +51,12 @@ if via == "sandbox":
     logger = logging.getLogger("kdcore")
     logger.addHandler(Peaks())
     logger.setLevel(logging.INFO)
-    try:  # a first call waits for the fork server to be up (it imports torch once)
+    try:  # a child that reads nothing; the call also waits for the fork server to be up
         kdcore.sandbox.read_spec(path.parent / "no-such-file.safetensors")
     except KDCoreError:
         pass
+    idle_bytes = int(Peaks.peak_mib * 2**20)  # the peak of a child that read nothing
     Peaks.peak_mib = 0.0
-    idle_bytes = rss_of(kdcore.sandbox._SERVER.proc.pid)
 else:
     idle_bytes = rss_of("self")
 idle = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -109,7 +110,7 @@ class Measurement:
     skipped: tuple[str, ...]
     seconds: float
     peak_bytes: int  # above the idle size
-    idle_bytes: int = 0  # RSS of the measured process (reader) or of the fork server (sandbox)
+    idle_bytes: int = 0  # RSS of the measured process (reader) or peak of an idle sandbox child
 
 
 def measure(

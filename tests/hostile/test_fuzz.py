@@ -9,7 +9,7 @@ runs once too (small-parameter versions of the bombs), and the corpus files seed
 
 For every input: only a `KDCoreError` may escape (anything else fails the test: a reader bug), its
 message is one line and never mentions `weights_only`, the process's peak RSS stays within
-1.5 GiB of what it was when this module was imported, and nothing is written anywhere but the
+1.5 GiB of what it was when the first fuzz test began, and nothing is written anywhere but the
 input folder: the readers run with the working directory and `tempfile`'s directory in a fresh,
 empty arena that is listed before and after.
 
@@ -63,7 +63,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning"),
 ]
 MAX_RSS_GROWTH = int(1.5 * 2**30)
-_START_RSS = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 SPEC = ModelSpec(*corpus.SPEC_ARGS)
 SHAPES = [(1, 8, 8), (3, 8, 8), (3, 5, 3), (1, 1, 1)]
 
@@ -118,8 +117,14 @@ def fuzz(target: str) -> Callable:
 # --- the arena and the invariant ---------------------------------------------------------------------
 
 
+def _max_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
 class Arena:
     """in/ holds the input of one example; cwd/ and tmp/ must stay empty; nothing else may appear."""
+
+    start_rss = 0  # the process's peak RSS when the fuzz tests began
 
     def __init__(self, root: Path):
         self.root, self.input = root, root / "in"
@@ -149,6 +154,7 @@ class Arena:
 @pytest.fixture(scope="module")
 def arena(tmp_path_factory: pytest.TempPathFactory):
     a = Arena(tmp_path_factory.mktemp("fuzz_arena"))
+    Arena.start_rss = _max_rss()  # taken here, not at import: pytest imports every module before any test runs
     old_cwd, old_tmp = os.getcwd(), tempfile.tempdir
     os.chdir(a.root / "cwd")
     tempfile.tempdir = str(a.root / "tmp")
@@ -159,7 +165,7 @@ def arena(tmp_path_factory: pytest.TempPathFactory):
         tempfile.tempdir = old_tmp
     summary = os.environ.get("KDAUDIT_FUZZ_SUMMARY")
     if summary:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - _START_RSS
+        peak = _max_rss() - Arena.start_rss
         Path(summary).write_text(
             json.dumps(
                 {
@@ -195,7 +201,7 @@ def attempt(arena: Arena, target: str, *calls: Callable[[], object]) -> list[obj
         CALLS[target] += 1
         results.append(result)
         assert arena.listing() == before, "a reader wrote outside its input"
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - _START_RSS
+        peak = _max_rss() - Arena.start_rss
         assert peak <= MAX_RSS_GROWTH, f"peak RSS grew by {peak / 2**30:.2f} GiB"
     INPUTS[target] += 1
     return results
@@ -246,7 +252,7 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> Seeds:
         kinds["pt"].append(buf.getvalue())
     kinds["members"] = mu.zip_members(kinds["pt"][0])
     kinds["members_full"] = mu.zip_members(kinds["pt"][1])
-    kinds["pickles"] += [dict(m)[next(n for n in dict(m) if n.endswith("data.pkl"))] for m in [kinds["members"]]]
+    kinds["pickles"].append(next(data for name, data in kinds["members"] if name.endswith("data.pkl")))
     kinds["pickles"] += [pickle.dumps(o, protocol=2) for o in ({"a": 1}, [1, (2, 3)], {"a": b"xy"}, None)]
     for name, case in corpus.CASES.items():
         (d / name).mkdir()
