@@ -57,6 +57,17 @@ FIXED = [
         "found": "a member or file name holding a newline split the error message over two lines",
         "fix": "kdcore/archive.py, kdcore/data/folders.py: names in messages are quoted with repr",
     },
+    {
+        "case": "torch_zip_name_with_newline",
+        "found": "a .pt zip whose first entry name holds a newline split the 'no data.pkl' message",
+        "fix": "kdcore/models/torchfile.py: the names listed there are quoted with repr",
+    },
+    {
+        "case": "bytearray_under_the_element_budget",
+        "found": "a 1 KB .pt with bytearray(900_000_000) passed max_tensor_elements (1e9) and took 900 MB (the 75k run "
+        "crossed the 1.5 GiB RSS bound)",
+        "fix": "kdcore/models/pickle_scan.py: bytes of bytearray(n) and constructor calls capped at max_pickle_bytes",
+    },
 ]
 
 

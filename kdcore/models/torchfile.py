@@ -82,7 +82,8 @@ def _checked_zip(path: Path, lim: Limits) -> bytes:
             if pkl is None:
                 raise ModelLoadError(
                     f"{path.name} is a zip archive but not a torch.save file (no data.pkl in the folder of its "
-                    f"first entry; found {', '.join(names[:5])}{' …' if len(names) > 5 else ''}). {UPLOAD_HINT}"
+                    f"first entry; found {', '.join(map(repr, names[:5]))}{' …' if len(names) > 5 else ''}). "
+                    + UPLOAD_HINT
                 )
             data = z.read(pkl, lim.max_pickle_bytes, "max_pickle_bytes")
             for m in z.members:

@@ -428,6 +428,9 @@ def _found_cases(root: Path) -> dict[str, Callable[[], object]]:
         [corpus.RawEntry(b"\x80/data.pkl", b"\x80\x02}.", 0, 0, 4, flags=0x800)],
         [(0, b"a/data.pkl")],
     )
+    pt_newline = corpus.write_raw_zip(root / "pt_newline.pt", [corpus.RawEntry(b"archive\ndata.pkl", b"x", 0, 0, 1)])
+    big = b"\x80\x02}X\x01\x00\x00\x00acbuiltins\nbytearray\nJ\x00\xe9\xa45\x85Rs."  # bytearray(900_000_000)
+    bytearray_900mb = corpus.torch_zip(root / "bytearray.pt", big)
     newline = corpus.write_raw_zip(root / "newline.zip", [corpus.RawEntry(b"a\n/x.png", b"junk", 0, 0, 4)])
     folder = root / "set"
     (folder / "\n" / "sub").mkdir(parents=True)
@@ -435,6 +438,8 @@ def _found_cases(root: Path) -> dict[str, Callable[[], object]]:
     return {
         "torch_zip_without_entries": lambda: read_state_dict(torch_no_entries),
         "local_name_not_utf8": lambda: _read_member(local_name),
+        "torch_zip_name_with_newline": lambda: read_state_dict(pt_newline),
+        "bytearray_under_the_element_budget": lambda: read_state_dict(bytearray_900mb),
         "zip_without_entries": lambda: load_labeled(empty_zip, (1, 8, 8)),
         "zip_name_with_newline": lambda: load_unlabeled(newline, (1, 8, 8)),
         "folder_name_with_newline": lambda: load_unlabeled(folder, (1, 8, 8)),
@@ -455,6 +460,8 @@ FOUND = [
     "local_name_not_utf8",
     "torch_zip_without_entries",
     "zip_without_entries",
+    "torch_zip_name_with_newline",
+    "bytearray_under_the_element_budget",
     "zip_name_with_newline",
     "folder_name_with_newline",
     "spec_int_over_4300_digits",
@@ -468,5 +475,7 @@ def test_found_by_the_fuzzer(arena: Arena, name: str) -> None:
     assert sorted(cases) == sorted(FOUND)
     call = cases[name]
     attempt(arena, "found", call)  # a one-line KDCoreError at most
-    with pytest.raises(KDCoreError):
+    with pytest.raises(KDCoreError) as e:
         call()
+    if name == "bytearray_under_the_element_budget":  # refused before torch allocates it
+        assert "max_pickle_bytes" in str(e.value)
