@@ -68,6 +68,11 @@ FIXED = [
         "crossed the 1.5 GiB RSS bound)",
         "fix": "kdcore/models/pickle_scan.py: bytes of bytearray(n) and constructor calls capped at max_pickle_bytes",
     },
+    {
+        "case": "name_starting_with_nul",
+        "found": "a zip entry named '\\x00…': zipfile cuts names at NUL, and ZipInfo.is_dir raised IndexError",
+        "fix": "kdcore/archive.py: _check_entries refuses a name holding a NUL byte (InputError)",
+    },
 ]
 
 

@@ -176,6 +176,8 @@ def _check_entries(zf: zipfile.ZipFile, path: Path, label: str, casefold: bool) 
         name = info.orig_filename
         if not name:
             raise InputError(f"{label} has an entry with an empty name (entry {i + 1}); {_RECREATE}")
+        if "\x00" in name:  # zipfile cuts the name there (an empty name breaks ZipInfo.is_dir)
+            raise InputError(f"{label} has an entry whose name holds a NUL byte ({name!r}); {_RECREATE}")
         if info.flag_bits & 0x1:
             raise InputError(f"{name!r} in {label} is password-protected; re-create the archive without a password")
         if info.compress_type not in (STORED, DEFLATED):

@@ -431,6 +431,7 @@ def _found_cases(root: Path) -> dict[str, Callable[[], object]]:
     pt_newline = corpus.write_raw_zip(root / "pt_newline.pt", [corpus.RawEntry(b"archive\ndata.pkl", b"x", 0, 0, 1)])
     big = b"\x80\x02}X\x01\x00\x00\x00acbuiltins\nbytearray\nJ\x00\xe9\xa45\x85Rs."  # bytearray(900_000_000)
     bytearray_900mb = corpus.torch_zip(root / "bytearray.pt", big)
+    nul = corpus.write_raw_zip(root / "nul.pt", [corpus.RawEntry(b"\x00rchive/data.pkl", b"x", 0, 0, 1)])
     newline = corpus.write_raw_zip(root / "newline.zip", [corpus.RawEntry(b"a\n/x.png", b"junk", 0, 0, 4)])
     folder = root / "set"
     (folder / "\n" / "sub").mkdir(parents=True)
@@ -440,6 +441,7 @@ def _found_cases(root: Path) -> dict[str, Callable[[], object]]:
         "local_name_not_utf8": lambda: _read_member(local_name),
         "torch_zip_name_with_newline": lambda: read_state_dict(pt_newline),
         "bytearray_under_the_element_budget": lambda: read_state_dict(bytearray_900mb),
+        "name_starting_with_nul": lambda: read_state_dict(nul),
         "zip_without_entries": lambda: load_labeled(empty_zip, (1, 8, 8)),
         "zip_name_with_newline": lambda: load_unlabeled(newline, (1, 8, 8)),
         "folder_name_with_newline": lambda: load_unlabeled(folder, (1, 8, 8)),
@@ -460,6 +462,7 @@ FOUND = [
     "local_name_not_utf8",
     "torch_zip_without_entries",
     "zip_without_entries",
+    "name_starting_with_nul",
     "torch_zip_name_with_newline",
     "bytearray_under_the_element_budget",
     "zip_name_with_newline",
