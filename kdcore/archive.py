@@ -21,7 +21,8 @@ the declared size: at most `cap` per member (the caller's: `max_file_bytes` for 
 real size differs from its declared size is refused. `SafeZip.verify` reads a member the same way
 without keeping its bytes (for members a third-party reader will load, e.g. torch's tensors).
 
-A violated budget or a malformed archive is an `InputError` naming the archive and the entry;
+A violated budget or a malformed archive is an `InputError` naming the archive and the entry
+(entry names are quoted with repr: a name holding a newline keeps the message on one line);
 a member whose compressed data is corrupt (bad CRC, truncated deflate stream) is a
 `CorruptMemberError`, so an image loader can skip that one file.
 """
@@ -86,7 +87,7 @@ class SafeZip:
     def _stream(self, member: Member, cap: int, cap_name: str, sink) -> None:
         if member.declared_size > cap:
             raise InputError(
-                f"'{member.name}' in {self.label} unpacks to {_size(member.declared_size)}; members over "
+                f"{member.name!r} in {self.label} unpacks to {_size(member.declared_size)}; members over "
                 f"{_size(cap)} are refused ({cap_name}, a zip-bomb guard)"
             )
         budget = limits.current().max_archive_bytes
@@ -98,7 +99,7 @@ class SafeZip:
                     self._total += len(chunk)
                     if n > cap:
                         raise InputError(
-                            f"'{member.name}' in {self.label} unpacks to more than {_size(cap)} although it declares "
+                            f"{member.name!r} in {self.label} unpacks to more than {_size(cap)} although it declares "
                             f"{_size(member.declared_size)}; refused ({cap_name}, a zip-bomb guard)"
                         )
                     if self._total > budget:
@@ -107,11 +108,11 @@ class SafeZip:
                             "(max_archive_bytes, a zip-bomb guard). Split it into smaller archives."
                         )
                     sink(chunk)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
-            raise CorruptMemberError(f"'{member.name}' in {self.label} is damaged ({e}); {_RECREATE}") from e
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, UnicodeDecodeError) as e:  # local name too
+            raise CorruptMemberError(f"{member.name!r} in {self.label} is damaged ({e}); {_RECREATE}") from e
         if n != member.declared_size:
             raise InputError(
-                f"'{member.name}' in {self.label} declares {member.declared_size:,} bytes but holds {n:,}; "
+                f"{member.name!r} in {self.label} declares {member.declared_size:,} bytes but holds {n:,}; "
                 f"an archive that lies about its sizes is refused. {_RECREATE}"
             )
 
@@ -175,17 +176,19 @@ def _check_entries(zf: zipfile.ZipFile, path: Path, label: str, casefold: bool) 
         name = info.orig_filename
         if not name:
             raise InputError(f"{label} has an entry with an empty name (entry {i + 1}); {_RECREATE}")
+        if "\x00" in name:  # zipfile cuts the name there (an empty name breaks ZipInfo.is_dir)
+            raise InputError(f"{label} has an entry whose name holds a NUL byte ({name!r}); {_RECREATE}")
         if info.flag_bits & 0x1:
-            raise InputError(f"'{name}' in {label} is password-protected; re-create the archive without a password")
+            raise InputError(f"{name!r} in {label} is password-protected; re-create the archive without a password")
         if info.compress_type not in (STORED, DEFLATED):
             method = _METHOD_NAMES.get(info.compress_type, f"method {info.compress_type}")
             raise InputError(
-                f"'{name}' in {label} is compressed with {method}; only stored and deflate entries are read "
+                f"{name!r} in {label} is compressed with {method}; only stored and deflate entries are read "
                 f"(other methods can unpack without bound). {_RECREATE}"
             )
         if info.compress_type == STORED and info.compress_size != info.file_size:
             raise InputError(
-                f"'{name}' in {label} is stored uncompressed but declares {info.file_size:,} bytes for "
+                f"{name!r} in {label} is stored uncompressed but declares {info.file_size:,} bytes for "
                 f"{info.compress_size:,}; an archive that lies about its sizes is refused. {_RECREATE}"
             )
         members.append(Member(name, info.is_dir(), info.file_size, info.compress_type == DEFLATED, info))
@@ -194,7 +197,7 @@ def _check_entries(zf: zipfile.ZipFile, path: Path, label: str, casefold: bool) 
     for m in members:
         key = m.name.casefold() if casefold else m.name
         if key in seen:
-            raise InputError(f"{label} has two entries named '{m.name}'; {_RECREATE}")
+            raise InputError(f"{label} has two entries named {m.name!r}; {_RECREATE}")
         seen.add(key)
     return tuple(members)
 
@@ -207,16 +210,18 @@ def _check_no_overlap(zf: zipfile.ZipFile, path: Path, label: str) -> None:
             fp.seek(max(info.header_offset, 0))
             head = fp.read(_LOCAL.size)
             if info.header_offset < 0 or len(head) < _LOCAL.size or head[:4] != zipfile.stringFileHeader:
-                raise InputError(f"'{info.orig_filename}' in {label} points outside the archive; {_RECREATE}")
+                raise InputError(f"{info.orig_filename!r} in {label} points outside the archive; {_RECREATE}")
             fields = _LOCAL.unpack(head)
             data_start = info.header_offset + _LOCAL.size + fields[10] + fields[11]  # + name + extra
             spans.append((info.header_offset, data_start + info.compress_size, info.orig_filename))
+    if not spans:  # an archive without entries
+        return
     spans.sort()
     bounds = [*(start for start, _, _ in spans[1:]), zf.start_dir]
     for (_, end, name), next_start in zip(spans, bounds, strict=True):
         if end > next_start:
             raise InputError(
-                f"{label} has entries that overlap ('{name}' and the entry after it share bytes); overlapping "
+                f"{label} has entries that overlap ({name!r} and the entry after it share bytes); overlapping "
                 f"entries are a zip-bomb technique and are refused. {_RECREATE}"
             )
 

@@ -116,7 +116,7 @@ def load_labeled(
         if at_root:
             raise InputError(
                 f"{len(at_root)} image(s) sit directly in the top level of '{root.name}' "
-                f"(e.g. '{at_root[0]}'), so their class is unknown; expected {LABELED_LAYOUT}. "
+                f"(e.g. {at_root[0]!r}), so their class is unknown; expected {LABELED_LAYOUT}. "
                 "Move each image into the folder of its class."
             )
         names = _class_names(listing, images, class_names, root)
@@ -246,7 +246,7 @@ def _read_disk_file(p: Path) -> bytes:
             raise _NotRegularFile(f"not a regular file: {_KINDS.get(stat.S_IFMT(mode), 'special file')}")
         data = fh.read(cap + 1)
     if len(data) > cap:
-        raise InputError(f"'{p.name}' is over {cap // 2**20} MiB; image files that large are refused (max_file_bytes)")
+        raise InputError(f"{p.name!r} is over {cap // 2**20} MiB; image files that large are refused (max_file_bytes)")
     return data
 
 
@@ -317,7 +317,7 @@ def _decode_all(
     if not sources:
         raise InputError(
             f"No image in '{root.name}' could be read: found {n_files} file(s), {len(images)} with an "
-            f"image extension, all {len(skipped)} skipped as unreadable (e.g. '{skipped[0]}'). "
+            f"image extension, all {len(skipped)} skipped as unreadable (e.g. {skipped[0]!r}). "
             f"Expected {layout}, in PNG, JPEG, BMP, WebP, TIFF or GIF format."
         )
     if skipped:

@@ -11,7 +11,10 @@ storage declaring 10^12 elements, tuples that share each other until hashing one
 - more than `max_pickle_bytes // 16` opcodes, or one object that, with its shared references
   expanded, holds more than that many objects (hashing a shared tuple costs its expanded size);
 - allocations: the elements of every storage (counted once per storage key), `bytearray(n)`,
-  and tensor or storage constructors called with sizes, together over `max_tensor_elements`.
+  and tensor or storage constructors called with sizes, together over `max_tensor_elements`;
+  the bytes of `bytearray(n)` and of constructor calls (memory the file does not hold, which
+  torch.save never asks for) over `max_pickle_bytes` (found by fuzzing: `bytearray(900_000_000)`
+  passed the element budget and took 900 MB).
 
 Only the opcodes that torch's weights-only unpickler implements are accepted (it refuses every
 other one too); anything else raises `UnsupportedPickle`. The caller caps the stream itself at
@@ -63,6 +66,8 @@ class PickleScan:
         self.max_objects = max(lim.max_pickle_bytes // 16, 1)
         self.max_elements = lim.max_tensor_elements
         self.elements = 0  # elements of storages and allocations so far
+        self.max_unbacked = lim.max_pickle_bytes
+        self.unbacked = 0  # bytes of bytearray(n) and constructor calls: memory not backed by the file
         self.storages: set[object] = set()
         self.ops = 0
 
@@ -237,7 +242,14 @@ class PickleScan:
             return
         if sizes is None:
             raise PickleRefused(f"it calls {name} with arguments that cannot be checked; torch.save never does")
-        self._count(math.prod(max(int(s), 0) for s in sizes) if sizes else 0, f"{name}(...)")
+        n = math.prod(max(int(s), 0) for s in sizes) if sizes else 0
+        self._count(n, f"{name}(...)")
+        self.unbacked += n * _itemsize(name)
+        if self.unbacked > self.max_unbacked:  # zero-filled memory a tiny file can ask for
+            raise PickleRefused(
+                f"{name}(...) would allocate {self.unbacked:,} bytes that the file does not hold, over "
+                f"{self.max_unbacked:,} (max_pickle_bytes); torch.save writes tensors as storages, not such calls"
+            )
 
     def _storage(self, pid: object) -> None:
         """('storage', type, key, location, numel[, view]) → count numel once per key."""
@@ -255,6 +267,16 @@ class PickleScan:
                 f"{what} would allocate {self.elements:,} elements in all, over the limit of "
                 f"{self.max_elements:,} (max_tensor_elements)"
             )
+
+
+_ITEMSIZE = {"Double": 8, "Long": 8, "ComplexFloat": 8, "ComplexDouble": 16, "Half": 2, "BFloat16": 2, "Short": 2}
+_ITEMSIZE |= {"Byte": 1, "Char": 1, "Bool": 1, "Untyped": 1, "bytearray": 1, "Int": 4, "Float": 4}
+
+
+def _itemsize(name: str) -> int:
+    """Bytes per element of what an allocating callable builds: torch.DoubleTensor → 8, bytearray → 1."""
+    last = name.rsplit(".", 1)[-1].removesuffix("Tensor").removesuffix("Storage")
+    return _ITEMSIZE.get(last, 8)  # torch.Tensor, _rebuild_qtensor, anything else: the widest common
 
 
 def _ints(v: object) -> bool:

@@ -123,8 +123,8 @@ class ModelSpec:
             d = json.loads(text)  # the C parser raises RecursionError past ~1000 levels, it never crashes
         except RecursionError as e:
             raise ConfigError(f"the JSON is nested more than {max_depth} levels deep (max_nesting)") from e
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"not valid JSON ({e})") from e
+        except ValueError as e:  # JSONDecodeError, or an integer of more than 4300 digits
+            raise ConfigError(f"not valid JSON ({str(e)[:200]})") from e
         if json_depth(d) > max_depth:
             raise ConfigError(f"the JSON is nested more than {max_depth} levels deep (max_nesting)")
         return cls.from_dict(d)
@@ -180,9 +180,16 @@ def _whole(v: object, name: str) -> int:
 
 
 def _finite(v: object, name: str) -> float:
-    if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v):
-        return float(v)
+    if isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v := _as_float(v)):
+        return v
     raise ConfigError(f"{name} must be finite numbers; got {_show(v)}")
+
+
+def _as_float(v: numbers.Real) -> float:
+    try:
+        return float(v)
+    except OverflowError:  # an int past 1.8e308
+        return math.inf
 
 
 def _name(v: object) -> str:

@@ -77,12 +77,13 @@ def _checked_zip(path: Path, lim: Limits) -> bytes:
                     f"{path.name} is a TorchScript archive (torch.jit.save output). TorchScript archives "
                     f"contain code that would run on load, so it was not loaded. {UPLOAD_HINT}"
                 )
-            folder = names[0].split("/", 1)[0] if "/" in names[0] else None
+            folder = names[0].split("/", 1)[0] if names and "/" in names[0] else None  # no entries: no folder
             pkl = next((m for m in z.members if folder and m.name.casefold() == f"{folder}/data.pkl".casefold()), None)
             if pkl is None:
                 raise ModelLoadError(
                     f"{path.name} is a zip archive but not a torch.save file (no data.pkl in the folder of its "
-                    f"first entry; found {', '.join(names[:5])}{' …' if len(names) > 5 else ''}). {UPLOAD_HINT}"
+                    f"first entry; found {', '.join(map(repr, names[:5]))}{' …' if len(names) > 5 else ''}). "
+                    + UPLOAD_HINT
                 )
             data = z.read(pkl, lim.max_pickle_bytes, "max_pickle_bytes")
             for m in z.members:
