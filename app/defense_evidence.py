@@ -17,7 +17,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from app.charts import mask_norms_figure, pruning_sweep_figure
+from app.defense_charts import mask_norms_figure, pruning_sweep_figure
 from app.defenses import finding
 from app.results import model_zip
 from app.review_queue import thumbnail

@@ -11,7 +11,7 @@ from typing import Any
 
 import streamlit as st
 
-from app.charts import defense_tradeoff_figure
+from app.defense_charts import defense_tradeoff_figure
 from app.defense_settings import params_from, settings_ui
 from app.results import load_report
 from app.state import STATE_ICON, fmt_duration, show_error, store

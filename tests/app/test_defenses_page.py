@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from app.charts import defense_tradeoff_figure, mask_norms_figure, pruning_sweep_figure
+from app.defense_charts import defense_tradeoff_figure, mask_norms_figure, pruning_sweep_figure
 from app.defense_settings import Setting, params_from, parse_tuple, settings_of, to_param
 from kdcore.defenses import DEFENSES, LinfPruning, NeuralCleanse, Repairer
 from kdcore.errors import ConfigError
