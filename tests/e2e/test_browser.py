@@ -163,7 +163,7 @@ def test_defense_on_the_demo_audit_beside_the_core_method(server, page):
     demo = next(j for j in store.list() if j.kind == "demo")
     open_ready(page, f"{url}/defenses?job={demo.id}", ".st-key-defense-method")
     page.locator(".st-key-defense-method").click()
-    # Type to filter: the dropdown is a virtualised list, so with eight methods the last ones may not be
+    # Type to filter: the dropdown is a virtualised list, so with seven methods the last ones may not be
     # rendered until scrolled to (kd joined the list in issue 12).
     page.keyboard.type("neural-cleanse")
     page.get_by_role("option", name="neural-cleanse").click()
