@@ -18,8 +18,11 @@ order), and two methods that pick "the last conv" must agree on every model. "Co
 identity test on that trace (the module received the conv's output tensor itself), so
 functional ops (F.relu, +) are invisible and names are never guessed.
 
-`name` overrides the choice by module name (`model.named_modules()`); a name that does not exist
-or is not of the role's kind is a ConfigError listing the candidates.
+`name` overrides the choice by module name (`model.named_modules()`), and so does the spec's
+`layers` (the user's choice: `--layer last_conv=NAME`, the dashboard's layer select; its
+`last_conv` also moves `conv_activation`); a name that does not exist or is not of the role's kind
+is a ConfigError listing the candidates. `layer_report` lists what a model offers, for the CLI's and
+the dashboard's model check.
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ def choose_layer(model: nn.Module, spec: ModelSpec, role: Role, name: str | None
     Runs one dummy forward pass of 2 blank images (eval and inference mode, modes restored).
     """
     kind = _kind(role)
+    if name is None:
+        name = spec.layers.get("penultimate" if role == "penultimate" else "last_conv")
     what = "nn.Conv2d" if kind is nn.Conv2d else "nn.Linear"
     modules = dict(model.named_modules())
     if kind is nn.Conv2d:
@@ -111,3 +116,20 @@ def choose_layer(model: nn.Module, spec: ModelSpec, role: Role, name: str | None
         if norm is not None:
             return norm, modules[norm]
     return name, modules[name]
+
+
+def layer_report(model: nn.Module, spec: ModelSpec) -> dict:
+    """What the layer choice finds in `model`: the candidates per role, in run order, and the choice.
+
+    {"conv": [names], "linear": [names], "last_conv": name | None, "conv_activation": name | None,
+     "penultimate": name | None, "problems": {role: message}} — a role that cannot be chosen has a
+    problem instead of a name (e.g. a ViT has no conv), never an exception.
+    """
+    calls = trace(model, spec)
+    out: dict = {"conv": _run_order(calls, nn.Conv2d), "linear": _run_order(calls, nn.Linear), "problems": {}}
+    for role in ROLES:
+        try:
+            out[role] = choose_layer(model, spec, role)[0]
+        except ConfigError as e:
+            out[role], out["problems"][role] = None, str(e)
+    return out

@@ -42,6 +42,7 @@ raises ModelLoadError for any malformed file or spec, and nothing else.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -54,14 +55,15 @@ from torch import nn
 from kdcore import limits
 from kdcore.errors import ConfigError, ModelLoadError
 from kdcore.io import atomic_write_bytes, atomic_write_json
-from kdcore.models.registry import build_model, check_forward
+from kdcore.models.registry import FILE_ARCHS, build_model, check_forward
+from kdcore.models.sources import copy_beside, resolved, with_source
 from kdcore.models.spec import ModelSpec
 from kdcore.models.torchfile import UPLOAD_HINT, torch_load_weights_only
 
 SPEC_METADATA_KEY = "kdcore_spec"
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-SUPPORTED_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES)
+SUPPORTED_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES, ".onnx", ".pt2", ".zip")
 NESTED_STATE_DICT_KEYS = ("state_dict", "model_state_dict")  # common training-checkpoint layouts
 
 _MAX_LISTED = 10  # problems listed per kind in one error message
@@ -84,6 +86,7 @@ def save_model(model: nn.Module, spec: ModelSpec, path: PathLike) -> Path:
     tensors = {
         k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()
     }
+    spec = copy_beside(spec, path)  # a graph or class file travels with the weights
     data = safetensors.torch.save(tensors, metadata={"format": "pt", SPEC_METADATA_KEY: spec.to_json()})
     atomic_write_bytes(path, data)
     atomic_write_json(path.with_suffix(".json"), spec.to_dict())
@@ -93,18 +96,17 @@ def save_model(model: nn.Module, spec: ModelSpec, path: PathLike) -> Path:
 def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     """The tensors in a model file, read without running any code from the file.
 
-    `.safetensors` is read directly; `.pt/.pth/.bin/.ckpt` with `torch.load(weights_only=True)`.
+    `.safetensors` is read directly; `.pt/.pth/.bin/.ckpt` with `torch.load(weights_only=True)`;
+    `.onnx`, `.pt2` and Hugging Face-style folders or zips by their readers (`GRAPH_FORMATS`).
     A checkpoint dict holding a `state_dict` or `model_state_dict` is unwrapped, and a `module.`
     prefix on every key (from `nn.DataParallel`) is removed. Raises ModelLoadError.
     """
-    path = _existing_file(path)
+    path = _existing(path)
+    fmt = _graph_format(path)
+    if fmt is not None:
+        return fmt.read_state_dict(path)
     lim = limits.current()
-    size = path.stat().st_size
-    if size > lim.max_model_file_bytes:
-        raise ModelLoadError(
-            f"{path.name} is {size / 2**30:.1f} GiB; model files over {lim.max_model_file_bytes / 2**30:.1f} GiB "
-            "are refused (max_model_file_bytes)"
-        )
+    _check_size(path, lim)
     suffix = path.suffix.lower()
     if suffix == SAFETENSORS_SUFFIX:
         obj = _read_safetensors(path, lim.max_tensor_elements)
@@ -112,7 +114,8 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
         obj = torch_load_weights_only(path, lim)
     else:
         raise ModelLoadError(
-            f"Unsupported model file type '{path.suffix or path.name}'; expected one of {', '.join(SUPPORTED_SUFFIXES)}"
+            f"Unsupported model file type '{path.suffix or path.name}'; expected one of "
+            f"{', '.join(SUPPORTED_SUFFIXES)} or a Hugging Face-style model folder"
         )
     return _plain_state_dict(obj, path)
 
@@ -120,10 +123,15 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
 def read_spec(path: PathLike) -> ModelSpec | None:
     """The spec stored with a model file, or None if there is none.
 
-    Looks in the safetensors metadata (key `kdcore_spec`) first, then in `<stem>.json` beside
-    the file. A spec that is present but invalid raises ModelLoadError.
+    `.onnx`, `.pt2` and Hugging Face-style folders or zips carry their own (read from the graph
+    or `config.json`). Otherwise: the safetensors metadata (key `kdcore_spec`) first, then a
+    `<stem>.json` beside the file — but only one that is a kdcore spec (a JSON object with `arch`
+    and `num_classes`): any other JSON of that name is not ours and is ignored. A kdcore spec that is present but invalid raises ModelLoadError.
     """
-    path = _existing_file(path)
+    path = _existing(path)
+    fmt = _graph_format(path)
+    if fmt is not None:
+        return fmt.read_spec(path)
     if path.suffix.lower() == SAFETENSORS_SUFFIX:
         try:
             with safetensors.safe_open(path, framework="pt") as f:
@@ -131,15 +139,32 @@ def read_spec(path: PathLike) -> ModelSpec | None:
         except Exception as e:  # untrusted file: any parser failure is the file's, see read_state_dict
             raise ModelLoadError(f"{path.name} is not a valid safetensors file ({e}). {_UPLOAD_HINT}") from e
         if SPEC_METADATA_KEY in metadata:
-            return _parse_spec(metadata[SPEC_METADATA_KEY], f"the metadata of {path.name}")
+            return resolved(_parse_spec(metadata[SPEC_METADATA_KEY], f"the metadata of {path.name}"), path.parent)
     sidecar = path.with_suffix(".json")
     if sidecar.is_file():
-        try:
-            text = sidecar.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ModelLoadError(f"Cannot read the model spec {sidecar.name} ({e}); it must be UTF-8 JSON") from e
-        return _parse_spec(text, sidecar.name)
+        spec = _sidecar_spec(sidecar)
+        return resolved(spec, path.parent) if spec is not None else None
     return None
+
+
+_SIDECAR_KEYS = ("arch", "num_classes")  # what makes a JSON file a kdcore spec (ModelSpec.from_dict needs them)
+_MAX_SIDECAR_BYTES = 2**20
+
+
+def _sidecar_spec(sidecar: Path) -> ModelSpec | None:
+    try:
+        if sidecar.stat().st_size > _MAX_SIDECAR_BYTES:
+            return None  # a kdcore spec is a few hundred bytes; a big JSON file is something else
+        text = sidecar.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None  # not UTF-8 text: not a spec kdcore wrote
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not (isinstance(obj, dict) and all(k in obj for k in _SIDECAR_KEYS)):
+        return None
+    return _parse_spec(text, sidecar.name)
 
 
 def load_model(
@@ -162,7 +187,15 @@ def load_model(
             f"{path.name} does not say which architecture it is (no kdcore spec in the file and no "
             f"{path.with_suffix('.json').name} beside it); give --arch and --num-classes"
         )
-    model = build_model(spec)
+    spec = resolved(spec, path.parent)
+    if spec.arch in FILE_ARCHS and not spec.source and _graph_format(path) is not None:
+        spec = with_source(spec, path)  # the file is its own architecture
+    try:
+        model = build_model(spec)
+    except ConfigError as e:
+        if spec.arch in FILE_ARCHS:  # the graph came from the file: a failure to build it is the file's
+            raise ModelLoadError(str(e)) from e
+        raise
     _check_fits(model.state_dict(), state, spec, path)
     _check_sound(model.state_dict(), state, path)
     try:
@@ -175,6 +208,34 @@ def load_model(
         raise ModelLoadError(f"{path.name} loaded into {spec.arch}, but {e}") from e
     model.eval()
     return model.to(device), spec
+
+
+GRAPH_FORMATS = {".onnx": "kdcore.models.onnxfile", ".pt2": "kdcore.models.pt2file", ".zip": "kdcore.models.timmhf"}
+FOLDER_FORMAT = "kdcore.models.timmhf"  # a Hugging Face-style model folder (config.json + model.safetensors)
+
+
+def _graph_format(path: Path):
+    """The reader module of a format that carries its own spec (ONNX, torch.export, HF), or None.
+    Each has `read_spec(path) -> ModelSpec | None` and `read_state_dict(path) -> dict`."""
+    import importlib
+
+    name = FOLDER_FORMAT if path.is_dir() else GRAPH_FORMATS.get(path.suffix.lower())
+    return importlib.import_module(name) if name else None
+
+
+def _check_size(path: Path, lim: limits.Limits) -> None:
+    size = path.stat().st_size
+    if size > lim.max_model_file_bytes:
+        raise ModelLoadError(
+            f"{path.name} is {size / 2**30:.1f} GiB; model files over {lim.max_model_file_bytes / 2**30:.1f} GiB "
+            "are refused (max_model_file_bytes)"
+        )
+
+
+def _existing(path: PathLike) -> Path:
+    """A model file, or a model folder (Hugging Face style)."""
+    path = Path(path)
+    return path if path.is_dir() else _existing_file(path)
 
 
 def _existing_file(path: PathLike) -> Path:

@@ -1,8 +1,22 @@
 """Architecture registry: name → builder(spec) → nn.Module.
 
-Registered: `paper-cnn` (seed 000 Table 7), `paper-vgg11` (Table 8), `resnet18-small`,
-and `tv:<name>` for any torchvision classification model (e.g. `tv:resnet18`), built
-without pretrained weights (a user's own weights are loaded on top).
+Every way a model comes in ends here: `build_model(spec)` gives a freshly initialised model of
+the spec's architecture (the student starts from it; the teacher is the same build with the
+file's weights loaded on top). The names it knows:
+
+    paper-cnn, paper-vgg11,      built in (seed 000 Tables 7 and 8; BCU's ResNet-18 for 32 × 32)
+    resnet18-small
+    tv:<name>                    any torchvision classification model, e.g. `tv:resnet18`
+    timm:<name>                  any timm model, e.g. `timm:resnet18` (`kdcore.models.timmhf`)
+    onnx, pt2                    the graph in the spec's `source` file: an ONNX model converted with
+                                 onnx2torch (`kdcore.models.onnxfile`) or a torch.export archive
+                                 (`kdcore.models.pt2file`), parameters re-initialised
+    file:<Class>                 a class in the spec's `source` Python file; runs that file, so only
+                                 with trust (`kdcore.models.plugins`)
+    <plugin name>                registered by an installed package under the entry-point group
+                                 `kdaudit.architectures` (`kdcore.models.plugins`)
+
+All are built without pretrained weights (a user's own weights are loaded on top).
 
 A spec's `extra` options are passed to torchvision as keyword arguments, and specs come from
 uploaded files, so they are tried first on the meta device (no memory, the random state
@@ -46,28 +60,80 @@ def torchvision_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+# Architectures whose graph is in a file (the spec's `source`), and name prefixes, each built by
+# "module:function" (imported only when used: onnx2torch and timm are heavy).
+FILE_ARCHS = {"onnx": "kdcore.models.onnxfile:build", "pt2": "kdcore.models.pt2file:build"}
+PREFIXES = {
+    "tv:": "kdcore.models.registry:_build_torchvision",
+    "timm:": "kdcore.models.timmhf:build",
+    "file:": "kdcore.models.plugins:build_file",
+}
+
+
 def arch_names() -> list[str]:
-    return [*sorted(ARCHS), "tv:<torchvision model name>"]
+    """Every name `--arch` takes: built-ins, installed plugins, and the prefixed families."""
+    from kdcore.models.plugins import plugin_names
+
+    return [*sorted(ARCHS), *plugin_names(), "tv:<torchvision model name>", "timm:<timm model name>"]
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """A freshly initialised model for `spec` (CPU, train mode)."""
+    """A freshly initialised model for `spec` (CPU, train mode). Unknown names are a ConfigError."""
     if spec.arch in ARCHS:
         try:
             return ARCHS[spec.arch](spec)
         except ValueError as e:
             raise ConfigError(f"Cannot build {spec.arch} for input {spec.input_shape}: {e}") from e
-    if spec.arch.startswith("tv:"):
-        return _build_torchvision(spec.arch[3:], spec)
+    if spec.arch in FILE_ARCHS:
+        return _call(FILE_ARCHS[spec.arch], spec)
+    for prefix, target in PREFIXES.items():
+        if spec.arch.startswith(prefix):
+            return _call(target, spec)
+    from kdcore.models.plugins import build_plugin, plugin_names
+
+    if spec.arch in plugin_names():
+        return build_plugin(spec)
     raise ConfigError(f"Unknown architecture '{spec.arch}'; expected one of {arch_names()}")
+
+
+def _call(target: str, spec: ModelSpec) -> nn.Module:
+    import importlib
+
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)(spec)
+
+
+def reinitialise(model: nn.Module) -> nn.Module:
+    """`model` with fresh parameters: a converted or exported graph as a new, untrained student.
+
+    Every module with `reset_parameters` (convolutions, linear and norm layers: the layers the
+    converters produce) resets itself with PyTorch's own default initialisation; norm layers also
+    reset their running statistics. A parameter that no such module owns is refused, so a student
+    never silently starts with the teacher's weights. In place; returns `model` in train mode.
+    """
+    covered: set[int] = set()
+    for m in model.modules():
+        if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
+            m.reset_parameters()
+            covered.update(id(p) for p in m.parameters(recurse=False))
+        if hasattr(m, "reset_running_stats") and callable(m.reset_running_stats):
+            m.reset_running_stats()
+    left = [n for n, p in model.named_parameters() if id(p) not in covered]
+    if left:
+        raise ConfigError(
+            f"{len(left)} parameters of this graph belong to no layer that can re-initialise itself "
+            f"(e.g. {', '.join(left[:3])}), so no fresh student can be built from it"
+        )
+    return model.train()
 
 
 _RESERVED_OPTIONS = ("weights", "weights_backbone", "num_classes", "progress")
 
 
-def _build_torchvision(name: str, spec: ModelSpec) -> nn.Module:
+def _build_torchvision(spec: ModelSpec) -> nn.Module:
     import torchvision
 
+    name = spec.arch.removeprefix("tv:")
     if name not in torchvision_names():
         raise ConfigError(f"Unknown torchvision model '{name}'; pick one of torchvision.models.list_models()")
     if spec.input_shape[0] != 3:

@@ -6,7 +6,9 @@ also come from uploaded files and the dashboard, so every field is checked for i
 range on construction (ConfigError saying what was got and what is expected):
 arch a name; num_classes a whole number from 2 to `max_num_classes`; input_shape three whole
 numbers with C = 1 or 3 and H × W at most `max_input_pixels`; mean/std finite numbers; class
-names strings; extra a flat mapping of option names to JSON scalars or lists of them.
+names strings; extra a flat mapping of option names to JSON scalars or lists of them; source a
+file name and source_sha256 its hex digest (both or neither); layers a mapping from a layer role
+(`LAYER_ROLES`) to a module name.
 `from_json` also refuses JSON nested deeper than `max_nesting` (limits from
 `kdcore.limits.current()`).
 """
@@ -32,6 +34,12 @@ class ModelSpec:
 
     input_shape: (C, H, W) the model expects; images are resized/converted to it.
     mean, std:   per-channel normalisation applied to images scaled to [0, 1].
+    source:      for architectures defined by a file rather than a name (`onnx`, `pt2`,
+                 `file:<Class>`): that file. A relative path is relative to the model file the
+                 spec travels with; `save_model` copies the source beside what it saves.
+    source_sha256: the source file's SHA-256; building refuses a source whose content changed.
+    layers:      the user's layer choice per role, e.g. {"last_conv": "features.3"}
+                 (`kdcore.models.layers.choose_layer` takes it over its own choice).
     """
 
     arch: str
@@ -42,6 +50,9 @@ class ModelSpec:
     class_names: tuple[str, ...] = ()
     format_version: int = SPEC_FORMAT_VERSION
     extra: dict = field(default_factory=dict)  # architecture options (e.g. torchvision kwargs)
+    source: str = ""
+    source_sha256: str = ""
+    layers: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         lim = limits.current()
@@ -56,6 +67,8 @@ class ModelSpec:
         object.__setattr__(self, "class_names", tuple(_name(v) for v in _seq(self.class_names, "class_names")))
         object.__setattr__(self, "format_version", _whole(self.format_version, "format_version"))
         _check_extra(self.extra)
+        _check_source(self.source, self.source_sha256)
+        object.__setattr__(self, "layers", _checked_layers(self.layers))
         if self.num_classes < 2:
             raise ConfigError(f"num_classes must be at least 2; got {self.num_classes}")
         if self.num_classes > lim.max_num_classes:
@@ -107,6 +120,9 @@ class ModelSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["input_shape"] = list(self.input_shape)
+        for name in ("source", "source_sha256", "layers"):  # optional: older kdcore versions read the rest
+            if not d[name]:
+                del d[name]
         d["mean"], d["std"], d["class_names"] = list(self.mean), list(self.std), list(self.class_names)
         return d
 
@@ -208,3 +224,26 @@ def _check_extra(extra: object) -> None:
             raise ConfigError(f"extra option names must be identifiers; got {_show(k)}")
         if not (isinstance(v, scalar) or (isinstance(v, (list, tuple)) and all(isinstance(x, scalar) for x in v))):
             raise ConfigError(f"extra option {k!r} must be a number, string, bool or a flat list; got {_show(v)}")
+
+
+LAYER_ROLES = ("last_conv", "penultimate")  # the roles a user may choose by name (kdcore.models.layers)
+
+
+def _check_source(source: object, digest: object) -> None:
+    if not isinstance(source, str) or not isinstance(digest, str):
+        raise ConfigError(f"source and source_sha256 must be strings; got {_show(source)}, {_show(digest)}")
+    if bool(source) != bool(digest):
+        raise ConfigError("source and source_sha256 go together: give both (the file and its SHA-256) or neither")
+    if digest and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
+        raise ConfigError(f"source_sha256 must be 64 lowercase hex digits; got {_show(digest)}")
+
+
+def _checked_layers(layers: object) -> dict:
+    if not isinstance(layers, dict):
+        raise ConfigError(f"layers must map a layer role to a module name; got {_show(layers)}")
+    for role, name in layers.items():
+        if role not in LAYER_ROLES:
+            raise ConfigError(f"layers: unknown role {role!r}; the roles are {list(LAYER_ROLES)}")
+        if not isinstance(name, str) or not name or len(name) > 500:
+            raise ConfigError(f"layers[{role!r}] must be a module name like 'features.3'; got {_show(name)}")
+    return dict(layers)

@@ -38,6 +38,14 @@ UPLOAD_HINT = (
     "with `torch.save(model.state_dict(), 'model.pt')`"
 )
 _PICKLED_OBJECT = "Pickles can run arbitrary code when loaded, so it was not loaded."
+WHOLE_MODEL_HINT = (
+    "To audit a whole model (its architecture too), save it in a format that carries the graph as data: "
+    "ONNX (`torch.onnx.export(model.eval(), torch.zeros(1, C, H, W), 'model.onnx', dynamo=False)`), or a "
+    "torch.export archive (`torch.export.save(torch.export.export(model.eval(), (torch.zeros(1, C, H, W),)), "
+    "'model.pt2')`); or save its weights (`safetensors.torch.save_file(model.state_dict(), 'model.safetensors')`) "
+    "and name the architecture: a timm name (`timm:resnet18`), an installed plugin (entry point "
+    "`kdaudit.architectures`), or its class in a Python file (`--arch-file model.py:MyNet --trust-code`)"
+)
 _HEAD = 512
 
 
@@ -62,7 +70,7 @@ def torch_load_weights_only(path: Path, lim: Limits) -> object:
         if found:
             raise ModelLoadError(
                 f"{path.name} is a pickled object (it references `{found.group(1)}`), not a plain state_dict "
-                f"of tensors. {_PICKLED_OBJECT} {UPLOAD_HINT}"
+                f"of tensors. {_PICKLED_OBJECT} {WHOLE_MODEL_HINT}"
             ) from e
         raise ModelLoadError(f"{path.name} is not a readable PyTorch file ({_reason(e)}). {UPLOAD_HINT}") from e
 
@@ -75,7 +83,7 @@ def _checked_zip(path: Path, lim: Limits) -> bytes:
             if any(n.split("/", 1)[-1] == "constants.pkl" or n.split("/", 1)[-1].startswith("code/") for n in names):
                 raise ModelLoadError(
                     f"{path.name} is a TorchScript archive (torch.jit.save output). TorchScript archives "
-                    f"contain code that would run on load, so it was not loaded. {UPLOAD_HINT}"
+                    f"contain code that would run on load, so it was not loaded. {WHOLE_MODEL_HINT}"
                 )
             folder = names[0].split("/", 1)[0] if names and "/" in names[0] else None  # no entries: no folder
             pkl = next((m for m in z.members if folder and m.name.casefold() == f"{folder}/data.pkl".casefold()), None)
@@ -106,7 +114,7 @@ def _check_pickle(scan: PickleScan, data: bytes, path: Path, lim: Limits, legacy
     except UnsupportedPickle as e:
         raise ModelLoadError(
             f"{path.name} is a pickled object, not a plain state_dict of tensors (it uses the pickle {e}, which "
-            f"torch.save never writes). {_PICKLED_OBJECT} {UPLOAD_HINT}"
+            f"torch.save never writes). {_PICKLED_OBJECT} {WHOLE_MODEL_HINT}"
         ) from e
     except PickleRefused as e:
         if legacy and len(data) > lim.max_pickle_bytes and "truncated" in str(e):
