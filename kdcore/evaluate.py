@@ -5,6 +5,10 @@ poison_acc: accuracy on D^p_test (trigger on every image whose true class is not
             w.r.t. the true labels.
 asr:        fraction of the triggered images of victim classes classified as the target
             (victims = all non-target classes, or the source class for source-specific triggers).
+
+D^p_test comes from the trigger (`Trigger.poison_test`): the test set stamped, or for a triggered
+test set (`kdcore.triggers.TriggeredSet`) its own images. An unlabelled triggered set has no true
+labels: every image is a victim, and poison_acc (and its confusion matrix) is None.
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ def evaluate_model(
         return EvalResult(clean_acc, n_clean=len(test), confusion_clean=_rows(cm))
     ptest, victims = poison_test_set(test, trigger)
     p_pred = predict_logits(model, spec, ptest.images, device).argmax(1)
-    poison_acc = (p_pred == ptest.labels).float().mean().item() if len(ptest) else None
+    labelled = ptest.labels is not None
+    poison_acc = (p_pred == ptest.labels).float().mean().item() if len(ptest) and labelled else None
     asr = (p_pred[victims] == trigger.target).float().mean().item() if victims.any() else None
     return EvalResult(
         clean_acc,
@@ -76,5 +81,5 @@ def evaluate_model(
         len(test),
         len(ptest),
         _rows(cm),
-        _rows(confusion_matrix(ptest.labels, p_pred, k)),
+        _rows(confusion_matrix(ptest.labels, p_pred, k)) if labelled else (),
     )

@@ -16,6 +16,18 @@ from kdcore.triggers.base import Trigger
 LOCATIONS = ("bottom-right", "bottom-center", "bottom-left", "top-right", "top-left", "center")
 
 
+def corner(h: int, w: int, ph: int, pw: int, location: str, margin: int, what: str) -> tuple[int, int]:
+    """Top-left corner (row, col) of a ph×pw patch `margin` pixels from the edges at `location` in an
+    h×w image (shared by BadNets and image patches); ConfigError naming `what` if it does not fit."""
+    m = margin
+    if ph + m > h or pw + m > w:
+        raise ConfigError(f"A {what} with margin {m} does not fit in a {h}×{w} image")
+    vertical, _, horizontal = location.partition("-")
+    row = {"bottom": h - m - ph, "top": m, "center": (h - ph) // 2}[vertical]
+    col = {"right": w - m - pw, "left": m, "center": (w - pw) // 2, "": (w - pw) // 2}[horizontal]
+    return row, col
+
+
 @dataclass(frozen=True)
 class BadNets(Trigger):
     """A solid size×size patch of `color`, `margin` pixels from the edges at `location`."""
@@ -41,13 +53,7 @@ class BadNets(Trigger):
 
     def box(self, h: int, w: int) -> tuple[int, int]:
         """Top-left corner (row, col) of the patch in an h×w image."""
-        s, m = self.size, self.margin
-        if s + m > min(h, w):
-            raise ConfigError(f"A {s}px patch with margin {m} does not fit in a {h}×{w} image")
-        vertical, _, horizontal = self.location.partition("-")
-        row = {"bottom": h - m - s, "top": m, "center": (h - s) // 2}[vertical]
-        col = {"right": w - m - s, "left": m, "center": (w - s) // 2, "": (w - s) // 2}[horizontal]
-        return row, col
+        return corner(h, w, self.size, self.size, self.location, self.margin, f"{self.size}px patch")
 
     def stamp(self, images: torch.Tensor) -> torch.Tensor:
         out = images.clone()

@@ -1,7 +1,8 @@
 """Triggers: the attacker's mark as a value that serialises (for the UI, the job store, the CLI).
 
 A trigger knows its pattern (`stamp`), its target class and, for source-specific attacks
-(seed 000's GTSRB setup), the one source class it should flip. `Trigger.from_dict` rebuilds
+(seed 000's GTSRB setup), the one source class it should flip; `poison_test` gives the triggered
+test images that asr and poison_acc are measured on (stamped, or a `TriggeredSet`'s own). `Trigger.from_dict` rebuilds
 any registered trigger from `to_dict()` output.
 """
 
@@ -14,6 +15,7 @@ from typing import ClassVar
 
 import torch
 
+from kdcore.data.imageset import ImageSet
 from kdcore.errors import ConfigError
 
 TRIGGERS: dict[str, type[Trigger]] = {}
@@ -53,6 +55,26 @@ class Trigger:
             mask &= labels == self.source
         return mask
 
+    def poison_test(self, test: ImageSet) -> tuple[ImageSet, torch.Tensor]:
+        """Seed 000's D^p_test: the trigger stamped on every test image whose true class is not the
+        target, labels kept, and the mask (over those images) of the victims. A trigger that brings
+        its own triggered images (`TriggeredSet`) answers with them instead; evaluation reads both
+        the same way, so asr and poison_acc have one definition."""
+        labels = test.require_labels("A poison test set")
+        keep = torch.nonzero(labels != self.target).flatten()
+        kept = test.subset(keep)
+        stamped = ImageSet(self.stamp(kept.images), kept.labels, kept.class_names, kept.sources, test.name + "-poison")
+        return stamped, self.victims(kept.labels)
+
+    def check_input(self, input_shape: tuple[int, ...]) -> None:
+        """Raise ConfigError now if the trigger cannot be put on images of `input_shape` (C, H, W)
+        (a patch that does not fit), rather than at evaluation after the training stages."""
+        self.stamp(torch.zeros((1, *input_shape), dtype=torch.uint8))
+
+    def notes(self) -> list[str]:
+        """What a report should say about how this trigger was measured (none for a stamping trigger)."""
+        return []
+
     def check_classes(self, num_classes: int) -> None:
         for name, c in (("target", self.target), ("source", self.source)):
             if c is not None and c >= num_classes:
@@ -63,7 +85,8 @@ class Trigger:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     def describe(self) -> str:
-        args = ", ".join(f"{k}={v}" for k, v in self.to_dict().items() if k != "kind")
+        shown = {k: v for k, v in self.to_dict().items() if k != "kind" and not k.endswith("_sha256")}
+        args = ", ".join(f"{k}={v}" for k, v in shown.items())
         return f"{self.kind}({args})"
 
     @staticmethod
@@ -102,7 +125,8 @@ def _coerce(text: str):
 
 def parse_trigger(text: str) -> Trigger:
     """A trigger from a JSON object, a JSON file path, or the short form
-    `badnets:target=7,size=3,location=bottom-right,color=255/255/0`."""
+    `badnets:target=7,size=3,location=bottom-right,color=255/255/0` (a file path with a comma in it
+    needs the JSON form: `patch:image=p.png,target=7` is split at commas)."""
     text = text.strip()
     if text.startswith("{"):
         try:
@@ -116,9 +140,13 @@ def parse_trigger(text: str) -> Trigger:
         return parse_trigger(p.read_text())
     kind, _, rest = text.partition(":")
     d: dict = {"kind": kind.strip()}
+    # Text settings (file paths, locations) are kept as written: a path's "/" is not a list.
+    cls = TRIGGERS.get(d["kind"])
+    texts = {f.name for f in fields(cls) if f.type in ("str", str)} if cls else set()
     for part in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = part.partition("=")
         if not eq:
             raise ConfigError(f"Trigger option {part!r} should look like key=value")
-        d[key.strip()] = _coerce(value)
+        key = key.strip()
+        d[key] = value.strip() if key in texts else _coerce(value)
     return Trigger.from_dict(d)

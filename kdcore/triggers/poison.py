@@ -38,9 +38,6 @@ def poison_dataset(
 def poison_test_set(test: ImageSet, trigger: Trigger) -> tuple[ImageSet, torch.Tensor]:
     """Seed 000's D^p_test: the trigger stamped on every test image whose true class is not the
     target, labels kept. Also returns the mask (over the kept images) of those the attack targets
-    (all of them for all-to-one; only the source class for source-specific triggers)."""
-    labels = test.require_labels("A poison test set")
-    keep = torch.nonzero(labels != trigger.target).flatten()
-    kept = test.subset(keep)
-    stamped = ImageSet(trigger.stamp(kept.images), kept.labels, kept.class_names, kept.sources, test.name + "-poison")
-    return stamped, trigger.victims(kept.labels)
+    (all of them for all-to-one; only the source class for source-specific triggers). A triggered
+    test set (`TriggeredSet`) answers with its own images (`Trigger.poison_test`)."""
+    return trigger.poison_test(test)
