@@ -23,7 +23,8 @@ from kdcore.triggers import (
 )
 from kdcore.triggers.badnets import LOCATIONS
 
-# One non-default instance of every registered kind (the round-trip tests fail if a kind is missing).
+# One non-default instance of every parametric kind; those that read files are in conftest.py
+# (`file_examples`); the round-trip tests fail if a kind is missing from both.
 EXAMPLES: dict[str, Trigger] = {
     "badnets": BadNets(target=7, source=2, size=4, location="top-left", margin=2, color=(255, 255, 0)),
     "blended": Blended(target=3, source=None, alpha=0.25, pattern_seed=11),
@@ -150,13 +151,18 @@ def test_blended_invalid_alpha(alpha: float) -> None:
         Blended(alpha=alpha)
 
 
-def test_every_registered_kind_has_an_example() -> None:
-    assert set(EXAMPLES) == set(TRIGGERS)
+@pytest.fixture
+def examples(file_examples) -> dict[str, Trigger]:
+    return {**EXAMPLES, **file_examples}
+
+
+def test_every_registered_kind_has_an_example(examples) -> None:
+    assert set(examples) == set(TRIGGERS)
 
 
 @pytest.mark.parametrize("kind", sorted(TRIGGERS))
-def test_to_dict_from_dict_round_trip(kind: str) -> None:
-    trig = EXAMPLES[kind]
+def test_to_dict_from_dict_round_trip(kind: str, examples) -> None:
+    trig = examples[kind]
     d = trig.to_dict()
     assert d["kind"] == kind
     again = Trigger.from_dict(json.loads(json.dumps(d)))
@@ -166,8 +172,8 @@ def test_to_dict_from_dict_round_trip(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(TRIGGERS))
-def test_parse_trigger_json_and_file(kind: str, tmp_path) -> None:
-    trig = EXAMPLES[kind]
+def test_parse_trigger_json_and_file(kind: str, tmp_path, examples) -> None:
+    trig = examples[kind]
     text = json.dumps(trig.to_dict())
     assert parse_trigger(text) == trig
     path = tmp_path / "trigger.json"
@@ -176,9 +182,9 @@ def test_parse_trigger_json_and_file(kind: str, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(TRIGGERS))
-def test_describe_names_kind_and_target(kind: str) -> None:
-    text = EXAMPLES[kind].describe()
-    assert text.startswith(f"{kind}(") and f"target={EXAMPLES[kind].target}" in text
+def test_describe_names_kind_and_target(kind: str, examples) -> None:
+    text = examples[kind].describe()
+    assert text.startswith(f"{kind}(") and f"target={examples[kind].target}" in text
 
 
 def test_parse_trigger_short_form() -> None:
