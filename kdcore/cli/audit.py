@@ -4,26 +4,39 @@ from __future__ import annotations
 
 import argparse
 
-from kdcore.cli.flags import add_config_flags, add_run_args, config_file, given, parsed_trigger, trigger_arg
+from kdcore.cli.flags import (
+    add_config_flags,
+    add_run_args,
+    config_file,
+    given,
+    trigger_arg,
+    trigger_of,
+    triggered_test_args,
+)
 from kdcore.config import from_dict, merge
 from kdcore.runs.audit import AuditConfig
 
 HELP = "audit your own model on your own images"
-TRIGGER_HELP = "known trigger: badnets:target=7,size=3 | JSON | file.json"
+TRIGGER_HELP = (
+    "known trigger: badnets:target=7,size=3 | patch:image=p.png[,mask=m.png][,location=top-left|x=,y=]"
+    "[,alpha=1],target=7 | blend:image=p.png,alpha=0.2,target=7 | JSON | file.json"
+)
 CACHE_KEY = ()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_args(p)
     trigger_arg(p, TRIGGER_HELP)
+    triggered_test_args(p)
     add_config_flags(p, AuditConfig)
 
 
 def config_from_args(a: argparse.Namespace) -> AuditConfig:
     """The --config file, then the flags."""
     d = merge(config_file(a.config), given(a))
-    if a.trigger:
-        d["trigger"] = parsed_trigger(a.trigger)
+    trigger = trigger_of(a)
+    if trigger:
+        d["trigger"] = trigger
     return from_dict(AuditConfig, d)
 
 

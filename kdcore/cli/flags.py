@@ -138,3 +138,28 @@ def parsed_trigger(text: str | None) -> dict | None:
     from kdcore.triggers import parse_trigger
 
     return parse_trigger(text).to_dict() if text else None
+
+
+def triggered_test_args(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """--triggered-test and --target: a triggered test set, the alternative to --trigger."""
+    p.add_argument(
+        "--triggered-test",
+        metavar="PATH",
+        help="folder or zip of images that already carry the trigger (<true class>/<image>, or unlabelled "
+        "<image>): asr and poison_acc are measured on it; give --target too",
+    )
+    p.add_argument("--target", type=int, metavar="T", help="the target class of --triggered-test")
+
+
+def trigger_of(a: argparse.Namespace) -> dict | None:
+    """The trigger the command line gives: --trigger, or --triggered-test with --target."""
+    path, target = getattr(a, "triggered_test", None), getattr(a, "target", None)
+    if path is None:
+        if target is not None:
+            raise ConfigError("--target goes with --triggered-test; a --trigger carries its own target")
+        return parsed_trigger(a.trigger)
+    if a.trigger:
+        raise ConfigError("Give either --trigger or --triggered-test, not both")
+    if target is None:
+        raise ConfigError("--triggered-test needs --target T, the class its trigger flips images to")
+    return parsed_trigger(json.dumps({"kind": "triggered", "path": path, "target": target}))

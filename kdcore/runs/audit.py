@@ -45,6 +45,8 @@ class AuditConfig:
             raise ConfigError("Give --arch and --num-classes together (or neither, for a kdcore-saved model)")
         if self.trigger is not None:
             Trigger.from_dict(self.trigger)
+            if self.trigger.get("kind") == "triggered" and not self.test:
+                raise ConfigError("A triggered test set is measured next to the clean test set: give --test too")
         if self.max_unlabeled < 0:
             raise ConfigError(f"max_unlabeled must be ≥ 0; got {self.max_unlabeled}")
 
@@ -86,6 +88,8 @@ def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = n
         on_progress("prepare", 0, 4, {"message": "loading model"})
         teacher, spec = load_model(cfg.model, cfg.model_spec(), device)
         trigger = Trigger.from_dict(cfg.trigger) if cfg.trigger else None
+        if trigger is not None:
+            trigger.check_input(spec.input_shape)  # a patch that does not fit fails now, not after training
         on_progress("prepare", 1, 4, {"message": "loading images"})
         unlabeled = load_unlabeled(cfg.unlabeled, spec.input_shape, name="unlabeled")
         if cfg.max_unlabeled and len(unlabeled) > cfg.max_unlabeled:
@@ -122,5 +126,6 @@ def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = n
             wall_s=round(time.perf_counter() - t0, 2),
         )
         report["data"]["trigger"] = trigger.describe() if trigger else None
+        report["notes"] += trigger.notes() if trigger else []
         write_report(run_dir, report)
         return report
