@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from kdcore.data.folders import decode_image
-from kdcore.errors import ConfigError
+from kdcore.errors import ConfigError, InputError
 from kdcore.triggers import Blend, Patch, parse_trigger
 from kdcore.triggers.badnets import LOCATIONS
 from tests.triggers.conftest import save_png
@@ -209,3 +209,18 @@ def test_a_patch_that_does_not_fit(trigger_files) -> None:
         trig.check_input((3, 8, 8))
     with pytest.raises(ConfigError, match="does not fit"):
         Patch(image=str(trigger_files["logo"])).stamp(_images(1, 3, 8, 8))
+
+
+def test_unreadable_and_truncated_files_are_one_line_errors(trigger_files, tmp_path, monkeypatch) -> None:
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(trigger_files["logo"].read_bytes()[:60])
+    with pytest.raises(InputError, match=r"Could not read 'cut\.png' as an image") as e:
+        Blend(image=str(truncated))
+    assert "\n" not in str(e.value)
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("kdcore.triggers.pattern.os.open", denied)  # root reads any file: simulate a 0600 one
+    with pytest.raises(ConfigError, match=r"Cannot read the trigger patch image .*: Permission denied$"):
+        Patch(image=str(trigger_files["rgb"]))
