@@ -126,7 +126,8 @@ def read_spec(path: PathLike) -> ModelSpec | None:
     `.onnx`, `.pt2` and Hugging Face-style folders or zips carry their own (read from the graph
     or `config.json`). Otherwise: the safetensors metadata (key `kdcore_spec`) first, then a
     `<stem>.json` beside the file — but only one that is a kdcore spec (a JSON object with `arch`
-    and `num_classes`): any other JSON of that name is not ours and is ignored. A kdcore spec that is present but invalid raises ModelLoadError.
+    and `num_classes`): any other JSON of that name is not ours and is ignored. A kdcore spec
+    that is present but invalid raises ModelLoadError.
     """
     path = _existing(path)
     fmt = _graph_format(path)

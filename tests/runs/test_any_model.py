@@ -168,4 +168,3 @@ def test_arch_file_needs_trust(suspect, tmp_path):
     assert r.returncode == 2
     assert "--trust-code" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-
