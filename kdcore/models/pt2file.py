@@ -214,9 +214,9 @@ def _json(z: SafeZip, member, lim: limits.Limits) -> dict:
     try:
         obj = json.loads(data)
     except (ValueError, RecursionError) as e:
-        raise ModelLoadError(f"{member.name!r} is not valid JSON ({short(e)})") from e
+        raise ModelLoadError(f"{member.name!r} in {z.label} is not valid JSON ({short(e)})") from e
     if not isinstance(obj, dict):
-        raise ModelLoadError(f"{member.name!r} is not a JSON object")
+        raise ModelLoadError(f"{member.name!r} in {z.label} is not a JSON object")
     return obj
 
 
@@ -227,6 +227,10 @@ def _config(z: SafeZip, members: dict, name: str, lim: limits.Limits) -> dict:
     if not isinstance(config, dict):
         raise ModelLoadError(f"{name} in {z.label} has no 'config' object")
     return config
+
+
+class _Bad(Exception):
+    """A tensor record that is refused; `_Tensors.read` names the record."""
 
 
 class _Tensors:
@@ -245,20 +249,18 @@ class _Tensors:
             try:
                 file = meta["path_name"]
                 if not (_FQN.fullmatch(fqn) and isinstance(file, str) and _FILE.fullmatch(file)):
-                    raise ModelLoadError("a malformed name")
+                    raise _Bad("named in a form torch.export.save does not write")
                 if constants and not file.startswith("tensor_"):
-                    raise ModelLoadError(
-                        "a custom object (TorchBind or opaque), which only torch's full unpickler builds"
-                    )
+                    raise _Bad("a custom object (TorchBind or opaque), which only torch's full unpickler builds")
                 member = self.members.get(folder + file)
                 if member is None:
-                    raise ModelLoadError("a member that is missing")
+                    raise _Bad("missing from the archive")
                 self.seen.add(folder + file)
                 t = self.pickled(member) if meta["use_pickle"] is True else self.raw(member, meta["tensor_meta"])
                 if meta.get("is_param") and t.is_floating_point():
                     t = nn.Parameter(t, requires_grad=bool(meta["tensor_meta"]["requires_grad"]))
-            except ModelLoadError as e:
-                raise ModelLoadError(f"{self.path.name}: {where} is refused: {e}") from None
+            except _Bad as e:
+                raise ModelLoadError(f"{self.path.name}: {where} is refused: it is {e}") from None
             except (KeyError, TypeError, ValueError, RuntimeError) as e:
                 raise ModelLoadError(f"{self.path.name}: {where} is not a valid tensor record ({short(e)})") from e
             out[fqn] = t
@@ -267,35 +269,42 @@ class _Tensors:
     def raw(self, member, meta: dict) -> torch.Tensor:
         dtype = _DTYPES.get(meta["dtype"])
         if dtype is None or meta.get("layout", _STRIDED) != _STRIDED:
-            raise ModelLoadError(f"dtype {meta['dtype']} / layout {meta.get('layout')} is not a plain dense tensor")
-        sizes = [as_int(s) for s in meta["sizes"]]
-        strides = [as_int(s) for s in meta["strides"]]
-        offset = as_int(meta["storage_offset"])
+            raise _Bad(f"of dtype {meta['dtype']} / layout {meta.get('layout')}, not a plain dense tensor")
+        try:
+            sizes = [as_int(s) for s in meta["sizes"]]
+            strides = [as_int(s) for s in meta["strides"]]
+            offset = as_int(meta["storage_offset"])
+        except ModelLoadError as e:
+            raise _Bad(f"of symbolic sizes ({e})") from None
         if len(sizes) != len(strides) or min((*sizes, *strides, offset), default=0) < 0:
-            raise ModelLoadError(f"sizes {sizes} / strides {strides} / offset {offset} are not valid")
+            raise _Bad(f"of sizes {sizes} / strides {strides} / offset {offset}, which are not valid")
         self.elements += math.prod(sizes)
         if self.elements > self.lim.max_tensor_elements:
-            raise ModelLoadError(f"the tensors exceed {self.lim.max_tensor_elements:,} elements (max_tensor_elements)")
+            raise _Bad(
+                f"over the budget: all tensors exceed {self.lim.max_tensor_elements:,} elements (max_tensor_elements)"
+            )
         if member.name not in self.storages:
             data = _read(self.z, member, self.lim.max_model_file_bytes, "max_model_file_bytes")
             size = torch.empty(0, dtype=dtype).element_size()
             if len(data) % size:
-                raise ModelLoadError(f"{len(data)} bytes are not a whole number of {dtype} elements")
+                raise _Bad(f"{len(data)} bytes, not a whole number of {dtype} elements")
             self.storages[member.name] = (
                 torch.frombuffer(bytearray(data), dtype=dtype) if data else torch.empty(0, dtype=dtype)
             )
         flat = self.storages[member.name]
         if flat.dtype != dtype:
-            raise ModelLoadError("two records read one member as different dtypes")
+            raise _Bad("read by two records as different dtypes")
         end = offset + sum((n - 1) * s for n, s in zip(sizes, strides, strict=True)) if all(sizes) else -1
         if end >= flat.numel():
-            raise ModelLoadError(f"sizes {sizes} and strides {strides} reach past its {flat.numel():,} elements")
+            raise _Bad(
+                f"declared with sizes {sizes} and strides {strides} that reach past its {flat.numel():,} elements"
+            )
         return flat.as_strided(sizes, strides, offset)
 
     def pickled(self, member) -> torch.Tensor:
         t = _check_pickle(self.z, member, self.path, self.lim)
         if type(t) not in (torch.Tensor, nn.Parameter) or t.layout != torch.strided or t.is_quantized:
-            raise ModelLoadError(f"it is a pickled {type(t).__name__}, not a plain dense tensor")
+            raise _Bad(f"a pickled {type(t).__name__}, not a plain dense tensor")
         return t.detach()
 
 
@@ -309,4 +318,6 @@ def _check_pickle(z: SafeZip, member, path: Path, lim: limits.Limits) -> object:
             return torch_load_weights_only(file, lim)
         except ModelLoadError as e:  # "member.pt is a pickled object (it references `posix.system`)...."
             reason = str(e).split(". ")[0].replace("member.pt ", "", 1)
-            raise ModelLoadError(f"{reason}; pickles can run code when loaded, so the archive was not loaded") from e
+            raise ModelLoadError(
+                f"{path.name}: {member.name!r} {reason}; pickles can run code, so the archive was not loaded"
+            ) from e
