@@ -14,7 +14,8 @@ hooks), BatchNorm must follow `.train()/.eval()`, and that module cannot even sw
    nn.LayerNorm. The state_dict keys therefore stay what they were in the exported model.
 2. `aten.dropout` becomes nn.Dropout(p) named after the module it came from (nn_module_stack):
    the exported flag (`train=False` after exporting in eval mode) gives way to the module's mode.
-   So does BatchNorm's baked-in `training` flag.
+   So does BatchNorm's baked-in `training` flag, and a train-mode export's own
+   `num_batches_tracked.add_(1)` is removed (the lifted layer counts).
 3. Every other node is copied as it is, with its metadata dropped (it holds fake tensors that
    deep copies of the model should not carry). The pytree flattening of the exported module and
    its input guards are not copied: the graph takes one tensor, and the batch size is free.
@@ -227,6 +228,7 @@ def lift(gm: fx.GraphModule) -> LiftedGraph:
             new = graph.node_copy(node, lambda n: env[n])
             new.meta = {}
         env[node] = new
+    _drop_batch_counts(graph, lifter)
     root = _root(gm, lifter, graph)
     out = LiftedGraph(root, graph)
     # GraphModule copies only what the graph reads, into plain nn.Modules: put back the whole tree
@@ -241,6 +243,18 @@ def lift(gm: fx.GraphModule) -> LiftedGraph:
     out.graph.lint()
     out.recompile()
     return out.eval()
+
+
+def _drop_batch_counts(graph: fx.Graph, lifter: _Lifter) -> None:
+    """A model exported in train mode counts its batches in the graph (`num_batches_tracked.add_(1)`);
+    a lifted BatchNorm counts them itself, so that count is removed."""
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target is aten.add_.Tensor and isinstance(node.args[0], fx.Node):
+            path, _, last = str(node.args[0].target).rpartition(".")
+            is_norm = isinstance(lifter.modules.get(path), nn.modules.batchnorm._BatchNorm)
+            if node.args[0].op == "get_attr" and last == "num_batches_tracked" and is_norm:
+                node.replace_all_uses_with(node.args[0])
+                graph.erase_node(node)
 
 
 def _attr(gm: fx.GraphModule, target: str) -> torch.Tensor:

@@ -194,3 +194,22 @@ def test_torch_never_unpickles_and_torch_export_load_is_never_called(tmp_path, m
     monkeypatch.setattr(torch.export, "load", lambda *a, **k: pytest.fail("torch.export.load was called"))
     pt2file.read_state_dict(path)
     assert calls and all(k.get("weights_only") is True for k in calls)  # only the sample inputs' check
+
+
+def test_a_model_exported_in_train_mode_counts_batches_once(tmp_path):
+    torch.manual_seed(0)
+    original = TinyNet().train()
+    path = tmp_path / "train.pt2"
+    x = torch.randn(4, 3, 6, 6)
+    torch.export.save(torch.export.export(original, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)), path)
+    model = pt2file.load_graph(path)
+    original.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), original(x))
+        count = model.bn.num_batches_tracked.item()
+        model.train()
+        model(x)
+        assert model.bn.num_batches_tracked.item() == count + 1
+        model.eval()
+        model(x)
+        assert model.bn.num_batches_tracked.item() == count + 1
