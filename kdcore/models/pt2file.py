@@ -8,7 +8,8 @@ weights_only=True)` that falls back to `weights_only=False`; and the program JSO
 code: `guards_code` strings are `exec`'d by `ExportedProgram.module()`, every symbolic size
 (`expr_str`) goes through `sympy.sympify` (Python `eval`), and an operator name is resolved by
 `getattr` from `torch`, `math` or `operator` (`torch.serialization.os.system` reaches
-`os.system`), as are the names in node metadata. So kdcore never calls `torch.export.load`:
+`os.system`), as are the names in node metadata, and the input/output treespecs can name a
+module for torch to import. So kdcore never calls `torch.export.load`:
 
 1. The zip is opened through `kdcore.archive` (entries, names, methods, overlap, real sizes; the
    file at most `max_model_file_bytes`). It must hold one program: every member in one folder,
@@ -25,7 +26,8 @@ code: `guards_code` strings are `exec`'d by `ExportedProgram.module()`, every sy
    way, so a file that carries a pickle payload anywhere is refused, not silently accepted.
 4. The program JSON (at most `max_pickle_bytes`) is made plain data by
    `kdcore.models.pt2program.check_program`: operators from an allow-list of aten ops, arguments
-   of plain kinds, every `expr_str` in a small sympy grammar, plain inputs and outputs;
+   of plain kinds, every `expr_str` in a small sympy grammar, plain inputs and outputs and
+   treespecs of tuples, lists and dicts;
    `guards_code` is dropped and node metadata kept only for `nn_module_stack`.
 5. Only then torch's deserializer (`ExportedProgramDeserializer`) builds the program from that
    JSON and kdcore's tensors, with no sample inputs: torch unpickles nothing. `.module()` is

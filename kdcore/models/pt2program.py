@@ -14,6 +14,8 @@ sizes (`expr_str`) go through `sympy.sympify` (Python `eval`), and `ExportedProg
   ...): no dots, no other names, no `**`, at most 1000 characters;
 - inputs are user inputs, parameters, buffers and tensor constants (no custom objects, tokens),
   outputs user outputs or buffer mutations; state names are dotted Python names;
+- the input/output structure (treespecs) is tuples, lists and dicts: torch's `treespec_loads`
+  imports the module named in a defaultdict's context or in an `__enum__` object;
 - `guards_code` is dropped (kdcore checks the lifted graph by running it), and node metadata is
   kept only for `nn_module_stack` (strings torch never resolves).
 
@@ -22,6 +24,7 @@ sizes (`expr_str`) go through `sympy.sympify` (Python `eval`), and `ExportedProg
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -54,6 +57,8 @@ _EXPR_TOKEN = re.compile(
     r"|//|[-+*/(),=<>]"
 )
 _MAX_EXPR = 1000
+_MAX_TREESPEC = 100_000
+_TREE_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict"}
 _FQN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 
 
@@ -73,6 +78,12 @@ def check_program(program: dict, path: Path) -> None:
                 raise ModelLoadError(f"{node['target']} takes arguments of kind {sorted(kinds - _ARG_KINDS)}")
             stack = node.get("metadata", {}).get("nn_module_stack")
             node["metadata"] = {"nn_module_stack": stack} if isinstance(stack, str) else {}
+        ends = {k for a in (*graph["inputs"], *graph["outputs"]) for k in a}
+        if ends - _ARG_KINDS:
+            raise ModelLoadError(f"its graph takes or returns values of kind {sorted(ends - _ARG_KINDS)}")
+        for entry in gm["module_call_graph"]:
+            for key in ("in_spec", "out_spec") if entry["signature"] else ():
+                _check_treespec(entry["signature"][key])
         specs = gm["signature"]
         kinds_in = {k for s in specs["input_specs"] for k in s}
         kinds_out = {k for s in specs["output_specs"] for k in s}
@@ -96,6 +107,42 @@ def _allowed(target: object) -> bool:
         return False
     packet, _, overload = target.rpartition(".")
     return target in OPS or (packet in OPS and packet.startswith("torch.ops.aten.") and overload.isidentifier())
+
+
+def _check_treespec(text: object) -> None:
+    """A pytree spec (torch's JSON of the inputs' and outputs' nesting) of tuples, lists and dicts.
+
+    torch's `treespec_loads` imports the module a defaultdict's context names and, for any JSON
+    object in a context, the module and attribute an `__enum__` entry names: neither may appear."""
+    if not isinstance(text, str) or len(text) > _MAX_TREESPEC:
+        raise ModelLoadError("its input/output structure (treespec) is not a short JSON string")
+    try:
+        protocol, todo = json.loads(text)
+        todo = [todo]
+        while todo:
+            node = todo.pop()
+            context = node["context"]
+            if node["type"] not in _TREE_TYPES:
+                raise ModelLoadError(f"its input/output structure holds a {str(node['type'])[:80]!r} node")
+            if context is not None and not _plain(json.loads(context)):
+                raise ModelLoadError("its input/output structure has a context holding JSON objects")
+            todo.extend(node["children_spec"])
+    except (ValueError, TypeError, KeyError, RecursionError) as e:
+        raise ModelLoadError(f"its input/output structure (treespec) is malformed ({short(e)})") from e
+    if protocol != 1:
+        raise ModelLoadError(f"its input/output structure uses treespec protocol {protocol!r}, not 1")
+
+
+def _plain(value: object) -> bool:
+    """JSON without objects (a dict's context is the list of its keys)."""
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, dict):
+            return False
+        if isinstance(v, list):
+            todo.extend(v)
+    return True
 
 
 def _check_exprs(program: dict) -> None:

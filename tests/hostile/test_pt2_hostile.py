@@ -190,6 +190,20 @@ def _subgraph(program):
     node["inputs"][0]["arg"] = {"as_graph": {"name": "g", "graph": {}}}
 
 
+def _treespec(kind: str):
+    """The root call signature's in_spec with a node torch would import a module for."""
+    enum = json.dumps([{"__enum__": True, "fqn": "antigravity:x", "name": "y"}])
+    node = {
+        "defaultdict": {"type": "collections.defaultdict", "context": "{}", "children_spec": []},
+        "enum": {"type": "builtins.list", "context": enum, "children_spec": []},
+    }[kind]
+
+    def change(program):
+        program["graph_module"]["module_call_graph"][0]["signature"]["in_spec"] = json.dumps([1, node])
+
+    return change
+
+
 PROGRAMS = {
     "os.system via torch": (_first_node("torch.serialization.os.system"), "does not run"),
     "builtins.eval": (_first_node("builtins.eval"), "does not run"),
@@ -198,6 +212,8 @@ PROGRAMS = {
     "sympify code": (_expr("__import__('os').system('touch {canary}')"), "symbolic size"),
     "sympy attribute": (_expr("Symbol('s77').__class__"), "symbolic size"),
     "subgraph": (_subgraph, "as_graph"),
+    "treespec defaultdict": (_treespec("defaultdict"), "defaultdict"),
+    "treespec enum": (_treespec("enum"), "JSON objects"),
     "custom object input": (
         lambda p: p["graph_module"]["signature"]["input_specs"].append({"custom_obj": {}}),
         "custom_obj",
