@@ -213,3 +213,16 @@ def test_a_model_exported_in_train_mode_counts_batches_once(tmp_path):
         model.eval()
         model(x)
         assert model.bn.num_batches_tracked.item() == count + 1
+
+
+def test_grad_cam_on_the_lifted_graph_equals_the_original(tmp_path):
+    from kdcore.explain.gradcam import gradcam
+
+    torch.manual_seed(0)
+    original = build_model(ModelSpec("paper-cnn", 10, (1, 12, 12))).eval()
+    path = export(original, tmp_path / "cnn.pt2")
+    images = torch.randint(0, 256, (3, 1, 12, 12), dtype=torch.uint8)
+    spec = pt2file.read_spec(path)
+    got = gradcam(pt2file.load_graph(path), spec, images, None)
+    assert got.std() > 0
+    assert abs(got - gradcam(original, spec, images, None)).max() < 1e-5
