@@ -107,15 +107,15 @@ _last: tuple[tuple, tuple[LiftedGraph, tuple[int, int, int], int]] | None = None
 
 
 def _load(path: Path) -> tuple[LiftedGraph, tuple[int, int, int], int]:
-    """Steps 1-5, for a copy of the model: the last file read is kept (by its identity on disk),
-    since loading a model reads it three times (weights, spec, architecture) and torch's
-    deserializer takes seconds."""
+    """Steps 1-5, for a copy of the model: the last file read is kept (by its identity on disk and
+    the limits in force), since loading a model reads it three times (weights, spec,
+    architecture) and torch's deserializer takes seconds."""
     global _last
     try:
         st = path.stat()
     except OSError as e:
         raise ModelLoadError(f"Model file {path} cannot be read ({e})") from e
-    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (str(path.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, limits.current())
     if _last is None or _last[0] != key:
         _last = None
         _last = (key, _load_uncached(path))
