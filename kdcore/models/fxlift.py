@@ -8,10 +8,14 @@ hooks), BatchNorm must follow `.train()/.eval()`, and that module cannot even sw
 
 1. Each call of a liftable op whose weights are read straight from the module's attributes
    (one owner path: `features.0.weight` and `features.0.bias`) becomes a `call_module` to a
-   real layer at that owner path, holding the SAME tensors: `aten.conv2d` → nn.Conv2d (1-d and
-   3-d too), `aten.linear` → nn.Linear, `aten.batch_norm` → nn.BatchNorm1d/2d/3d (by the input's
-   rank; its running statistics and `num_batches_tracked` too), `aten.layer_norm` →
-   nn.LayerNorm. The state_dict keys therefore stay what they were in the exported model.
+   real layer at that owner path, holding the SAME tensors: `aten.conv2d` (and
+   `aten.convolution`, not transposed) → nn.Conv2d (1-d and 3-d too), `aten.linear` →
+   nn.Linear, `aten.batch_norm` → nn.BatchNorm1d/2d/3d (by the input's rank; its running
+   statistics and `num_batches_tracked` too), `aten.layer_norm` → nn.LayerNorm. The state_dict
+   keys therefore stay what they were in the exported model. These are the ops of
+   `torch.export.export`'s default (training) IR; a program decomposed to core ATen before saving
+   (`run_decompositions()`: `addmm`, `_native_batch_norm_legit_no_training`) keeps its linear and
+   norm layers functional, with their weights in Containers (step 4).
 2. `aten.dropout` becomes nn.Dropout(p) named after the module it came from (nn_module_stack):
    the exported flag (`train=False` after exporting in eval mode) gives way to the module's mode.
    So does BatchNorm's baked-in `training` flag, and a train-mode export's own
@@ -97,7 +101,7 @@ class _Lifter:
 
     def layer(self, node: fx.Node) -> tuple[str, nn.Module, fx.Node] | None:
         """(owner path, a new layer holding the node's tensors, its input) for a liftable node."""
-        if node.target in (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default):
+        if node.target in (aten.conv1d.default, aten.conv2d.default, aten.conv3d.default, aten.convolution.default):
             return self.conv(node)
         if node.target is aten.linear.default:
             a = _args(node)
@@ -124,7 +128,7 @@ class _Lifter:
     def conv(self, node: fx.Node):
         a = _args(node)
         path = self.owner(a, {"weight": "weight", "bias": "bias"}, ("weight",))
-        if path is None:
+        if path is None or a.get("transposed") or any(a.get("output_padding", ())):  # not a ConvTranspose
             return None
         w = self.tensors[f"{path}.weight"]
         cls = {3: nn.Conv1d, 4: nn.Conv2d, 5: nn.Conv3d}.get(w.dim())

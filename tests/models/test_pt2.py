@@ -226,3 +226,15 @@ def test_grad_cam_on_the_lifted_graph_equals_the_original(tmp_path):
     got = gradcam(pt2file.load_graph(path), spec, images, None)
     assert got.std() > 0
     assert abs(got - gradcam(original, spec, images, None)).max() < 1e-5
+
+
+def test_a_program_decomposed_to_core_aten_still_has_its_convolutions(tmp_path):
+    torch.manual_seed(0)
+    original = build_model(ModelSpec("paper-cnn", 10, (1, 12, 12))).eval()
+    ep = torch.export.export(original, (torch.zeros(2, 1, 12, 12),), dynamic_shapes=({0: torch.export.Dim("b")},))
+    torch.export.save(ep.run_decompositions(), tmp_path / "core.pt2")  # aten.convolution, addmm
+    model = pt2file.load_graph(tmp_path / "core.pt2")
+    assert [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)] == ["features.0", "features.2"]
+    x = torch.randn(5, 1, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), original(x))
