@@ -29,6 +29,18 @@ guard with the limit it uses (`kdcore.limits.current()`):
 5. Only dense CPU tensors count as weights (not sparse, quantized, meta or nested ones), and
    `load_model` refuses weights that cannot give a sound audit: a non-float tensor where the
    architecture has a float one (bool, int, complex), and NaN or Inf values.
+6. torch.export archives (`.pt2`) are read by `kdcore.models.pt2file`, never by
+   `torch.export.load`, which (torch 2.14) unpickles weights and tensor constants marked
+   `use_pickle` with `torch.load(weights_only=False)`, custom-object constants with `pickle.loads`
+   / `torch._C._pickle_load_obj`, and the sample inputs with `weights_only=True` falling back to
+   `weights_only=False`; and whose program JSON is code: `.module()` `exec`s `guards_code`,
+   symbolic sizes go through `sympy.sympify` (eval), operator names are resolved by `getattr`
+   from `torch` (`torch.serialization.os.system`). kdcore reads the tensors from their raw bytes
+   (a pickled one, and the sample inputs, must pass item 4 and the weights-only unpickler),
+   refuses custom objects, makes the JSON plain data (allow-listed aten ops, a small sympy
+   grammar, guards dropped), and only then calls torch's deserializer, which unpickles nothing.
+   So `.pt2` needs no trust switch. ONNX (`.onnx`) is data too: a protobuf graph of standard
+   operators, converted without running code from the file (`kdcore.models.onnxfile`).
 
 Every refusal is a `ModelLoadError` that says what was found and what to upload instead:
 `safetensors.torch.save_file(model.state_dict(), "model.safetensors")`, or at least
