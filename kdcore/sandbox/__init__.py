@@ -137,12 +137,16 @@ def load_model(
     return model.to(device), got
 
 
-def check_model(path: PathLike, spec: ModelSpec | None = None, *, budget: BudgetArg = "flat") -> tuple[ModelSpec, int]:
-    """What the dashboard shows before an audit: the child loads the model as `load_model` does
-    (read, fit, test batch) and answers with the spec and the parameter count only."""
-    spec_dict = spec.to_dict() if spec is not None else None
-    b = _budget(budget, path, "model")
-    return tuple(run("kdcore.sandbox.child:check_model", (str(path), spec_dict), b, ModelLoadError, path))
+def check_model(
+    path: PathLike, spec: ModelSpec | None = None, *, budget: BudgetArg = "flat"
+) -> tuple[ModelSpec, int, dict]:
+    """The dashboard's model check: (spec, parameters, `layer_report`) from a child that loads the model as
+    `load_model` does and may run an architecture's Python file exactly when this process may (trusted())."""
+    from kdcore.models.plugins import trusted
+    from kdcore.sandbox.answers import model_check
+
+    args, b = (str(path), spec.to_dict() if spec is not None else None, trusted()), _budget(budget, path, "model")
+    return model_check(run("kdcore.sandbox.child:check_model", args, b, ModelLoadError, path))
 
 
 def load_labeled(path: PathLike, *args: Any, budget: BudgetArg = "scaled", **kwargs: Any) -> ImageSet:

@@ -205,11 +205,19 @@ def load_model_state(path: str, spec: dict | None) -> tuple[dict[str, torch.Tens
     return dict(model.state_dict()), got
 
 
-def check_model(path: str, spec: dict | None) -> tuple[ModelSpec, int]:
+def check_model(path: str, spec: dict | None, trust: bool = False) -> tuple[ModelSpec, int, dict]:
+    """(spec, parameter count, `layer_report`) of the loaded model: plain values for the JSON answer.
+
+    `trust`: the parent allows running an architecture's Python file (`file:<Class>`); this
+    throw-away process then allows it too, whatever environment the fork server started with."""
+    from kdcore.models import plugins
+    from kdcore.models.layers import layer_report
     from kdcore.models.loading import load_model as load
 
+    if trust:
+        plugins.trust_code()
     model, got = load(path, ModelSpec.from_dict(spec) if spec is not None else None, "cpu")
-    return got, sum(p.numel() for p in model.parameters())
+    return got, sum(p.numel() for p in model.parameters()), layer_report(model, got)
 
 
 def decode_image(data: bytes, input_shape: tuple[int, int, int], name: str) -> torch.Tensor:
