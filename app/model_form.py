@@ -175,6 +175,7 @@ def model_spec_ui(stored: ModelSpec | None, model_path: Path) -> ModelChoice | N
     config = {"num_classes": spec.num_classes, **edits}
     if spec.arch.startswith("file:"):
         config["arch_file"] = f"{spec.source}:{spec.arch.removeprefix('file:')}"
+        config["arch_file_sha256"] = spec.source_sha256  # the job builds exactly the file checked here
         config["arch_kwargs"] = dict(spec.extra)
     else:
         config["arch"] = spec.arch

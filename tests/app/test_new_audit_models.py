@@ -156,8 +156,14 @@ def test_trusted_server_takes_a_python_file_class_and_kwargs(empty_home, tmp_pat
     cfg = _submit(at, submitted)
     path, cls = cfg["arch_file"].rsplit(":", 1)
     assert cls == "TinyMLP" and cfg["arch_kwargs"] == {"hidden": 8} and "arch" not in cfg
-    assert hashlib.sha256(MLP_SOURCE).hexdigest() in path  # the file is named by its full SHA-256
+    digest = hashlib.sha256(MLP_SOURCE).hexdigest()
+    assert digest in path and cfg["arch_file_sha256"] == digest  # the file is named by its full SHA-256
     assert open(path, "rb").read() == MLP_SOURCE
+    if NEW_FIELDS:
+        resolved = validate_config("audit", cfg)
+        assert resolved["arch_file"] == cfg["arch_file"] and resolved["arch_file_sha256"] == digest
+        spec = AuditConfig(**{k: v for k, v in resolved.items() if k != "kd"}).model_spec()
+        assert spec.arch == "file:TinyMLP" and spec.extra == {"hidden": 8} and spec.source_sha256 == digest
 
 
 def test_an_invalid_kwargs_json_is_an_error_in_words(empty_home, tmp_path, monkeypatch):
