@@ -82,8 +82,22 @@ def _picked(stored: ModelSpec | None, options: list[str]) -> str:
     return TIMM if stored.arch.startswith("timm:") else TV if stored.arch.startswith("tv:") else ""
 
 
+# The widgets prefilled from an upload: a new upload starts them again from its own values
+SPEC_KEYS = ("arch", "timm_name", "tv_name", "num_classes", "input_shape", "mean", "std", "class_names")
+LAYER_KEYS = ("layer_last_conv", "layer_penultimate")
+
+
+def _new_upload(model_path: Path) -> None:
+    if st.session_state.get("_model_for") != str(model_path):
+        st.session_state["_model_for"] = str(model_path)
+        for key in (*SPEC_KEYS, *LAYER_KEYS):
+            st.session_state.pop(key, None)
+
+
 def model_spec_ui(stored: ModelSpec | None, model_path: Path) -> ModelChoice | None:
-    """Architecture, classes, input shape, normalisation, class names; prefilled from the file's spec."""
+    """Architecture, classes, input shape, normalisation, class names; prefilled from the file's spec
+    (from the file's own values again whenever another file is uploaded)."""
+    _new_upload(model_path)
     graph = graph_format(model_path)
     options = arch_options()
     fixed = graph is not None or (stored is not None and not _picked(stored, options))

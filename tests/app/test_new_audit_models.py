@@ -287,3 +287,21 @@ def test_a_broken_layer_report_from_a_child_is_refused():
             model_check((spec, 5, bad))
     with pytest.raises(ModelLoadError):
         model_check((spec, 5))
+
+
+def test_another_upload_starts_the_form_again_from_its_own_spec(empty_home, tmp_path):
+    small, big = ModelSpec("paper-cnn", 10, (1, 8, 8), (0.3,), (0.4,)), ModelSpec("paper-cnn", 4, (1, 28, 28))
+    at = open_page("new_audit")
+    _upload(
+        at,
+        "model_file",
+        "small.safetensors",
+        save_model(build_model(small), small, tmp_path / "s.safetensors").read_bytes(),
+    )
+    assert at.text_input(key="input_shape").value == "1,8,8" and at.text_input(key="mean").value == "0.3"
+    _upload(
+        at, "model_file", "big.safetensors", save_model(build_model(big), big, tmp_path / "b.safetensors").read_bytes()
+    )
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.text_input(key="input_shape").value == "1,28,28" and at.number_input(key="num_classes").value == 4
+    assert any("4 output classes" in s.value for s in at.success)
