@@ -5,6 +5,7 @@ the file the architecture is defined by."""
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from types import SimpleNamespace
 
@@ -38,3 +39,27 @@ def test_the_model_download_carries_the_architecture_file(tmp_path):
     with zipfile.ZipFile(io.BytesIO(model_zip(tmp_path))) as z:
         assert sorted(z.namelist()) == ["finetuned.json", "finetuned.safetensors", "finetuned.source.onnx"]
         assert z.read("finetuned.source.onnx") == b"finetuned.source.onnx"
+
+
+def test_defenses_page_says_which_methods_cannot_run_on_a_model_without_a_conv(kdaudit_home, monkeypatch):
+    from app.uploads import ModelCheck
+    from kdcore.models.layers import NO_CONV
+    from kdcore.models.spec import ModelSpec
+    from tests.app.conftest import open_page
+
+    at = open_page("defenses", job=1)  # the digits audit: a CNN, nothing to warn about
+    assert not at.exception and not any(NO_CONV in w.value for w in at.warning)
+    problem = f"TinyViT has no nn.Conv2d layer: {NO_CONV}"
+    layers = {"conv": [], "linear": ["head"], "last_conv": None, "conv_activation": None, "penultimate": "head"}
+    layers["problems"] = {"last_conv": problem, "conv_activation": problem}
+    seen = []
+
+    def fake_check(path, spec_json):
+        seen.append((path, json.loads(spec_json)["arch"]))
+        return ModelCheck(ModelSpec("paper-cnn", 10), 5, 10, layers)
+
+    monkeypatch.setattr("app.defenses.check_model", fake_check)
+    at = open_page("defenses", job=1)
+    assert not at.exception
+    assert [w.value for w in at.warning].count(problem) == 1  # once, though two roles share it
+    assert seen and seen[0][1] == "paper-cnn" and seen[0][0].endswith("teacher.safetensors")
