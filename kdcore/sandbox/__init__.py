@@ -137,16 +137,11 @@ def load_model(
     return model.to(device), got
 
 
-def check_model(
-    path: PathLike, spec: ModelSpec | None = None, *, budget: BudgetArg = "flat"
-) -> tuple[ModelSpec, int, dict]:
-    """The dashboard's model check: (spec, parameters, `layer_report`) from a child that loads the model as
-    `load_model` does and may run an architecture's Python file exactly when this process may (trusted())."""
-    from kdcore.models.plugins import trusted
-    from kdcore.sandbox.answers import model_check
+def check_model(path: PathLike, spec: ModelSpec | None = None, *, budget: BudgetArg = "flat") -> tuple:
+    """New audit's model check, in a sandbox: (spec, parameters, layer report); see `.model_check`."""
+    from kdcore.sandbox.model_check import check_model as check
 
-    args, b = (str(path), spec.to_dict() if spec is not None else None, trusted()), _budget(budget, path, "model")
-    return model_check(run("kdcore.sandbox.child:check_model", args, b, ModelLoadError, path))
+    return check(path, spec, budget)
 
 
 def load_labeled(path: PathLike, *args: Any, budget: BudgetArg = "scaled", **kwargs: Any) -> ImageSet:

@@ -270,7 +270,7 @@ def test_the_sandbox_child_runs_an_architecture_file_only_when_the_parent_trusts
 
 def test_a_broken_layer_report_from_a_child_is_refused():
     from kdcore.errors import ModelLoadError
-    from kdcore.sandbox.answers import model_check
+    from kdcore.sandbox.model_check import answer_checked as model_check
 
     spec = ModelSpec("paper-cnn", 10)
     good = {
