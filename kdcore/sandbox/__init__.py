@@ -109,9 +109,13 @@ BudgetArg = Budget | Literal["flat", "scaled"]
 # ── the public readers: same signatures as the ones they wrap, plus `budget` ──────────────────────
 
 
-def read_spec(path: PathLike, *, budget: BudgetArg = "flat") -> ModelSpec | None:
+def read_spec(
+    path: PathLike, *, input_shape: tuple[int, int, int] | None = None, budget: BudgetArg = "flat"
+) -> ModelSpec | None:
     """`kdcore.models.loading.read_spec`, in a sandbox."""
-    return run("kdcore.sandbox.child:read_spec", (str(path),), _budget(budget, path, "model"), ModelLoadError, path)
+    shape = tuple(int(v) for v in input_shape) if input_shape else None
+    b = _budget(budget, path, "model")
+    return run("kdcore.sandbox.child:read_spec", (str(path), shape), b, ModelLoadError, path)
 
 
 def load_model(
