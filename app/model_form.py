@@ -23,8 +23,8 @@ from pathlib import Path
 import streamlit as st
 
 from app.state import show_error
-from app.uploads import ModelCheck, save_upload
-from kdcore.errors import KDCoreError
+from app.uploads import ModelCheck, save_upload, stored_spec
+from kdcore.errors import ConfigError, KDCoreError
 from kdcore.io import file_sha256
 from kdcore.models import plugins
 from kdcore.models.registry import ARCHS, DEFAULT_INPUT
@@ -83,7 +83,17 @@ def _picked(stored: ModelSpec | None, options: list[str]) -> str:
 
 
 # The widgets prefilled from an upload: a new upload starts them again from its own values
-SPEC_KEYS = ("arch", "timm_name", "tv_name", "num_classes", "input_shape", "mean", "std", "class_names")
+SPEC_KEYS = (
+    "graph_input_shape",
+    "arch",
+    "timm_name",
+    "tv_name",
+    "num_classes",
+    "input_shape",
+    "mean",
+    "std",
+    "class_names",
+)
 LAYER_KEYS = ("layer_last_conv", "layer_penultimate")
 
 
@@ -92,6 +102,33 @@ def _new_upload(model_path: Path) -> None:
         st.session_state["_model_for"] = str(model_path)
         for key in (*SPEC_KEYS, *LAYER_KEYS):
             st.session_state.pop(key, None)
+
+
+def stored_spec_ui(model_path: Path) -> tuple[bool, ModelSpec | None]:
+    """(readable, the spec the upload carries). A graph whose image size is symbolic (an ONNX export
+    with dynamic axes) cannot say its input shape: where reading it without one fails, ask for one."""
+    _new_upload(model_path)
+    try:
+        return True, stored_spec(str(model_path))
+    except KDCoreError as e:  # a malformed or hostile file: say why, and no audit with it
+        refusal = e
+    slot = st.empty()  # the refusal, above the input shape that may answer it
+    hint = ""
+    if graph_format(model_path) is not None:
+        hint = st.text_input(
+            "Input shape C,H,W the graph was trained on (if the message above says its size is symbolic)",
+            key="graph_input_shape",
+        ).replace(" ", "")
+    if hint:
+        try:
+            return True, stored_spec(str(model_path), tuple(int(v) for v in hint.split(",")))
+        except ValueError:
+            refusal = ConfigError(f"Input shape must be three integers like 3,224,224; got {hint!r}")
+        except KDCoreError as e:
+            refusal = e
+    with slot.container():
+        show_error(refusal)
+    return False, None
 
 
 def model_spec_ui(stored: ModelSpec | None, model_path: Path) -> ModelChoice | None:

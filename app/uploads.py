@@ -102,10 +102,11 @@ def check_model(path: str, spec_json: str | None) -> ModelCheck:
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
-def stored_spec(path: str) -> ModelSpec | None:
-    """The spec the uploaded file carries (None when it carries none), read in a sandbox.
+def stored_spec(path: str, input_shape: tuple[int, int, int] | None = None) -> ModelSpec | None:
+    """The spec the uploaded file carries (None when it carries none), read in a sandbox; `input_shape`
+    for a graph whose height and width are symbolic (an ONNX export with dynamic axes).
     Raises KDCoreError for a file that is malformed, hostile or not readable in the sandbox's limits."""
-    return sandbox.read_spec(path)
+    return sandbox.read_spec(path, input_shape=input_shape)
 
 
 def image_types() -> list[str]:

@@ -6,9 +6,9 @@ import streamlit as st
 
 from app.audit_form import hyperparameters_ui, trigger_ui
 from app.jobs_client import submit_audit
-from app.model_form import layer_config, layers_ui, model_check_ui, model_spec_ui
+from app.model_form import layer_config, layers_ui, model_check_ui, model_spec_ui, stored_spec_ui
 from app.state import show_error
-from app.uploads import MODEL_TYPES, check_model, image_types, save_image_set, save_upload, stored_spec
+from app.uploads import MODEL_TYPES, check_model, image_types, save_image_set, save_upload
 from kdcore.errors import KDCoreError
 
 st.title("New audit")
@@ -25,13 +25,11 @@ model_path = choice = None
 layers: list[str] = []
 if up is not None:
     model_path = save_upload(up.getvalue(), up.name)
-    try:
-        stored = stored_spec(str(model_path))
-    except KDCoreError as e:  # a malformed or hostile file: say why, and no audit with it
-        show_error(e)
-        model_path = None
-    else:
+    readable, stored = stored_spec_ui(model_path)
+    if readable:
         choice = model_spec_ui(stored, model_path)
+    else:
+        model_path = None
     if choice is not None:
         try:
             check = check_model(str(model_path), json.dumps(choice.spec.to_dict()))

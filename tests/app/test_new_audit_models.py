@@ -305,3 +305,21 @@ def test_another_upload_starts_the_form_again_from_its_own_spec(empty_home, tmp_
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.text_input(key="input_shape").value == "1,28,28" and at.number_input(key="num_classes").value == 4
     assert any("4 output classes" in s.value for s in at.success)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kdcore.models.onnxfile") is None, reason="ONNX lands on branch onnx")
+def test_an_onnx_file_with_a_symbolic_image_size_asks_for_the_input_shape(empty_home, tmp_path, submitted):
+    spec = ModelSpec("paper-cnn", 10, (1, 28, 28))
+    path = tmp_path / "dyn.onnx"
+    axes = {"x": {0: "batch", 2: "height", 3: "width"}}
+    model = build_model(spec).eval()
+    torch.onnx.export(model, torch.zeros(1, 1, 28, 28), path, dynamo=False, input_names=["x"], dynamic_axes=axes)
+    at = open_page("new_audit")
+    _upload(at, "model_file", "dyn.onnx", path.read_bytes())
+    assert not at.exception and any("symbolic" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="submit_audit").disabled
+    at.text_input(key="graph_input_shape").set_value("1,28,28").run(timeout=90)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any("10 output classes" in s.value and "(1, 28, 28)" in s.value for s in at.success)
+    cfg = _submit(at, submitted)
+    assert cfg["input_shape"] == (1, 28, 28) and "arch" not in cfg
