@@ -195,6 +195,9 @@ def test_a_timm_name_is_checked_and_submitted(empty_home, tmp_path, submitted):
     assert at.selectbox(key="layer_last_conv").value
     cfg = _submit(at, submitted)
     assert cfg["arch"] == "timm:resnet10t" and cfg["num_classes"] == 4 and cfg["input_shape"] == (3, 32, 32)
+    at.text_input(key="timm_name").set_value("resnet10tt").run(timeout=60)  # a typo: refused in words
+    assert not at.exception and any("resnet10t" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="submit_audit").disabled
 
 
 @pytest.mark.skipif(importlib.util.find_spec("kdcore.models.onnxfile") is None, reason="ONNX lands on branch onnx")
@@ -323,3 +326,23 @@ def test_an_onnx_file_with_a_symbolic_image_size_asks_for_the_input_shape(empty_
     assert any("10 output classes" in s.value and "(1, 28, 28)" in s.value for s in at.success)
     cfg = _submit(at, submitted)
     assert cfg["input_shape"] == (1, 28, 28) and "arch" not in cfg
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("kdcore.models.pt2file") is None, reason="torch.export lands on branch pt2"
+)
+@pytest.mark.parametrize("trust", [False, True])
+def test_a_torch_export_archive_is_read_or_refused_in_words(empty_home, tmp_path, monkeypatch, trust):
+    if trust:
+        monkeypatch.setenv("KDAUDIT_TRUST_CODE", "1")
+    spec = ModelSpec("paper-cnn", 10, (1, 28, 28))
+    path = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(build_model(spec).eval(), (torch.zeros(2, 1, 28, 28),)), path)
+    at = open_page("new_audit")
+    _upload(at, "model_file", "m.pt2", path.read_bytes())
+    assert not at.exception  # never a traceback: the archive loads, or the page says why not
+    if at.error:
+        assert at.button(key="submit_audit").disabled
+    else:
+        assert "from the file (torch.export archive)" in _texts(at)
+        assert any("10 output classes" in s.value for s in at.success)
