@@ -1,4 +1,4 @@
-"""Form sections of the New-audit page: model spec, trigger, hyperparameters. Each returns values."""
+"""Form sections of the New-audit page: trigger, hyperparameters (the model: `app.model_form`). Each returns values."""
 
 from __future__ import annotations
 
@@ -7,81 +7,9 @@ import streamlit as st
 from app.config_form import config_form_ui, values_from
 from app.state import show_error
 from kdcore.errors import KDCoreError
-from kdcore.models.registry import ARCHS, DEFAULT_INPUT
-from kdcore.models.spec import ModelSpec
 from kdcore.runs.audit import AuditConfig
 from kdcore.triggers import TRIGGERS, Trigger
 from kdcore.triggers.badnets import LOCATIONS
-
-TV = "torchvision model (tv:<name>)"
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
-
-
-def model_spec_ui(stored: ModelSpec | None) -> ModelSpec | None:
-    """Architecture, classes, input shape, normalisation, class names. Prefilled from a kdcore spec."""
-    if stored is not None:
-        st.info(
-            f"This file carries its spec: {stored.arch}, {stored.num_classes} classes, input "
-            f"{tuple(stored.input_shape)}. You can still change it below.",
-            icon="ℹ️",
-        )
-    archs = [*sorted(ARCHS), TV]
-    default_arch = stored.arch if stored and stored.arch in ARCHS else (TV if stored else "paper-cnn")
-    c1, c2, c3 = st.columns([2, 1, 1])
-    arch = c1.selectbox(
-        "Architecture",
-        archs,
-        index=archs.index(default_arch),
-        key="arch",
-        help="paper-cnn: seed 000 Table 7 · paper-vgg11: Table 8 · resnet18-small: BCU's ResNet-18",
-    )
-    if arch == TV:
-        name = c1.text_input(
-            "torchvision model name",
-            value=stored.arch[3:] if stored and stored.arch.startswith("tv:") else "resnet18",
-            key="tv_name",
-        )
-        arch = f"tv:{name.strip()}"
-    num_classes = c2.number_input("Classes", 2, 10_000, value=stored.num_classes if stored else 10, key="num_classes")
-    shape0 = stored.input_shape if stored else DEFAULT_INPUT.get(arch, (3, 224, 224))
-    shape_text = c3.text_input(
-        "Input shape C,H,W",
-        value=",".join(map(str, shape0)),
-        key="input_shape",
-        help="Images are converted to this many channels and resized to H×W",
-    )
-    c4, c5 = st.columns(2)
-    mean = c4.text_input(
-        "Mean (per channel, images scaled to 0–1)",
-        value=",".join(f"{v:g}" for v in (stored.mean if stored else (0.0,))),
-        key="mean",
-    )
-    std = c5.text_input(
-        "Std (per channel)", value=",".join(f"{v:g}" for v in (stored.std if stored else (1.0,))), key="std"
-    )
-    names = st.text_input(
-        "Class names in output order (optional, comma-separated)",
-        value=",".join(stored.class_names) if stored else "",
-        key="class_names",
-    )
-    try:
-        shape = tuple(int(v) for v in shape_text.replace(" ", "").split(","))
-        return ModelSpec(
-            arch,
-            int(num_classes),
-            shape,
-            _floats(mean) or (0.0,),
-            _floats(std) or (1.0,),
-            tuple(n.strip() for n in names.split(",") if n.strip()),
-        )
-    except ValueError:
-        st.error(f"Input shape must be three integers like 1,28,28 and mean/std numbers; got {shape_text!r}")
-    except KDCoreError as e:
-        show_error(e)
-    return None
 
 
 def trigger_ui(num_classes: int | None) -> Trigger | None:

@@ -7,6 +7,7 @@ directory); the source job's id is only in the label. Evidence views live in `ap
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import streamlit as st
@@ -15,7 +16,7 @@ from app.defense_charts import defense_tradeoff_figure
 from app.defense_settings import params_from, settings_ui
 from app.results import load_report
 from app.state import STATE_ICON, fmt_duration, show_error, store
-from app.uploads import save_upload
+from app.uploads import check_model, save_upload
 from kdcore.defenses import DEFENSES, Defense
 from kdcore.errors import InputError, KDCoreError
 from kdcore.jobs.store import Job
@@ -116,6 +117,21 @@ def focus_from_url() -> int | None:
         return None
     st.query_params["job"] = str(src.id)
     return job.id
+
+
+def layer_problems_ui(source: Job) -> None:
+    """For an audit's model that lacks a layer some methods need (a ViT has no conv): which methods
+    cannot run and which can, from the same sandboxed check as New audit's (cached per file)."""
+    spec = ((load_report(source.run_dir) or {}).get("model") or {}).get("spec")
+    if source.kind != "audit" or not spec or not source.config.get("model"):
+        return
+    try:
+        problems = check_model(source.config["model"], json.dumps(spec)).layers["problems"]
+    except KDCoreError as e:
+        st.caption(f"The model's layers could not be checked here ({' '.join(str(e).split())}).")
+        return
+    for text in dict.fromkeys(problems.values()):  # conv_activation repeats last_conv's problem
+        st.warning(text, icon="⚠️")
 
 
 def defense_form_ui(source: Job) -> Job | None:

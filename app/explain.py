@@ -31,6 +31,7 @@ from app.explain_figures import (
     layer_activations,
     model_label,
     model_names,
+    teacher_layers,
     upscale,
 )
 from app.uploads import image_types
@@ -167,6 +168,29 @@ def compare_model_ui(run_dir: str) -> list[str]:
     return ["teacher", other]
 
 
+def conv_layer_ui(run_dir: str) -> str | None:
+    """The conv layer Grad-CAM and the activation views look at: a select over the teacher's conv
+    layers in run order, defaulting to the run's choice (its spec's `layers`, else the automatic one).
+    None, with the reason shown, when the model has no conv layer (a ViT, an MLP)."""
+    report = teacher_layers(run_dir)
+    if report["last_conv"] is None or not report["conv"]:
+        st.warning(report["problems"].get("last_conv", "This model has no conv layer."), icon="⚠️")
+        return None
+    options = report["conv"]
+    _keep_valid("explain_layer", options)
+    if "explain_layer" not in st.session_state or st.session_state.get("_explain_layer_run") != run_dir:
+        st.session_state["_explain_layer_run"] = run_dir
+        st.session_state["explain_layer"] = report["last_conv"]
+    return st.selectbox(
+        "Conv layer (Grad-CAM, activation maps and norms)",
+        options,
+        key="explain_layer",
+        help="In the order the layers run. The default is the run's choice: the layer chosen when the audit "
+        "was started, else the last conv layer to run. Activations are taken after a ReLU, at the layer's "
+        "BatchNorm when one consumes it (as ℓ∞ pruning measures them).",
+    )
+
+
 def target_mode_ui(ctx: RunContext) -> str | int:
     """The second class each Grad-CAM explains: "target", "true" or a class index."""
     modes = [m for m in TARGET_MODES if m != "target" or ctx.trigger is not None]
@@ -206,9 +230,11 @@ def gradcam_grid_ui(
     target_mode: str | int,
     captions: Sequence[str] | None = None,
     run_dir: str | None = None,
+    layer: str | None = None,
 ) -> None:
     """Per image a bordered block, one row per input (clean, + trigger when known): the input, then
-    per model the Grad-CAM of the predicted class and of the chosen class, with probabilities."""
+    per model the Grad-CAM (at conv layer `layer`) of the predicted class and of the chosen class,
+    with probabilities."""
     run_dir = run_dir or str(ctx.run_dir)
     n = len(images)
     inputs = [("clean", images)]
@@ -217,7 +243,7 @@ def gradcam_grid_ui(
     stacked = torch.cat([x for _, x in inputs]).numpy()  # (R·N, C, H, W): row r, image i at r·N + i
     chosen = tuple(_chosen_class(target_mode, lab, ctx) for lab in labels) * len(inputs)
     with st.spinner("Computing Grad-CAM…"):
-        panels = {m: gradcam_panels(run_dir, m, stacked, chosen) for m in models}
+        panels = {m: gradcam_panels(run_dir, m, stacked, chosen, layer) for m in models}
     second = {"target": "trigger target", "true": "true label"}.get(target_mode, f"class {target_mode}")
     heads = ["input"] + [f"**{model_label(m)}** · {h}" for m in models for h in ("predicted", second)]
     for col, head in zip(st.columns(len(heads)), heads, strict=True):
@@ -258,7 +284,12 @@ def gradcam_grid_ui(
 
 
 def activation_maps_ui(
-    ctx: RunContext, images: torch.Tensor, captions: Sequence[str], models: Sequence[str], run_dir: str
+    ctx: RunContext,
+    images: torch.Tensor,
+    captions: Sequence[str],
+    models: Sequence[str],
+    run_dir: str,
+    layer: str | None = None,
 ) -> None:
     """One chosen image's activation maps: a column per model, rows clean / + trigger, one colour
     scale per model so clean and triggered read on the same scale."""
@@ -270,7 +301,7 @@ def activation_maps_ui(
         inputs["+ trigger"] = ctx.trigger.stamp(x)
     stacked = torch.cat(list(inputs.values())).numpy()  # (R, C, H, W)
     with st.spinner("Computing activations…"):
-        acts = {m: layer_activations(run_dir, m, stacked) for m in models}
+        acts = {m: layer_activations(run_dir, m, stacked, layer) for m in models}
     for col, m in zip(st.columns(len(models)), models, strict=True):
         top = float(acts[m].max())
         for r, what in enumerate(inputs):
@@ -279,4 +310,5 @@ def activation_maps_ui(
                 key=f"explain_act_{m}_{r}",
             )
     c = acts[models[0]].shape[1]
-    st.caption(f"{c} channels of the last conv block after its ReLU; each tile is one channel's map.")
+    at = f"`{layer}`" if layer else "the last conv block"
+    st.caption(f"{c} channels of {at} after its ReLU; each tile is one channel's map.")

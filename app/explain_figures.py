@@ -31,7 +31,7 @@ from torch import nn
 from app.charts import MODEL_LABELS
 from kdcore.errors import InputError
 from kdcore.explain import NORMS, NormStats, activations, compare_norms, gradcam, overlay
-from kdcore.models.layers import Role, choose_layer
+from kdcore.models.layers import Role, choose_layer, layer_report
 from kdcore.models.loading import load_model
 from kdcore.models.spec import ModelSpec
 from kdcore.runs.context import RunContext, load_context
@@ -68,6 +68,23 @@ def model_names(run_dir: str) -> list[str]:
     return ["teacher"] + [n for n in ("student", "finetuned") if n in ctx_names or n in own]
 
 
+@st.cache_resource(show_spinner=False, max_entries=12)
+def teacher_layers(run_dir: str) -> dict:
+    """`layer_report` of the run's teacher: its conv layers in run order and the spec's (or the automatic) choice."""
+    ctx = run_context(run_dir)
+    with _compute_lock():
+        return layer_report(ctx.teacher, ctx.spec)
+
+
+def at_layer(spec: ModelSpec, layer: str | None) -> ModelSpec:
+    """`spec` with `layer` as its last conv (`choose_layer` then uses it for every role built on it)."""
+    return (
+        spec
+        if layer is None or spec.layers.get("last_conv") == layer
+        else spec.replace(layers={**spec.layers, "last_conv": layer})
+    )
+
+
 @st.cache_resource
 def _compute_lock() -> threading.Lock:
     return threading.Lock()
@@ -82,11 +99,13 @@ def model_label(name: str) -> str:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def gradcam_panels(
-    run_dir: str, model_name: str, images: np.ndarray, chosen: tuple[int | None, ...]
+    run_dir: str, model_name: str, images: np.ndarray, chosen: tuple[int | None, ...], layer: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For uint8 images (N, C, H, W): softmax probabilities (N, K) and Grad-CAM overlays
-    (N, H, W, 3) uint8 for the predicted class and for `chosen` (None entries: predicted)."""
+    (N, H, W, 3) uint8 for the predicted class and for `chosen` (None entries: predicted), at the
+    conv layer `layer` (None: the spec's choice)."""
     model, spec = run_model(run_dir, model_name)
+    spec = at_layer(spec, layer)
     x = torch.from_numpy(images)
     with _compute_lock():
         probs = torch.softmax(predict_logits(model, spec, x, torch.device("cpu")), dim=1).numpy()
@@ -113,20 +132,24 @@ def norm_sample(ctx: RunContext, max_images: int = NORM_IMAGES, seed: int = 0) -
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def norm_stats(run_dir: str, models: tuple[str, ...], max_images: int = NORM_IMAGES) -> dict[str, dict[str, NormStats]]:
+def norm_stats(
+    run_dir: str, models: tuple[str, ...], max_images: int = NORM_IMAGES, layer: str | None = None
+) -> dict[str, dict[str, NormStats]]:
     """{model: {"clean": NormStats, "triggered": NormStats}} of post-ReLU last-conv-block activations
-    (seed 004, fig. 4; `ACT_ROLE`); "triggered" only when the run's trigger is known."""
+    (seed 004, fig. 4; `ACT_ROLE` of conv layer `layer`); "triggered" only when the run's trigger is known."""
     ctx = run_context(run_dir)
     clean = norm_sample(ctx, max_images)
-    loaded = {m: run_model(run_dir, m) for m in models}
+    loaded = {m: (model, at_layer(spec, layer)) for m in models for model, spec in [run_model(run_dir, m)]}
     with _compute_lock():
         return compare_norms(loaded, clean, ctx.trigger, role=ACT_ROLE, relu=True)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def layer_activations(run_dir: str, model_name: str, images: np.ndarray) -> np.ndarray:
-    """float32 (N, C, h, w): post-ReLU last-conv-block activations (`ACT_ROLE`) of uint8 images (N, C, H, W)."""
+def layer_activations(run_dir: str, model_name: str, images: np.ndarray, layer: str | None = None) -> np.ndarray:
+    """float32 (N, C, h, w): post-ReLU activations (`ACT_ROLE` of conv layer `layer`, None: the spec's
+    choice) of uint8 images (N, C, H, W)."""
     model, spec = run_model(run_dir, model_name)
+    spec = at_layer(spec, layer)
     with _compute_lock():
         layer = choose_layer(model, spec, ACT_ROLE)[1]
         return activations(model, spec, torch.from_numpy(images), layer, relu=True).numpy()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from html import escape
+from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
@@ -128,6 +129,15 @@ def review_html(review: dict | None) -> str:
     return "<h2>Review</h2>" + _table(None, [[escape(k), val] for k, val in pairs], "kv")
 
 
+def _architecture(spec: dict, report: dict) -> str:
+    """The spec's architecture, the file that defines it (ONNX graph, Python class) and the user's layers."""
+    if not spec.get("arch"):
+        return "paper-cnn (Fashion-MNIST demo)" if report.get("kind") == "demo" else ""
+    source = Path(str(spec.get("source") or "")).name
+    layers = ", ".join(f"{role} = {name}" for role, name in (spec.get("layers") or {}).items())
+    return spec["arch"] + (f" (from {source})" if source else "") + (f"; layers chosen: {layers}" if layers else "")
+
+
 def summary_pairs(job: Any, report: dict) -> list[tuple[str, Any]]:
     """Facts about the run worth printing: what model, what data, how long, on what."""
     cfg = report.get("config") or {}
@@ -139,10 +149,7 @@ def summary_pairs(job: Any, report: dict) -> list[tuple[str, Any]]:
         ("job", f"#{job.id} {job.kind}"),
         ("label", getattr(job, "label", "")),
         ("run directory", getattr(job, "run_dir", "")),
-        (
-            "architecture",
-            spec.get("arch") or ("paper-cnn (Fashion-MNIST demo)" if report.get("kind") == "demo" else ""),
-        ),
+        ("architecture", _architecture(spec, report)),
         ("classes", spec.get("num_classes")),
         ("input shape", "×".join(str(v) for v in spec.get("input_shape") or ())),
         ("parameters", f"{report['model']['parameters']:,}" if (report.get("model") or {}).get("parameters") else ""),

@@ -154,10 +154,12 @@ def confusion_grid_ui(report: dict, class_names: tuple[str, ...]) -> None:
 
 
 def model_zip(run_dir: Path, name: str = "finetuned") -> bytes:
+    """The saved model, its spec and, for an architecture defined by a file (ONNX, torch.export, a
+    Python class), that file (`<name>.source<suffix>`, as `save_model` copied it), side by side."""
     buf = io.BytesIO()
+    models = run_dir / "models"
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for suffix in (".safetensors", ".json"):
-            p = run_dir / "models" / f"{name}{suffix}"
+        for p in [models / f"{name}.safetensors", models / f"{name}.json", *sorted(models.glob(f"{name}.source.*"))]:
             if p.is_file():
                 z.write(p, p.name)  # side by side, as kdcore.models.loading.read_spec expects
     return buf.getvalue()

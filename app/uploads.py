@@ -31,8 +31,11 @@ def safe_name(name: str) -> str:
     return cleaned[:120]
 
 
-def save_upload(data: bytes, name: str) -> Path:
-    digest = hashlib.sha256(data).hexdigest()[:16]
+def save_upload(data: bytes, name: str, full_hash: bool = False) -> Path:
+    """`uploads/<sha256[:16]>/<safe name>`; with `full_hash` the folder is the whole SHA-256, so the
+    path itself names the content (an architecture's Python file, whose path goes into a job's config)."""
+    digest = hashlib.sha256(data).hexdigest()
+    digest = digest if full_hash else digest[:16]
     folder = store().data_dir / "uploads" / digest
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / safe_name(name)
@@ -73,30 +76,37 @@ def save_image_set(files: list) -> Path:
     return path
 
 
+# What the model uploader takes: state_dicts, and files that carry their own architecture
+MODEL_TYPES = ["safetensors", "pt", "pth", "bin", "ckpt", "onnx", "pt2", "zip"]
+
+
 @dataclass(frozen=True)
 class ModelCheck:
     spec: ModelSpec
     parameters: int
     output_classes: int
+    layers: dict  # kdcore.models.layers.layer_report: candidates per role, the choice, problems
 
 
 @st.cache_resource(max_entries=32, show_spinner="Loading the model and running a test batch…")
 def check_model(path: str, spec_json: str | None) -> ModelCheck:
-    """Load the file in a sandbox, build the architecture, run a dummy batch. Raises KDCoreError.
+    """Load the file in a sandbox, build the architecture, run a dummy batch, list the layers the
+    methods would use. Raises KDCoreError.
 
     Keyed by the upload's path, which is its content hash, and the spec: checking the same file
     again is instant. A refused file raises, and Streamlit does not cache exceptions.
     """
     spec = ModelSpec.from_json(spec_json) if spec_json else None
-    spec, parameters = sandbox.check_model(path, spec)
-    return ModelCheck(spec, parameters, spec.num_classes)
+    spec, parameters, layers = sandbox.check_model(path, spec)
+    return ModelCheck(spec, parameters, spec.num_classes, layers)
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)
-def stored_spec(path: str) -> ModelSpec | None:
-    """The spec the uploaded file carries (None when it carries none), read in a sandbox.
+def stored_spec(path: str, input_shape: tuple[int, int, int] | None = None) -> ModelSpec | None:
+    """The spec the uploaded file carries (None when it carries none), read in a sandbox; `input_shape`
+    for a graph whose height and width are symbolic (an ONNX export with dynamic axes).
     Raises KDCoreError for a file that is malformed, hostile or not readable in the sandbox's limits."""
-    return sandbox.read_spec(path)
+    return sandbox.read_spec(path, input_shape=input_shape)
 
 
 def image_types() -> list[str]:

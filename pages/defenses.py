@@ -16,6 +16,7 @@ from app.defenses import (
     failed_jobs_ui,
     finished_defenses,
     focus_from_url,
+    layer_problems_ui,
 )
 from app.results import link_ui, load_report
 from app.state import job_picker_ui, show_error
@@ -36,6 +37,7 @@ try:
     source_report = load_report(source.run_dir)
 
     st.subheader("Run a defense")
+    layer_problems_ui(source)
     defense_form_ui(source)
     active_jobs_ui(source)
     failed_jobs_ui(source)

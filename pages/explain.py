@@ -3,7 +3,14 @@ last-conv activations (ℓp norms, activation maps): seed 004, Cheng et al., Adv
 
 import streamlit as st
 
-from app.explain import activation_maps_ui, compare_model_ui, gradcam_grid_ui, pick_images_ui, target_mode_ui
+from app.explain import (
+    activation_maps_ui,
+    compare_model_ui,
+    conv_layer_ui,
+    gradcam_grid_ui,
+    pick_images_ui,
+    target_mode_ui,
+)
 from app.explain_figures import NORM_IMAGES, norm_histograms_figure, norm_stats, run_context
 from app.state import job_picker_ui, show_error
 from kdcore.errors import KDCoreError
@@ -22,6 +29,9 @@ if job is None:
 try:
     ctx = run_context(job.run_dir)
     models = compare_model_ui(job.run_dir)
+    layer = conv_layer_ui(job.run_dir)
+    if layer is None:  # no conv layer: say so (above) and show none of the conv views
+        st.stop()
     images, labels, captions = pick_images_ui(ctx, job.run_dir)
 
     st.subheader("Grad-CAM: where each model looks")
@@ -29,28 +39,29 @@ try:
         st.info("Pick at least one image above.")
     else:
         target_mode = target_mode_ui(ctx)
-        gradcam_grid_ui(ctx, images, labels, models, target_mode, captions=captions, run_dir=job.run_dir)
+        gradcam_grid_ui(ctx, images, labels, models, target_mode, captions=captions, run_dir=job.run_dir, layer=layer)
 
-    st.subheader("ℓ1, ℓ2 and ℓ∞ norms of the last-conv activations")
+    st.subheader("ℓ1, ℓ2 and ℓ∞ norms of the conv layer's activations")
     if ctx.test is None:
         st.info("This run has no test set, so there are no images to measure the activations on.")
     else:
         with st.spinner(f"Measuring activations on up to {NORM_IMAGES} test images…"):
-            stats = norm_stats(job.run_dir, tuple(models))
+            stats = norm_stats(job.run_dir, tuple(models), layer=layer)
         st.plotly_chart(norm_histograms_figure(stats), key="explain_norms_chart")
         if ctx.trigger is None:
             st.caption("This run has no known trigger, so only clean images are shown.")
         else:
             st.caption(
                 f"{len(next(iter(stats.values()))['clean'])} test images of classes other than the target, "
-                "clean and with the trigger; post-ReLU activations of the last conv block, the ones ℓ∞ "
-                "pruning scores. A backdoored model's ℓ∞ separates the two most clearly (seed 004, fig. 4)."
+                f"clean and with the trigger; post-ReLU activations of `{layer}` (the last conv block unless "
+                "you chose another), the ones ℓ∞ pruning scores. A backdoored model's ℓ∞ separates the two "
+                "most clearly (seed 004, fig. 4)."
             )
 
     st.subheader("Activation map of one image")
     if len(images) == 0:
         st.info("Pick at least one image above.")
     else:
-        activation_maps_ui(ctx, images, captions, models, job.run_dir)
+        activation_maps_ui(ctx, images, captions, models, job.run_dir, layer)
 except KDCoreError as e:
     show_error(e)

@@ -4,10 +4,11 @@ import json
 
 import streamlit as st
 
-from app.audit_form import hyperparameters_ui, model_spec_ui, trigger_ui
+from app.audit_form import hyperparameters_ui, trigger_ui
 from app.jobs_client import submit_audit
+from app.model_form import layer_config, layers_ui, model_check_ui, model_spec_ui, stored_spec_ui
 from app.state import show_error
-from app.uploads import check_model, image_types, save_image_set, save_upload, stored_spec
+from app.uploads import MODEL_TYPES, check_model, image_types, save_image_set, save_upload
 from kdcore.errors import KDCoreError
 
 st.title("New audit")
@@ -15,32 +16,30 @@ st.caption("Everything is stored in the data directory, so audits survive a rest
 
 st.subheader("1 · The suspect model")
 up = st.file_uploader(
-    "Model weights (.safetensors preferred, or a .pt / .pth state_dict)",
-    type=["safetensors", "pt", "pth"],
+    "Model: weights (.safetensors preferred, or a .pt / .pth state_dict), or a file that carries its own "
+    "architecture (.onnx, torch.export .pt2, or a Hugging Face-style .zip: config.json + model.safetensors)",
+    type=MODEL_TYPES,
     key="model_file",
 )
-model_path = spec = None
+model_path = choice = None
+layers: list[str] = []
 if up is not None:
     model_path = save_upload(up.getvalue(), up.name)
-    try:
-        stored = stored_spec(str(model_path))
-    except KDCoreError as e:  # a malformed or hostile file: say why, and no audit with it
-        show_error(e)
-        model_path = None
+    readable, stored = stored_spec_ui(model_path)
+    if readable:
+        choice = model_spec_ui(stored, model_path)
     else:
-        spec = model_spec_ui(stored)
-    if spec is not None:
+        model_path = None
+    if choice is not None:
         try:
-            check = check_model(str(model_path), json.dumps(spec.to_dict()))
+            check = check_model(str(model_path), json.dumps(choice.spec.to_dict()))
         except KDCoreError as e:
             show_error(e)
-            spec = None
+            choice = None
         else:
-            st.success(
-                f"Model loads: {check.spec.arch}, {check.parameters:,} parameters, "
-                f"{check.output_classes} output classes, input {tuple(check.spec.input_shape)}.",
-                icon="✅",
-            )
+            model_check_ui(check, model_path)
+            layers = layer_config(layers_ui(check.layers))
+spec = choice.spec if choice else None
 
 st.subheader("2 · Images")
 unl = st.file_uploader(
@@ -70,11 +69,8 @@ if st.button("Start the audit", type="primary", key="submit_audit", disabled=not
     try:
         cfg = {
             "model": str(model_path),
-            **{
-                k: v
-                for k, v in spec.to_dict().items()
-                if k in ("arch", "num_classes", "input_shape", "mean", "std", "class_names")
-            },
+            **choice.config,
+            **({"layers": layers} if layers else {}),
             "unlabeled": str(save_image_set(unl)),
             "kd": kd,
             **extra,

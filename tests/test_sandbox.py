@@ -15,6 +15,7 @@ import torch
 from kdcore import sandbox
 from kdcore.data.folders import load_labeled
 from kdcore.errors import ConfigError, InputError, ModelLoadError
+from kdcore.models.layers import layer_report
 from kdcore.models.loading import load_model, read_state_dict, save_model
 from kdcore.models.registry import build_model
 from kdcore.models.spec import ModelSpec
@@ -65,7 +66,11 @@ def test_model_through_the_sandbox_equals_a_direct_load(tmp_path):
     sandbox.load_model(path, None, "cpu")
     assert torch.equal(torch.rand(3), after_direct)
     assert sandbox.read_spec(path) == spec
-    assert sandbox.check_model(path, None) == (spec, sum(p.numel() for p in direct.parameters()))
+    assert sandbox.check_model(path, None) == (
+        spec,
+        sum(p.numel() for p in direct.parameters()),
+        layer_report(direct, spec),
+    )
     assert torch.equal(read_state_dict(path)["features.0.weight"], b["features.0.weight"])
 
 

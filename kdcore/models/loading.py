@@ -54,6 +54,7 @@ raises ModelLoadError for any malformed file or spec, and nothing else.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -132,19 +133,21 @@ def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     return _plain_state_dict(obj, path)
 
 
-def read_spec(path: PathLike) -> ModelSpec | None:
+def read_spec(path: PathLike, input_shape: tuple[int, int, int] | None = None) -> ModelSpec | None:
     """The spec stored with a model file, or None if there is none.
 
     `.onnx`, `.pt2` and Hugging Face-style folders or zips carry their own (read from the graph
-    or `config.json`). Otherwise: the safetensors metadata (key `kdcore_spec`) first, then a
-    `<stem>.json` beside the file — but only one that is a kdcore spec (a JSON object with `arch`
-    and `num_classes`): any other JSON of that name is not ours and is ignored. A kdcore spec
-    that is present but invalid raises ModelLoadError.
+    or `config.json`); `input_shape` (C, H, W) is passed to those whose reader takes it (a graph
+    with a symbolic height and width needs it) and ignored otherwise. Otherwise: the safetensors
+    metadata (key `kdcore_spec`) first, then a `<stem>.json` beside the file — but only one that is
+    a kdcore spec (a JSON object with `arch` and `num_classes`): any other JSON of that name is not
+    ours and is ignored. A kdcore spec that is present but invalid raises ModelLoadError.
     """
     path = _existing(path)
     fmt = _graph_format(path)
     if fmt is not None:
-        return fmt.read_spec(path)
+        takes_shape = input_shape is not None and "input_shape" in inspect.signature(fmt.read_spec).parameters
+        return fmt.read_spec(path, input_shape=input_shape) if takes_shape else fmt.read_spec(path)
     if path.suffix.lower() == SAFETENSORS_SUFFIX:
         try:
             with safetensors.safe_open(path, framework="pt") as f:

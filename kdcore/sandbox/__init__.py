@@ -109,9 +109,13 @@ BudgetArg = Budget | Literal["flat", "scaled"]
 # ── the public readers: same signatures as the ones they wrap, plus `budget` ──────────────────────
 
 
-def read_spec(path: PathLike, *, budget: BudgetArg = "flat") -> ModelSpec | None:
+def read_spec(
+    path: PathLike, *, input_shape: tuple[int, int, int] | None = None, budget: BudgetArg = "flat"
+) -> ModelSpec | None:
     """`kdcore.models.loading.read_spec`, in a sandbox."""
-    return run("kdcore.sandbox.child:read_spec", (str(path),), _budget(budget, path, "model"), ModelLoadError, path)
+    shape = tuple(int(v) for v in input_shape) if input_shape else None
+    b = _budget(budget, path, "model")
+    return run("kdcore.sandbox.child:read_spec", (str(path), shape), b, ModelLoadError, path)
 
 
 def load_model(
@@ -137,12 +141,11 @@ def load_model(
     return model.to(device), got
 
 
-def check_model(path: PathLike, spec: ModelSpec | None = None, *, budget: BudgetArg = "flat") -> tuple[ModelSpec, int]:
-    """What the dashboard shows before an audit: the child loads the model as `load_model` does
-    (read, fit, test batch) and answers with the spec and the parameter count only."""
-    spec_dict = spec.to_dict() if spec is not None else None
-    b = _budget(budget, path, "model")
-    return tuple(run("kdcore.sandbox.child:check_model", (str(path), spec_dict), b, ModelLoadError, path))
+def check_model(path: PathLike, spec: ModelSpec | None = None, *, budget: BudgetArg = "flat") -> tuple:
+    """New audit's model check, in a sandbox: (spec, parameters, layer report); see `.model_check`."""
+    from kdcore.sandbox.model_check import check_model as check
+
+    return check(path, spec, budget)
 
 
 def load_labeled(path: PathLike, *args: Any, budget: BudgetArg = "scaled", **kwargs: Any) -> ImageSet:

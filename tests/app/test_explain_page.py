@@ -129,3 +129,24 @@ def test_explain_measures_the_last_conv_block_where_linf_pruning_does(digits_spe
     assert choose_layer(res, res_spec, ACT_ROLE) == ("layer4.1.bn2", res.layer4[1].bn2)
     conv_bn = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
     assert choose_layer(conv_bn, digits_spec, ACT_ROLE)[1] is conv_bn[1]  # BatchNorm in between: the BN
+
+
+def test_explain_layer_select_defaults_to_the_runs_choice_and_moves_every_conv_view(kdaudit_home):
+    at = _page(kdaudit_home)
+    select = at.selectbox(key="explain_layer")
+    assert select.value == select.options[-1] and len(select.options) >= 2  # the last conv to run
+    first = select.options[0]
+    select.set_value(first).run(timeout=180)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert any(f"`{first}`" in c.value for c in at.caption)  # the activation maps are of the chosen layer
+    assert len(at.image) == 20 and len(at.get("plotly_chart")) == 1 + 4
+
+
+def test_explain_page_says_why_when_the_model_has_no_conv_layer(kdaudit_home, monkeypatch):
+    problem = "TinyMLP has no nn.Conv2d layer: Grad-CAM … need one; Neural Cleanse … still apply"
+    report = {"conv": [], "linear": ["head"], "last_conv": None, "conv_activation": None, "penultimate": "head"}
+    monkeypatch.setattr("app.explain.teacher_layers", lambda run_dir: {**report, "problems": {"last_conv": problem}})
+    at = _page(kdaudit_home)
+    assert not at.exception
+    assert any(problem in w.value for w in at.warning)
+    assert len(at.image) == 0 and not at.get("plotly_chart")

@@ -3,6 +3,7 @@ in Debian's headless Chromium. Screenshots go to $KDAUDIT_SCREENSHOTS (default b
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -224,3 +225,58 @@ def test_uploaded_model_and_zips(server, page, digits_files, tmp_path):
     page.screenshot(path=SHOTS / "results_upload.png", full_page=True)
     report = JobStore(data).get(job_id).report_path
     assert report is not None and "teacher" in report.read_text()
+
+
+def test_onnx_model_audited_through_the_dashboard(server, page, digits_files, tmp_path):
+    """Issue 9: a model that is no registry name, as an ONNX graph. The model check shows what was read
+    from the file (architecture from the graph, classes, input shape, the layers found), and the audit
+    runs to a report."""
+    import torch
+
+    from kdcore.models.loading import load_model
+    from kdcore.report import models_of
+
+    url, data = server["url"], server["data"]
+    teacher, spec = load_model(digits_files["model"], None, "cpu")
+    onnx_path = tmp_path / "suspect.onnx"
+    torch.onnx.export(teacher.eval(), torch.zeros(1, *spec.input_shape), onnx_path, dynamo=False)
+    unl_zip = tmp_path / "unlabeled.zip"
+    with zipfile.ZipFile(unl_zip, "w") as z:
+        for p in sorted(Path(digits_files["unlabeled"]).rglob("*.png")):
+            z.write(p, f"clean/{p.relative_to(digits_files['unlabeled']).as_posix()}")
+    page.goto(f"{url}/new_audit")
+    page.locator(".st-key-model_file input[type=file]").set_input_files(str(onnx_path))
+    page.get_by_text("Model loads").wait_for(timeout=120_000)
+    page.get_by_text("from the file (ONNX graph)").first.wait_for()
+    page.get_by_text("Layers found for Explain / defenses").wait_for()
+    check = page.locator('[data-testid="stAlertContentSuccess"]').first.inner_text()
+    assert "10 output classes" in check and "(1, 8, 8)" in check, check
+    assert page.locator(".st-key-layer_last_conv").count() == 1  # the conv-layer select, on its automatic choice
+    for key, value in (("mean", "0.3"), ("std", "0.4")):  # ONNX carries no normalisation: the user gives it
+        box = page.locator(f".st-key-{key} input")
+        box.fill(value)
+        box.press("Enter")
+        page.wait_for_timeout(700)
+    for key, path in (("unlabeled_files", unl_zip), ("test_file", digits_files["test"])):
+        page.locator(f".st-key-{key} input[type=file]").set_input_files(str(path))
+        page.locator(f".st-key-{key}").get_by_text(Path(path).name).wait_for(timeout=60_000)
+        page.wait_for_timeout(500)
+    page.get_by_text("Hyperparameters").click()
+    for key, value in (("kd_epochs", "2"), ("ft_epochs", "1")):
+        box = page.locator(f".st-key-{key} input")
+        box.fill(value)
+        box.press("Enter")
+        page.wait_for_timeout(700)
+    page.screenshot(path=SHOTS / "new_audit_onnx.png", full_page=True)
+    page.get_by_role("button", name="Start the audit").click()
+    page.wait_for_url("**/jobs?job=*")
+    job_id = int(page.url.rsplit("job=", 1)[1])
+    job = JobStore(data).get(job_id)
+    assert job.kind == "audit" and job.config["model"].endswith("suspect.onnx") and not job.config["arch"]
+    assert job.config["mean"] == [0.3] and job.config["std"] == [0.4]
+    wait_job(data, job_id)
+    report = json.loads(JobStore(data).get(job_id).report_path.read_text())
+    assert report["model"]["spec"]["arch"] == "onnx" and report["model"]["spec"]["num_classes"] == 10
+    assert {"teacher", "student"} <= set(models_of(report))
+    open_ready(page, f"{url}/results?job={job_id}", ".js-plotly-plot", 2)
+    page.screenshot(path=SHOTS / "results_onnx.png", full_page=True)
