@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import argparse
 
-from kdcore.cli.flags import add_config_flags, add_run_args, config_file, given, parsed_trigger, trigger_arg
+from kdcore.cli.flags import (
+    add_config_flags,
+    add_run_args,
+    config_file,
+    given,
+    parsed_trigger,
+    trigger_arg,
+    trust_arg,
+)
 from kdcore.config import from_dict, merge
 from kdcore.runs.audit import AuditConfig
 
 HELP = "audit your own model on your own images"
 TRIGGER_HELP = "known trigger: badnets:target=7,size=3 | JSON | file.json"
 CACHE_KEY = ()
+MAPPINGS = ("arch_kwargs",)  # AuditConfig's mappings that take a JSON flag
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_args(p)
+    trust_arg(p)
     trigger_arg(p, TRIGGER_HELP)
-    add_config_flags(p, AuditConfig)
+    add_config_flags(p, AuditConfig, objects=MAPPINGS)
 
 
 def config_from_args(a: argparse.Namespace) -> AuditConfig:
