@@ -55,6 +55,7 @@ def copy_beside(spec: ModelSpec, model_path: Path) -> ModelSpec:
     src = source_path(spec)
     dst = model_path.with_name(f"{model_path.stem}.source{src.suffix}")
     if src.resolve() != dst.resolve():
+        dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(dst.name + ".part")
         shutil.copyfile(src, tmp)
         tmp.replace(dst)
