@@ -252,3 +252,22 @@ def test_trust_code_is_a_flag_of_audit_defend_and_worker_and_never_a_setting():
         assert parser.parse_args([*argv, "--trust-code"]).trust_code
     assert "trust_code" not in {f for f in AuditConfig.__dataclass_fields__}
     assert plugins.trusted() is (os.environ.get(TRUST_ENV) == "1")
+
+
+def test_trust_is_the_machines_a_worker_without_it_refuses_a_queued_arch_file_job(digits_files, arch_file, tmp_path):
+    from kdcore.jobs.store import JobStore
+
+    model = _weights(tmp_path / "m.safetensors", _load_tinynet(arch_file)["TinyNet"])
+    store_dir = tmp_path / "store"
+    args = _audit_args(digits_files, model, tmp_path / "run", "--arch-file", f"{arch_file}:TinyNet")
+    args += ["--num-classes", "10", "--input-shape", "1,8,8", "--data-dir", str(store_dir)]
+    r = kdcore("jobs", "submit", *args, home=tmp_path)
+    assert r.returncode == 2 and "--trust-code" in r.stderr  # checked before it is queued
+    r = kdcore("jobs", "submit", *args, "--trust-code", home=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    job = JobStore(store_dir).get(int(r.stdout.strip()))
+    assert len(job.config["arch_file_sha256"]) == 64
+    r = kdcore("worker", "--once", "--data-dir", str(store_dir), home=tmp_path)  # no trust on this machine
+    job = JobStore(store_dir).get(job.id)
+    assert job.state == "failed" and "--trust-code" in job.error and "KDAUDIT_TRUST_CODE=1" in job.error
+    assert not (tmp_path / "run" / "report.json").exists()
