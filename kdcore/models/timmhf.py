@@ -95,6 +95,14 @@ def build(spec: ModelSpec) -> nn.Module:
     return make()
 
 
+def default_input(arch: str) -> tuple[int, int, int] | None:
+    """timm's default input (C, H, W) for `timm:<name>`, or None for an unknown name."""
+    import timm
+
+    cfg = timm.get_pretrained_cfg(arch.removeprefix("timm:")) if timm.is_model(arch.removeprefix("timm:")) else None
+    return tuple(cfg.input_size) if cfg is not None else None
+
+
 def _img_size(name: str, spec: ModelSpec) -> dict:
     """{"img_size": (H, W)} for a model built for one input size when the spec's differs, else {}."""
     import timm

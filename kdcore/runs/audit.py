@@ -123,9 +123,7 @@ class AuditConfig:
                 stored = None if self.input_shape else self._stored_spec()
             except ModelLoadError:
                 stored = None  # not ours to read: the flags say what the model is
-            shape = self.input_shape or (
-                stored.input_shape if stored and stored.arch == arch else DEFAULT_INPUT.get(arch, (3, 224, 224))
-            )
+            shape = self.input_shape or (stored.input_shape if stored and stored.arch == arch else _default_input(arch))
             spec = ModelSpec(arch, self.num_classes, tuple(shape), extra=dict(self.arch_kwargs))
             if self.arch_file:
                 path = Path(split_arch_file(self.arch_file)[0])
@@ -149,6 +147,17 @@ class AuditConfig:
         if self.input_shape:  # a graph with a dynamic input size needs the user's
             return read_spec(self.model, input_shape=tuple(self.input_shape))
         return read_spec(self.model)
+
+
+def _default_input(arch: str) -> tuple[int, ...]:
+    """The input shape an architecture is built for when neither the flags nor the file say."""
+    if arch in DEFAULT_INPUT:
+        return DEFAULT_INPUT[arch]
+    if arch.startswith("timm:"):
+        from kdcore.models.timmhf import default_input
+
+        return default_input(arch) or (3, 224, 224)
+    return (3, 224, 224)
 
 
 def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = no_progress) -> dict:

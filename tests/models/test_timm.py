@@ -203,3 +203,12 @@ def test_older_single_dict_configs_and_label_maps():
     assert (
         spec.input_shape == (1, 224, 224) and spec.mean == pytest.approx((0.5,)) and spec.std == pytest.approx((0.2,))
     )
+
+
+def test_a_timm_name_without_an_input_shape_is_built_for_timms_default():
+    from kdcore.runs.audit import AuditConfig
+
+    def shape(arch: str) -> tuple:
+        return AuditConfig(model="absent.pt", unlabeled="u", arch=arch, num_classes=10).model_spec().input_shape
+
+    assert shape("timm:vit_base_patch16_384") == (3, 384, 384) and shape("timm:resnet18") == (3, 224, 224)
