@@ -245,8 +245,9 @@ def _files(path: Path) -> Iterator[_Files]:
 
 
 def _top_members(members, path: Path) -> dict:
-    """config.json and weights at the zip's top, or inside its one top folder; else ModelLoadError."""
-    files = [m for m in members if not m.is_dir]
+    """config.json and weights at the zip's top, or inside its one top folder; else ModelLoadError.
+    macOS's resource-fork entries (`__MACOSX/`, `._*`), which Finder adds to every zip, are not files."""
+    files = [m for m in members if not m.is_dir and not _mac_junk(m.name)]
     tops = {m.name.split("/", 1)[0] for m in files if "/" in m.name}
     at_top = {m.name: m for m in files if "/" not in m.name}
     if CONFIG not in at_top and len(tops) == 1 and not at_top:
@@ -259,6 +260,10 @@ def _top_members(members, path: Path) -> dict:
             f"top folder); {HF_HINT}. To audit other models upload the file itself (.safetensors, .onnx, .pt2)"
         )
     return found
+
+
+def _mac_junk(name: str) -> bool:
+    return name.startswith("__MACOSX/") or name.rsplit("/", 1)[-1].startswith("._")
 
 
 def _read_capped(path: Path, cap: int) -> bytes:

@@ -105,6 +105,7 @@ def _zip(folder: Path, dest: Path, top: str | None) -> Path:
     with zipfile.ZipFile(dest, "w") as z:
         for p in sorted(folder.iterdir()):
             z.write(p, f"{top}/{p.name}" if top else p.name)
+        z.writestr(f"__MACOSX/{top or '.'}/._config.json", b"Finder's resource fork")  # as macOS zips do
     return dest
 
 
