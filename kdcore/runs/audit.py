@@ -1,4 +1,10 @@
-"""Audit of a user's model on a user's images (folders or zip archives)."""
+"""Audit of a user's model on a user's images (folders or zip archives).
+
+The model's architecture comes from the file where the format carries it (a kdcore spec, ONNX,
+torch.export, a timm config.json), or from the flags: `--arch` (built-in, `timm:<name>`, `tv:<name>`,
+an installed plugin) or `--arch-file FILE.py:Class` (runs that file: only with --trust-code, and the
+config pins the file's SHA-256). Flags win over anything stored beside the model (`model_spec`).
+"""
 
 from __future__ import annotations
 
@@ -64,10 +70,10 @@ class AuditConfig:
                 else "Give --num-classes together with --arch or --arch-file (or neither, for a model that carries "
                 "its spec)"
             )
-        if self.arch_kwargs and not (self.arch or self.arch_file):
-            raise ConfigError("--arch-kwargs go with --arch or --arch-file (the architecture they configure)")
         if not isinstance(self.arch_kwargs, dict):
             raise ConfigError(f"--arch-kwargs must be a JSON object; got {self.arch_kwargs!r}")
+        if self.arch_kwargs and not (self.arch or self.arch_file):
+            raise ConfigError("--arch-kwargs go with --arch or --arch-file (the architecture they configure)")
         self.layer_choice()  # ROLE=NAME pairs, checked now
         if self.trigger is not None:
             Trigger.from_dict(self.trigger)
@@ -107,6 +113,11 @@ class AuditConfig:
             require_trust(f"file:{name}")
             if not Path(path).is_file():
                 raise InputError(f"--arch-file {path} does not exist")
+            if self.arch_file_sha256 and file_sha256(path) != self.arch_file_sha256:
+                raise InputError(
+                    f"--arch-file {path} changed since this config was made (its SHA-256 differs); "
+                    "submit the audit again to use the file as it is now"
+                )
 
     def model_spec(self) -> ModelSpec:
         """The spec to build the model from. Flags win: with --arch/--arch-file the file's own spec is

@@ -200,6 +200,8 @@ def test_arch_file_records_the_file_and_refuses_it_once_changed(digits_files, ar
     # what a queued job holds is the config as a dict: it still pins the checked file
     queued = from_dict(AuditConfig, json.loads(json.dumps(dataclasses_dict(cfg))))
     arch_file.write_text(MODEL_CODE + "\nprint('changed')\n")
+    with pytest.raises(InputError, match=r"model.py changed since this config was made"):
+        queued.check_inputs()  # what a worker does first
     with pytest.raises(ConfigError, match=r"model.py changed since this model was read from it"):
         build_model(queued.model_spec())
 
