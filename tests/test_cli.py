@@ -235,3 +235,43 @@ def test_bad_list_value_is_one_line_exit_2(capsys):
     assert main(["audit", "--model", "m.pt", "--unlabeled", "u", "--input-shape", "1,a", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["kdcore: error: --input-shape expects comma-separated integers; got '1,a'"]
+
+
+def test_model_flags_of_issue_9_on_audit_and_defend(tmp_path):
+    from kdcore.cli import resolve_config
+
+    arch = tmp_path / "net.py"
+    arch.write_text("")
+    flags = [
+        *("--arch-file", f"{arch}:Net", "--num-classes", "10", "--arch-kwargs", '{"width": 8, "act": "relu"}'),
+        *("--layers", "last_conv=features.3,penultimate=fc1"),
+    ]
+    for argv in (
+        ["audit", "--model", "m.pt", "--unlabeled", "u"],
+        ["defend", "bcu", "--model", "m.pt", "--unlabeled", "u"],
+    ):
+        cfg = resolve_config([*argv, *flags])
+        cfg = cfg if argv[0] == "audit" else cfg.audit
+        assert cfg.arch_file == f"{arch.resolve()}:Net" and len(cfg.arch_file_sha256) == 64
+        assert cfg.arch_kwargs == {"width": 8, "act": "relu"}
+        assert cfg.layer_choice() == {"last_conv": "features.3", "penultimate": "fc1"}
+    text = _help("audit")
+    for flag in ("--arch-file", "--arch-kwargs", "--layers", "--trust-code"):
+        assert flag in text and flag in _help("defend"), flag
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--arch-kwargs", "{depth: 2}"], "--arch-kwargs expects a JSON object; got '{depth: 2}'"),
+        (["--arch-kwargs", "[2]"], "--arch-kwargs expects a JSON object like"),
+        (["--layers", "conv=x"], "--layers takes ROLE=NAME pairs with ROLE one of last_conv, penultimate"),
+        (["--arch", "timm:resnet18"], "Give --arch and --num-classes together: --arch timm:resnet18 needs"),
+    ],
+)
+def test_bad_model_flags_are_one_line_exit_2(capsys, extra, expected):
+    from kdcore.cli import main
+
+    assert main(["audit", "--model", "m.pt", "--unlabeled", "u", *extra, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"kdcore: error: {expected}"), err

@@ -100,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.limit:
             limits.use(limits.with_overrides(limits.current(), a.limit))
         bar.enabled = not getattr(a, "no_progress", True)
+        if getattr(a, "trust_code", False):
+            from kdcore.models.plugins import trust_code
+
+            trust_code()  # this process and the workers and sandboxed readers it starts
         if a.command in ("jobs", "worker"):
             from kdcore.cli.jobs import jobs_main, worker_main
 

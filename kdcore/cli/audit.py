@@ -12,6 +12,7 @@ from kdcore.cli.flags import (
     trigger_arg,
     trigger_of,
     triggered_test_args,
+    trust_arg,
 )
 from kdcore.config import from_dict, merge
 from kdcore.runs.audit import AuditConfig
@@ -22,13 +23,15 @@ TRIGGER_HELP = (
     "[,alpha=1],target=7 | blend:image=p.png,alpha=0.2,target=7 | JSON | file.json"
 )
 CACHE_KEY = ()
+MAPPINGS = ("arch_kwargs",)  # AuditConfig's mappings that take a JSON flag
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_args(p)
+    trust_arg(p)
     trigger_arg(p, TRIGGER_HELP)
     triggered_test_args(p)
-    add_config_flags(p, AuditConfig)
+    add_config_flags(p, AuditConfig, objects=MAPPINGS)
 
 
 def config_from_args(a: argparse.Namespace) -> AuditConfig:

@@ -11,7 +11,15 @@ import json
 
 from kdcore.cli import audit as audit_cli
 from kdcore.cli import demo as demo_cli
-from kdcore.cli.flags import add_config_flags, add_run_args, config_file, given, parsed_trigger, trigger_arg
+from kdcore.cli.flags import (
+    add_config_flags,
+    add_run_args,
+    config_file,
+    given,
+    parsed_trigger,
+    trigger_arg,
+    trust_arg,
+)
 from kdcore.config import from_dict, merge
 from kdcore.errors import ConfigError
 from kdcore.runs.audit import AuditConfig
@@ -21,7 +29,8 @@ from kdcore.runs.demo import DemoConfig
 HELP = "run another defense (BCU, ℓ∞ pruning, Neural Cleanse, ...) on a run, the demo, or your model"
 CACHE_KEY = ("demo", "cache_dir")
 AUDIT_INPUTS = tuple(
-    "model arch num_classes input_shape mean std class_names unlabeled train test max_unlabeled".split()
+    "model arch num_classes arch_file arch_file_sha256 arch_kwargs layers input_shape mean std class_names "
+    "unlabeled train test max_unlabeled".split()
 )
 DEMO_INPUTS = ("data_dir", "cache_dir", "n_poison")
 PARSER = {
@@ -57,6 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = epilog()
     p.add_argument("method", metavar="METHOD", help="the defense (listed below)")
     add_run_args(p, quick="with --demo: the quick setup")
+    trust_arg(p)
     add_config_flags(p, DefendConfig, skip=("method",), names={"source_run": ("--run",)})
     p.add_argument("--param", action="append", default=[], help="a method setting, key=value (JSON value)")
     p.add_argument("--params", help="all method settings as one JSON object")
@@ -65,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     trigger_arg(g, demo_cli.attack_help() + "; with --model: " + audit_cli.TRIGGER_HELP)
     add_config_flags(g, DemoConfig, dest="demo.", only=DEMO_INPUTS, quick=DemoConfig.preset(quick=True))
     g = p.add_argument_group("or your model, as for `kdcore audit`")
-    add_config_flags(g, AuditConfig, dest="audit.", only=AUDIT_INPUTS)
+    add_config_flags(g, AuditConfig, dest="audit.", only=AUDIT_INPUTS, objects=audit_cli.MAPPINGS)
 
 
 def method_params(a: argparse.Namespace) -> dict:

@@ -55,6 +55,19 @@ def _tuple_of(item: type, name: str):
     return parse
 
 
+def _json_object(name: str):
+    def parse(text: str) -> dict:
+        try:
+            value = json.loads(text)
+        except ValueError as e:
+            raise ConfigError(f"{name} expects a JSON object; got {text!r} ({e})") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} expects a JSON object like '{{\"depth\": 2}}'; got {text!r}")
+        return value
+
+    return parse
+
+
 def add_config_flags(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     cls: type,
@@ -65,15 +78,17 @@ def add_config_flags(
     only: tuple[str, ...] | None = None,
     skip: tuple[str, ...] = (),
     names: dict[str, tuple[str, ...]] | None = None,
+    objects: tuple[str, ...] = (),
 ) -> list[Setting]:
     """One flag per leaf setting of `cls` (defaults from `instance`, else the declared ones; `quick`
     an instance whose differing values the help also shows). `dest` prefixes the setting's path in
     the parsed result (e.g. "setup." for a sweep); `only`/`skip` select settings by path; `names`
-    replaces a setting's flag names. Mappings (triggers, params) are left to the caller."""
+    replaces a setting's flag names. Mappings get a flag only when named in `objects` (it takes a JSON
+    object, e.g. `--arch-kwargs '{"depth": 2}'`); the others (triggers, params) are left to the caller."""
     quick_values = {s.name: s.default for s in settings(cls, quick)} if quick is not None else {}
     added = []
     for s in settings(cls, instance):
-        if s.kind == "json" or s.name in skip or (only is not None and s.name not in only):
+        if (s.kind == "json" and s.name not in objects) or s.name in skip or (only is not None and s.name not in only):
             continue
         flags = (names or {}).get(s.name) or (*ALIASES.get(s.name, ()), flag_name(s.name))
         shown = f"default {_show(s.default)}"
@@ -89,6 +104,8 @@ def add_config_flags(
             kw["action"] = argparse.BooleanOptionalAction
         elif s.kind == "choice":
             kw["choices"] = s.choices
+        elif s.kind == "json":
+            kw["type"], kw["metavar"] = _json_object(flags[-1]), "JSON"
         elif s.kind == "tuple":
             kw["type"], kw["metavar"] = _tuple_of(s.item, flags[-1]), "A,B,..."
         else:
@@ -114,6 +131,16 @@ def add_run_args(p: argparse.ArgumentParser, quick: str | None = None) -> None:
             action="store_true",
             help=f"{quick}; with --config the quick sizes come first, then the file, then the flags",
         )
+
+
+def trust_arg(p: argparse.ArgumentParser) -> None:
+    """--trust-code: allow this process and its children to run an --arch-file (trust is the machine's
+    choice, not the job's, so it is a flag and never a config setting)."""
+    p.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow --arch-file: building the model runs that Python file (the dashboard: KDAUDIT_TRUST_CODE=1)",
+    )
 
 
 def config_file(path: Path | None) -> dict:

@@ -10,6 +10,7 @@ EXIT_OK = 0
 
 
 def add_parsers(sub) -> None:
+    from kdcore.cli.flags import trust_arg
     from kdcore.runs import KINDS
 
     p = sub.add_parser("worker", help="run queued jobs from the job store (the dashboard starts these)")
@@ -18,6 +19,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--once", action="store_true", help="run at most one job, then exit")
     p.add_argument("--job", type=int, help="run exactly this queued job, then exit (e.g. under Ray Jobs)")
     p.add_argument("--drain", action="store_true", help="exit once the queue is empty")
+    trust_arg(p)
 
     p = sub.add_parser("jobs", help="submit, list, show, cancel, retry jobs and read their logs")
     jsub = p.add_subparsers(dest="jobs_command", required=True)
@@ -63,6 +65,10 @@ def submit(a: argparse.Namespace) -> int:
     own, opts = _submit_options().parse_known_args(list(a.options))
     store = JobStore(own.data_dir)
     kind_args = build_parser().parse_args([a.kind, *opts])
+    if getattr(kind_args, "trust_code", False):  # the check before queueing builds the --arch-file's model
+        from kdcore.models.plugins import trust_code
+
+        trust_code()
     module = kind_module(a.kind)
     d = to_dict(module.config_from_args(kind_args))
     if module.CACHE_KEY:  # a queued job caches trained teachers in the job store

@@ -70,17 +70,30 @@ def build_plugin(spec: ModelSpec) -> nn.Module:
     return call_builder(builder, spec, f"plugin {spec.arch!r} ({ep.value})")
 
 
+def require_trust(what: str) -> None:
+    """ConfigError unless running user-supplied Python is allowed here (`what` names the file's class)."""
+    if not trusted():
+        raise ConfigError(
+            f"{what} is defined in a Python file, and building it runs that file. Allow it with --trust-code "
+            f"(CLI), or start the dashboard with {TRUST_ENV}=1 if you trust the file's author; or register the "
+            f"architecture in an installed package (entry point group {GROUP}), or export the model to ONNX"
+        )
+
+
+def split_arch_file(text: str) -> tuple[str, str]:
+    """'model.py:MyNet' → ('model.py', 'MyNet'); ConfigError for anything else."""
+    path, sep, name = text.rpartition(":")
+    if not sep or not path.endswith(".py") or not name.isidentifier():
+        raise ConfigError(f"--arch-file takes FILE.py:ClassName, e.g. model.py:MyNet; got {text!r}")
+    return path, name
+
+
 def build_file(spec: ModelSpec) -> nn.Module:
     """The class named by `file:<Class>` in the spec's source file; runs that file (needs trust)."""
     from kdcore.models.sources import source_path
 
     class_name = spec.arch.removeprefix("file:")
-    if not trusted():
-        raise ConfigError(
-            f"{spec.arch} is defined in a Python file, and building it runs that file. Allow it with --trust-code "
-            f"(CLI), or start the dashboard with {TRUST_ENV}=1 if you trust the file's author; or register the "
-            f"architecture in an installed package (entry point group {GROUP}), or export the model to ONNX"
-        )
+    require_trust(spec.arch)
     path = source_path(spec)
     module_name = f"kdaudit_arch_{spec.source_sha256[:16]}"
     module = sys.modules.get(module_name)

@@ -145,23 +145,37 @@ def _build_torchvision(spec: ModelSpec) -> nn.Module:
             "weights, with num_classes from the spec"
         )
     if spec.extra:
-        # Random state restored: the probe must not shift the draws of the real build below.
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            try:
-                probe = torchvision.models.get_model(name, weights=None, num_classes=spec.num_classes, **spec.extra)
-            except Exception as e:  # any failure of a constructor fed options from an upload is the options'
-                raise ConfigError(
-                    f"torchvision's {name} does not accept the options {spec.extra} ({type(e).__name__}: {e}); "
-                    "fix or remove the spec's extra options"
-                ) from e
-        size = sum(t.numel() for t in (*probe.parameters(), *probe.buffers()))
-        max_elements = limits.current().max_tensor_elements
-        if size > max_elements:
-            raise ConfigError(
-                f"torchvision's {name} with the options {spec.extra} has {size:,} weights; at most "
-                f"{max_elements:,} (max_tensor_elements)"
-            )
+        probe_size(
+            lambda: torchvision.models.get_model(name, weights=None, num_classes=spec.num_classes, **spec.extra),
+            f"torchvision's {name}",
+            spec.extra,
+        )
     return torchvision.models.get_model(name, weights=None, num_classes=spec.num_classes, **spec.extra)
+
+
+def probe_size(make: Callable[[], nn.Module], what: str, options: dict) -> int:
+    """Build `make()` on the meta device (no memory, the random state restored) and return its size.
+
+    Options from an uploaded spec reach third-party constructors, so a constructor failure is a
+    ConfigError naming `options`, and a model over `max_tensor_elements` weights is refused before
+    any memory is allocated for it.
+    """
+    # Random state restored: the probe must not shift the draws of the real build that follows.
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        try:
+            probe = make()
+        except Exception as e:  # any failure of a constructor fed options from an upload is the options'
+            raise ConfigError(
+                f"{what} does not accept the options {options} ({type(e).__name__}: {e}); "
+                "fix or remove the spec's extra options"
+            ) from e
+    size = sum(t.numel() for t in (*probe.parameters(), *probe.buffers()))
+    max_elements = limits.current().max_tensor_elements
+    if size > max_elements:
+        raise ConfigError(
+            f"{what} with the options {options} has {size:,} weights; at most {max_elements:,} (max_tensor_elements)"
+        )
+    return size
 
 
 def check_forward(model: nn.Module, spec: ModelSpec) -> int:
