@@ -12,6 +12,11 @@
     penultimate      the last nn.Linear to run; its *input* is the penultimate activation
                      (activation clustering)
 
+A model whose only convolutions are patch embeddings (kernel = stride: a ViT's `patch_embed.proj`)
+has no convolutional feature block: the conv roles are refused by default (a map or a pruned
+channel there is input-level, not the late features these methods assume), and the user may still
+choose the patch embedding by name.
+
 Order is execution order, found by tracing one dummy forward pass (`kdcore.hooks.trace`), not
 registration order: a model may define its layers in any order (`__init__` order is not forward
 order), and two methods that pick "the last conv" must agree on every model. "Consumes" is an
@@ -76,6 +81,11 @@ def _norm_after(calls: list[Call], conv_name: str) -> str | None:
     return None
 
 
+def _patchify(conv: nn.Conv2d) -> bool:
+    """A patch embedding: non-overlapping windows (kernel = stride > 1), as ViTs cut images."""
+    return conv.kernel_size == conv.stride and max(conv.kernel_size) > 1
+
+
 def require_conv(model: nn.Module) -> None:
     """ConfigError naming the methods that cannot run, and those that can, when `model` has no conv."""
     if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
@@ -105,6 +115,12 @@ def choose_layer(model: nn.Module, spec: ModelSpec, role: Role, name: str | None
         if not ran:
             raise ConfigError(f"None of {type(model).__name__}'s {what} layers runs in a forward pass")
         name = ran[-1]
+        if kind is nn.Conv2d and all(_patchify(modules[n]) for n in ran):
+            raise ConfigError(
+                f"{type(model).__name__}'s only convolution ({name}) cuts the image into patches (kernel = stride), "
+                f"as a vision transformer's patch embedding does: there is no convolutional feature block. {NO_CONV}. "
+                "To run them on the patch embedding anyway, choose it as the conv layer"
+            )
     elif name not in modules:
         raise ConfigError(f"{type(model).__name__} has no module named {name!r}; pick one of its {what} layers: {ran}")
     elif not isinstance(modules[name], kind):

@@ -97,3 +97,6 @@ def test_timm_vit_from_a_save_for_hf_folder_audit_and_gradcam(fmnist, tmp_path):
     assert len({tuple(m[::7, ::7].ravel()) for m in maps}) > 1  # per-image maps, not one constant
     with pytest.raises(ConfigError, match=r"'blocks.0.norm1' is a LayerNorm, not an nn.Conv2d.*\['patch_embed.proj'\]"):
         gradcam(model, spec.replace(layers={"last_conv": "blocks.0.norm1"}), fmnist["images"], None)
+    # Left to itself, the layer choice refuses the patch embedding: a ViT has no conv feature block.
+    with pytest.raises(ConfigError, match=r"patch_embed.proj\) cuts the image into patches.*choose it as the conv"):
+        gradcam(model, spec.replace(layers={}), fmnist["images"], None)
