@@ -170,7 +170,12 @@ def _default_input(arch: str) -> tuple[int, ...]:
         from kdcore.models.timmhf import default_input
 
         return default_input(arch) or (3, 224, 224)
-    return (3, 224, 224)
+    if arch.startswith("tv:"):
+        return (3, 224, 224)  # torchvision's classifiers are built for ImageNet's size
+    raise ConfigError(  # a plugin or a class in a file: nothing says what it takes, and a guess fails late
+        f"{arch} does not say what input it takes; give the input shape as C,H,W (--input-shape 1,28,28 for "
+        "grey 28×28 images, 3,32,32 for colour 32×32)"
+    )
 
 
 def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = no_progress) -> dict:

@@ -120,10 +120,19 @@ def suspect(tmp_path_factory):
 ROUTES = {
     "onnx": lambda s: ["--model", str(s["root"] / "tiny.onnx")],
     "pt2": lambda s: ["--model", str(s["root"] / "tiny.pt2")],
-    "plugin": lambda s: ["--model", str(s["root"] / "tiny.safetensors"), "--arch", "tiny-net", "--num-classes", "10"],
+    "plugin": lambda s: [
+        "--model",
+        str(s["root"] / "tiny.safetensors"),
+        "--arch",
+        "tiny-net",
+        "--num-classes",
+        "10",
+        "--input-shape",
+        "1,28,28",
+    ],
     "arch-file": lambda s: [
         *("--model", str(s["root"] / "tiny.safetensors"), "--arch-file", f"{s['root'] / 'model.py'}:TinyNet"),
-        *("--num-classes", "10", "--trust-code"),
+        *("--num-classes", "10", "--input-shape", "1,28,28", "--trust-code"),
     ],
 }
 
@@ -168,3 +177,17 @@ def test_arch_file_needs_trust(suspect, tmp_path):
     assert r.returncode == 2
     assert "--trust-code" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_plugin_without_an_input_shape_is_asked_for_one(suspect, tmp_path):
+    env = {
+        **os.environ,
+        "KDAUDIT_HOME": str(tmp_path),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(suspect["plugin"])]),
+    }
+    args = [*ROUTES["plugin"](suspect)[:-2], "--unlabeled", str(suspect["unlabeled"]), "--no-progress"]
+    r = subprocess.run(
+        [sys.executable, "-m", "kdcore", "audit", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "tiny-net does not say what input it takes" in r.stderr and "--input-shape" in r.stderr
