@@ -168,6 +168,8 @@ def _check(proto, name: str, lim: limits.Limits) -> tuple[int | None, ...]:
         if any(d < 0 for d in tensor.dims):
             raise ModelLoadError(f"{name}: the tensor {tensor.name or where!r} declares a negative size {tensor.dims}")
         elements += math.prod(tensor.dims)
+        if elements > lim.max_tensor_elements:
+            break
         if not _data_fits(tensor):
             raise ModelLoadError(
                 f"{name}: the tensor {tensor.name or where!r} declares shape {list(tensor.dims)} but its data does "
@@ -178,7 +180,7 @@ def _check(proto, name: str, lim: limits.Limits) -> tuple[int | None, ...]:
             elements += math.prod(consts[node.input[0]].dims)
     if elements > lim.max_tensor_elements:
         raise ModelLoadError(
-            f"{name} declares {elements:,} tensor elements; at most {lim.max_tensor_elements:,} are read "
+            f"{name} declares at least {elements:,} tensor elements; at most {lim.max_tensor_elements:,} are read "
             "(max_tensor_elements)"
         )
     custom = sorted({f"{n.domain}.{n.op_type}" for n in _nodes(proto) if n.domain not in _STANDARD_DOMAINS})
