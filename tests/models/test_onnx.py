@@ -333,3 +333,24 @@ def test_a_changed_source_file_is_not_built(exports, tmp_path):
     copy.write_bytes(crafted(tmp_path / "other.onnx").read_bytes())
     with pytest.raises(Exception, match="changed since this model was read"):
         build_model(spec)
+
+
+@pytest.mark.parametrize("kind", ["resnet-torchscript-bn", "resnet-dynamo", "cnn-dynamo"])
+def test_explain_and_channel_masking_run_on_a_converted_graph(kind, exports):
+    from kdcore.defenses.channels import channel_layer, masked_channels, zero_channels
+    from kdcore.explain.activations import activation_norms, channel_linf
+    from kdcore.explain.gradcam import gradcam
+
+    model, spec = load_model(exports[kind][1])
+    images = torch.randint(
+        0, 256, (3, *spec.input_shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    cams = gradcam(model, spec, images, None)
+    assert cams.shape == (3, *spec.input_shape[1:]) and 0 <= cams.min() and cams.max() <= 1 and cams.max() > 0
+    assert activation_norms(model, spec, images, relu=True).l2.shape == (3,)
+    layer = channel_layer(model, spec)
+    assert isinstance(layer.conv, nn.Conv2d) and (layer.norm is not None) == kind.endswith("-bn")
+    zero_channels(layer, [0, 5])
+    assert masked_channels(layer) == [0, 5]
+    linf = channel_linf(model, spec, images, layer.activation_layer, relu=True)  # (N, C)
+    assert (linf[:, [0, 5]] == 0).all() and (linf[:, 1] > 0).any()
