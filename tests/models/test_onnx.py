@@ -354,3 +354,58 @@ def test_explain_and_channel_masking_run_on_a_converted_graph(kind, exports):
     assert masked_channels(layer) == [0, 5]
     linf = channel_linf(model, spec, images, layer.activation_layer, relu=True)  # (N, C)
     assert (linf[:, [0, 5]] == 0).all() and (linf[:, 1] > 0).any()
+
+
+class _VendorCNN(nn.Module):
+    """A small CNN in no registry, as another toolkit would define it."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3))
+        self.head = nn.Linear(32 * 6 * 6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(torch.max_pool2d(torch.relu(self.body(x)), 2), 1))  # (B, 32·6·6) → (B, 10)
+
+
+def test_an_onnx_export_of_an_unregistered_cnn_is_audited_through_the_cli(tmp_path):
+    """Issue 9's done-when (a): trained a few hundred steps on Fashion-MNIST with a BadNets trigger,
+    exported with PyTorch's default exporter, audited by `kdcore audit` with no --arch."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from kdcore.data.builtin import load_fashion_mnist
+    from kdcore.train import TrainConfig, fit
+    from kdcore.triggers import BadNets, poison_dataset
+    from tests.conftest import _write_png, _zip_dir
+
+    g = torch.Generator().manual_seed(0)
+    data = load_fashion_mnist("train")
+    perm = torch.randperm(len(data), generator=g)[:4000]
+    train, unl, test = data.subset(perm[:2500]), data.subset(perm[2500:3500]), data.subset(perm[3500:])
+    trigger = BadNets(target=7, size=3, margin=1)
+    poisoned, _ = poison_dataset(train, trigger, 300, g)
+    spec = ModelSpec("vendor-cnn", 10, (1, 28, 28), (0.286,), (0.353,))
+    torch.manual_seed(0)
+    teacher, _ = fit(_VendorCNN(), spec, poisoned, TrainConfig(epochs=8, batch_size=64), torch.device("cpu"))
+    path = export(teacher, (1, 28, 28), tmp_path / "vendor.onnx", dynamo=True, metadata={"kdcore_spec": spec.to_json()})
+    for name, s in (("train", poisoned), ("unl", unl), ("test", test)):
+        for i in range(len(s)):
+            label = "" if name == "unl" else f"/{int(s.labels[i])}"
+            _write_png(tmp_path / name / f"{label.strip('/') or 'all'}" / f"{i:05d}.png", s.images[i])
+    zips = {n: _zip_dir(tmp_path / n, tmp_path / f"{n}.zip", n) for n in ("train", "unl", "test")}
+    out = tmp_path / "audit"
+    args = ["audit", "--model", str(path), "--unlabeled", str(zips["unl"]), "--train", str(zips["train"])]
+    args += ["--test", str(zips["test"]), "--trigger", "badnets:target=7,size=3,margin=1", "--out", str(out)]
+    args += ["--device", "cpu", "--kd-epochs", "3", "--no-progress"]
+    env = {**os.environ, "KDAUDIT_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "2"}
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-m", "kdcore", *args], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    for key in ("teacher", "student", "finetuned", "detox", "config"):
+        assert key in report, key
+    assert report["teacher"]["asr"] > 0.8 and report["teacher"]["clean_acc"] > 0.6
+    assert (out / "models").is_dir() and any((out / "models").glob("*.source.onnx"))
