@@ -290,10 +290,13 @@ REFUSED = {
     "integer weights": (dict(inits=[numpy_helper.from_array(np.ones((3, 16), np.int64), "W"),
                                     numpy_helper.from_array(np.zeros(3, np.int64), "b")], check=False),
                         "not floating point|onnxruntime cannot run"),
-    "matmul weights": (dict(nodes=[helper.make_node("Flatten", ["x"], ["f"]),
-                                   helper.make_node("MatMul", ["f", "W"], ["y"])],
-                            inits=[numpy_helper.from_array(np.ones((16, 3), np.float32), "W")]),
-                       "convert to constants.*Gemm"),
+    "matmul weights on images": (
+        dict(nodes=[helper.make_node("MatMul", ["x", "M"], ["m"]), helper.make_node("Flatten", ["m"], ["f"]),
+                    helper.make_node("Gemm", ["f", "W", "b"], ["y"], transB=1)],
+             inits=[numpy_helper.from_array(np.ones((4, 4), np.float32), "M"),
+                    numpy_helper.from_array(np.ones((3, 16), np.float32), "W"),
+                    numpy_helper.from_array(np.zeros(3, np.float32), "b")]),
+        "convert to constants.*Gemm"),
     "two outputs": (dict(nodes=[helper.make_node("Flatten", ["x"], ["f"]),
                                 helper.make_node("Gemm", ["f", "W", "b"], ["y"], transB=1)],
                          outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
@@ -309,6 +312,30 @@ def test_every_refusal_is_a_clear_model_load_error(case, tmp_path):
     with pytest.raises(ModelLoadError, match=message) as e:
         read_spec(path)
     assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_dense_layer_written_as_matmul_and_add_becomes_a_linear_layer(bias, tmp_path):
+    """tf2onnx writes Keras' Dense, and skl2onnx an MLP, as MatMul + Add."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "W"], ["m" if bias else "y"])]
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 3)).astype(np.float32), "W")]
+    if bias:
+        nodes.append(helper.make_node("Add", ["m", "b"], ["y"]))
+        inits.append(numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b"))
+    path = crafted(tmp_path / "dense.onnx", nodes=nodes, inits=inits)
+    teacher, spec = load_model(path)  # the fidelity check against onnxruntime passed
+    linear = [m for m in teacher.modules() if isinstance(m, nn.Linear)]
+    assert len(linear) == 1 and (linear[0].bias is not None) == bias
+    x = torch.rand(2, 1, 4, 4)
+    expected = x.flatten(1) @ torch.tensor(numpy_helper.to_array(inits[0]))
+    if bias:
+        expected += torch.tensor(numpy_helper.to_array(inits[1]))
+    with torch.inference_mode():
+        torch.testing.assert_close(teacher(x), expected)
+    student = build_model(spec)  # W and b are a layer's parameters now: a fresh student resets them
+    for (name, p), q in zip(student.named_parameters(), teacher.parameters(), strict=True):
+        assert not torch.equal(p, q), name
 
 
 def test_too_many_tensor_elements_are_refused(tmp_path, set_limits):
