@@ -70,6 +70,7 @@ def build_plugin(spec: ModelSpec) -> nn.Module:
     return call_builder(builder, spec, f"plugin {spec.arch!r} ({ep.value})")
 
 
+
 def build_file(spec: ModelSpec) -> nn.Module:
     """The class named by `file:<Class>` in the spec's source file; runs that file (needs trust)."""
     from kdcore.models.sources import source_path
