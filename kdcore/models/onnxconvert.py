@@ -4,10 +4,11 @@
    copies of a weight become weights of their own (the TorchScript exporter shares one zero bias
    between convolutions through Identity); Reshape's allowzero=1 dropped where the shape is a
    constant without a 0 (it changes nothing then; the dynamo exporter always sets it); the batch
-   dimension made symbolic. An opset newer than onnx2torch 1.5.15 converts (PyTorch's default
-   `dynamo=True` exporter writes opset 18+: Reshape 19, ReduceMean 18) is brought down with
-   `onnx.version_converter` to the newest opset at which every operator converts; an operator
-   that converts at no opset is refused by name.
+   dimension made symbolic; a dense layer written as MatMul + Add (tf2onnx's Keras Dense,
+   skl2onnx's MLP) made a Gemm, which becomes an nn.Linear. An opset newer than onnx2torch 1.5.15
+   converts (PyTorch's default `dynamo=True` exporter writes opset 18+: Reshape 19, ReduceMean 18)
+   is brought down with `onnx.version_converter` to the newest opset at which every operator
+   converts; an operator that converts at no opset is refused by name.
 2. onnx2torch gives an `fx.GraphModule` of real torch layers named after the ONNX nodes
    (`features/features/0/Conv`): Conv → nn.Conv2d, Gemm → nn.Linear, BatchNormalization →
    nn.BatchNorm2d — all with `reset_parameters`, so `build` re-initialises every parameter. A
@@ -99,7 +100,54 @@ def _normalised(proto):
             dims[0].Clear()
             dims[0].dim_param = "batch"
     del graph.value_info[:]  # inferred again by onnx2torch, now with a symbolic batch
+    _dense_as_gemm(proto)
     return proto
+
+
+def _dense_as_gemm(proto) -> None:
+    """MatMul(X, W) + Add(·, b) with X of rank 2, W a 2-D weight and b a 1-D one (a dense layer as
+    tf2onnx writes Keras' Dense and skl2onnx an MLP) becomes Gemm(X, W, b), which onnx2torch makes an
+    nn.Linear; left as they are, W and b would be constants a student can neither reset nor learn."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # no shapes, no rewrite: the constant-weight check still refuses
+        return
+    graph = proto.graph
+    values = [*inferred.graph.value_info, *inferred.graph.input]
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")}
+    consts = {t.name: t for t in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}
+    opset = next(op.version for op in proto.opset_import if op.domain == "")
+    adds = {n.input[0]: n for n in graph.node if n.op_type == "Add" and len(n.input) == 2}
+    adds.update({n.input[1]: n for n in graph.node if n.op_type == "Add" and len(n.input) == 2})
+    dropped = set()
+    for node in graph.node:
+        w = consts.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if w is None or len(w.dims) != 2 or ranks.get(node.input[0]) != 2:
+            continue
+        add, out = adds.get(node.output[0]), node.output[0]
+        bias = None
+        if add is not None and uses.get(out) == 1 and out not in outputs:
+            other = add.input[1] if add.input[0] == out else add.input[0]
+            b = consts.get(other)
+            bias = other if b is not None and list(b.dims) == [w.dims[1]] else None
+        if bias is None and opset < 11:
+            continue  # Gemm's bias is optional from opset 11 only
+        node.op_type = "Gemm"
+        if bias is not None:
+            node.input.append(bias)
+            node.output[0] = add.output[0]
+            dropped.add(out)  # the Add that read it is gone; nothing else did
+    if dropped:
+        kept = [n for n in graph.node if not (n.op_type == "Add" and dropped & set(n.input))]
+        del graph.node[:]
+        graph.node.extend(kept)
 
 
 def _at_convertible_opset(proto, name: str):

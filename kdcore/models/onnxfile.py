@@ -36,6 +36,7 @@ import copy
 import hashlib
 import logging
 import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,7 @@ class _Graph:
     batch: int | None  # the batch size the file fixes, if any (made symbolic for the conversion)
 
 
+_LOCK = threading.Lock()
 _CACHE: OrderedDict[tuple[str, limits.Limits], _Graph] = OrderedDict()
 _VERIFIED: dict[tuple[str, tuple[int, int, int]], int] = {}  # (sha256, input shape) → classes
 
@@ -127,17 +129,19 @@ def _converted(path: Path) -> _Graph:
     data = path.read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     key = (sha, lim)  # checked under these limits
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
+    with _LOCK:  # the dashboard builds from several threads
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            return _CACHE[key]
     proto = _parse(data, path.name)
     batch, *dims = _check(proto, path.name, lim)
     del data
     proto, module = convert(proto, path.name)
     g = _Graph(path.name, sha, proto, module.eval(), tuple(dims), batch)
-    _CACHE[key] = g
-    while len(_CACHE) > _CACHED:
-        _CACHE.popitem(last=False)
+    with _LOCK:
+        _CACHE[key] = g
+        while len(_CACHE) > _CACHED:
+            _CACHE.popitem(last=False)
     return g
 
 
@@ -168,6 +172,8 @@ def _check(proto, name: str, lim: limits.Limits) -> tuple[int | None, ...]:
         if any(d < 0 for d in tensor.dims):
             raise ModelLoadError(f"{name}: the tensor {tensor.name or where!r} declares a negative size {tensor.dims}")
         elements += math.prod(tensor.dims)
+        if elements > lim.max_tensor_elements:
+            break
         if not _data_fits(tensor):
             raise ModelLoadError(
                 f"{name}: the tensor {tensor.name or where!r} declares shape {list(tensor.dims)} but its data does "
@@ -178,7 +184,7 @@ def _check(proto, name: str, lim: limits.Limits) -> tuple[int | None, ...]:
             elements += math.prod(consts[node.input[0]].dims)
     if elements > lim.max_tensor_elements:
         raise ModelLoadError(
-            f"{name} declares {elements:,} tensor elements; at most {lim.max_tensor_elements:,} are read "
+            f"{name} declares at least {elements:,} tensor elements; at most {lim.max_tensor_elements:,} are read "
             "(max_tensor_elements)"
         )
     custom = sorted({f"{n.domain}.{n.op_type}" for n in _nodes(proto) if n.domain not in _STANDARD_DOMAINS})

@@ -33,8 +33,9 @@ PRELOAD = [
     "kdcore.models.registry",
     "kdcore.data.folders",
 ]
-# ONNX reading (kdcore.models.onnxfile) imports these: ~4 s per child without the preload (onnx2torch
-# ~3 s, onnx ~1 s, onnxruntime 0.05 s, measured on 2 cores). Optional: skipped where not installed.
+# ONNX reading (kdcore.models.onnxfile) imports these (onnx2torch ~2.5 s, onnx ~1 s, onnxruntime 0.05 s).
+# Measured on 2 cores: a paper-cnn .onnx spec read takes 0.39 s with the preload, 2.5 s without; the
+# server's own start grows from 1.5 to 3.6 s, once per process. Optional: skipped where not installed.
 PRELOAD_OPTIONAL = ["onnx", "onnx.version_converter", "onnx2torch", "onnxruntime", "kdcore.models.onnxfile"]
 
 

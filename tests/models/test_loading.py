@@ -294,7 +294,7 @@ def test_pickle_payload_is_refused_and_never_runs(tmp_path, how, suffix, torch_l
 @pytest.mark.parametrize(
     ("name", "content", "match"),
     [
-        ("m.onnx", b"\x08\x07onnx", "Unsupported model file type"),
+        ("m.onnx", b"\x08\x07onnx", "not a valid ONNX file"),  # .onnx is read now (kdcore.models.onnxfile)
         ("m.safetensors", b"", "empty"),
         ("m.pt", b"", "empty"),
         ("m.safetensors", b"definitely not safetensors" * 10, "not a valid safetensors file"),

@@ -290,10 +290,13 @@ REFUSED = {
     "integer weights": (dict(inits=[numpy_helper.from_array(np.ones((3, 16), np.int64), "W"),
                                     numpy_helper.from_array(np.zeros(3, np.int64), "b")], check=False),
                         "not floating point|onnxruntime cannot run"),
-    "matmul weights": (dict(nodes=[helper.make_node("Flatten", ["x"], ["f"]),
-                                   helper.make_node("MatMul", ["f", "W"], ["y"])],
-                            inits=[numpy_helper.from_array(np.ones((16, 3), np.float32), "W")]),
-                       "convert to constants.*Gemm"),
+    "matmul weights on images": (
+        dict(nodes=[helper.make_node("MatMul", ["x", "M"], ["m"]), helper.make_node("Flatten", ["m"], ["f"]),
+                    helper.make_node("Gemm", ["f", "W", "b"], ["y"], transB=1)],
+             inits=[numpy_helper.from_array(np.ones((4, 4), np.float32), "M"),
+                    numpy_helper.from_array(np.ones((3, 16), np.float32), "W"),
+                    numpy_helper.from_array(np.zeros(3, np.float32), "b")]),
+        "convert to constants.*Gemm"),
     "two outputs": (dict(nodes=[helper.make_node("Flatten", ["x"], ["f"]),
                                 helper.make_node("Gemm", ["f", "W", "b"], ["y"], transB=1)],
                          outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3]),
@@ -311,10 +314,34 @@ def test_every_refusal_is_a_clear_model_load_error(case, tmp_path):
     assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_dense_layer_written_as_matmul_and_add_becomes_a_linear_layer(bias, tmp_path):
+    """tf2onnx writes Keras' Dense, and skl2onnx an MLP, as MatMul + Add."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("MatMul", ["f", "W"], ["m" if bias else "y"])]
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 3)).astype(np.float32), "W")]
+    if bias:
+        nodes.append(helper.make_node("Add", ["m", "b"], ["y"]))
+        inits.append(numpy_helper.from_array(rng.standard_normal(3).astype(np.float32), "b"))
+    path = crafted(tmp_path / "dense.onnx", nodes=nodes, inits=inits)
+    teacher, spec = load_model(path)  # the fidelity check against onnxruntime passed
+    linear = [m for m in teacher.modules() if isinstance(m, nn.Linear)]
+    assert len(linear) == 1 and (linear[0].bias is not None) == bias
+    x = torch.rand(2, 1, 4, 4)
+    expected = x.flatten(1) @ torch.tensor(numpy_helper.to_array(inits[0]))
+    if bias:
+        expected += torch.tensor(numpy_helper.to_array(inits[1]))
+    with torch.inference_mode():
+        torch.testing.assert_close(teacher(x), expected)
+    student = build_model(spec)  # W and b are a layer's parameters now: a fresh student resets them
+    for (name, p), q in zip(student.named_parameters(), teacher.parameters(), strict=True):
+        assert not torch.equal(p, q), name
+
+
 def test_too_many_tensor_elements_are_refused(tmp_path, set_limits):
     path = crafted(tmp_path / "m.onnx")
     set_limits(max_tensor_elements=50)  # the crafted model has 3 × 16 + 3 = 51
-    with pytest.raises(ModelLoadError, match=r"51 tensor elements.*max_tensor_elements"):
+    with pytest.raises(ModelLoadError, match=r"at least 51 tensor elements.*max_tensor_elements"):
         read_spec(path)
 
 
@@ -333,3 +360,79 @@ def test_a_changed_source_file_is_not_built(exports, tmp_path):
     copy.write_bytes(crafted(tmp_path / "other.onnx").read_bytes())
     with pytest.raises(Exception, match="changed since this model was read"):
         build_model(spec)
+
+
+@pytest.mark.parametrize("kind", ["resnet-torchscript-bn", "resnet-dynamo", "cnn-dynamo"])
+def test_explain_and_channel_masking_run_on_a_converted_graph(kind, exports):
+    from kdcore.defenses.channels import channel_layer, masked_channels, zero_channels
+    from kdcore.explain.activations import activation_norms, channel_linf
+    from kdcore.explain.gradcam import gradcam
+
+    model, spec = load_model(exports[kind][1])
+    images = torch.randint(
+        0, 256, (3, *spec.input_shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    cams = gradcam(model, spec, images, None)
+    assert cams.shape == (3, *spec.input_shape[1:]) and 0 <= cams.min() and cams.max() <= 1 and cams.max() > 0
+    assert activation_norms(model, spec, images, relu=True).l2.shape == (3,)
+    layer = channel_layer(model, spec)
+    assert isinstance(layer.conv, nn.Conv2d) and (layer.norm is not None) == kind.endswith("-bn")
+    zero_channels(layer, [0, 5])
+    assert masked_channels(layer) == [0, 5]
+    linf = channel_linf(model, spec, images, layer.activation_layer, relu=True)  # (N, C)
+    assert (linf[:, [0, 5]] == 0).all() and (linf[:, 1] > 0).any()
+
+
+class _VendorCNN(nn.Module):
+    """A small CNN in no registry, as another toolkit would define it."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3))
+        self.head = nn.Linear(32 * 6 * 6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(torch.max_pool2d(torch.relu(self.body(x)), 2), 1))  # (B, 32·6·6) → (B, 10)
+
+
+def test_an_onnx_export_of_an_unregistered_cnn_is_audited_through_the_cli(tmp_path):
+    """Issue 9's done-when (a): trained a few hundred steps on Fashion-MNIST with a BadNets trigger,
+    exported with PyTorch's default exporter, audited by `kdcore audit` with no --arch."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from kdcore.data.builtin import load_fashion_mnist
+    from kdcore.train import TrainConfig, fit
+    from kdcore.triggers import BadNets, poison_dataset
+    from tests.conftest import _write_png, _zip_dir
+
+    g = torch.Generator().manual_seed(0)
+    data = load_fashion_mnist("train")
+    perm = torch.randperm(len(data), generator=g)[:4000]
+    train, unl, test = data.subset(perm[:2500]), data.subset(perm[2500:3500]), data.subset(perm[3500:])
+    trigger = BadNets(target=7, size=3, margin=1)
+    poisoned, _ = poison_dataset(train, trigger, 300, g)
+    spec = ModelSpec("vendor-cnn", 10, (1, 28, 28), (0.286,), (0.353,))
+    torch.manual_seed(0)
+    teacher, _ = fit(_VendorCNN(), spec, poisoned, TrainConfig(epochs=8, batch_size=64), torch.device("cpu"))
+    path = export(teacher, (1, 28, 28), tmp_path / "vendor.onnx", dynamo=True, metadata={"kdcore_spec": spec.to_json()})
+    for name, s in (("train", poisoned), ("unl", unl), ("test", test)):
+        for i in range(len(s)):
+            label = "" if name == "unl" else f"/{int(s.labels[i])}"
+            _write_png(tmp_path / name / f"{label.strip('/') or 'all'}" / f"{i:05d}.png", s.images[i])
+    zips = {n: _zip_dir(tmp_path / n, tmp_path / f"{n}.zip", n) for n in ("train", "unl", "test")}
+    out = tmp_path / "audit"
+    args = ["audit", "--model", str(path), "--unlabeled", str(zips["unl"]), "--train", str(zips["train"])]
+    args += ["--test", str(zips["test"]), "--trigger", "badnets:target=7,size=3,margin=1", "--out", str(out)]
+    args += ["--device", "cpu", "--kd-epochs", "3", "--no-progress"]
+    env = {**os.environ, "KDAUDIT_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "2"}
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-m", "kdcore", *args], cwd=root, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    for key in ("teacher", "student", "finetuned", "detox", "config"):
+        assert key in report, key
+    assert report["teacher"]["asr"] > 0.8 and report["teacher"]["clean_acc"] > 0.6
+    assert (out / "models").is_dir() and any((out / "models").glob("*.source.onnx"))
