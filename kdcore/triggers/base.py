@@ -28,6 +28,8 @@ class Trigger:
     target: int = 0
     source: int | None = None  # None: all-to-one (every non-target class flips)
     kind: ClassVar[str] = ""
+    positional: ClassVar[str] = ""  # the field a bare value fills in the short form (`recovered:RUN_DIR`)
+    aliases: ClassVar[dict[str, str]] = {}  # other names of fields, e.g. {"class": "target"}
 
     def __init_subclass__(cls, **kw) -> None:
         super().__init_subclass__(**kw)
@@ -96,6 +98,9 @@ class Trigger:
         if kind not in TRIGGERS:
             raise ConfigError(f"Unknown trigger kind {kind!r}; expected one of {sorted(TRIGGERS)}")
         cls = TRIGGERS[kind]
+        for alias, name in cls.aliases.items():
+            if alias in d and name not in d:
+                d[name] = d.pop(alias)
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -145,8 +150,11 @@ def parse_trigger(text: str) -> Trigger:
     texts = {f.name for f in fields(cls) if f.type in ("str", str)} if cls else set()
     for part in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = part.partition("=")
+        if not eq and cls is not None and cls.positional and cls.positional not in d:
+            key, eq, value = cls.positional, "=", part
         if not eq:
             raise ConfigError(f"Trigger option {part!r} should look like key=value")
         key = key.strip()
+        key = cls.aliases.get(key, key) if cls else key
         d[key] = value.strip() if key in texts else _coerce(value)
     return Trigger.from_dict(d)
