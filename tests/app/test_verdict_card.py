@@ -7,11 +7,13 @@ import base64
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from app.report_html import audit_report_html
 from app.verdict import flip_figure, verdict_headline
 from kdcore.jobs.store import JobStore
 from tests.app.conftest import _copy_jobs_db
@@ -165,3 +167,13 @@ def test_flip_figure_colours_by_share_of_all():
     assert fig.layout.yaxis.title.text == "teacher predicts" and fig.layout.xaxis.title.text == "student predicts"
     with pytest.raises(ValueError, match="square"):
         flip_figure({"classes": NAMES, "counts": [[1, 2]]})
+
+
+def test_html_report_carries_the_verdict_and_flip_matrix():
+    job = SimpleNamespace(id=3, kind="audit", label="x", finished_at=None, run_dir="/x")
+    v = verdict("backdoor", [7]) | {"rule": "<b>rule</b>"}
+    html = audit_report_html(job, {"kind": "audit", "verdict": v, "flip_matrix": flip_matrix()})
+    assert "Backdoor found → target class seven (7)" in html and "&lt;b&gt;rule&lt;/b&gt;" in html
+    assert "64 % of the flagged" in html and "Flip matrix" in html and "teacher predicts" in html
+    old = audit_report_html(job, {"kind": "audit"})
+    assert "Verdict" not in old and "Flip matrix" not in old
