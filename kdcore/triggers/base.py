@@ -131,7 +131,8 @@ def _coerce(text: str):
 def parse_trigger(text: str) -> Trigger:
     """A trigger from a JSON object, a JSON file path, or the short form
     `badnets:target=7,size=3,location=bottom-right,color=255/255/0` (a file path with a comma in it
-    needs the JSON form: `patch:image=p.png,target=7` is split at commas)."""
+    needs the JSON form: `patch:image=p.png,target=7` is split at commas). A kind may take one bare
+    value for its `positional` field and other names for fields (`recovered:RUN_DIR,class=7`)."""
     text = text.strip()
     if text.startswith("{"):
         try:

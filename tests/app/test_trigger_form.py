@@ -9,6 +9,7 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from kdcore.errors import InputError
@@ -17,6 +18,7 @@ from kdcore.models.registry import build_model
 from kdcore.models.spec import ModelSpec
 from kdcore.runs.audit import AuditConfig
 from kdcore.triggers import Patch, Trigger
+from kdcore.triggers.recovered import FILE, recovered_tensors, write_recovered
 from tests.app.conftest import open_page
 from tests.app.test_new_audit_models import _png_zip, _submit, _upload
 
@@ -77,7 +79,7 @@ def test_patch_upload_shows_a_preview_and_reaches_the_config(page_with_model, su
     trig = Trigger.from_dict(t)
     assert isinstance(trig, Patch)
     x = np.full((1, 1, 28, 28), 100, np.uint8)
-    out = trig.stamp(__import__("torch").from_numpy(x)).numpy()
+    out = trig.stamp(torch.from_numpy(x)).numpy()
     assert out[0, 0, 26, 26] == round(0.8 * 100 + 0.2 * 255) and out[0, 0, 0, 0] == 100  # 3×3 at 1 px margin
 
 
@@ -121,3 +123,21 @@ def test_triggered_zip_and_blind_checkbox(page_with_model, submitted):
         assert cfg["blind"] is True
     else:
         assert "blind" not in cfg  # AuditConfig.blind lands with the verdict branch
+
+
+def test_recovered_trigger_from_a_neural_cleanse_run(page_with_model, submitted, tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    tensors = recovered_tensors(
+        torch.rand(10, 28, 28, generator=g), 255 * torch.rand(10, 1, 28, 28, generator=g), list(range(10)),
+        torch.arange(10) == 2, torch.linspace(0, 1, 10),
+    )  # fmt: skip
+    write_recovered(tmp_path / "nc" / FILE, tensors)
+    monkeypatch.setattr("app.trigger_form.recovered_runs", lambda: [(5, "neural-cleanse on #1", str(tmp_path / "nc"))])
+    at = page_with_model
+    at.selectbox(key="trigger_kind").set_value("recovered").run(timeout=60)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="trigger_rec_run").value == str(tmp_path / "nc")
+    assert "+ trigger → class 2" in [c for img in at.image for c in img.captions]  # the flagged class by default
+    cfg = _submit(at, submitted)
+    assert cfg["trigger"]["kind"] == "recovered" and cfg["trigger"]["target"] == 2
+    assert len(cfg["trigger"]["file_sha256"]) == 64
