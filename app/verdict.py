@@ -71,11 +71,13 @@ def verdict_card_ui(report: dict, class_names: Sequence[str], link: Callable[[st
         st.caption(" · ".join(parts))
         if report.get("data", {}).get("trigger"):
             st.caption("The given trigger was used only to measure asr (evaluation only), not to reach this verdict.")
-        for i, ev in enumerate(verdict.get("evidence") or []):
-            evidence_row_ui(ev, i, link)
+        has_flip = isinstance(report.get("flip_matrix"), dict)
+        for ev in verdict.get("evidence") or []:
+            evidence_row_ui(ev, link, has_flip)
 
 
-def evidence_row_ui(ev: dict, i: int, link: Callable[[str, str], None]) -> None:
+def evidence_row_ui(ev: dict, link: Callable[[str, str], None], has_flip: bool = False) -> None:
+    """One piece of evidence: method and what it supports, the finding, a link to where it is shown."""
     method = str(ev.get("method", "?"))
     c1, c2, c3 = st.columns([2, 5, 2], vertical_alignment="center")
     c1.markdown(f"**{method}**")
@@ -85,7 +87,7 @@ def evidence_row_ui(ev: dict, i: int, link: Callable[[str, str], None]) -> None:
     if page:
         with c3:
             link(page[0], f"→ {page[1]}")
-    if method == "kd-disagreement":
+    if method == "kd-disagreement" and has_flip:
         c3.markdown("[→ flip matrix](#flip-matrix)")
 
 
