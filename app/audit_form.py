@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import fields
+
 import streamlit as st
 
 from app.config_form import config_form_ui, values_from
 from app.state import show_error
+from app.trigger_form import file_trigger_fields_ui, make_trigger, trigger_preview_ui
 from kdcore.errors import KDCoreError
 from kdcore.runs.audit import AuditConfig
 from kdcore.triggers import TRIGGERS, Trigger
 from kdcore.triggers.badnets import LOCATIONS
 
+FILE_FIELDS = {"patch": "image", "blend": "image", "triggered": "path", "recovered": "run"}  # kind → its required file
 
-def trigger_ui(num_classes: int | None) -> Trigger | None:
+
+def trigger_ui(
+    num_classes: int | None, input_shape: tuple[int, int, int] | None = None, unlabeled: list | None = None
+) -> Trigger | None:
+    """The known trigger (None when the user knows none, or it is not complete or valid yet), with a
+    preview of a stamped image for the model's `input_shape` (on the first of the `unlabeled` uploads)."""
     if not st.toggle("I know the trigger (measures poison_acc and asr)", key="know_trigger"):
         st.caption(
             "Without a known trigger the audit still removes the backdoor and flags candidates; "
@@ -22,7 +32,14 @@ def trigger_ui(num_classes: int | None) -> Trigger | None:
     kinds = sorted(TRIGGERS)
     c1, c2, c3 = st.columns(3)
     kind = c1.selectbox("Trigger kind", kinds, key="trigger_kind")
-    target = c2.number_input("Target class", 0, max((num_classes or 10) - 1, 0), value=0, key="trigger_target")
+    lowest = -1 if kind == "recovered" else 0
+    target = c2.number_input(
+        "Target class" + (" (−1 = the flagged or most anomalous)" if lowest else ""),
+        lowest,
+        max((num_classes or 10) - 1, 0),
+        value=lowest,
+        key=f"trigger_target_{kind}" if lowest else "trigger_target",
+    )
     source = c3.number_input(
         "Source class (−1 = all classes flip)", -1, max((num_classes or 10) - 1, 0), value=-1, key="trigger_source"
     )
@@ -47,11 +64,32 @@ def trigger_ui(num_classes: int | None) -> Trigger | None:
         d["grid_size"] = int(c4.number_input("Warp grid size k", 2, 32, 4, key="trigger_grid_size"))
         d["strength"] = float(c5.number_input("Warp strength s", 0.0, 10.0, 1.0, key="trigger_strength"))
         d["grid_seed"] = int(c6.number_input("Grid seed", 0, 2**31 - 1, 0, key="trigger_grid_seed"))
+    elif kind in FILE_FIELDS:
+        file_trigger_fields_ui(kind, d)
+        if not d[FILE_FIELDS[kind]]:
+            st.caption("Give the trigger's file to use it.")
+            return None
     try:
-        return Trigger.from_dict(d)
+        trigger = make_trigger(json.dumps(d))
     except KDCoreError as e:
         show_error(e)
         return None
+    return trigger if trigger_preview_ui(trigger, input_shape, unlabeled) else None
+
+
+def blind_ui(trigger: Trigger | None) -> dict:
+    """{"blind": bool} for the audit config: judge the model as if the trigger were unknown (the
+    trigger then only measures asr, for comparison). {} on an AuditConfig without the field."""
+    if trigger is None:
+        return {}
+    blind = st.checkbox(
+        "Blind audit (ignore the trigger when judging)",
+        key="blind",
+        help="The verdict is reached from label-free evidence only; the trigger still measures asr and poison_acc.",
+    )
+    if "blind" not in {f.name for f in fields(AuditConfig)}:
+        return {}
+    return {"blind": bool(blind)}
 
 
 # The audit settings the form shows: setting → (label, widget key). Defaults, bounds and help come

@@ -29,22 +29,33 @@ SCENARIO_LABELS = {"attack": "under attack", "no_attack": "no attack"}
 BASELINE_BAND = 0.01  # the paper's figures shade one accuracy point below the baseline
 
 
-def confusion_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str = "") -> go.Figure:
+def confusion_figure(
+    matrix: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    title: str = "",
+    axes: tuple[str, str] = ("true", "predicted"),
+    rates: str = "row",
+) -> go.Figure:
     """Heatmap of a confusion matrix: rows = true class, columns = predicted class.
 
-    The colour is the row-normalised rate (so small classes read as clearly as big ones); the
-    cell text is the count. `customdata` holds the counts too, for hover and for tests.
+    The colour is the row-normalised rate (so small classes read as clearly as big ones), or with
+    `rates="total"` the share of all counts (the flip matrix: where the mass concentrates); the
+    cell text is the count. `customdata` holds the counts too, for hover and for tests. `axes`
+    names (rows, columns).
     """
     counts = np.asarray(matrix, dtype=np.int64)  # (k, k) [true][pred]
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
         raise ValueError(f"A confusion matrix must be square and non-empty; got shape {counts.shape}")
     k = counts.shape[0]
     names = axis_names(class_names, k)
-    totals = counts.sum(axis=1, keepdims=True)
-    rates = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
+    if rates not in ("row", "total"):
+        raise ValueError(f"rates must be 'row' or 'total'; got {rates!r}")
+    totals = counts.sum(axis=1, keepdims=True) if rates == "row" else np.full((k, 1), counts.sum())
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
+    of = "of the row" if rates == "row" else "of all"
     fig = go.Figure(
         go.Heatmap(
-            z=rates,
+            z=shares,
             x=names,
             y=names,
             text=counts,
@@ -52,13 +63,15 @@ def confusion_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
             texttemplate="%{text}",
             colorscale="Blues",
             zmin=0.0,
-            zmax=1.0,
+            zmax=1.0 if rates == "row" else max(float(shares.max()), 1e-9),  # total: the largest cell is darkest
             showscale=False,
-            hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata} images (%{z:.1%} of the row)<extra></extra>",
+            hovertemplate=(
+                f"{axes[0]} %{{y}}<br>{axes[1]} %{{x}}<br>%{{customdata}} images (%{{z:.1%}} {of})<extra></extra>"
+            ),
         )
     )
-    fig.update_xaxes(title_text="predicted", type="category", tickangle=-45 if k > 4 else 0)
-    fig.update_yaxes(title_text="true", type="category", autorange="reversed")
+    fig.update_xaxes(title_text=axes[1], type="category", tickangle=-45 if k > 4 else 0)
+    fig.update_yaxes(title_text=axes[0], type="category", autorange="reversed")
     fig.update_layout(
         title_text=html.escape(title), margin=dict(l=10, r=10, t=40 if title else 10, b=10), height=360 + 8 * k
     )

@@ -16,6 +16,8 @@ it runs on, so every model computation holds `_compute_lock()`.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import threading
 from collections.abc import Mapping, Sequence
@@ -36,6 +38,7 @@ from kdcore.models.loading import load_model
 from kdcore.models.spec import ModelSpec
 from kdcore.runs.context import RunContext, load_context
 from kdcore.train import predict_logits
+from kdcore.triggers import Trigger
 
 NORM_IMAGES = 500  # test images behind the ℓp-norm histograms
 NORM_LABELS = {"l1": "ℓ1", "l2": "ℓ2", "linf": "ℓ∞"}
@@ -133,11 +136,18 @@ def norm_sample(ctx: RunContext, max_images: int = NORM_IMAGES, seed: int = 0) -
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def norm_stats(
-    run_dir: str, models: tuple[str, ...], max_images: int = NORM_IMAGES, layer: str | None = None
+    run_dir: str,
+    models: tuple[str, ...],
+    max_images: int = NORM_IMAGES,
+    layer: str | None = None,
+    trigger_json: str = "",
 ) -> dict[str, dict[str, NormStats]]:
     """{model: {"clean": NormStats, "triggered": NormStats}} of post-ReLU last-conv-block activations
-    (seed 004, fig. 4; `ACT_ROLE` of conv layer `layer`); "triggered" only when the run's trigger is known."""
+    (seed 004, fig. 4; `ACT_ROLE` of conv layer `layer`); "triggered" only when the run's trigger is known.
+    `trigger_json`: another trigger's `to_dict()` as JSON (the recovered one), "" = the run's."""
     ctx = run_context(run_dir)
+    if trigger_json:
+        ctx = dataclasses.replace(ctx, trigger=Trigger.from_dict(json.loads(trigger_json)))
     clean = norm_sample(ctx, max_images)
     loaded = {m: (model, at_layer(spec, layer)) for m in models for model, spec in [run_model(run_dir, m)]}
     with _compute_lock():

@@ -1,8 +1,9 @@
 """A self-contained HTML audit report: one file to archive or mail, readable offline.
 
-Holds the job's summary, the Table-5-style metrics of every model (seed 000), the detoxification
-numbers, the reviewer's changes (refine), notes, and the confusion matrices (or, for a sweep, its
-table and budget curves) as interactive plotly figures. plotly.js is embedded once, inline: no CDN.
+Holds the job's summary, the verdict and flip matrix (when the audit reached one), the
+Table-5-style metrics of every model (seed 000), the detoxification numbers, the reviewer's
+changes (refine), notes, and the confusion matrices (or, for a sweep, its table and budget curves)
+as interactive plotly figures. plotly.js is embedded once, inline: no CDN.
 Every string that comes from a user (job label, class names, paths, notes) is escaped.
 """
 
@@ -22,6 +23,7 @@ from app.charts import (
     sweep_accuracy_figure,
     sweep_detox_figure,
 )
+from app.verdict import STATUS, SUPPORTS, flip_figure, verdict_headline
 from kdcore.report import METRICS, ROLES, detection_of, headline_of, models_of
 
 _CSS = """
@@ -226,6 +228,42 @@ def _sweep_section(report: dict, embed: _Figures) -> str:
     return "\n".join(parts)
 
 
+def verdict_html(report: dict, embed: _Figures) -> str:
+    """The verdict (status, confidence, rule, evidence) and the flip matrix; "" for a report without them."""
+    parts = []
+    v = report.get("verdict")
+    if isinstance(v, dict):
+        colour = STATUS.get(v.get("status"), ("gray", ""))[0]
+        conf = v.get("confidence")
+        parts += [
+            "<h2>Verdict</h2>",
+            f"<p style='font-size:1.3rem;font-weight:600;color:{colour}'>"
+            f"{escape(verdict_headline(v, class_names_of(report)))}</p>",
+            f"<p>confidence {pct(conf) if isinstance(conf, (int, float)) else '—'}"
+            f" · rule: {escape(str(v.get('rule', '')))}</p>",
+            _table(
+                ["method", "finding", "supports"],
+                [
+                    [
+                        escape(str(e.get("method", ""))),
+                        escape(str(e.get("finding", ""))),
+                        escape(SUPPORTS.get(e.get("supports"), str(e.get("supports", "")))),
+                    ]
+                    for e in v.get("evidence") or []
+                ],
+            ),
+        ]
+    flip = report.get("flip_matrix")
+    if isinstance(flip, dict) and flip.get("counts"):
+        try:
+            fig = flip_figure(flip)
+        except ValueError:  # a malformed matrix is left out of the archive copy, as the page warns
+            return "\n".join(parts)
+        parts.append("<h3>Flip matrix (teacher class × student class over the flagged samples)</h3>")
+        parts.append(embed(fig, 560))
+    return "\n".join(parts)
+
+
 def audit_report_html(job: Any, report: dict) -> str:
     """The whole report as one HTML string. `job` is a `kdcore.jobs.store.Job` (or has id, kind, label)."""
     embed = _Figures()
@@ -240,6 +278,7 @@ def audit_report_html(job: Any, report: dict) -> str:
         f"<p class='meta'>{escape(meta)}</p>",
         "<h2>Summary</h2>",
         _kv_table(summary_pairs(job, report)),
+        verdict_html(report, embed) if kind != "sweep" else "",
     ]
     if kind == "sweep":
         body.append(_sweep_section(report, embed))

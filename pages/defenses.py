@@ -18,6 +18,7 @@ from app.defenses import (
     focus_from_url,
     layer_problems_ui,
 )
+from app.recovered_ui import use_recovered_ui
 from app.results import link_ui, load_report
 from app.state import job_picker_ui, show_error
 from kdcore.errors import KDCoreError
@@ -57,5 +58,7 @@ try:
         st.caption("The evidence of a finished defense appears here.")
     else:
         evidence_ui(*picked)
+        if picked[1].get("method") == "neural-cleanse":
+            use_recovered_ui(source, picked[0])
 except KDCoreError as e:
     show_error(e)

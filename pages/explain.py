@@ -1,6 +1,8 @@
 """Explain: where the teacher and the cleaned student look (Grad-CAM) and how a trigger moves their
 last-conv activations (ℓp norms, activation maps): seed 004, Cheng et al., AdvML@KDD 2019."""
 
+import json
+
 import streamlit as st
 
 from app.explain import (
@@ -12,6 +14,7 @@ from app.explain import (
     target_mode_ui,
 )
 from app.explain_figures import NORM_IMAGES, norm_histograms_figure, norm_stats, run_context
+from app.recovered_ui import explain_trigger_ui
 from app.state import job_picker_ui, show_error
 from kdcore.errors import KDCoreError
 
@@ -27,7 +30,8 @@ if job is None:
     st.stop()
 
 try:
-    ctx = run_context(job.run_dir)
+    ctx = explain_trigger_ui(run_context(job.run_dir))
+    own_trigger = ctx.trigger is run_context(job.run_dir).trigger
     models = compare_model_ui(job.run_dir)
     layer = conv_layer_ui(job.run_dir)
     if layer is None:  # no conv layer: say so (above) and show none of the conv views
@@ -46,7 +50,8 @@ try:
         st.info("This run has no test set, so there are no images to measure the activations on.")
     else:
         with st.spinner(f"Measuring activations on up to {NORM_IMAGES} test images…"):
-            stats = norm_stats(job.run_dir, tuple(models), layer=layer)
+            chosen = "" if own_trigger or ctx.trigger is None else json.dumps(ctx.trigger.to_dict())
+            stats = norm_stats(job.run_dir, tuple(models), layer=layer, trigger_json=chosen)
         st.plotly_chart(norm_histograms_figure(stats), key="explain_norms_chart")
         if ctx.trigger is None:
             st.caption("This run has no known trigger, so only clean images are shown.")

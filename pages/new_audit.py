@@ -4,7 +4,7 @@ import json
 
 import streamlit as st
 
-from app.audit_form import hyperparameters_ui, trigger_ui
+from app.audit_form import blind_ui, hyperparameters_ui, trigger_ui
 from app.jobs_client import submit_audit
 from app.model_form import layer_config, layers_ui, model_check_ui, model_spec_ui, stored_spec_ui
 from app.state import show_error
@@ -59,7 +59,8 @@ test = st.file_uploader(
 )
 
 st.subheader("3 · Known trigger (optional)")
-trigger = trigger_ui(spec.num_classes if spec else None)
+trigger = trigger_ui(spec.num_classes if spec else None, spec.input_shape if spec else None, unl)
+blind = blind_ui(trigger)
 
 st.subheader("4 · Settings")
 kd, extra = hyperparameters_ui()
@@ -74,6 +75,7 @@ if st.button("Start the audit", type="primary", key="submit_audit", disabled=not
             "unlabeled": str(save_image_set(unl)),
             "kd": kd,
             **extra,
+            **blind,
         }
         if train is not None:
             cfg["train"] = str(save_upload(train.getvalue(), train.name))

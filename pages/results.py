@@ -1,4 +1,4 @@
-"""Results: metrics, detoxification, confusion matrices and downloads of a finished run; curves of a sweep."""
+"""Results: the verdict, metrics, detoxification, confusion matrices and downloads of a run; curves of a sweep."""
 
 import streamlit as st
 
@@ -14,6 +14,7 @@ from app.results import (
     review_summary_ui,
 )
 from app.state import fmt_duration, fmt_time, job_picker_ui, job_title, show_error
+from app.verdict import flip_matrix_ui, verdict_card_ui
 from kdcore.errors import KDCoreError
 
 st.title("📊 Results")
@@ -50,6 +51,7 @@ def show_sweep(report: dict) -> None:
 
 def show_run(report: dict) -> None:
     d = report.get("data") or {}
+    verdict_card_ui(report, class_names_of(report), lambda page, label: link_ui(page, label, job.id))
     st.caption(
         f"Finished {fmt_time(job.finished_at)} · {report.get('device', '?')} · {fmt_duration(report.get('wall_s'))}"
         + (f" · trigger: {d['trigger']}" if d.get("trigger") else "")
@@ -60,6 +62,7 @@ def show_run(report: dict) -> None:
     detox_summary_ui(report.get("detox"))
     if report.get("detox"):
         link_ui("pages/candidates.py", "🔎 Review the poison candidates", job.id)
+    flip_matrix_ui(report)
     if job.kind == "refine":
         st.subheader("What the review changed")
         review_summary_ui(report.get("review"))

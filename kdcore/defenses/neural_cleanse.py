@@ -29,7 +29,8 @@ but flagged a clean class too in one seed of four.
 
 Evidence: the per-class table, flagged classes, the most anomalous class; images: mask, pattern
 and trigger (m·p, what gets stamped) of every class and one stamped held-out image for the most
-anomalous class.
+anomalous class; raw tensors `recovered.*` (float mask and pattern per class; saved by defend as
+evidence/recovered.safetensors, `kdcore.triggers.recovered`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from kdcore.defenses.base import DefenseInputs, Inspector
 from kdcore.errors import ConfigError, InputError
 from kdcore.models.spec import ModelSpec
 from kdcore.train import predict_logits
+from kdcore.triggers.recovered import recovered_tensors
 
 MAD_CONSISTENCY = 1.4826  # MAD → σ for normal data
 MEANAD_CONSISTENCY = 1.253314  # mean absolute deviation → σ (the fallback when MAD = 0)
@@ -314,4 +316,7 @@ class NeuralCleanse(Inspector):
         if len(example) == 0:
             example = hold_images[:1]
         images["stamped_example"] = apply_recovered(example, found["mask"][top], found["pattern"][top])[0]
+        # The raw float triggers, so they can be used as a trigger (kdcore.triggers.recovered).
+        raw = recovered_tensors(found["mask"], found["pattern"], list(range(k_all)), flagged, index)
+        images |= {f"recovered.{key}": t for key, t in raw.items()}
         return evidence, images

@@ -10,6 +10,7 @@ The inputs come from one of three places (exactly one):
 <run_dir>/models/repaired.*  the repaired model (repairers)
 <run_dir>/candidates.csv     per-sample scores, ranked (detectors; kdcore.candidates)
 <run_dir>/evidence/*.png     evidence images (e.g. Neural Cleanse's recovered triggers)
+<run_dir>/evidence/*.safetensors  raw evidence tensors (Neural Cleanse's float triggers: recovered.safetensors)
 <run_dir>/stages/            cached stage outputs of methods that have stages (KD)
 """
 
@@ -36,6 +37,7 @@ from kdcore.runs.common import environment, labelled_sets, start_run, write_repo
 from kdcore.runs.demo import DemoConfig
 from kdcore.sandbox import load_model, load_unlabeled  # untrusted input: in a child process
 from kdcore.triggers import Trigger
+from kdcore.triggers.recovered import write_recovered
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,15 @@ def write_outputs(run_dir: Path, result: DefenseResult, inputs: DefenseInputs) -
             per_sample=result.per_sample,
         )
         write_candidates(run_dir / FILE_NAME, rows)
+    raw: dict[str, dict[str, torch.Tensor]] = {}
     for name, img in result.images.items():
-        atomic_write_bytes(run_dir / "evidence" / f"{name}.png", png_bytes(img))
+        group, dot, key = name.partition(".")
+        if dot:  # raw tensors, not a picture (Neural Cleanse's recovered.mask, ...): one safetensors per group
+            raw.setdefault(group, {})[key] = img
+        else:
+            atomic_write_bytes(run_dir / "evidence" / f"{name}.png", png_bytes(img))
+    for group, tensors in raw.items():
+        write_recovered(run_dir / "evidence" / f"{group}.safetensors", tensors)
 
 
 def png_bytes(img: torch.Tensor) -> bytes:
@@ -175,6 +184,8 @@ def run_defend(cfg: DefendConfig, run_dir: str | Path, on_progress: ProgressFn =
         result = method.run(inputs)
         write_outputs(run_dir, result, inputs)
         report = result.report()
+        # evidence_images names PNGs; raw tensors (names with a dot) are in evidence/*.safetensors
+        report["evidence_images"] = [n for n in report["evidence_images"] if "." not in n]
         report.update(
             kind="defend",
             config=resolved,

@@ -6,6 +6,7 @@ from kdcore.triggers.blend import Blend
 from kdcore.triggers.blended import Blended
 from kdcore.triggers.patch import Patch
 from kdcore.triggers.poison import poison_dataset, poison_test_set
+from kdcore.triggers.recovered import Recovered
 from kdcore.triggers.sig import SIG
 from kdcore.triggers.triggered_set import TriggeredSet
 from kdcore.triggers.wanet import WaNet
@@ -17,6 +18,7 @@ __all__ = [
     "Blend",
     "Blended",
     "Patch",
+    "Recovered",
     "Trigger",
     "TriggeredSet",
     "WaNet",

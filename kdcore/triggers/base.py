@@ -28,6 +28,8 @@ class Trigger:
     target: int = 0
     source: int | None = None  # None: all-to-one (every non-target class flips)
     kind: ClassVar[str] = ""
+    positional: ClassVar[str] = ""  # the field a bare value fills in the short form (`recovered:RUN_DIR`)
+    aliases: ClassVar[dict[str, str]] = {}  # other names of fields, e.g. {"class": "target"}
 
     def __init_subclass__(cls, **kw) -> None:
         super().__init_subclass__(**kw)
@@ -96,6 +98,9 @@ class Trigger:
         if kind not in TRIGGERS:
             raise ConfigError(f"Unknown trigger kind {kind!r}; expected one of {sorted(TRIGGERS)}")
         cls = TRIGGERS[kind]
+        for alias, name in cls.aliases.items():
+            if alias in d and name not in d:
+                d[name] = d.pop(alias)
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -126,7 +131,8 @@ def _coerce(text: str):
 def parse_trigger(text: str) -> Trigger:
     """A trigger from a JSON object, a JSON file path, or the short form
     `badnets:target=7,size=3,location=bottom-right,color=255/255/0` (a file path with a comma in it
-    needs the JSON form: `patch:image=p.png,target=7` is split at commas)."""
+    needs the JSON form: `patch:image=p.png,target=7` is split at commas). A kind may take one bare
+    value for its `positional` field and other names for fields (`recovered:RUN_DIR,class=7`)."""
     text = text.strip()
     if text.startswith("{"):
         try:
@@ -145,8 +151,11 @@ def parse_trigger(text: str) -> Trigger:
     texts = {f.name for f in fields(cls) if f.type in ("str", str)} if cls else set()
     for part in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = part.partition("=")
+        if not eq and cls is not None and cls.positional and cls.positional not in d:
+            key, eq, value = cls.positional, "=", part
         if not eq:
             raise ConfigError(f"Trigger option {part!r} should look like key=value")
         key = key.strip()
+        key = cls.aliases.get(key, key) if cls else key
         d[key] = value.strip() if key in texts else _coerce(value)
     return Trigger.from_dict(d)

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from kdcore.triggers import Blend, Patch, Trigger, TriggeredSet
+from kdcore.triggers import Blend, Patch, Recovered, Trigger, TriggeredSet
+from kdcore.triggers.recovered import FILE, recovered_tensors, write_recovered
 
 
 def save_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
@@ -20,7 +22,8 @@ def save_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
 @pytest.fixture(scope="session")
 def trigger_files(tmp_path_factory) -> dict[str, Path]:
     """rgba: a 3×3 RGBA pattern with a checkerboard alpha; rgb: 4×5 opaque RGB; mask: 4×5 grey;
-    white3: a 3×3 white square; logo: 16×16 RGB; triggered: a folder of two unlabelled images."""
+    white3: a 3×3 white square; logo: 16×16 RGB; triggered: a folder of two unlabelled images;
+    recovered: a run folder holding three recovered 8×8 grey triggers."""
     root = tmp_path_factory.mktemp("trigger-files")
     rng = np.random.default_rng(0)
     rgba = np.zeros((3, 3, 4), np.uint8)
@@ -36,6 +39,13 @@ def trigger_files(tmp_path_factory) -> dict[str, Path]:
     for i in range(2):
         save_png(root / "triggered" / f"{i}.png", rng.integers(0, 256, (8, 8)), "L")
     files["triggered"] = root / "triggered"
+    g = torch.Generator().manual_seed(0)
+    tensors = recovered_tensors(
+        torch.rand(3, 8, 8, generator=g), 255 * torch.rand(3, 1, 8, 8, generator=g), [0, 1, 2],
+        torch.tensor([False, True, False]), torch.tensor([0.3, 2.5, 0.6]),
+    )  # fmt: skip
+    write_recovered(root / "nc-run" / FILE, tensors)
+    files["recovered"] = root / "nc-run"
     return files
 
 
@@ -47,4 +57,5 @@ def file_examples(trigger_files) -> dict[str, Trigger]:
         "patch": Patch(target=2, source=5, image=str(f["rgb"]), mask=str(f["mask"]), x=1, y=2, alpha=0.5),
         "blend": Blend(target=4, image=str(f["logo"]), alpha=0.3),
         "triggered": TriggeredSet(target=6, path=str(f["triggered"])),
+        "recovered": Recovered(run=str(f["recovered"]), target=2, source=0),
     }

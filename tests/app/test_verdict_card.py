@@ -1,0 +1,179 @@
+"""The verdict card and the flip matrix on Results (AppTest on hand-written reports in finished-run
+folders), and their pure helpers (app.verdict, app.charts.confusion_figure's flip-matrix options)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.report_html import audit_report_html
+from app.verdict import flip_figure, verdict_headline
+from kdcore.jobs.store import JobStore
+from tests.app.conftest import _copy_jobs_db
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def verdict(status: str, targets=(), confidence=0.87) -> dict:
+    return {
+        "status": status,
+        "target_classes": list(targets),
+        "target_names": [NAMES[t] for t in targets],
+        "confidence": confidence,
+        "rule": "backdoor when ≥ 2 label-free methods name the same class",
+        "evidence": [
+            {
+                "method": "kd-disagreement",
+                "finding": "64 % of the flagged samples' teacher predictions are seven",
+                "supports": "backdoor",
+                "classes": [7],
+                "values": {"concentration": 0.64},
+            },
+            {
+                "method": "neural-cleanse",
+                "finding": "anomaly index 3.1 for seven",
+                "supports": status,
+                "classes": [7],
+                "values": {"anomaly_index": 3.1},
+            },
+            {
+                "method": "recovered-trigger",
+                "finding": "flips 90 % on the teacher, 4 % on the student",
+                "supports": "inconclusive",
+                "classes": [7],
+                "values": {},
+            },
+            {
+                "method": "activation-clustering",
+                "finding": "no class split",
+                "supports": "no_evidence",
+                "classes": [],
+                "values": {},
+            },
+        ],
+    }
+
+
+def flip_matrix() -> dict:
+    counts = [[0] * 10 for _ in range(10)]
+    counts[7][1], counts[7][3], counts[2][5] = 40, 25, 3
+    return {"classes": NAMES, "counts": counts}
+
+
+@pytest.fixture()
+def fake_runs(app_home, tmp_path, monkeypatch):
+    """KDAUDIT_HOME = a private copy of app_home's jobs; `make(extra)` queues a finished audit whose
+    run folder holds job 1's report.json with `extra` keys set (None deletes a key). Returns make."""
+    _copy_jobs_db(app_home, tmp_path)
+    monkeypatch.setenv("KDAUDIT_HOME", str(tmp_path))
+    import streamlit as st
+
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    store = JobStore(tmp_path)
+    source = store.get(1)
+    base = json.loads((Path(source.run_dir) / "report.json").read_text())
+
+    def make(extra: dict) -> int:
+        run = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
+        run.mkdir()
+        report = {k: v for k, v in (base | extra).items() if v is not None}
+        (run / "report.json").write_text(json.dumps(report))
+        job = store.submit("audit", source.config, label="hand-written", run_dir=str(run))
+        assert store.claim("cpu", os.getpid(), job.id) is not None
+        store.finish(job.id, "succeeded")
+        return job.id
+
+    return make
+
+
+def open_results(job: int) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "pages" / "results.py"), default_timeout=60)
+    at.query_params["job"] = str(job)
+    return at.run(timeout=60)
+
+
+def texts(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown]
+
+
+@pytest.mark.parametrize(
+    ("status", "targets", "want"),
+    [
+        ("backdoor", [7], ":red[Backdoor found → target class seven (7)]"),
+        ("no_evidence", [], ":green[No evidence of a backdoor]"),
+        ("inconclusive", [], ":orange[Inconclusive]"),
+    ],
+)
+def test_verdict_card_is_first_and_links_each_evidence(fake_runs, status, targets, want):
+    at = open_results(fake_runs({"verdict": verdict(status, targets), "flip_matrix": flip_matrix()}))
+    assert not at.exception, at.exception
+    md = texts(at)
+    assert want in md[0], md[:3]  # the first text on the page is the verdict
+    assert any("confidence **87 %**" in c.value and "rule: backdoor when" in c.value for c in at.caption)
+    for method in ("kd-disagreement", "neural-cleanse", "recovered-trigger", "activation-clustering"):
+        assert f"**{method}**" in md
+    links = " ".join(md)
+    for page in ("candidates?job=", "defenses?job=", "explain?job=", "#flip-matrix"):
+        assert page in links, page
+    assert any("64 % of the flagged" in m for m in md)
+    assert {"🔴 backdoor", "⚪ inconclusive", "🟢 no backdoor"} <= {c.value for c in at.caption}
+
+
+def test_flip_matrix_heatmap_is_drawn_with_counts(fake_runs):
+    at = open_results(fake_runs({"verdict": verdict("backdoor", [7]), "flip_matrix": flip_matrix()}))
+    assert not at.exception, at.exception
+    assert any(h.value == "Where the flagged samples flip" for h in at.subheader)
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    flip = [c for c in charts if c["layout"]["yaxis"]["title"]["text"] == "teacher predicts"]
+    assert len(flip) == 1
+    counts = flip[0]["data"][0]["customdata"]
+    if isinstance(counts, dict):  # plotly ≥ 6 sends numpy arrays as base64
+        counts = np.frombuffer(base64.b64decode(counts["bdata"]), counts["dtype"]).reshape(10, 10)
+    assert counts[7][1] == 40 and counts[2][5] == 3
+
+
+def test_old_report_without_verdict_looks_as_before(fake_runs):
+    at = open_results(fake_runs({"verdict": None, "flip_matrix": None}))
+    assert not at.exception, at.exception
+    md = texts(at)
+    assert not any(s in m for m in md for s in ("Backdoor found", "No evidence", "Inconclusive", "flip-matrix"))
+    assert not any(h.value == "Where the flagged samples flip" for h in at.subheader)
+    assert [m.label for m in at.metric].count("clean_acc") == 3
+
+
+def test_headline_words_and_names():
+    assert verdict_headline({"status": "backdoor", "target_classes": [7]}, NAMES) == (
+        "Backdoor found → target class seven (7)"
+    )
+    two = {"status": "backdoor", "target_classes": [1, 7], "target_names": ["Trouser", "Sneaker"]}
+    assert verdict_headline(two) == "Backdoor found → target classes Trouser (1), Sneaker (7)"
+    assert verdict_headline({"status": "backdoor", "target_classes": [3]}) == "Backdoor found → target class class 3"
+    assert verdict_headline({"status": "no_evidence"}) == "No evidence of a backdoor"
+
+
+def test_flip_figure_colours_by_share_of_all():
+    fig = flip_figure(flip_matrix())
+    z = fig.data[0].z
+    assert abs(z[7][1] - 40 / 68) < 1e-9 and abs(z[2][5] - 3 / 68) < 1e-9  # not row-normalised (row 2 would be 1.0)
+    assert fig.layout.yaxis.title.text == "teacher predicts" and fig.layout.xaxis.title.text == "student predicts"
+    with pytest.raises(ValueError, match="square"):
+        flip_figure({"classes": NAMES, "counts": [[1, 2]]})
+
+
+def test_html_report_carries_the_verdict_and_flip_matrix():
+    job = SimpleNamespace(id=3, kind="audit", label="x", finished_at=None, run_dir="/x")
+    v = verdict("backdoor", [7]) | {"rule": "<b>rule</b>"}
+    html = audit_report_html(job, {"kind": "audit", "verdict": v, "flip_matrix": flip_matrix()})
+    assert "Backdoor found → target class seven (7)" in html and "&lt;b&gt;rule&lt;/b&gt;" in html
+    assert "64 % of the flagged" in html and "Flip matrix" in html and "teacher predicts" in html
+    old = audit_report_html(job, {"kind": "audit"})
+    assert "Verdict" not in old and "Flip matrix" not in old
