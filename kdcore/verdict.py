@@ -230,8 +230,9 @@ def kd_evidence(counts: list[list[int]] | None, teacher_all: Sequence[int], name
         return Evidence("kd-disagreement", finding, "backdoor", tuple(r["class"] for r in cands), values)
     top = max(rows, key=lambda r: r["flagged"])
     finding = (
-        f"No class funnels the {n_flag} flagged samples: the largest, {names[top['class']]} "
-        f"({top['flagged']}, {top['share']:.0%}, spread {top['spread']:.2f}), looks like a natural confusion"
+        f"No class funnels the {n_flag} flagged samples: the largest, {names[top['class']]} ({top['flagged']}, "
+        f"{top['share']:.0%} against a prior of {top['prior']:.0%}, p = {top['p_value']:.2g}, spread "
+        f"{top['spread']:.2f}), fails p < {KD_ALPHA:g}, ≥ {KD_MIN_FLAGGED} flagged or spread ≥ {KD_MIN_SPREAD}"
         if n_flag
         else "The teacher and the student agree on every training sample"
     )
