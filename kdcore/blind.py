@@ -34,13 +34,14 @@ from kdcore.models.spec import ModelSpec
 from kdcore.progress import ProgressFn, no_progress
 from kdcore.train import predict_logits
 from kdcore.verdict import (
-    TRIGGER_MIN_GAP,
+    TRIGGER_MAX_TRANSFER,
     TRIGGER_MIN_TEACHER,
     Evidence,
     Verdict,
     combine,
     flip_matrix,
     kd_evidence,
+    trigger_supports,
 )
 
 TRIGGER_IMAGES = 1000  # clean images the recovered triggers are stamped on (the quick demo's pool is 2,000)
@@ -78,7 +79,7 @@ def recovered_trigger_evidence(
 ) -> Evidence:
     """Stamp each class's (mask (H, W) in [0, 1], pattern (C, H, W) in [0, 255]) on uint8 `images`;
     supports a backdoor for the classes whose trigger flips ≥ TRIGGER_MIN_TEACHER of the teacher's
-    images and at least TRIGGER_MIN_GAP more of the teacher's than of the student's."""
+    images and at most TRIGGER_MAX_TRANSFER times that share of the student's (`trigger_supports`)."""
     names = spec.names
     t_pred = predict_logits(teacher, spec, images, device).argmax(1)
     s_pred = predict_logits(student, student_spec, images, device).argmax(1)
@@ -96,29 +97,25 @@ def recovered_trigger_evidence(
                 "teacher_flip": round(t_flip, 4),
                 "student_flip": round(s_flip, 4),
                 "gap": round(t_flip - s_flip, 4),
+                "transfer": round(s_flip / t_flip, 4) if t_flip else None,
+                "supports": trigger_supports(t_flip, s_flip),
                 "mask_l1": round(float(mask.sum()), 2),
             }
         )
     values = {"images": len(images), "classes": rows}
-    hits = [r for r in rows if r["teacher_flip"] >= TRIGGER_MIN_TEACHER and r["gap"] >= TRIGGER_MIN_GAP]
+    hits = [r for r in rows if r["supports"]]
     if not rows:
         return Evidence("recovered-trigger", "No candidate class to test a recovered trigger on.", "inconclusive")
     top = max(hits or rows, key=lambda r: r["gap"])
     text = (
         f"Neural Cleanse's trigger for {names[top['class']]} flips {top['teacher_flip']:.0%} of {len(images)} clean "
-        f"images on the teacher but {top['student_flip']:.0%} on the distilled student (gap {top['gap']:.2f}"
+        f"images on the teacher and {top['student_flip']:.0%} on the distilled student"
     )
     if hits:
-        return Evidence(
-            "recovered-trigger", text + f" ≥ {TRIGGER_MIN_GAP})", "backdoor", tuple(r["class"] for r in hits), values
-        )
-    return Evidence(
-        "recovered-trigger",
-        text + f" < {TRIGGER_MIN_GAP} or teacher < {TRIGGER_MIN_TEACHER:.0%})",
-        "no_evidence",
-        (),
-        values,
-    )
+        text += f" (transfer {top['transfer']:.2f} ≤ {TRIGGER_MAX_TRANSFER})"
+        return Evidence("recovered-trigger", text, "backdoor", tuple(r["class"] for r in hits), values)
+    text += f" (needs teacher ≥ {TRIGGER_MIN_TEACHER:.0%} and transfer ≤ {TRIGGER_MAX_TRANSFER})"
+    return Evidence("recovered-trigger", text, "no_evidence", (), values)
 
 
 def _nc_trigger(images: dict[str, torch.Tensor], c: int) -> tuple[torch.Tensor, torch.Tensor]:

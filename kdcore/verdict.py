@@ -9,9 +9,10 @@ supports ("backdoor" naming classes, "no_evidence", or "inconclusive" when it co
     neural-cleanse        Neural Cleanse's anomaly index (kdcore.defenses.neural_cleanse): flagged classes
     recovered-trigger     Neural Cleanse's recovered trigger of each candidate class stamped on clean
                           images: the share flipped to that class by the teacher vs by the distilled
-                          student. A backdoor lives in the teacher only (the student never saw a
-                          triggered image), so a trigger that captures the teacher but not the student
-                          is a backdoor's; an adversarial patch for a clean class transfers to the student.
+                          student (`trigger_supports`). A backdoor lives in the teacher only (the
+                          student never saw a triggered image), so a trigger that captures the teacher
+                          but hardly the student is a backdoor's; an adversarial patch for a clean
+                          class transfers to the student.
     activation-clustering the classes whose activations split into a small, separate cluster
                           (kdcore.defenses.activation_clustering; only with a training set)
 
@@ -56,7 +57,15 @@ KD_MIN_SPREAD = 0.75  # spread (below): a trigger captures images of every class
 
 # Recovered trigger: the teacher is captured and the student is not.
 TRIGGER_MIN_TEACHER = 0.8  # share of the teacher's clean images flipped (NC optimises for 0.99 success)
-TRIGGER_MIN_GAP = 0.5  # teacher share − student share: half the images flip on the teacher only
+TRIGGER_MAX_TRANSFER = 0.2  # student share / teacher share. A backdoor the student never learned transfers at
+#   its base rate (quick demo, BadNets: 0.01); NC's small masks for clean classes are adversarial
+#   patches, which do transfer to a distilled copy (quick no-attack demo: 0.35 and 0.43, where a gap
+#   threshold of 0.5 on teacher − student still passed them). One seed each: the benchmark calibrates it.
+
+
+def trigger_supports(teacher_flip: float, student_flip: float) -> bool:
+    """The recovered-trigger test: it captures the teacher and does not transfer to the student."""
+    return teacher_flip >= TRIGGER_MIN_TEACHER and student_flip <= TRIGGER_MAX_TRANSFER * teacher_flip
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ from kdcore.models.spec import ModelSpec
 from kdcore.report import evaluation_only_of, flip_matrix_of, verdict_of
 from kdcore.verdict import (
     KD_MIN_SPREAD,
+    TRIGGER_MAX_TRANSFER,
+    TRIGGER_MIN_TEACHER,
     WEIGHTS,
     Evidence,
     binomial_tail,
@@ -24,6 +26,7 @@ from kdcore.verdict import (
     flip_matrix,
     kd_evidence,
     spread,
+    trigger_supports,
     verdict_text,
 )
 
@@ -193,6 +196,14 @@ class _Pixel(nn.Module):
         return torch.stack([torch.full_like(z, 0.5), z, torch.zeros_like(z)], 1)
 
 
+def test_trigger_supports_a_backdoor_only_when_the_student_is_not_captured():
+    assert trigger_supports(0.98, 0.008)  # the quick demo's BadNets teacher
+    assert not trigger_supports(0.96, 0.34)  # its clean baseline: NC's patch transfers (gap 0.62 all the same)
+    assert not trigger_supports(TRIGGER_MIN_TEACHER - 0.01, 0.0)  # the teacher itself is not captured
+    t = 0.9
+    assert trigger_supports(t, TRIGGER_MAX_TRANSFER * t) and not trigger_supports(t, TRIGGER_MAX_TRANSFER * t + 0.01)
+
+
 def test_recovered_trigger_gap_oracle():
     spec = ModelSpec("tiny", 3, (1, 4, 4), (0.0,), (1.0,), ("a", "b", "c"))
     images = torch.zeros(20, 1, 4, 4, dtype=torch.uint8)
@@ -203,7 +214,8 @@ def test_recovered_trigger_gap_oracle():
     gap = recovered_trigger_evidence(_Pixel(10.0), _Pixel(0.0), spec, spec, images, trig, cpu)
     assert gap.supports == "backdoor" and gap.classes == (1,)
     row = gap.values["classes"][0]
-    assert (row["teacher_flip"], row["student_flip"], row["gap"], row["mask_l1"]) == (1.0, 0.0, 1.0, 1.0)
+    assert (row["teacher_flip"], row["student_flip"], row["gap"], row["transfer"]) == (1.0, 0.0, 1.0, 0.0)
+    assert row["mask_l1"] == 1.0 and row["supports"]
     same = recovered_trigger_evidence(_Pixel(10.0), _Pixel(10.0), spec, spec, images, trig, cpu)
     assert same.supports == "no_evidence" and same.values["classes"][0]["gap"] == 0.0
 
