@@ -6,18 +6,22 @@
    score = p_teacher(ŷ_t) − p_student(ŷ_t), where ŷ_t is the teacher's predicted class
    (T = 1). A trigger makes the teacher confident in the target while the clean student
    is not, so poisons score near 1; ordinary disagreements on ambiguous images score low.
-4. With ground-truth poison indices: flagged, precision, recall, false_positives.
+4. With ground-truth poison indices: flagged, precision, recall, false_positives
+   (`read_known_poisons` reads them from a user's file, for teaching and evaluation).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from kdcore.candidates import Candidate, rank_order, ranked_rows, to_csv
 from kdcore.data.imageset import ImageSet
+from kdcore.errors import InputError
 from kdcore.models.spec import ModelSpec
 from kdcore.train import predict_logits
 
@@ -127,3 +131,46 @@ def detoxify(
     table = DetoxTable(labels, t_pred, s_pred, t_conf, s_conf, t_conf - s_conf, flagged, is_poison, train.sources)
     kept = train.subset(torch.nonzero(~flagged).flatten(), name=f"{train.name}-detoxified")
     return detox_metrics(flagged, poison_idx), table, kept
+
+
+def read_known_poisons(path: str | Path, train: ImageSet) -> torch.Tensor:
+    """`--known-poisons FILE`: the training samples known to be poisons (evaluation only), as sorted
+    unique indices into `train`.
+
+    The file is text or CSV: cells separated by commas, tabs, semicolons or newlines, each a sample
+    index (`12`), a candidates.csv name (`#12` for built-in data, else the file name inside the
+    training folder/zip, `cat/img_001.png`); an optional first cell `index`, `source` or `name` is a
+    header. A name that is not in the training set or an index out of range is an InputError."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"--known-poisons {file}: cannot be read as text ({e.__class__.__name__})") from None
+    cells = [c.strip() for c in re.split(r"[,;\t\r\n]", text) if c.strip()]
+    if cells and cells[0].lower() in ("index", "source", "name"):
+        cells = cells[1:]
+    if not cells:
+        raise InputError(f"--known-poisons {file} lists no samples; expected indices or file names, one a line")
+    by_name = {s: i for i, s in enumerate(train.sources or ())}
+    n = len(train)
+    idx, unknown, out_of_range = [], [], []
+    for cell in cells:
+        digits = cell[1:] if cell.startswith("#") else cell
+        if digits.isdigit() and cell not in by_name:
+            i = int(digits)
+            (idx if i < n else out_of_range).append(i)
+        elif cell in by_name:
+            idx.append(by_name[cell])
+        else:
+            unknown.append(cell)
+    if unknown:
+        raise InputError(
+            f"--known-poisons {file}: {len(unknown)} name(s) not in the training set, e.g. {unknown[0]!r}; "
+            "use indices or the file names as candidates.csv's source column writes them"
+        )
+    if out_of_range:
+        raise InputError(
+            f"--known-poisons {file}: index {out_of_range[0]} is out of range "
+            f"(the training set has {n} samples, 0..{n - 1})"
+        )
+    return torch.tensor(sorted(set(idx)), dtype=torch.long)

@@ -59,6 +59,8 @@ class PipelineOutput:
     finetune: dict | None = None
     stages: dict[str, StageOutput] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    models: dict[str, tuple[nn.Module, ModelSpec]] = field(default_factory=dict)  # by role (kd_stages), not in report()
+    table: DetoxTable | None = None  # the detox table (with a training set), not in report()
 
     def timings(self) -> dict[str, float]:
         """Seconds per stage (a reused stage reports the time it took when it ran)."""
@@ -212,7 +214,8 @@ def run_kd_pipeline(
         teacher, spec, unlabeled, cfg, stages, device, out,
         train=train, poison_idx=poison_idx, seed=seed, on_progress=on_progress,
     )  # fmt: skip
-    models = kd.models
+    models = out.models = kd.models
+    out.table = kd.table
     if kd.table is not None and run_dir is not None:
         write_candidates(run_dir / FILE_NAME, kd.table.rows(spec.names))
 

@@ -10,7 +10,8 @@ Every run that evaluates models writes them by *role*, each an `EvalResult.to_di
 
 and beside them `detection` (flagged / precision / recall of the samples a method flagged; a
 demo or audit writes it as `detox`), `headline` (one line of what a method found), `evidence`
-(method-specific) and `timings` (seconds per stage). Consumers read a report through the
+(method-specific) and `timings` (seconds per stage). A blind audit adds `verdict`, `flip_matrix`,
+`neural_cleanse`, `activation_clustering` and `evaluation_only` (kdcore.blind). Consumers read a report through the
 functions below, never by its keys, so the audit / demo / refine shape and the defend shape
 (and reports written by older versions) read the same.
 """
@@ -78,3 +79,22 @@ def seconds_of(report: dict) -> dict[str, float]:
 def metrics_of(ev: dict | None) -> dict[str, float | None]:
     """{metric: value} of one model's EvalResult dict (None for a missing model or metric)."""
     return {m: (ev or {}).get(m) for m in METRICS}
+
+
+def verdict_of(report: dict) -> dict | None:
+    """The audit's verdict (kdcore.verdict: status, target_classes, target_names, confidence, rule,
+    evidence), or None when the run gathered no blind evidence."""
+    v = report.get("verdict")
+    return v if isinstance(v, dict) else None
+
+
+def flip_matrix_of(report: dict) -> dict | None:
+    """{"classes": [names], "counts": [[int]]}: flagged training samples, teacher class × student
+    class, or None (no blind evidence, or no training set)."""
+    m = report.get("flip_matrix")
+    return m if isinstance(m, dict) else None
+
+
+def evaluation_only_of(report: dict) -> tuple[str, ...]:
+    """The metrics measured with a true trigger the verdict never saw (a blind audit's asr, poison_acc)."""
+    return tuple(report.get("evaluation_only") or ())

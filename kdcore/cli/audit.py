@@ -45,8 +45,9 @@ def config_from_args(a: argparse.Namespace) -> AuditConfig:
 
 def summary(cfg: AuditConfig, report: dict) -> str:
     from kdcore.tables import report_table
+    from kdcore.verdict import with_verdict
 
     text = report_table(report)
     if not cfg.trigger:
         text += "\nNo --trigger given: asr and poison_acc were not measured."
-    return text
+    return with_verdict(text, report)

@@ -34,5 +34,6 @@ def config_from_args(a: argparse.Namespace) -> DemoConfig:
 
 def summary(cfg: DemoConfig, report: dict) -> str:
     from kdcore.tables import report_table
+    from kdcore.verdict import with_verdict
 
-    return report_table(report)
+    return with_verdict(report_table(report), report)

@@ -16,7 +16,13 @@ CACHE_KEY = ("setup", "cache_dir")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_run_args(p, quick="the quick demo setup with small budgets")
     quick = SweepConfig.preset(quick=True)
-    add_config_flags(p, SweepConfig, skip=("setup.quick", "setup.n_clean"), quick=quick, names=_unprefixed())
+    add_config_flags(
+        p,
+        SweepConfig,
+        skip=("setup.quick", "setup.n_clean", "setup.scenario", "setup.blind"),
+        quick=quick,
+        names=_unprefixed(),
+    )
 
 
 def _unprefixed() -> dict[str, tuple[str, ...]]:

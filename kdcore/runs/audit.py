@@ -4,6 +4,10 @@ The model's architecture comes from the file where the format carries it (a kdco
 torch.export, a timm config.json), or from the flags: `--arch` (built-in, `timm:<name>`, `tv:<name>`,
 an installed plugin) or `--arch-file FILE.py:Class` (runs that file: only with --trust-code, and the
 config pins the file's SHA-256). Flags win over anything stored beside the model (`model_spec`).
+
+Without a trigger (or with `--blind`) the audit gathers label-free evidence and writes a verdict
+(kdcore.blind, kdcore.verdict); a trigger given with --blind is then used for evaluation only.
+`--known-poisons FILE` scores every detector (precision / recall); no method sees it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdcore.blind import add_to_report, blind_audit
 from kdcore.config import setting
+from kdcore.detox import read_known_poisons
 from kdcore.errors import ConfigError, InputError, ModelLoadError
 from kdcore.io import file_sha256
 from kdcore.models.plugins import require_trust, split_arch_file
@@ -43,6 +49,8 @@ class AuditConfig:
     train: str = setting("", "folder or zip, one sub-folder per class: enables detox + fine-tuning")
     test: str = setting("", "folder or zip, one sub-folder per class: enables clean_acc / poison_acc / asr")
     trigger: dict | None = setting(None, "a known trigger (Trigger.to_dict()): enables poison_acc and asr")
+    blind: bool = setting(False, "gather the verdict's evidence even when a trigger is given (it then only evaluates)")
+    known_poisons: str = setting("", "file of training-sample indices or file names that are poisons: precision/recall")
     max_unlabeled: int = setting(0, "use at most this many unlabelled images; 0 = all", min=0)
     seed: int = setting(0, "random seed")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
@@ -79,6 +87,8 @@ class AuditConfig:
             Trigger.from_dict(self.trigger)
             if self.trigger.get("kind") == "triggered" and not self.test:
                 raise ConfigError("A triggered test set is measured next to the clean test set: give --test too")
+        if self.known_poisons and not self.train:
+            raise ConfigError("--known-poisons names training samples: give --train too")
         if self.max_unlabeled < 0:
             raise ConfigError(f"max_unlabeled must be ≥ 0; got {self.max_unlabeled}")
 
@@ -106,7 +116,7 @@ class AuditConfig:
 
     def check_inputs(self) -> None:
         """Paths exist and an --arch-file may run (checked when a job is submitted, before anything is queued)."""
-        for name in ("model", "unlabeled", "train", "test"):
+        for name in ("model", "unlabeled", "train", "test", "known_poisons"):
             p = getattr(self, name)
             if p and not Path(p).exists():
                 raise InputError(f"--{name} {p} does not exist")
@@ -191,6 +201,7 @@ def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = n
             unlabeled = unlabeled.subset(list(range(cfg.max_unlabeled)))
         on_progress("prepare", 2, 4, {"message": "loading labelled images"})
         train, test, _, spec = labelled_sets(spec, cfg.train, cfg.test)
+        poison_idx = read_known_poisons(cfg.known_poisons, train) if cfg.known_poisons and train is not None else None
         on_progress("prepare", 4, 4, {})
         out = run_kd_pipeline(
             teacher,
@@ -202,11 +213,20 @@ def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = n
             train=train,
             test=test,
             trigger=trigger,
+            poison_idx=poison_idx,
             seed=cfg.seed,
             on_progress=on_progress,
             run_dir=run_dir,
         )
         report = out.report()
+        if cfg.blind or trigger is None:
+            student, s_spec = out.models["student"]
+            blind = blind_audit(
+                teacher, student, spec, unlabeled, device,
+                table=out.table, train=train, poison_idx=poison_idx, student_spec=s_spec, seed=cfg.seed,
+                on_progress=on_progress,
+            )  # fmt: skip
+            add_to_report(report, blind, run_dir, trigger_given=trigger is not None)
         report.update(
             kind="audit",
             config=resolved,

@@ -3,6 +3,11 @@
 The attacker stamps a small white patch in the lower-right corner of `n_poison` training
 images of other classes and relabels them 7 (Sneaker); the defender holds `n_clean`
 unlabelled clean images from the part of the training split the attacker never saw.
+
+Scenario "no_attack" (as in the sweep): the suspect is the clean-trained baseline and the training
+set is clean, so every alarm is a false one. `blind`: the audit also gathers the verdict's
+label-free evidence (kdcore.blind) as if the trigger were unknown; the trigger then only evaluates
+(asr, poison_acc), and the demo's own poison indices score every detector.
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
+from kdcore.blind import add_to_report, blind_audit
 from kdcore.config import from_dict, setting
 from kdcore.data.builtin import load_fashion_mnist
 from kdcore.data.imageset import ImageSet
@@ -43,6 +50,10 @@ QUICK = {
 class DemoConfig:
     quick: bool = setting(False, "the quick setup (DemoConfig.preset(quick=True))")
     seed: int = setting(0, "random seed")
+    scenario: Literal["attack", "no_attack"] = setting(
+        "attack", "attack: the suspect is trained on poisoned data; no_attack: it is the clean baseline"
+    )
+    blind: bool = setting(False, "also audit as if the trigger were unknown: a verdict from label-free evidence")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
     data_dir: str = setting("", 'Fashion-MNIST IDX folder; "" = /usr/share/datasets/fashion-mnist')
     cache_dir: str = setting("", 'trained baseline/teacher cache; "" = $KDAUDIT_HOME/cache')
@@ -66,6 +77,8 @@ class DemoConfig:
                 f"n_poison ≤ n_train/2 and 10 ≤ n_test ≤ 10000 required; got {self.n_poison}, {self.n_test}"
             )
         Trigger.from_dict(self.trigger).check_classes(10)
+        if self.scenario not in ("attack", "no_attack"):
+            raise ConfigError(f"scenario must be attack or no_attack; got {self.scenario!r}")
 
     @classmethod
     def preset(cls, quick: bool = False, **overrides) -> DemoConfig:
@@ -118,7 +131,15 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, on_progress: ProgressFn = no_
         on_progress("prepare", 1, 1, {})
         cache = Stages(cache_dir(cfg.cache_dir or None) / "demo")
         baseline, b_st = train_stage(cache, "baseline", SPEC, data.train, cfg.teacher, device, cfg.seed, on_progress)
-        teacher, t_st = train_stage(cache, "teacher", SPEC, data.poisoned, cfg.teacher, device, cfg.seed, on_progress)
+        attack = cfg.scenario == "attack"
+        if attack:
+            teacher, t_st = train_stage(
+                cache, "teacher", SPEC, data.poisoned, cfg.teacher, device, cfg.seed, on_progress
+            )
+            train, poison_idx, references = data.poisoned, data.poison_idx, {"baseline": baseline}
+        else:  # the clean baseline is the suspect: no poisons, and no second copy of it to evaluate
+            teacher, t_st = baseline, b_st
+            train, poison_idx, references = data.train, torch.zeros(0, dtype=torch.long), {}
         out = run_kd_pipeline(
             teacher,
             SPEC,
@@ -126,24 +147,33 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, on_progress: ProgressFn = no_
             cfg.kd,
             Stages(run_dir / "stages"),
             device,
-            train=data.poisoned,
+            train=train,
             test=data.test,
             trigger=cfg.trigger_value,
-            poison_idx=data.poison_idx,
-            references={"baseline": baseline},
+            poison_idx=poison_idx,
+            references=references,
             seed=cfg.seed,
             on_progress=on_progress,
             run_dir=run_dir,
         )
         out.stages = {"baseline": b_st, "teacher": t_st, **out.stages}
         report = out.report()
+        if cfg.blind:
+            student, s_spec = out.models["student"]
+            blind = blind_audit(
+                teacher, student, SPEC, data.clean_pool, device,
+                table=out.table, train=train, poison_idx=poison_idx, student_spec=s_spec, seed=cfg.seed,
+                on_progress=on_progress,
+            )  # fmt: skip
+            add_to_report(report, blind, run_dir, trigger_given=True)
         report.update(
             kind="demo",
             config=resolved,
             **environment(device),
             data={
                 "train": len(data.train),
-                "poisons": len(data.poison_idx),
+                "scenario": cfg.scenario,
+                "poisons": len(poison_idx),
                 "clean_unlabeled": len(data.clean_pool),
                 "test": len(data.test),
                 "trigger": cfg.trigger_value.describe(),

@@ -1,0 +1,252 @@
+"""The blind audit: gather the verdict's label-free evidence (kdcore.verdict) for a teacher and its
+distilled student, as if the trigger were unknown.
+
+1. kd-disagreement: the flip matrix of the detox table (teacher class × student class, flagged
+   samples only) and its structure (`kdcore.verdict.kd_evidence`); needs a training set.
+2. neural-cleanse: the registered defense, run on the teacher with the unlabelled clean images
+   and its default settings (no test set, no trigger: it is given nothing evaluation-only).
+3. activation-clustering: the registered detector on the training set (when there is one);
+   with known poisons (`poison_idx`, evaluation-only) its precision / recall are reported.
+4. recovered-trigger: Neural Cleanse's mask and pattern of every candidate class (those the
+   other pieces name, and NC's most anomalous) read back from its evidence images (the PNGs a
+   run saves, so a `recovered:RUN_DIR` trigger stamps the same), stamped with `apply_recovered`
+   on up to `TRIGGER_IMAGES` unlabelled clean images; for teacher and student, the share of the
+   images that model did not already put in the class which it now does.
+
+Each piece's wall time goes into `timings` (seconds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdcore.data.imageset import ImageSet
+from kdcore.defenses.base import DefenseInputs, get_defense
+from kdcore.defenses.neural_cleanse import apply_recovered
+from kdcore.detox import DetoxTable
+from kdcore.models.spec import ModelSpec
+from kdcore.progress import ProgressFn, no_progress
+from kdcore.train import predict_logits
+from kdcore.verdict import (
+    TRIGGER_MAX_TRANSFER,
+    TRIGGER_MIN_TEACHER,
+    Evidence,
+    Verdict,
+    combine,
+    flip_matrix,
+    kd_evidence,
+    trigger_supports,
+)
+
+TRIGGER_IMAGES = 1000  # clean images the recovered triggers are stamped on (the quick demo's pool is 2,000)
+
+
+@dataclass
+class BlindOutput:
+    """The verdict and what the dashboard shows beside it (all JSON-ready but `images`)."""
+
+    verdict: Verdict
+    flip_matrix: dict | None = None  # {"classes": [names], "counts": [[int]]}, with a training set
+    neural_cleanse: dict = field(default_factory=dict)  # NC's evidence (per-class table, headline)
+    activation_clustering: dict | None = None  # poisoned classes, headline, detection (precision / recall)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per piece of evidence
+    images: dict[str, torch.Tensor] = field(default_factory=dict)  # NC's evidence images, uint8 (C, H, W)
+
+    def report(self) -> dict:
+        """The report.json keys: verdict, flip_matrix, neural_cleanse, activation_clustering."""
+        return {
+            "verdict": self.verdict.to_dict(),
+            "flip_matrix": self.flip_matrix,
+            "neural_cleanse": self.neural_cleanse,
+            "activation_clustering": self.activation_clustering,
+        }
+
+
+def recovered_trigger_evidence(
+    teacher: nn.Module,
+    student: nn.Module,
+    spec: ModelSpec,
+    student_spec: ModelSpec,
+    images: torch.Tensor,
+    triggers: dict[int, tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+) -> Evidence:
+    """Stamp each class's (mask (H, W) in [0, 1], pattern (C, H, W) in [0, 255]) on uint8 `images`;
+    supports a backdoor for the classes whose trigger flips ≥ TRIGGER_MIN_TEACHER of the teacher's
+    images and at most TRIGGER_MAX_TRANSFER times that share of the student's (`trigger_supports`)."""
+    names = spec.names
+    t_pred = predict_logits(teacher, spec, images, device).argmax(1)
+    s_pred = predict_logits(student, student_spec, images, device).argmax(1)
+    rows = []
+    for c, (mask, pattern) in sorted(triggers.items()):
+        stamped = apply_recovered(images, mask, pattern)
+        t_new = predict_logits(teacher, spec, stamped, device).argmax(1)
+        s_new = predict_logits(student, student_spec, stamped, device).argmax(1)
+        t_base, s_base = t_pred != c, s_pred != c
+        t_flip = float((t_new[t_base] == c).float().mean()) if t_base.any() else 0.0
+        s_flip = float((s_new[s_base] == c).float().mean()) if s_base.any() else 0.0
+        rows.append(
+            {
+                "class": c,
+                "teacher_flip": round(t_flip, 4),
+                "student_flip": round(s_flip, 4),
+                "gap": round(t_flip - s_flip, 4),
+                "transfer": round(s_flip / t_flip, 4) if t_flip else None,
+                "supports": trigger_supports(t_flip, s_flip),
+                "mask_l1": round(float(mask.sum()), 2),
+            }
+        )
+    values = {"images": len(images), "classes": rows}
+    hits = [r for r in rows if r["supports"]]
+    if not rows:
+        return Evidence("recovered-trigger", "No candidate class to test a recovered trigger on.", "inconclusive")
+    top = max(hits or rows, key=lambda r: r["gap"])
+    text = (
+        f"Neural Cleanse's trigger for {names[top['class']]} flips {top['teacher_flip']:.0%} of {len(images)} clean "
+        f"images on the teacher and {top['student_flip']:.0%} on the distilled student"
+    )
+    if hits:
+        text += f" (transfer {top['transfer']:.2f} ≤ {TRIGGER_MAX_TRANSFER})"
+        return Evidence("recovered-trigger", text, "backdoor", tuple(r["class"] for r in hits), values)
+    text += f" (needs teacher ≥ {TRIGGER_MIN_TEACHER:.0%} and transfer ≤ {TRIGGER_MAX_TRANSFER})"
+    return Evidence("recovered-trigger", text, "no_evidence", (), values)
+
+
+def _nc_trigger(images: dict[str, torch.Tensor], c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class c's (mask (H, W) in [0, 1], pattern (C, H, W) in [0, 255]) from NC's uint8 evidence images."""
+    return images[f"mask_{c}"][0].float() / 255.0, images[f"pattern_{c}"].float()
+
+
+def blind_audit(
+    teacher: nn.Module,
+    student: nn.Module,
+    spec: ModelSpec,
+    unlabeled: ImageSet,
+    device: torch.device,
+    *,
+    table: DetoxTable | None = None,
+    train: ImageSet | None = None,
+    poison_idx: torch.Tensor | None = None,
+    student_spec: ModelSpec | None = None,
+    seed: int = 0,
+    on_progress: ProgressFn = no_progress,
+) -> BlindOutput:
+    """Gather the four pieces of evidence and combine them (module docstring). `poison_idx` only
+    scores activation clustering (precision / recall); no piece of evidence sees it."""
+    names: Sequence[str] = spec.names
+    k = spec.num_classes
+    timings: dict[str, float] = {}
+    evidence: list[Evidence] = []
+
+    t0 = time.perf_counter()
+    counts = None
+    out_flip = None
+    teacher_all: list[int] = [0] * k
+    if table is not None:
+        counts = flip_matrix(table.teacher_pred, table.student_pred, table.flagged, k)
+        teacher_all = torch.bincount(table.teacher_pred.long(), minlength=k).tolist()
+        out_flip = {"classes": list(names), "counts": counts}
+    kd = kd_evidence(counts, teacher_all, names)
+    timings["kd-disagreement"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    nc_in = DefenseInputs(
+        model=teacher, spec=spec, device=device, unlabeled=unlabeled, seed=seed, on_progress=on_progress
+    )
+    nc = get_defense("neural-cleanse")().run(nc_in)
+    flagged_nc = list(nc.evidence["flagged"])
+    top = nc.evidence["most_anomalous"]
+    nc_ev = Evidence(
+        "neural-cleanse",
+        (
+            f"Neural Cleanse flags {', '.join(names[c] for c in flagged_nc)} (anomaly index {top['anomaly_index']:.2f} "
+            f"> {nc.evidence['threshold']:g})"
+            if flagged_nc
+            else f"Neural Cleanse flags no class: the most anomalous, {top['name']}, has index "
+            f"{top['anomaly_index']:.2f} ≤ {nc.evidence['threshold']:g}"
+        ),
+        "backdoor" if flagged_nc else "no_evidence",
+        tuple(flagged_nc),
+        {
+            "anomaly_index": [r["anomaly_index"] for r in nc.evidence["classes"]],
+            "l1": [r["l1"] for r in nc.evidence["classes"]],
+            "threshold": nc.evidence["threshold"],
+            "most_anomalous": top["class"],
+        },
+    )
+    timings["neural-cleanse"] = nc.wall_s
+
+    ac_ev, ac_out = None, None
+    if train is not None:
+        ac_in = DefenseInputs(
+            model=teacher,
+            spec=spec,
+            device=device,
+            train=train,
+            poison_idx=poison_idx,
+            seed=seed,
+            on_progress=on_progress,
+        )
+        ac = get_defense("activation-clustering")().run(ac_in)
+        poisoned = list(ac.evidence["poisoned_classes"])
+        ac_out = {
+            "headline": ac.headline,
+            "poisoned_classes": poisoned,
+            "detection": ac.detection.to_dict() if ac.detection else None,
+        }
+        ac_ev = Evidence(
+            "activation-clustering",
+            (
+                f"Activation clustering splits off a small cluster in {', '.join(names[c] for c in poisoned)} "
+                f"({ac.detection.flagged if ac.detection else 0} samples flagged)"
+                if poisoned
+                else "Activation clustering finds no class with a small, well-separated cluster"
+            ),
+            "backdoor" if poisoned else "no_evidence",
+            tuple(poisoned),
+            {"poisoned_classes": poisoned, "flagged": ac.detection.flagged if ac.detection else 0},
+        )
+        timings["activation-clustering"] = ac.wall_s
+
+    t0 = time.perf_counter()
+    candidates = {top["class"], *flagged_nc, *kd.classes, *(ac_ev.classes if ac_ev else ())}
+    pool = unlabeled.images[:TRIGGER_IMAGES]
+    triggers = {c: _nc_trigger(nc.images, c) for c in candidates}
+    rt = recovered_trigger_evidence(teacher, student, spec, student_spec or spec, pool, triggers, device)
+    timings["recovered-trigger"] = time.perf_counter() - t0
+
+    evidence = [kd, nc_ev, rt] + ([ac_ev] if ac_ev else [])
+    return BlindOutput(
+        verdict=combine(evidence, names),
+        flip_matrix=out_flip,
+        neural_cleanse={"headline": nc.headline, **nc.evidence},
+        activation_clustering=ac_out,
+        timings={k_: round(v, 3) for k_, v in timings.items()},
+        images=nc.images,
+    )
+
+
+def add_to_report(report: dict, blind: BlindOutput, run_dir, trigger_given: bool) -> None:
+    """Put the blind audit into a run's report (verdict, flip matrix, NC and AC, their timings) and
+    NC's evidence images into `<run_dir>/evidence/` (as a defend run writes them). With a true
+    trigger given too, its metrics are marked `evaluation_only`: the verdict never saw it."""
+    from kdcore.io import atomic_write_bytes
+    from kdcore.runs.defend import png_bytes
+
+    report.update(blind.report())
+    report["timings"] = {**report.get("timings", {}), **blind.timings}
+    if trigger_given:
+        report["evaluation_only"] = ["asr", "poison_acc"]
+        report["notes"] = [
+            *report.get("notes", []),
+            "Blind audit: the verdict never saw the trigger; asr and poison_acc use the true trigger "
+            "for comparison only (evaluation_only).",
+        ]
+    for name, img in blind.images.items():
+        atomic_write_bytes(Path(run_dir) / "evidence" / f"{name}.png", png_bytes(img))

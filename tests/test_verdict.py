@@ -1,0 +1,251 @@
+"""The verdict: the combining rule on hand-made evidence (every branch), the disagreement statistics
+against hand-computed oracles, the flip matrix, the recovered-trigger gap on hand-built models,
+and --known-poisons files."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from kdcore.blind import recovered_trigger_evidence
+from kdcore.data.imageset import ImageSet
+from kdcore.detox import read_known_poisons
+from kdcore.errors import InputError
+from kdcore.models.spec import ModelSpec
+from kdcore.report import evaluation_only_of, flip_matrix_of, verdict_of
+from kdcore.verdict import (
+    KD_MIN_SPREAD,
+    TRIGGER_MAX_TRANSFER,
+    TRIGGER_MIN_TEACHER,
+    WEIGHTS,
+    Evidence,
+    binomial_tail,
+    combine,
+    disagreement_structure,
+    flip_matrix,
+    kd_evidence,
+    spread,
+    trigger_supports,
+    verdict_text,
+)
+
+NAMES = tuple(f"c{i}" for i in range(10))
+
+
+def ev(method, supports, classes=()):
+    return Evidence(method, f"{method} says {supports}", supports, tuple(classes))
+
+
+# --- the combining rule -------------------------------------------------------------------------
+
+
+def test_backdoor_needs_two_pieces_on_a_class_one_of_them_the_recovered_trigger():
+    pieces = [
+        ev("kd-disagreement", "backdoor", [7]),
+        ev("neural-cleanse", "backdoor", [7]),
+        ev("recovered-trigger", "backdoor", [7]),
+        ev("activation-clustering", "no_evidence"),
+    ]
+    v = combine(pieces, NAMES)
+    assert v.status == "backdoor" and v.target_classes == (7,) and v.target_names == ("c7",)
+    assert v.confidence == pytest.approx((1 + 1 + 2) / (1 + 1 + 2 + 1))  # weight naming 7 / all weight
+    assert "recovered trigger" in v.rule
+
+
+def test_without_the_recovered_trigger_agreement_is_inconclusive():
+    pieces = [
+        ev("kd-disagreement", "backdoor", [7]),
+        ev("neural-cleanse", "backdoor", [7]),
+        ev("activation-clustering", "backdoor", [7]),
+        ev("recovered-trigger", "no_evidence"),
+    ]
+    v = combine(pieces, NAMES)
+    assert v.status == "inconclusive" and v.target_classes == ()
+    assert v.confidence == pytest.approx(1 - abs(3 - 2) / 5)  # balance of the two sides
+
+
+def test_the_recovered_trigger_alone_or_on_another_class_is_not_enough():
+    alone = combine([ev("recovered-trigger", "backdoor", [3]), ev("neural-cleanse", "no_evidence")], NAMES)
+    assert alone.status == "inconclusive"
+    split = combine([ev("recovered-trigger", "backdoor", [3]), ev("neural-cleanse", "backdoor", [5])], NAMES)
+    assert split.status == "inconclusive" and split.target_classes == ()
+
+
+def test_two_targets_when_two_classes_each_pass():
+    pieces = [ev("recovered-trigger", "backdoor", [2, 5]), ev("neural-cleanse", "backdoor", [2, 5])]
+    v = combine(pieces, NAMES)
+    assert v.status == "backdoor" and v.target_classes == (2, 5) and v.confidence == 1.0
+
+
+def test_no_evidence_when_nothing_supports_a_backdoor():
+    pieces = [
+        ev("kd-disagreement", "inconclusive"),
+        ev("neural-cleanse", "no_evidence"),
+        ev("recovered-trigger", "no_evidence"),
+    ]
+    v = combine(pieces, NAMES)
+    assert v.status == "no_evidence" and v.target_classes == ()
+    assert v.confidence == pytest.approx(3 / 4)
+
+
+def test_inconclusive_when_nothing_could_decide():
+    v = combine([ev("kd-disagreement", "inconclusive")], NAMES)
+    assert v.status == "inconclusive" and v.confidence == 1.0
+    assert combine([], NAMES).status == "inconclusive"
+
+
+def test_report_schema_and_readers():
+    v = combine([ev("recovered-trigger", "backdoor", [7]), ev("kd-disagreement", "backdoor", [7])], NAMES).to_dict()
+    assert set(v) == {"status", "target_classes", "target_names", "confidence", "rule", "evidence"}
+    assert set(v["evidence"][0]) == {"method", "finding", "supports", "classes", "values"}
+    assert 0 <= v["confidence"] <= 1 and v["target_classes"] == [7]
+    report = {"verdict": v, "flip_matrix": {"classes": ["a"], "counts": [[0]]}, "evaluation_only": ["asr"]}
+    assert verdict_of(report) is v and flip_matrix_of(report)["counts"] == [[0]]
+    assert evaluation_only_of(report) == ("asr",) and verdict_of({}) is None
+    assert "BACKDOOR → target c7" in verdict_text(v)
+    with pytest.raises(ValueError):
+        Evidence("strip", "x", "backdoor")
+    assert set(WEIGHTS) == {"kd-disagreement", "neural-cleanse", "recovered-trigger", "activation-clustering"}
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+def test_flip_matrix_counts_flagged_pairs_only():
+    t = torch.tensor([7, 7, 1, 2, 3, 7])
+    s = torch.tensor([0, 1, 1, 0, 3, 0])
+    flagged = t != s
+    counts = flip_matrix(t, s, flagged, 8)
+    expected = [[0] * 8 for _ in range(8)]
+    expected[7][0], expected[7][1], expected[2][0] = 2, 1, 1
+    assert counts == expected
+
+
+def test_binomial_tail_oracle():
+    n, p = 12, 0.3
+    for k in (0, 1, 5, 12):
+        oracle = sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1))
+        assert binomial_tail(k, n, p) == pytest.approx(oracle, rel=1e-9)
+
+
+def test_spread_oracle():
+    assert spread([0, 5, 5, 5]) == pytest.approx(1.0)  # even over the 3 other classes
+    assert spread([0, 9, 0, 0]) == pytest.approx(1 / 3)
+    assert spread([0, 2, 1, 1]) == pytest.approx(math.exp(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))) / 3)
+    assert spread([0, 0, 0]) == 0.0
+
+
+def _table(rows: dict[int, dict[int, int]], k: int = 10) -> list[list[int]]:
+    counts = [[0] * k for _ in range(k)]
+    for t, row in rows.items():
+        for s, n in row.items():
+            counts[t][s] = n
+    return counts
+
+
+def test_structure_finds_a_funnel_from_every_class():
+    # A backdoor: 180 flagged samples the teacher calls 7 that the student sees as all 9 other classes,
+    # next to natural Shirt(6) ↔ T-shirt(0)/Pullover(2)/Coat(4) confusions.
+    counts = _table({7: {c: 20 for c in range(10) if c != 7}, 6: {0: 60, 2: 60, 4: 40}, 0: {6: 30}})
+    prior = [1000] * 10
+    rows = disagreement_structure(counts, prior)
+    assert [r["class"] for r in rows if r["candidate"]] == [7]
+    r7 = rows[7]
+    n_flag = 180 + 160 + 30
+    assert r7["flagged"] == 180 and r7["share"] == pytest.approx(180 / n_flag, abs=1e-4)
+    assert r7["p_value"] == pytest.approx(min(1.0, 10 * binomial_tail(180, n_flag, 0.1)), rel=1e-2)
+    assert r7["spread"] == pytest.approx(1.0) and rows[6]["spread"] < KD_MIN_SPREAD
+    e = kd_evidence(counts, prior, NAMES)
+    assert e.supports == "backdoor" and e.classes == (7,) and "180 of 370" in e.finding
+
+
+def test_structure_of_natural_confusions_is_no_evidence():
+    counts = _table({6: {0: 60, 2: 60, 4: 40}, 0: {6: 30, 3: 10}, 4: {2: 25, 6: 20}})
+    e = kd_evidence(counts, [1000] * 10, NAMES)
+    assert e.supports == "no_evidence" and e.classes == ()
+
+
+def test_an_even_spread_that_matches_the_prior_is_not_a_funnel():
+    # Class 3 is predicted as often among the flagged as overall: spread alone does not make a candidate.
+    counts = _table({c: {(c + 1) % 10: 5, (c + 2) % 10: 5} for c in range(10)})
+    counts[3] = [0 if s == 3 else 3 for s in range(10)]  # 27 from every class, share ≈ prior
+    prior = [10] * 10
+    prior[3] = 25
+    rows = disagreement_structure(counts, prior)
+    assert rows[3]["spread"] == pytest.approx(1.0) and not rows[3]["candidate"]
+
+
+def test_kd_without_a_training_set_is_inconclusive():
+    assert kd_evidence(None, [0] * 10, NAMES).supports == "inconclusive"
+
+
+# --- the recovered trigger's teacher/student gap --------------------------------------------------
+
+
+class _Pixel(nn.Module):
+    """Class 1 wins when the top-left pixel is bright (the 'backdoor'), else class 0."""
+
+    def __init__(self, gain: float) -> None:
+        super().__init__()
+        self.gain = gain
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        z = x[:, 0, 0, 0] * self.gain + self.w
+        return torch.stack([torch.full_like(z, 0.5), z, torch.zeros_like(z)], 1)
+
+
+def test_trigger_supports_a_backdoor_only_when_the_student_is_not_captured():
+    assert trigger_supports(0.98, 0.008)  # the quick demo's BadNets teacher
+    assert not trigger_supports(0.96, 0.34)  # its clean baseline: NC's patch transfers (gap 0.62 all the same)
+    assert not trigger_supports(TRIGGER_MIN_TEACHER - 0.01, 0.0)  # the teacher itself is not captured
+    t = 0.9
+    assert trigger_supports(t, TRIGGER_MAX_TRANSFER * t) and not trigger_supports(t, TRIGGER_MAX_TRANSFER * t + 0.01)
+
+
+def test_recovered_trigger_gap_oracle():
+    spec = ModelSpec("tiny", 3, (1, 4, 4), (0.0,), (1.0,), ("a", "b", "c"))
+    images = torch.zeros(20, 1, 4, 4, dtype=torch.uint8)
+    mask = torch.zeros(4, 4)
+    mask[0, 0] = 1.0
+    trig = {1: (mask, torch.full((1, 4, 4), 255.0))}
+    cpu = torch.device("cpu")
+    gap = recovered_trigger_evidence(_Pixel(10.0), _Pixel(0.0), spec, spec, images, trig, cpu)
+    assert gap.supports == "backdoor" and gap.classes == (1,)
+    row = gap.values["classes"][0]
+    assert (row["teacher_flip"], row["student_flip"], row["gap"], row["transfer"]) == (1.0, 0.0, 1.0, 0.0)
+    assert row["mask_l1"] == 1.0 and row["supports"]
+    same = recovered_trigger_evidence(_Pixel(10.0), _Pixel(10.0), spec, spec, images, trig, cpu)
+    assert same.supports == "no_evidence" and same.values["classes"][0]["gap"] == 0.0
+
+
+# --- --known-poisons ----------------------------------------------------------------------------
+
+
+def _train(n=6, sources=True):
+    names = tuple(f"{'ab'[i % 2]}/img_{i}.png" for i in range(n)) if sources else None
+    return ImageSet(torch.zeros(n, 1, 4, 4, dtype=torch.uint8), torch.arange(n) % 2, ("a", "b"), names, "t")
+
+
+def test_known_poisons_reads_indices_names_and_a_header(tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_text("source\nb/img_3.png\n1, 5\n#0\n1\n")
+    assert read_known_poisons(f, _train()).tolist() == [0, 1, 3, 5]
+    g = tmp_path / "q.txt"
+    g.write_text("#2\n4\n")
+    assert read_known_poisons(g, _train(sources=False)).tolist() == [2, 4]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("a/img_0.png\nnope.png\n", "not in the training set"), ("3\n6\n", "out of range"), ("\n\n", "lists no samples")],
+)
+def test_known_poisons_bad_files_are_one_line_errors(tmp_path, text, message):
+    f = tmp_path / "p.txt"
+    f.write_text(text)
+    with pytest.raises(InputError, match=message) as e:
+        read_known_poisons(f, _train())
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="cannot be read"):
+        read_known_poisons(tmp_path / "missing.txt", _train())
