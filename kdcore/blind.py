@@ -123,6 +123,11 @@ def _nc_trigger(images: dict[str, torch.Tensor], c: int) -> tuple[torch.Tensor, 
     return images[f"mask_{c}"][0].float() / 255.0, images[f"pattern_{c}"].float()
 
 
+def check_nc_params(params: dict) -> None:
+    """ConfigError for Neural Cleanse settings that its config refuses (checked before a job is queued)."""
+    get_defense("neural-cleanse").from_params(params)
+
+
 def blind_audit(
     teacher: nn.Module,
     student: nn.Module,
@@ -136,9 +141,11 @@ def blind_audit(
     student_spec: ModelSpec | None = None,
     seed: int = 0,
     on_progress: ProgressFn = no_progress,
+    nc_params: dict | None = None,
 ) -> BlindOutput:
     """Gather the four pieces of evidence and combine them (module docstring). `poison_idx` only
-    scores activation clustering (precision / recall); no piece of evidence sees it."""
+    scores activation clustering (precision / recall); no piece of evidence sees it. `nc_params`:
+    Neural Cleanse's settings (its config class; {} = its defaults)."""
     names: Sequence[str] = spec.names
     k = spec.num_classes
     timings: dict[str, float] = {}
@@ -159,7 +166,7 @@ def blind_audit(
     nc_in = DefenseInputs(
         model=teacher, spec=spec, device=device, unlabeled=unlabeled, seed=seed, on_progress=on_progress
     )
-    nc = get_defense("neural-cleanse")().run(nc_in)
+    nc = get_defense("neural-cleanse").from_params(nc_params).run(nc_in)
     flagged_nc = list(nc.evidence["flagged"])
     top = nc.evidence["most_anomalous"]
     nc_ev = Evidence(
@@ -236,8 +243,7 @@ def add_to_report(report: dict, blind: BlindOutput, run_dir, trigger_given: bool
     """Put the blind audit into a run's report (verdict, flip matrix, NC and AC, their timings) and
     NC's evidence images into `<run_dir>/evidence/` (as a defend run writes them). With a true
     trigger given too, its metrics are marked `evaluation_only`: the verdict never saw it."""
-    from kdcore.io import atomic_write_bytes
-    from kdcore.runs.defend import png_bytes
+    from kdcore.runs.defend import write_evidence
 
     report.update(blind.report())
     report["timings"] = {**report.get("timings", {}), **blind.timings}
@@ -248,5 +254,4 @@ def add_to_report(report: dict, blind: BlindOutput, run_dir, trigger_given: bool
             "Blind audit: the verdict never saw the trigger; asr and poison_acc use the true trigger "
             "for comparison only (evaluation_only).",
         ]
-    for name, img in blind.images.items():
-        atomic_write_bytes(Path(run_dir) / "evidence" / f"{name}.png", png_bytes(img))
+    write_evidence(Path(run_dir), blind.images)  # pictures, and the recovered triggers' raw tensors

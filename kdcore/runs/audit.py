@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdcore.blind import add_to_report, blind_audit
+from kdcore.blind import add_to_report, blind_audit, check_nc_params
 from kdcore.config import setting
 from kdcore.detox import read_known_poisons
 from kdcore.errors import ConfigError, InputError, ModelLoadError
@@ -51,12 +51,14 @@ class AuditConfig:
     trigger: dict | None = setting(None, "a known trigger (Trigger.to_dict()): enables poison_acc and asr")
     blind: bool = setting(False, "gather the verdict's evidence even when a trigger is given (it then only evaluates)")
     known_poisons: str = setting("", "file of training-sample indices or file names that are poisons: precision/recall")
+    neural_cleanse: dict = setting(factory=dict, help="the verdict's Neural Cleanse settings (kdcore defend --help)")
     max_unlabeled: int = setting(0, "use at most this many unlabelled images; 0 = all", min=0)
     seed: int = setting(0, "random seed")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
     kd: KDConfig = setting(factory=KDConfig)
 
     def __post_init__(self) -> None:
+        check_nc_params(self.neural_cleanse)
         if not self.model:
             raise ConfigError("An audit needs --model (a .safetensors or .pt state_dict)")
         if not self.unlabeled:
@@ -224,7 +226,7 @@ def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = n
             blind = blind_audit(
                 teacher, student, spec, unlabeled, device,
                 table=out.table, train=train, poison_idx=poison_idx, student_spec=s_spec, seed=cfg.seed,
-                on_progress=on_progress,
+                on_progress=on_progress, nc_params=cfg.neural_cleanse,
             )  # fmt: skip
             add_to_report(report, blind, run_dir, trigger_given=trigger is not None)
         report.update(

@@ -154,15 +154,21 @@ def write_outputs(run_dir: Path, result: DefenseResult, inputs: DefenseInputs) -
             per_sample=result.per_sample,
         )
         write_candidates(run_dir / FILE_NAME, rows)
+    write_evidence(run_dir, result.images)
+
+
+def write_evidence(run_dir: Path, images: dict[str, torch.Tensor]) -> None:
+    """A method's evidence under `<run_dir>/evidence/`: pictures as PNG; raw tensors (names with a
+    dot: Neural Cleanse's `recovered.mask`, ...) as one safetensors file per group."""
     raw: dict[str, dict[str, torch.Tensor]] = {}
-    for name, img in result.images.items():
+    for name, img in images.items():
         group, dot, key = name.partition(".")
-        if dot:  # raw tensors, not a picture (Neural Cleanse's recovered.mask, ...): one safetensors per group
+        if dot:
             raw.setdefault(group, {})[key] = img
         else:
-            atomic_write_bytes(run_dir / "evidence" / f"{name}.png", png_bytes(img))
+            atomic_write_bytes(Path(run_dir) / "evidence" / f"{name}.png", png_bytes(img))
     for group, tensors in raw.items():
-        write_recovered(run_dir / "evidence" / f"{group}.safetensors", tensors)
+        write_recovered(Path(run_dir) / "evidence" / f"{group}.safetensors", tensors)
 
 
 def png_bytes(img: torch.Tensor) -> bytes:

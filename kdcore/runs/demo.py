@@ -19,7 +19,7 @@ from typing import Literal
 
 import torch
 
-from kdcore.blind import add_to_report, blind_audit
+from kdcore.blind import add_to_report, blind_audit, check_nc_params
 from kdcore.config import from_dict, setting
 from kdcore.data.builtin import load_fashion_mnist
 from kdcore.data.imageset import ImageSet
@@ -54,6 +54,7 @@ class DemoConfig:
         "attack", "attack: the suspect is trained on poisoned data; no_attack: it is the clean baseline"
     )
     blind: bool = setting(False, "also audit as if the trigger were unknown: a verdict from label-free evidence")
+    neural_cleanse: dict = setting(factory=dict, help="the verdict's Neural Cleanse settings (kdcore defend --help)")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
     data_dir: str = setting("", 'Fashion-MNIST IDX folder; "" = /usr/share/datasets/fashion-mnist')
     cache_dir: str = setting("", 'trained baseline/teacher cache; "" = $KDAUDIT_HOME/cache')
@@ -66,6 +67,7 @@ class DemoConfig:
     kd: KDConfig = setting(factory=KDConfig)
 
     def __post_init__(self) -> None:
+        check_nc_params(self.neural_cleanse)
         if not 100 <= self.n_train <= 59_000:
             raise ConfigError(f"n_train must be in 100..59000; got {self.n_train}")
         if not 10 <= self.n_clean <= 60_000 - self.n_train:
@@ -163,7 +165,7 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, on_progress: ProgressFn = no_
             blind = blind_audit(
                 teacher, student, SPEC, data.clean_pool, device,
                 table=out.table, train=train, poison_idx=poison_idx, student_spec=s_spec, seed=cfg.seed,
-                on_progress=on_progress,
+                on_progress=on_progress, nc_params=cfg.neural_cleanse,
             )  # fmt: skip
             add_to_report(report, blind, run_dir, trigger_given=True)
         report.update(
