@@ -78,7 +78,8 @@ class DefendConfig:
 def demo_inputs(cfg: DemoConfig, device: torch.device, on_progress: ProgressFn = no_progress) -> DefenseInputs:
     """The built-in scenario as defense inputs: the (cached) backdoored teacher, the clean pool
     (unlabelled, and labelled for the labelled-data baselines), the poisoned training set with
-    its ground truth, the test set and the trigger."""
+    its ground truth, the test set and the trigger. With `scenario="no_attack"`, as in the demo,
+    the suspect is the clean baseline and the training set is clean (no poison indices)."""
     from kdcore.paths import cache_dir
     from kdcore.pipeline import train_stage
     from kdcore.runs.demo import SPEC, build_demo_data
@@ -86,17 +87,22 @@ def demo_inputs(cfg: DemoConfig, device: torch.device, on_progress: ProgressFn =
 
     data = build_demo_data(cfg)
     cache = Stages(cache_dir(cfg.cache_dir or None) / "demo")
-    teacher, _ = train_stage(cache, "teacher", SPEC, data.poisoned, cfg.teacher, device, cfg.seed, on_progress)
+    if cfg.scenario == "no_attack":  # as the demo does: the clean baseline is the suspect, nothing is poisoned
+        teacher, _ = train_stage(cache, "baseline", SPEC, data.train, cfg.teacher, device, cfg.seed, on_progress)
+        train, poison_idx = data.train, torch.zeros(0, dtype=torch.long)
+    else:
+        teacher, _ = train_stage(cache, "teacher", SPEC, data.poisoned, cfg.teacher, device, cfg.seed, on_progress)
+        train, poison_idx = data.poisoned, data.poison_idx
     return DefenseInputs(
         model=teacher.eval(),
         spec=SPEC,
         device=device,
         unlabeled=data.clean_pool,
         clean_labeled=data.clean_labeled,
-        train=data.poisoned,
+        train=train,
         test=data.test,
         trigger=cfg.trigger_value,
-        poison_idx=data.poison_idx,
+        poison_idx=poison_idx,
         seed=cfg.seed,
     )
 

@@ -183,3 +183,19 @@ def test_cli_bad_input_exits_2_with_one_line(args, expected, tmp_path):
     r = kdcore("defend", *args, home=tmp_path)
     assert r.returncode == 2, r.stderr
     assert expected in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").exists(), reason="needs dataset-fashion-mnist")
+def test_demo_inputs_follow_the_scenario(tmp_path):
+    """`defend --demo` with scenario no_attack defends the clean baseline on clean data, as the demo audits it."""
+    from kdcore.runs.defend import demo_inputs
+    from kdcore.runs.demo import DemoConfig
+
+    small = {"n_train": 600, "n_clean": 200, "n_poison": 30, "n_test": 100, "teacher": {"epochs": 1}}
+    cpu = torch.device("cpu")
+    attack = demo_inputs(DemoConfig.preset(quick=True, **small, cache_dir=str(tmp_path)), cpu)
+    clean = demo_inputs(DemoConfig.preset(quick=True, **small, scenario="no_attack", cache_dir=str(tmp_path)), cpu)
+    assert len(attack.poison_idx) == 30 and len(clean.poison_idx) == 0
+    assert not torch.equal(attack.train.images, clean.train.images)  # the poisoned set carries stamps
+    a, c = attack.model.state_dict(), clean.model.state_dict()
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the baseline, not the backdoored teacher
