@@ -60,13 +60,13 @@ from kdcore.errors import InputError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 # Only these PIL decoders may run, whatever the extension claims: a ".png" that really is an
 # EPS file would otherwise hand the bytes to Ghostscript.
-_PIL_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "TIFF", "GIF")
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "TIFF", "GIF")
 _JUNK_NAMES = {"thumbs.db", "desktop.ini"}
 
 LABELED_LAYOUT = "one sub-folder per class with the images inside (e.g. cat/001.png, dog/002.png)"
 UNLABELED_LAYOUT = "image files (.png, .jpg, ...) in any folder layout"
 # What PIL and zipfile raise on a corrupt, truncated or hostile file: that file is skipped.
-_UNREADABLE = (
+UNREADABLE = (
     OSError,
     ValueError,
     SyntaxError,
@@ -306,7 +306,7 @@ def _decode_all(
     for f in images:
         try:
             arr = _decode(f.read(), mode, (w, h))  # (H, W) or (H, W, 3)
-        except _UNREADABLE:
+        except UNREADABLE:
             skipped.append(f.rel)  # reported through ImageSet.skipped, never dropped silently
             continue
         except _NotRegularFile as e:
@@ -338,7 +338,7 @@ def decode_image(data: bytes, input_shape: tuple[int, int, int], name: str = "im
         raise InputError(f"'{name}' is over {cap // 2**20} MiB; image files that large are refused (max_file_bytes)")
     try:
         arr = _decode(data, "L" if c == 1 else "RGB", (w, h))  # (H, W) or (H, W, 3)
-    except _UNREADABLE as e:
+    except UNREADABLE as e:
         raise InputError(
             f"Could not read '{name}' as an image ({type(e).__name__}: {e}); expected PNG, JPEG, BMP, WebP, TIFF or GIF"
         ) from e
@@ -348,7 +348,7 @@ def decode_image(data: bytes, input_shape: tuple[int, int, int], name: str = "im
 def _decode(data: bytes, mode: str, size: tuple[int, int]) -> np.ndarray:
     """One file's bytes → uint8 array in `mode` ("L" or "RGB") at `size` (W, H)."""
     max_pixels = limits.current().max_image_pixels
-    with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as img:
+    with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as img:
         if img.width * img.height > max_pixels:  # the header is read, the pixels are not yet
             raise ValueError(f"{img.width}x{img.height} pixels is over the limit of {max_pixels:,} (max_image_pixels)")
         img.load()  # decode now, so a truncated file fails inside the caller's try (GIF: frame 0)
@@ -362,7 +362,7 @@ def _decode(data: bytes, mode: str, size: tuple[int, int]) -> np.ndarray:
 def _to_mode(img: Image.Image, mode: str) -> Image.Image:
     if img.mode.startswith("I") or img.mode == "F":
         # PIL's own convert() clips these to 0..255, which turns most 16-bit images white.
-        img = Image.fromarray(_high_depth_to_uint8(img))
+        img = Image.fromarray(high_depth_to_uint8(img))
     elif "transparency" in img.info or any(b in ("A", "a") for b in img.getbands()):
         # Transparent pixels hold arbitrary colours; flatten onto black instead of exposing them.
         black = Image.new("RGBA", img.size, (0, 0, 0, 255))
@@ -370,7 +370,7 @@ def _to_mode(img: Image.Image, mode: str) -> Image.Image:
     return img if img.mode == mode else img.convert(mode)
 
 
-def _high_depth_to_uint8(img: Image.Image) -> np.ndarray:
+def high_depth_to_uint8(img: Image.Image) -> np.ndarray:
     a = np.asarray(img, dtype=np.float64)  # (H, W)
     if img.mode.startswith("I;16"):
         a = a / 257.0  # 0..65535 → 0..255 exactly

@@ -119,22 +119,22 @@ def decode_pattern(data: bytes, name: str) -> dict[str, torch.Tensor | None]:
 
     # The dataset loaders' allow-list of decoders, the errors they treat as "unreadable", and
     # their 16-bit / float scaling: one decoder policy for every untrusted image.
-    from kdcore.data.folders import _PIL_FORMATS, _UNREADABLE, _high_depth_to_uint8
+    from kdcore.data.folders import PIL_FORMATS, UNREADABLE, high_depth_to_uint8
 
     max_pixels = limits.current().max_image_pixels
     try:
-        with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as img:
+        with Image.open(io.BytesIO(data), formats=PIL_FORMATS) as img:
             if img.width * img.height > max_pixels:  # the header is read, the pixels are not yet
                 raise ValueError(f"{img.width}x{img.height} pixels is over the limit of {max_pixels:,}")
             img.load()
             has_alpha = "transparency" in img.info or any(b in ("A", "a") for b in img.getbands())
             if img.mode.startswith("I") or img.mode == "F":
-                img = Image.fromarray(_high_depth_to_uint8(img))
+                img = Image.fromarray(high_depth_to_uint8(img))
             rgba = img.convert("RGBA")
             rgb = rgba.convert("RGB")  # drops alpha without flattening: the colour is kept
             arrays = np.array(rgb, dtype=np.uint8), np.array(rgb.convert("L"), dtype=np.uint8)
             alpha = np.array(rgba.getchannel("A"), dtype=np.uint8) if has_alpha else None
-    except _UNREADABLE as e:
+    except UNREADABLE as e:
         raise InputError(f"Could not read '{name}' as an image ({type(e).__name__}: {e}); expected {_FORMATS}") from e
     return {
         "rgb": torch.from_numpy(arrays[0]).permute(2, 0, 1).contiguous(),  # (3, h, w)
