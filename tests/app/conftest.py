@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from kdcore.errors import InputError
 from kdcore.jobs.store import JobStore
 from kdcore.jobs.worker import run_job
 from tests.conftest import audit_config
@@ -132,3 +133,16 @@ def defenses_env(defenses_home, tmp_path, monkeypatch):
     st.cache_resource.clear()
     st.cache_data.clear()
     return tmp_path, ids
+
+
+@pytest.fixture()
+def submitted(monkeypatch):
+    """The configs the New audit page submits; the submission itself stops with a refusal the page shows."""
+    got: list[dict] = []
+
+    def fake_submit(config: dict, label: str = ""):
+        got.append(config)
+        raise InputError("captured by the test")
+
+    monkeypatch.setattr("app.jobs_client.submit_audit", fake_submit)
+    return got

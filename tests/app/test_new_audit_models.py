@@ -16,7 +16,6 @@ import safetensors.torch
 import torch
 
 from app.model_form import PY_FILE, TIMM, UNTRUSTED_NOTE
-from kdcore.errors import InputError
 from kdcore.jobs.store import validate_config
 from kdcore.models.layers import layer_report
 from kdcore.models.loading import save_model
@@ -55,19 +54,6 @@ def empty_home(tmp_path, monkeypatch):
     st.cache_resource.clear()
     st.cache_data.clear()
     return tmp_path
-
-
-@pytest.fixture()
-def submitted(monkeypatch):
-    """The configs the page submits; the submission itself stops with a refusal the page shows."""
-    got: list[dict] = []
-
-    def fake_submit(config: dict, label: str = ""):
-        got.append(config)
-        raise InputError("captured by the test")
-
-    monkeypatch.setattr("app.jobs_client.submit_audit", fake_submit)
-    return got
 
 
 def _png_zip() -> bytes:

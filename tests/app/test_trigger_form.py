@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from kdcore.errors import InputError
 from kdcore.models.loading import save_model
 from kdcore.models.registry import build_model
 from kdcore.models.spec import ModelSpec
@@ -29,19 +28,6 @@ def png(array: np.ndarray, mode: str) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.asarray(array, dtype=np.uint8), mode).save(buf, format="PNG")
     return buf.getvalue()
-
-
-@pytest.fixture()
-def submitted(monkeypatch):
-    """The configs the page submits (the submission stops with a refusal the page shows)."""
-    got: list[dict] = []
-
-    def fake_submit(config: dict, label: str = ""):
-        got.append(config)
-        raise InputError("captured by the test")
-
-    monkeypatch.setattr("app.jobs_client.submit_audit", fake_submit)
-    return got
 
 
 @pytest.fixture()
