@@ -80,19 +80,19 @@ UNREADABLE = (
 _KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFCHR: "device", stat.S_IFBLK: "device", stat.S_IFSOCK: "socket"}
 
 
-class _NotRegularFile(Exception):
+class NotRegularFile(Exception):
     """A FIFO, device or socket where an image file was expected: skipped, never read."""
 
 
 @dataclass(frozen=True)
-class _File:
+class File:
     rel: str  # posix path relative to the dataset root, e.g. "cat/001.png"
     read: Callable[[], bytes]
 
 
 @dataclass(frozen=True)
-class _Listing:
-    files: list[_File]
+class Listing:
+    files: list[File]
     folders: set[str] = field(default_factory=set)  # every non-junk folder, e.g. {"cat", "cat/sub"}
 
 
@@ -110,16 +110,9 @@ def load_labeled(
     """
     shape = _check_shape(input_shape)
     root = Path(path)
-    with _list_files(root) as listing:
-        images = _image_files(listing.files, root, LABELED_LAYOUT)
-        at_root = [f.rel for f in images if "/" not in f.rel]
-        if at_root:
-            raise InputError(
-                f"{len(at_root)} image(s) sit directly in the top level of '{root.name}' "
-                f"(e.g. {at_root[0]!r}), so their class is unknown; expected {LABELED_LAYOUT}. "
-                "Move each image into the folder of its class."
-            )
-        names = _class_names(listing, images, class_names, root)
+    with list_files(root) as listing:
+        images = image_files(listing.files, root, LABELED_LAYOUT)
+        names = class_folders(listing, images, class_names, root)
         x, sources, skipped = _decode_all(images, shape, len(listing.files), root, LABELED_LAYOUT)
     index = {c: i for i, c in enumerate(names)}
     labels = torch.tensor([index[s.split("/", 1)[0]] for s in sources], dtype=torch.int64)
@@ -130,8 +123,8 @@ def load_unlabeled(path: str | os.PathLike, input_shape: tuple[int, int, int], n
     """Load every image under a folder or in a .zip, in any layout, without labels."""
     shape = _check_shape(input_shape)
     root = Path(path)
-    with _list_files(root) as listing:
-        images = _image_files(listing.files, root, UNLABELED_LAYOUT)
+    with list_files(root) as listing:
+        images = image_files(listing.files, root, UNLABELED_LAYOUT)
         x, sources, skipped = _decode_all(images, shape, len(listing.files), root, UNLABELED_LAYOUT)
     return ImageSet(x, None, (), sources, name or root.name, skipped)
 
@@ -143,7 +136,17 @@ def _check_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-def _class_names(listing: _Listing, images: list[_File], given: Sequence[str] | None, root: Path) -> tuple[str, ...]:
+def class_folders(listing: Listing, images: list[File], given: Sequence[str] | None, root: Path) -> tuple[str, ...]:
+    """The class names of a labelled set (sorted folder names, or `given`), or InputError saying why the
+    listing is not a labelled set: images at the top level, folders that differ from `given`, empty
+    class folders, fewer than 2 classes. `load_labeled` and the upload check (`kdcore.data.summary`) share it."""
+    at_root = [f.rel for f in images if "/" not in f.rel]
+    if at_root:
+        raise InputError(
+            f"{len(at_root)} image(s) sit directly in the top level of '{root.name}' "
+            f"(e.g. {at_root[0]!r}), so their class is unknown; expected {LABELED_LAYOUT}. "
+            "Move each image into the folder of its class."
+        )
     with_images = {f.rel.split("/", 1)[0] for f in images}
     folders = with_images | {d.split("/", 1)[0] for d in listing.folders}
     folders |= {f.rel.split("/", 1)[0] for f in listing.files if "/" in f.rel}
@@ -186,18 +189,18 @@ def _is_junk(rel: str) -> bool:
     return hidden or parts[-1].lower() in _JUNK_NAMES
 
 
-def _is_image(rel: str) -> bool:
+def is_image(rel: str) -> bool:
     return rel.lower().endswith(IMAGE_EXTENSIONS)
 
 
 @contextmanager
-def _list_files(root: Path) -> Iterator[_Listing]:
+def list_files(root: Path) -> Iterator[Listing]:
     """Yield the dataset's non-junk files and folders; zip members stay readable until the block ends."""
     if root.is_dir():
         yield _list_dir(root)
     elif root.is_file() and (root.suffix.lower() == ".zip" or zipfile.is_zipfile(root)):
         with open_zip(root) as archive:
-            yield _strip_single_top(_list_zip(archive))
+            yield strip_single_top(_list_zip(archive))
     elif root.exists():
         raise InputError(
             f"Got the file '{root.name}', which is neither a folder nor a .zip archive; "
@@ -212,7 +215,7 @@ def _walk_error(e: OSError) -> None:
     raise InputError(f"Cannot read the folder '{e.filename}': {e.strerror}") from e
 
 
-def _list_dir(root: Path) -> _Listing:
+def _list_dir(root: Path) -> Listing:
     files, folders = [], set()
     for dirpath, dirnames, filenames in os.walk(root, onerror=_walk_error):
         dirnames[:] = [d for d in dirnames if not _is_junk(d)]  # do not descend into .git/ etc.
@@ -222,8 +225,8 @@ def _list_dir(root: Path) -> _Listing:
         for fn in filenames:
             rel = fn if rel_dir == "." else f"{rel_dir}/{fn}"
             if not _is_junk(rel):
-                files.append(_File(_utf8(rel, root), partial(_read_disk_file, Path(dirpath) / fn)))
-    return _Listing(files, folders)
+                files.append(File(_utf8(rel, root), partial(_read_disk_file, Path(dirpath) / fn)))
+    return Listing(files, folders)
 
 
 def _utf8(rel: str, root: Path) -> str:
@@ -243,14 +246,14 @@ def _read_disk_file(p: Path) -> bytes:
     with os.fdopen(fd, "rb") as fh:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise _NotRegularFile(f"not a regular file: {_KINDS.get(stat.S_IFMT(mode), 'special file')}")
+            raise NotRegularFile(f"not a regular file: {_KINDS.get(stat.S_IFMT(mode), 'special file')}")
         data = fh.read(cap + 1)
     if len(data) > cap:
         raise InputError(f"{p.name!r} is over {cap // 2**20} MiB; image files that large are refused (max_file_bytes)")
     return data
 
 
-def _list_zip(archive: SafeZip) -> _Listing:
+def _list_zip(archive: SafeZip) -> Listing:
     cap = limits.current().max_file_bytes
     files, folders = [], set()
     for m in archive.members:
@@ -262,23 +265,23 @@ def _list_zip(archive: SafeZip) -> _Listing:
         if m.is_dir:
             folders.add(rel)
         else:
-            files.append(_File(rel, partial(archive.read, m, cap)))
-    return _Listing(files, folders)
+            files.append(File(rel, partial(archive.read, m, cap)))
+    return Listing(files, folders)
 
 
-def _strip_single_top(listing: _Listing) -> _Listing:
+def strip_single_top(listing: Listing) -> Listing:
     """If every image sits inside one top folder (`train/cat/1.png`), make that folder the root."""
-    images = [f.rel for f in listing.files if _is_image(f.rel)]
+    images = [f.rel for f in listing.files if is_image(f.rel)]
     tops = {r.split("/", 1)[0] for r in images}
     if len(tops) != 1 or not all("/" in r for r in images):
         return listing
     prefix = tops.pop() + "/"
     files = [replace(f, rel=f.rel[len(prefix) :]) for f in listing.files if f.rel.startswith(prefix)]
-    return _Listing(files, {d[len(prefix) :] for d in listing.folders if d.startswith(prefix)})
+    return Listing(files, {d[len(prefix) :] for d in listing.folders if d.startswith(prefix)})
 
 
-def _image_files(files: list[_File], root: Path, layout: str) -> list[_File]:
-    images = sorted((f for f in files if _is_image(f.rel)), key=lambda f: f.rel)
+def image_files(files: list[File], root: Path, layout: str) -> list[File]:
+    images = sorted((f for f in files if is_image(f.rel)), key=lambda f: f.rel)
     if not images:
         raise InputError(
             f"No images in '{root.name}': found {len(files)} file(s), none ending in "
@@ -288,7 +291,7 @@ def _image_files(files: list[_File], root: Path, layout: str) -> list[_File]:
 
 
 def _decode_all(
-    images: list[_File], shape: tuple[int, int, int], n_files: int, root: Path, layout: str
+    images: list[File], shape: tuple[int, int, int], n_files: int, root: Path, layout: str
 ) -> tuple[torch.Tensor, tuple[str, ...], tuple[str, ...]]:
     c, h, w = shape
     mode = "L" if c == 1 else "RGB"
@@ -309,7 +312,7 @@ def _decode_all(
         except UNREADABLE:
             skipped.append(f.rel)  # reported through ImageSet.skipped, never dropped silently
             continue
-        except _NotRegularFile as e:
+        except NotRegularFile as e:
             skipped.append(f"{f.rel} ({e})")
             continue
         out[len(sources)] = torch.from_numpy(arr).reshape(h, w, c).permute(2, 0, 1)
