@@ -7,7 +7,9 @@
     └── Cancelled               a job was cancelled through its progress callback
 
 Messages say what was got, what was expected and what to do. Anything that is not a
-KDCoreError is a bug and must surface with its traceback.
+KDCoreError is a bug and must surface with its traceback. An error may carry `details`: the facts
+behind its message as plain JSON values (e.g. the tensor names a model file lacks), for a UI that
+shows them differently; they survive the sandbox (`checked_details` on the way back).
 """
 
 from __future__ import annotations
@@ -15,6 +17,22 @@ from __future__ import annotations
 
 class KDCoreError(Exception):
     """Base of every error a user can act on."""
+
+    def __init__(self, *args: object, details: dict | None = None) -> None:
+        super().__init__(*args)
+        self.details: dict = dict(details or {})
+
+
+def checked_details(d: object) -> dict:
+    """`details` read back from an untrusted process: str keys → str, int or list of str; else dropped."""
+    if not isinstance(d, dict):
+        return {}
+    ok = (str, int)
+    return {
+        k: v
+        for k, v in d.items()
+        if isinstance(k, str) and (isinstance(v, ok) or (isinstance(v, list) and all(isinstance(x, str) for x in v)))
+    }
 
 
 class InputError(KDCoreError):

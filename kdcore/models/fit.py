@@ -1,7 +1,9 @@
 """Whether a file's weights fit the architecture they are loaded into, and can give a sound audit.
 
-`check_fits`: one ModelLoadError listing every missing, unexpected and wrongly shaped tensor (or, when
-only the last layer's first dimension differs, the file's class count). `check_sound`: the kind of
+`check_fits`: one ModelLoadError summarising the layers the file has and the architecture lacks (and
+the reverse) and the wrongly shaped tensors, with the architecture the file looks like
+(`kdcore.models.lookalike`); the full lists are its `details`. When only the last layer's first
+dimension differs, it names the file's class count instead. `check_sound`: the kind of
 dtype of each tensor as the architecture has it (float / integer / bool / complex), no NaN or Inf.
 Used by `kdcore.models.loading.load_model` (policy item 5).
 """
@@ -71,19 +73,56 @@ def check_fits(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], 
             f"{path.name} has {file_classes} output classes but --num-classes is {spec.num_classes}; "
             f"pass --num-classes {file_classes}"
         )
+    ours, theirs = set(_layers(list(expected))), set(_layers(list(got)))
+    unknown = [layer for layer in _layers(unexpected) if layer not in ours]
+    absent = [layer for layer in _layers(missing) if layer not in theirs]
+    renamed_extra = [k for k in unexpected if _layer(k) in ours]  # a known layer with other tensor names
+    renamed_missing = [k for k in missing if _layer(k) in theirs]
+    shapes = [f"{k} (expected {list(e)}, got {list(g)})" for k, e, g in mismatched]
     problems = []
-    if missing:
-        problems.append(f"missing from the file: {listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected in the file: {listing(unexpected)}")
-    if mismatched:
-        shapes = [f"{k} (expected {list(e)}, got {list(g)})" for k, e, g in mismatched]
-        problems.append(f"wrong shapes: {listing(shapes)}")
+    if unknown:
+        problems.append(f"the file has {len(unknown)} layer(s) the architecture does not know, e.g. {_eg(unknown)}")
+    if absent:
+        problems.append(f"{len(absent)} layer(s) of the architecture are missing from the file, e.g. {_eg(absent)}")
+    if renamed_extra or renamed_missing:
+        problems.append(
+            f"tensors named differently: the file has {_eg(renamed_extra) or 'none'} where the architecture "
+            f"expects {_eg(renamed_missing) or 'none'}"
+        )
+    if shapes:
+        problems.append(f"{len(shapes)} tensor(s) have the wrong shape, e.g. {_eg(shapes, 2)}")
+    from kdcore.models.lookalike import looks_like  # builds candidate architectures: only on this error path
+
+    suggestion = looks_like({k: tuple(v.shape) for k, v in got.items()}, exclude=spec.arch) if unknown else ""
+    hint = f"; it looks like {suggestion}: try --arch {suggestion}" if suggestion else ""
     raise ModelLoadError(
         f"The weights in {path.name} do not fit {spec.arch} with {spec.num_classes} classes and input "
-        f"{list(spec.input_shape)}; " + "; ".join(problems) + ". Check --arch, --num-classes and the "
-        "input shape"
+        f"{list(spec.input_shape)}: " + "; ".join(problems) + hint + ". Check --arch, --num-classes and the "
+        "input shape",
+        details={
+            "file": path.name,
+            "arch": spec.arch,
+            "unknown_layers": unknown,
+            "missing_layers": absent,
+            "unexpected": unexpected,
+            "missing": missing,
+            "wrong_shapes": shapes,
+            "suggestion": suggestion,
+        },
     )
+
+
+def _layer(key: str) -> str:
+    """A tensor's layer: `layer1.0.conv1.weight` → `layer1.0.conv1`."""
+    return key.rsplit(".", 1)[0] if "." in key else key
+
+
+def _layers(keys: list[str]) -> list[str]:
+    return list(dict.fromkeys(_layer(k) for k in keys))  # in first-seen order
+
+
+def _eg(items: list[str], n: int = 3) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def _wrong_class_count(expected: dict[str, torch.Tensor], mismatched: list[tuple[str, tuple, tuple]]) -> int | None:

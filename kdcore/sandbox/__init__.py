@@ -351,7 +351,7 @@ def _rebuild(answer: dict, work: Path, error: type[KDCoreError], label: str, b: 
     status = answer.get("status")
     if status == "error":
         cls = _ERRORS.get(str(answer.get("class")), KDCoreError)
-        raise cls(str(answer.get("message", "")))
+        raise cls(str(answer.get("message", "")), details=errors.checked_details(answer.get("details")))
     if status == "memory":
         raise error(
             f"{label}this file could not be read safely (it needed more than {_gb(b.memory_bytes)} of memory); "

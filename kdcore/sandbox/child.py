@@ -105,7 +105,12 @@ def _child(work: str) -> None:
         if _is_memory(e):
             answer = {"status": "memory"}
         elif isinstance(e, KDCoreError):
-            answer = {"status": "error", "class": type(e).__name__, "message": str(e)}
+            answer = {
+                "status": "error",
+                "class": type(e).__name__,
+                "message": str(e),
+                "details": getattr(e, "details", {}),
+            }
         else:
             answer = {"status": "bug", "traceback": traceback.format_exc()}
     try:

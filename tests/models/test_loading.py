@@ -156,8 +156,9 @@ def test_renamed_key_names_missing_and_unexpected(model, tmp_path):
     with pytest.raises(ModelLoadError) as e:
         load_model(path, SPEC)
     msg = str(e.value)
-    assert "missing" in msg and "classifier.3.weight" in msg
-    assert "unexpected" in msg and "classifier.3.kernel" in msg
+    assert "the file has classifier.3.kernel where the architecture expects classifier.3.weight" in msg
+    assert e.value.details["missing"] == ["classifier.3.weight"]
+    assert e.value.details["unexpected"] == ["classifier.3.kernel"]
 
 
 def test_wrong_input_shape_names_key_and_both_shapes(tmp_path):
@@ -177,15 +178,18 @@ def test_wrong_class_count_says_so(model, tmp_path):
         load_model(path, SPEC.replace(num_classes=3))
     msg = str(e.value)
     assert "10 output classes" in msg and "--num-classes is 3" in msg
-    assert "wrong shapes" not in msg
+    assert "wrong shape" not in msg
 
 
 def test_many_problems_are_truncated(tmp_path):
     path = tmp_path / "m.pt"
-    torch.save({f"junk.{i}": torch.zeros(1) for i in range(25)}, path)
+    torch.save({f"junk{i}.weight": torch.zeros(1) for i in range(25)}, path)
     with pytest.raises(ModelLoadError) as e:
         load_model(path, SPEC)
-    assert "… and 15 more" in str(e.value)
+    assert "the file has 25 layer(s) the architecture does not know, e.g. junk0, junk1, junk2 and 22 more" in str(
+        e.value
+    )
+    assert e.value.details["unexpected"] == [f"junk{i}.weight" for i in range(25)]  # the full list, for the dashboard
 
 
 # --- unsafe files ------------------------------------------------------------------------------
