@@ -41,6 +41,14 @@ UNTRUSTED_NOTE = (
     "Without that: export the model to ONNX (`torch.onnx.export`), or install the class as a plugin "
     f"(entry point group {plugins.GROUP})."
 )
+ARCH_HELP = (
+    "The network your weights were trained with. paper-cnn: a small CNN for 28×28 grey images · "
+    "paper-vgg11: a VGG-11 for 32×32 colour images · resnet18-small: a ResNet-18 for 32×32 colour images · "
+    "plugins: architectures installed on the server · timm / torchvision: the named model, built without "
+    "pretrained weights, with your weights loaded on top.\n\n"
+    "From the papers: paper-cnn is Table 7 and paper-vgg11 Table 8 of the seed paper; "
+    "resnet18-small is BCU's ResNet-18."
+)
 ROLE_LABELS = {
     "last_conv": "Conv layer (Grad-CAM, activation maps, ℓ∞ pruning, fine-pruning, NAD)",
     "penultimate": "Final dense layer (its input is the penultimate activation: activation clustering)",
@@ -160,9 +168,7 @@ def model_spec_ui(stored: ModelSpec | None, model_path: Path) -> ModelChoice | N
             options,
             index=options.index(picked),
             key="arch",
-            help="paper-cnn: seed 000 Table 7 · paper-vgg11: Table 8 · resnet18-small: BCU's ResNet-18 · "
-            "plugins: registered by installed packages · timm / torchvision: built without pretrained weights, "
-            "your weights loaded on top",
+            help=ARCH_HELP,
         )
         if not plugins.trusted():
             c1.caption(UNTRUSTED_NOTE)

@@ -10,6 +10,7 @@ import time
 
 import streamlit as st
 
+from app.words import in_words
 from kdcore.errors import KDCoreError
 from kdcore.jobs.review import Reviews
 from kdcore.jobs.store import Job, JobStore
@@ -61,5 +62,23 @@ def job_picker_ui(
     return job
 
 
+# An error's `details` lists shown in full behind an expander (kdcore.models.fit.check_fits), with their titles
+DETAIL_LISTS = {
+    "unknown_layers": "Layers in the file that the architecture does not know",
+    "missing_layers": "Layers of the architecture missing from the file",
+    "unexpected": "Tensors in the file that the architecture does not have",
+    "missing": "Tensors the architecture expects that the file lacks",
+    "wrong_shapes": "Tensors with the wrong shape",
+}
+
+
 def show_error(e: KDCoreError) -> None:
-    st.error(" ".join(str(e).split()), icon="🚫")
+    """A KDCoreError in the user's words (`app.words`): fields of the page, not CLI flags. The lists
+    behind a summarised message (e.g. every tensor a model file lacks) go in an expander."""
+    st.error(in_words(" ".join(str(e).split())), icon="🚫")
+    lists = {title: e.details[key] for key, title in DETAIL_LISTS.items() if e.details.get(key)}
+    if lists:
+        with st.expander("The full lists"):
+            for title, items in lists.items():
+                st.markdown(f"**{title}** ({len(items)})")
+                st.code("\n".join(items), language=None)

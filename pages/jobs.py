@@ -1,9 +1,11 @@
-"""Jobs: live progress of every job, its log, cancel and retry. Refreshed by a fragment."""
+"""Jobs: live progress of every job, its log, cancel, retry (same inputs) and, for an audit, reopen in
+the New-audit form (its inputs filled in, to change). Refreshed by a fragment."""
 
 import streamlit as st
 
 from app.jobs_client import log_tail
 from app.state import STATE_ICON, fmt_duration, job_title, show_error, store
+from app.words import in_words
 from kdcore.errors import KDCoreError
 
 st.title("Jobs")
@@ -30,7 +32,7 @@ def job_list() -> None:
                 if j.cancel_requested:
                     st.caption("Cancel requested — stopping within seconds.")
             elif j.error:
-                st.caption(f"Reason: {j.error.strip().splitlines()[-1][:300]}")
+                st.caption(f"Reason: {in_words(j.error.strip().splitlines()[-1])[:400]}")
             act = st.columns([1, 1, 1, 3])
             if j.state in ("queued", "running") and not j.cancel_requested:
                 if act[0].button("Cancel", key=f"cancel-{j.id}"):
@@ -47,11 +49,13 @@ def job_list() -> None:
                     except KDCoreError as e:
                         show_error(e)
                     st.rerun()
+            if j.kind == "audit" and j.terminal:
+                act[2].page_link("pages/new_audit.py", label="Reopen in the form", query_params={"from": str(j.id)})
             if j.state == "succeeded":
                 page, label = ("defenses", "Defenses →") if j.kind == "defend" else ("results", "Results →")
                 act[1].page_link(f"pages/{page}.py", label=label, query_params={"job": str(j.id)})
             with st.expander("Log", expanded=(str(j.id) == st.query_params.get("job") and j.state != "succeeded")):
-                st.code(log_tail(j) or "(no log yet)", language=None)
+                st.code(in_words(log_tail(j)) or "(no log yet)", language=None)
     st.caption(
         f"{sum(j.state == 'running' for j in jobs)} running · {sum(j.state == 'queued' for j in jobs)} "
         f"queued · {STATE_ICON['succeeded']} {sum(j.state == 'succeeded' for j in jobs)} done"

@@ -1,0 +1,108 @@
+"""The user's words: kdcore's messages, written for the command line, said in the dashboard's terms.
+
+kdcore's errors name CLI flags ("Check --arch, --num-classes and the input shape"), which mean
+nothing on a web page. `in_words(text)` rewrites a message for the page: a few whole phrases first
+(`PHRASES`: "pass --num-classes 43" → "set “Classes” to 43", the limits' "--limit NAME=VALUE"), then
+every flag the dashboard has a field for → that field's label (`FIELDS`), a setting of the server →
+who can change it, and a flag of the command line only → what it is. A flag missing from the map
+still never reaches the page: it is written as plain words ("--foo-bar" → “foo bar”).
+`tests/app/test_words.py` checks that every flag in kdcore's messages has an entry here.
+
+Applied where the dashboard shows a KDCoreError (`app.state.show_error`) and a failed job's error
+(the Jobs page).
+"""
+
+from __future__ import annotations
+
+import re
+
+# Flag → the label of the New-audit form's field (or control) that sets the same thing
+FIELDS = {
+    "--model": "Model",
+    "--arch": "Architecture",
+    "--num-classes": "Classes",
+    "--input-shape": "Input shape C,H,W",
+    "--mean": "Mean",
+    "--std": "Std",
+    "--class-names": "Class names",
+    "--layers": "Layers found for Explain / defenses",
+    "--layer": "Layer",
+    "--arch-file": "Python file that defines the architecture",
+    "--arch-kwargs": "Keyword arguments",
+    "--unlabeled": "Unlabelled clean images",
+    "--train": "Labelled training set",
+    "--test": "Labelled test set",
+    "--trigger": "Known trigger",
+    "--target": "Target class",
+    "--triggered-test": "Triggered test images",
+    "--blind": "Blind audit",
+    "--seed": "Seed",
+    "--kd-epochs": "Distillation epochs",
+    "--batch-size": "Batch size",
+    "--kd-batch-size": "Batch size",
+    "--temperature": "Temperature T",
+    "--ft-lr": "Fine-tuning lr",
+    "--augment": "Augment unlabelled images",
+    "--label": "Name for this audit",
+    "--params": "the method's settings",
+    "--param": "the method's settings",
+    "--config": "the settings",
+    "--run": "the audit picked",
+    "--job": "the job picked",
+    # Settings of the server, not of the page: say who changes them
+    "--trust-code": "the server setting KDAUDIT_TRUST_CODE=1 (ask whoever runs the dashboard)",
+    "--limit": "the server's limits (KDAUDIT_LIMIT_<NAME>, set by whoever runs the dashboard)",
+    "--device": "the workers' device",
+    "--data-dir": "the data directory (KDAUDIT_HOME)",
+    # Options of the command line only
+    "--known-poisons": "a list of known poisons (command line only)",
+    "--clean-labeled": "a labelled clean set (command line only)",
+    "--demo": "the demo",
+    "--quick": "the quick demo",
+    "--teacher-epochs": "the demo's teacher epochs",
+    "--setup-teacher-epochs": "the demo's teacher epochs",
+    "--n-poison": "the demo's number of poisons",
+    "--n-clean": "the demo's number of clean images",
+    "--help": "the method's help",
+    "--json": "JSON output",
+    "--out": "the output folder",
+    "--once": "a single job",
+    "--drain": "draining the queue",
+    "--tail": "the log",
+    "--no-progress": "no progress bar",
+}
+
+_NAME = r"[\w:-]+(?:\.[\w-]+)*"  # an architecture name, without a sentence's full stop
+# Whole phrases, rewritten before single flags (regex → replacement)
+PHRASES = (
+    (r"with --limit NAME=VALUE or KDAUDIT_LIMIT_NAME", "(ask whoever runs the dashboard to set KDAUDIT_LIMIT_<NAME>)"),
+    (r"with --limit NAME=VALUE", "(ask whoever runs the dashboard to set KDAUDIT_LIMIT_<NAME>)"),
+    (r"--limit (\w+)=(\S+)", r"the server limit KDAUDIT_LIMIT_\1=\2"),
+    (r"\(?(?:python -m )?kdcore defend --help(?: lists them)?\)?", "(the Defenses page lists them)"),
+    (r"pass --num-classes (\d+)", r"set “Classes” to \1"),
+    (r"--num-classes (\d+)", r"“Classes” \1"),
+    (rf"try --arch tv:({_NAME})", r"try “Architecture” = torchvision model, name \1"),
+    (rf"try --arch timm:({_NAME})", r"try “Architecture” = timm model, name \1"),
+    (rf"--arch ({_NAME})", r"“Architecture” \1"),
+)
+_FLAG = re.compile(r"(?<![\w-])--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)")
+
+
+def _field(m: re.Match) -> str:
+    flag = m.group(0)
+    label = FIELDS.get(flag)
+    if label is None:
+        return f"“{m.group(1).replace('-', ' ')}”"
+    return label if label.startswith(("the ", "a ", "no ", "JSON")) else f"“{label}”"
+
+
+def in_words(text: str) -> str:
+    """`text` with every CLI flag said as the dashboard's field, setting or thing (module docstring)."""
+    for pattern, repl in PHRASES:
+        text = re.sub(pattern, repl, text)
+    return _FLAG.sub(_field, text)
+
+
+def flags_in(text: str) -> list[str]:
+    """The CLI flags (`--name`) in `text`, for tests and checks."""
+    return [m.group(0) for m in _FLAG.finditer(text)]
