@@ -1,4 +1,5 @@
-"""Form sections of the New-audit page: trigger, hyperparameters (the model: `app.model_form`). Each returns values."""
+"""Form sections of the New-audit page: what the image uploads hold and what cannot be right about them,
+trigger, hyperparameters (the model: `app.model_form`). Each returns values."""
 
 from __future__ import annotations
 
@@ -10,10 +11,52 @@ import streamlit as st
 from app.config_form import config_form_ui, values_from
 from app.state import show_error
 from app.trigger_form import file_trigger_fields_ui, make_trigger, trigger_preview_ui
+from app.uploads import image_summary_of
+from kdcore.data.summary import ImageSetSummary, check_uploads
 from kdcore.errors import KDCoreError
+from kdcore.models.spec import ModelSpec
 from kdcore.runs.audit import AuditConfig
 from kdcore.triggers import TRIGGERS, Trigger
 from kdcore.triggers.badnets import LOCATIONS
+
+
+def image_set_ui(path: str | None) -> tuple[ImageSetSummary | None, bool]:
+    """What the uploaded set at `path` holds, shown under its uploader: (summary, readable).
+    A set that cannot be read at all is shown as an error and is not readable."""
+    if not path:
+        return None, True
+    try:
+        s = image_summary_of(str(path))
+    except KDCoreError as e:
+        show_error(e)
+        return None, False
+    counts = ", ".join(f"{name} {n:,}" for name, n in s.folders[:12]) + (" …" if len(s.folders) > 12 else "")
+    where = (
+        f"{len(s.folders)} class folders ({counts})"
+        if s.classes
+        else (f"{len(s.folders)} folders, {s.at_top:,} at the top level" if s.folders else "all at the top level")
+    )
+    sizes = ", ".join(f"{size} ×{n:,}" for size, n in s.sizes[:4]) or "none readable"
+    st.caption(
+        f"Found in **{s.name}**: {s.images:,} images, {where} · sizes {sizes} "
+        f"(from {s.headers_read:,} of {s.images:,} headers) · {s.skipped_total:,} file(s) skipped"
+    )
+    if s.skipped_total:
+        with st.expander(f"Skipped files in {s.name} ({s.skipped_total:,})"):
+            st.text("\n".join(s.skipped) + ("\n…" if s.skipped_total > len(s.skipped) else ""))
+    return s, True
+
+
+def upload_checks_ui(sets: dict[str, ImageSetSummary | None], spec: ModelSpec | None) -> bool:
+    """Errors and warnings about the image sets together (and against the model); True when nothing
+    is an error, so the audit may be submitted."""
+    found = {slot: s for slot, s in sets.items() if s is not None}
+    n, names = (spec.num_classes, tuple(spec.class_names)) if spec is not None else (None, ())
+    findings = check_uploads(found, n, names)
+    for f in findings:
+        (st.error if f.level == "error" else st.warning)(f.message, icon="🚫" if f.level == "error" else "⚠️")
+    return not any(f.level == "error" for f in findings)
+
 
 FILE_FIELDS = {"patch": "image", "blend": "image", "triggered": "path", "recovered": "run"}  # kind → its required file
 

@@ -1,4 +1,4 @@
-"""Uploaded files → the data directory, and the immediate model check of the New-audit page.
+"""Uploaded files → the data directory, and the immediate checks of the New-audit page (model, image sets).
 
 Uploads are stored by content hash (`uploads/<sha256[:16]>/<safe name>`), so uploading the same
 file twice reuses it and an audit's inputs never change under it. The Streamlit process only
@@ -19,8 +19,10 @@ import streamlit as st
 from app.state import store
 from kdcore import sandbox
 from kdcore.data.folders import IMAGE_EXTENSIONS
+from kdcore.data.summary import ImageSetSummary
 from kdcore.errors import InputError
 from kdcore.models.spec import ModelSpec
+from kdcore.sandbox import image_summary
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -111,3 +113,10 @@ def stored_spec(path: str, input_shape: tuple[int, int, int] | None = None) -> M
 
 def image_types() -> list[str]:
     return [e.lstrip(".") for e in IMAGE_EXTENSIONS]
+
+
+@st.cache_resource(max_entries=64, show_spinner="Reading the image set…")
+def image_summary_of(path: str) -> ImageSetSummary:
+    """What an uploaded zip holds (images, class folders, sizes, skipped files), read in a sandbox.
+    Keyed by the upload's path, which is its content hash. Raises KDCoreError (not cached)."""
+    return image_summary.summarize(path)
