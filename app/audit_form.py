@@ -30,7 +30,7 @@ def image_set_ui(path: str | None) -> tuple[ImageSetSummary | None, bool]:
     except KDCoreError as e:
         show_error(e)
         return None, False
-    counts = ", ".join(f"{name} {n:,}" for name, n in s.folders[:12]) + (" …" if len(s.folders) > 12 else "")
+    counts = ", ".join(f"{name}: {n:,}" for name, n in s.folders[:12]) + (" …" if len(s.folders) > 12 else "")
     where = (
         f"{len(s.folders)} class folders ({counts})"
         if s.classes

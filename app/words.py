@@ -9,7 +9,7 @@ still never reaches the page: it is written as plain words ("--foo-bar" → “f
 `tests/app/test_words.py` checks that every flag in kdcore's messages has an entry here.
 
 Applied where the dashboard shows a KDCoreError (`app.state.show_error`) and a failed job's error
-(the Jobs page).
+and log (the Jobs page, `reason_in_words`).
 """
 
 from __future__ import annotations
@@ -106,3 +106,10 @@ def in_words(text: str) -> str:
 def flags_in(text: str) -> list[str]:
     """The CLI flags (`--name`) in `text`, for tests and checks."""
     return [m.group(0) for m in _FLAG.finditer(text)]
+
+
+def reason_in_words(error: str) -> str:
+    """A failed job's error (`"ModelLoadError: …"`, or a bug's traceback) → its last line in the page's
+    words, without the error class's name."""
+    lines = error.strip().splitlines()
+    return in_words(re.sub(r"^\w*Error: ", "", lines[-1] if lines else ""))

@@ -5,7 +5,7 @@ import streamlit as st
 
 from app.jobs_client import log_tail
 from app.state import STATE_ICON, fmt_duration, job_title, show_error, store
-from app.words import in_words
+from app.words import in_words, reason_in_words
 from kdcore.errors import KDCoreError
 
 st.title("Jobs")
@@ -32,8 +32,8 @@ def job_list() -> None:
                 if j.cancel_requested:
                     st.caption("Cancel requested — stopping within seconds.")
             elif j.error:
-                st.caption(f"Reason: {in_words(j.error.strip().splitlines()[-1])[:400]}")
-            act = st.columns([1, 1, 1, 3])
+                st.caption(f"Reason: {reason_in_words(j.error)[:400]}")
+            act = st.columns([1, 1, 2, 2])
             if j.state in ("queued", "running") and not j.cancel_requested:
                 if act[0].button("Cancel", key=f"cancel-{j.id}"):
                     try:

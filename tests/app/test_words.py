@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from app.words import FIELDS, flags_in, in_words
+from app.words import FIELDS, flags_in, in_words, reason_in_words
 
 KDCORE = Path(__file__).resolve().parents[2] / "kdcore"
 
@@ -60,3 +60,11 @@ def test_every_engine_string_comes_out_without_a_flag() -> None:
 
 def test_words_leave_other_dashes_alone() -> None:
     assert in_words("a--b, ---, 3 -- 4 and −1") == "a--b, ---, 3 -- 4 and −1"
+
+
+def test_a_failed_jobs_reason_is_its_last_line_without_the_class_name() -> None:
+    assert reason_in_words("ModelLoadError: m.pt has 3 output classes; pass --num-classes 3") == (
+        "m.pt has 3 output classes; set “Classes” to 3"
+    )
+    assert reason_in_words("Traceback (most recent call last):\n  ...\nValueError: bad --arch") == "bad “Architecture”"
+    assert reason_in_words("") == ""

@@ -1,0 +1,125 @@
+"""The New-audit form in a real browser (issue 14): a wrong zip is flagged before submit, a failed job
+reopens in the form, and no CLI flag name reaches a page (a failing model upload, a failed job)."""
+
+from __future__ import annotations
+
+import re
+import time
+import zipfile
+from pathlib import Path
+
+import torch
+
+from kdcore.jobs.store import JobStore
+from kdcore.models.loading import save_model
+from kdcore.models.registry import build_model
+from kdcore.models.spec import ModelSpec
+
+try:  # the shared fixtures move to tests/e2e/conftest.py; until then they live in test_browser
+    from tests.e2e.test_browser import SHOTS, page, server  # noqa: F401
+except ImportError:
+    from tests.e2e.conftest import SHOTS
+
+SPEC = ModelSpec("paper-cnn", 10, (1, 8, 8), (0.3,), (0.4,))
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
+
+
+def _model(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    return save_model(build_model(SPEC), SPEC, tmp_path / "digits-model.safetensors")
+
+
+def _flat_zip(digits_files: dict, dest: Path) -> Path:
+    """The digits' unlabelled PNGs, all at the top level of the zip: an unlabelled set."""
+    with zipfile.ZipFile(dest, "w") as z:
+        for p in sorted(Path(digits_files["unlabeled"]).rglob("*.png"))[:60]:
+            z.write(p, p.name)
+    return dest
+
+
+def _upload(page, key: str, path: Path) -> None:
+    page.locator(f".st-key-{key} input[type=file]").set_input_files(str(path))
+    page.locator(f".st-key-{key}").get_by_text(path.name).wait_for(timeout=60_000)
+    page.wait_for_timeout(500)
+
+
+def _submit_button(page):
+    from playwright.sync_api import expect  # as the page fixture: imported only when the browser tests run
+
+    return expect(page.get_by_role("button", name="Start the audit"))
+
+
+def _flags_on(page) -> list[str]:
+    return FLAG.findall(page.locator("body").inner_text())
+
+
+def test_a_wrong_zip_in_the_test_slot_is_flagged_before_submit(server, page, digits_files, tmp_path):
+    page.goto(f"{server['url']}/new_audit")
+    page.locator(".st-key-model_file input[type=file]").set_input_files(str(_model(tmp_path)))
+    page.get_by_text("Model loads").wait_for(timeout=120_000)
+    _upload(page, "unlabeled_files", _flat_zip(digits_files, tmp_path / "unlabeled.zip"))
+    page.get_by_text("Found in unlabeled.zip").wait_for(timeout=60_000)
+    _submit_button(page).to_be_enabled(timeout=60_000)
+    _upload(page, "test_file", _flat_zip(digits_files, tmp_path / "wrong-test.zip"))
+    flagged = page.get_by_text("The test set is not a labelled set")
+    flagged.wait_for(timeout=60_000)
+    _submit_button(page).to_be_disabled(timeout=60_000)  # waits for the rerun to end
+    flagged.scroll_into_view_if_needed()
+    page.screenshot(path=SHOTS / "new_audit_wrong_zip.png", full_page=True)
+    assert not JobStore(server["data"]).list()  # nothing was queued
+
+
+def test_a_failed_job_reopens_in_the_form_and_no_flag_is_shown(server, page, digits_files, tmp_path):
+    url, data = server["url"], server["data"]
+    model = _model(tmp_path)
+    cfg = {  # the model is 8×8: loading it as 28×28 fails at once, with a message written for the CLI
+        "model": str(model),
+        "arch": "paper-cnn",
+        "num_classes": 10,
+        "input_shape": [1, 28, 28],
+        "unlabeled": str(_flat_zip(digits_files, tmp_path / "unlabeled.zip")),
+        "test": str(digits_files["test"]),
+        "device": "cpu",
+        "seed": 3,
+    }
+    store = JobStore(data)
+    job = store.submit("audit", cfg, label="wrong input shape")
+    end = time.monotonic() + 180
+    while not store.get(job.id).terminal and time.monotonic() < end:
+        time.sleep(1)
+    failed = store.get(job.id)
+    assert failed.state == "failed" and "--arch" in failed.error, failed.error
+    page.goto(f"{url}/jobs?job={job.id}")
+    page.get_by_text("Reason:").first.wait_for(timeout=60_000)
+    page.get_by_text("Reopen in the form").first.wait_for()
+    assert not _flags_on(page), _flags_on(page)
+    page.screenshot(path=SHOTS / "jobs_failed.png", full_page=True)
+    page.get_by_text("Reopen in the form").first.click()
+    page.wait_for_url(f"**/new_audit?from={job.id}")
+    page.get_by_text(f"Reopened job #{job.id}").wait_for(timeout=60_000)
+    assert page.locator(".st-key-audit_label input").input_value() == "wrong input shape"
+    assert page.locator(".st-key-input_shape input").input_value() == "1,28,28"
+    page.get_by_text("Use the test set from job").wait_for()
+    page.get_by_text("Use the test set from job").scroll_into_view_if_needed()
+    page.screenshot(path=SHOTS / "new_audit_reopened.png", full_page=True)
+    box = page.locator(".st-key-input_shape input")  # the fix: the model's real input shape
+    box.fill("1,8,8")
+    box.press("Enter")
+    page.get_by_text("Model loads").wait_for(timeout=120_000)
+    _submit_button(page).to_be_enabled(timeout=60_000)
+
+
+def test_a_failing_model_upload_names_fields_not_flags(server, page, tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path / "resnet.pt"
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), path)
+    page.goto(f"{server['url']}/new_audit")
+    page.locator(".st-key-model_file input[type=file]").set_input_files(str(path))
+    page.get_by_text("it looks like tv:resnet18").wait_for(timeout=120_000)
+    page.get_by_text("The full lists").click()
+    page.get_by_text("layer4.1.bn2.running_var").wait_for()
+    page.get_by_text("it looks like tv:resnet18").scroll_into_view_if_needed()
+    page.screenshot(path=SHOTS / "new_audit_model_mismatch.png", full_page=True)
+    assert not _flags_on(page), _flags_on(page)
