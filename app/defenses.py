@@ -188,7 +188,7 @@ def active_jobs_ui(source: Job) -> None:
                 st.markdown(f"**#{j.id} {j.label}** — {STATE_ICON.get(j.state, '')} {j.state}")
                 if j.state == "running":
                     frac = j.step / j.total if j.total else 0.0
-                    eta = j.eta()
+                    eta = store().eta(j)
                     st.progress(
                         min(max(frac, 0.0), 1.0),
                         text=f"{j.stage}: {j.step}/{j.total} {j.message}"
