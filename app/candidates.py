@@ -216,19 +216,21 @@ def bulk_actions_ui(job: Job, page_rows: Sequence[Candidate]) -> None:
     cols = st.columns(4)
     for col, v in zip(cols[:3], VERDICTS, strict=True):
         col.button(
-            f"Mark page {v}",
+            f"All {v}",  # short: four buttons share the width beside the pager
             key=f"bulk-{v}",
             on_click=_bulk,
             args=(job.run_dir, samples, v),
             disabled=not samples,
+            help=f"Mark every sample on this page {v}.",
             width="stretch",
         )
     cols[3].button(
-        "Clear page verdicts",
+        "Clear all",
         key="bulk-clear",
         on_click=_bulk,
         args=(job.run_dir, samples, None),
         disabled=not samples,
+        help="Clear the verdict of every sample on this page.",
         width="stretch",
     )
 
@@ -292,8 +294,9 @@ def gallery_ui(
 
 
 def review_actions_ui(job: Job, n_verdicts: int) -> bool:
-    """Export and refine buttons; returns True when the reviewer asked to fine-tune again."""
-    cols = st.columns([2, 2, 4])
+    """Export and refine buttons (half the width each, so their labels fit at 1280 px); returns True
+    when the reviewer asked to fine-tune again."""
+    cols = st.columns(2)
     cols[1].download_button(
         "Export verdicts (CSV)",
         data=reviews().to_csv(job.run_dir),
