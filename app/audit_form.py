@@ -10,7 +10,7 @@ import streamlit as st
 
 from app.config_form import config_form_ui, values_from
 from app.state import show_error
-from app.trigger_form import file_trigger_fields_ui, make_trigger, trigger_preview_ui
+from app.trigger_form import colour_ui, file_trigger_fields_ui, make_trigger, trigger_preview_ui
 from app.uploads import image_summary_of
 from kdcore.data.summary import ImageSetSummary, check_uploads
 from kdcore.errors import KDCoreError
@@ -92,8 +92,7 @@ def trigger_ui(
         d["size"] = int(c4.number_input("Patch size (px)", 1, 64, 3, key="trigger_size"))
         d["location"] = c5.selectbox("Location", LOCATIONS, key="trigger_location")
         d["margin"] = int(c6.number_input("Margin (px)", 0, 64, 1, key="trigger_margin"))
-        hexcol = c7.color_picker("Colour", "#FFFFFF", key="trigger_color")
-        d["color"] = [int(hexcol[i : i + 2], 16) for i in (1, 3, 5)]
+        d["color"] = colour_ui(c7, "Colour", "#FFFFFF", key="trigger_color")
     elif kind == "blended":
         c4, c5 = st.columns(2)
         d["alpha"] = float(c4.slider("Blend alpha", 0.01, 1.0, 0.1, key="trigger_alpha"))

@@ -10,10 +10,14 @@ Widget keys are stable so a browser test can drive the page: see `KEYS` below.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
+from app.results import scaled_metric_ui
 from app.review_queue import (
     PAGE_SIZE,
     VERDICT_FILTERS,
@@ -30,6 +34,7 @@ from kdcore.jobs.review import VERDICTS, Verdict
 from kdcore.jobs.store import Job
 
 GRID_COLUMNS = 6
+HIST_BINS = 50
 VERDICT_ICON = {"poison": "☠️", "clean": "✅", "unsure": "❔"}
 REFINE_LABEL = "Fine-tune again with my verdicts"
 # Stable widget keys (Streamlit also renders them as the CSS class `st-key-<key>`).
@@ -76,43 +81,112 @@ def _first_page() -> None:
     st.session_state[KEYS["page"]] = 1
 
 
+def score_bounds(rows: Sequence[Candidate]) -> tuple[float, float]:
+    """The score slider's range: the scores' min and max, widened to the slider's 0.01 steps."""
+    if not rows:
+        return -1.0, 1.0
+    lo, hi = min(r.score for r in rows), max(r.score for r in rows)
+    lo, hi = math.floor(lo * 100) / 100, math.ceil(hi * 100) / 100
+    return (lo, hi) if hi > lo else (lo, lo + 0.01)
+
+
 def candidate_filters_ui(rows: Sequence[Candidate], names: Mapping[int, str]) -> Filters:
+    """Two rows of filters (wide enough that no label is cut): classes, predictions and the lowest
+    score shown; then the flagged toggle and the verdict filter."""
     ids = list(names)
     fmt = lambda c: f"{c} · {names[c]}" if names[c] != str(c) else str(c)
-    cols = st.columns([2, 2, 2, 1, 3])
+    lo, hi = score_bounds(rows)
+    if not lo <= st.session_state.get(KEYS["score"], lo) <= hi:  # another run's value
+        del st.session_state[KEYS["score"]]
+    cols = st.columns(3)
     classes = cols[0].multiselect(
         "Label", ids, format_func=fmt, key=KEYS["classes"], on_change=_first_page, placeholder="all classes"
     )
     predicted = cols[1].multiselect(
         "Teacher predicts", ids, format_func=fmt, key=KEYS["predicted"], on_change=_first_page, placeholder="any"
     )
-    score = cols[2].slider(
-        "Suspicion score",
-        -1.0,
-        1.0,
-        (-1.0, 1.0),
+    min_score = cols[2].slider(
+        "Show only score ≥",
+        lo,
+        hi,
+        lo,
         step=0.01,
         key=KEYS["score"],
         on_change=_first_page,
-        help="p_teacher(ŷ) − p_student(ŷ) for the teacher's class ŷ: near 1 = the teacher is sure, the student not.",
+        help="p_teacher(ŷ) − p_student(ŷ) for the teacher's class ŷ: near 1 = the teacher is sure, the student not. "
+        "The histogram below shows where the scores fall.",
     )
-    flagged = cols[3].toggle(
+    cols = st.columns([1, 3], vertical_alignment="bottom")
+    flagged = cols[0].toggle(
         "Flagged only",
         value=True,
         key=KEYS["flagged"],
         on_change=_first_page,
         help="Only samples where teacher and student disagree (the poison-data candidates).",
     )
-    verdict = cols[4].radio(
+    verdict = cols[1].radio(
         "Verdict filter", VERDICT_FILTERS, horizontal=True, key=KEYS["verdict"], on_change=_first_page
     )
-    return Filters(tuple(classes), tuple(predicted), (float(score[0]), float(score[1])), bool(flagged), str(verdict))
+    return Filters(tuple(classes), tuple(predicted), (float(min_score), hi), bool(flagged), str(verdict))
+
+
+def flagged_cut(rows: Sequence[Candidate]) -> tuple[float, bool] | None:
+    """(the lowest flagged score, whether it is a clean cut: every flagged sample scores at least it and
+    every other below it). None when nothing is flagged. KD disagreement flags by teacher ≠ student,
+    not by score, so its flags are usually not a clean cut; a detector's top-k flags are."""
+    flagged = [r.score for r in rows if r.flagged]
+    if not flagged:
+        return None
+    cut = min(flagged)
+    return cut, all(r.score < cut for r in rows if not r.flagged)
+
+
+def score_histogram_figure(rows: Sequence[Candidate], min_score: float | None = None) -> go.Figure:
+    """Histogram of every sample's score, flagged and not flagged stacked in two colours, with the
+    flagged cut (dashed) and the "show only score ≥" value (solid, when it hides anything) marked.
+    Binned here (HIST_BINS bars) so a 50k-sample table sends 100 numbers, not 50k."""
+    scores = np.array([r.score for r in rows], dtype=float)
+    flags = np.array([r.flagged for r in rows], dtype=bool)
+    lo, hi = score_bounds(rows)
+    edges = np.linspace(lo, hi, HIST_BINS + 1)
+    mid, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
+    fig = go.Figure()
+    for name, keep, colour in (("not flagged", ~flags, "#9aa5b8"), ("flagged", flags, "#d6404e")):
+        counts, _ = np.histogram(scores[keep], bins=edges)
+        fig.add_bar(x=mid, y=counts, width=width, name=name, marker_color=colour)
+    cut = flagged_cut(rows)
+    if cut is not None:
+        at, clean = cut
+        text = f"flagged cut {at:.2f}" if clean else f"lowest flagged {at:.2f}"
+        fig.add_vline(x=at, line_dash="dash", line_color="#d6404e", annotation_text=text)
+    if min_score is not None and min_score > lo:
+        fig.add_vline(x=min_score, line_color="#1f2430", annotation_text=f"showing ≥ {min_score:.2f}")
+    fig.update_layout(
+        barmode="stack",
+        height=200,
+        margin=dict(l=10, r=10, t=30, b=10),
+        xaxis_title="suspicion score",
+        yaxis_title="samples",
+        legend=dict(orientation="h", y=1.15, x=1, xanchor="right"),
+    )
+    return fig
+
+
+def score_histogram_ui(rows: Sequence[Candidate], min_score: float) -> None:
+    """Where the scores fall off, above the gallery."""
+    st.plotly_chart(
+        score_histogram_figure(rows, min_score),
+        width="stretch",
+        key="score-histogram",
+        config={"displaylogo": False, "displayModeBar": False},
+    )
 
 
 def counts_ui(rows: Sequence[Candidate], shown: int, verdicts: Mapping[int, str]) -> None:
+    """Flagged with its scale ("2,141 of 10,000 (21 %)"), shown, reviewed and per-verdict counts."""
     c = review_counts(rows, verdicts)
     cols = st.columns(6)
-    cols[0].metric("Flagged", f"{c['flagged']:,}", help=f"of {len(rows):,} training samples")
+    scaled_metric_ui(cols[0], "Flagged", c["flagged"], len(rows), help="training samples, of all in the run's set")
     cols[1].metric("Shown", f"{shown:,}", help="after the filters above")
     cols[2].metric("Reviewed", f"{c['reviewed']:,}")
     for col, v in zip(cols[3:], VERDICTS, strict=True):
@@ -142,19 +216,21 @@ def bulk_actions_ui(job: Job, page_rows: Sequence[Candidate]) -> None:
     cols = st.columns(4)
     for col, v in zip(cols[:3], VERDICTS, strict=True):
         col.button(
-            f"Mark page {v}",
+            f"All {v}",  # short: four buttons share the width beside the pager
             key=f"bulk-{v}",
             on_click=_bulk,
             args=(job.run_dir, samples, v),
             disabled=not samples,
+            help=f"Mark every sample on this page {v}.",
             width="stretch",
         )
     cols[3].button(
-        "Clear page verdicts",
+        "Clear all",
         key="bulk-clear",
         on_click=_bulk,
         args=(job.run_dir, samples, None),
         disabled=not samples,
+        help="Clear the verdict of every sample on this page.",
         width="stretch",
     )
 
@@ -218,8 +294,9 @@ def gallery_ui(
 
 
 def review_actions_ui(job: Job, n_verdicts: int) -> bool:
-    """Export and refine buttons; returns True when the reviewer asked to fine-tune again."""
-    cols = st.columns([2, 2, 4])
+    """Export and refine buttons (half the width each, so their labels fit at 1280 px); returns True
+    when the reviewer asked to fine-tune again."""
+    cols = st.columns(2)
     cols[1].download_button(
         "Export verdicts (CSV)",
         data=reviews().to_csv(job.run_dir),

@@ -17,6 +17,7 @@ from app.defense_settings import params_from, settings_ui
 from app.results import load_report
 from app.state import STATE_ICON, fmt_duration, show_error, store
 from app.uploads import check_model, save_upload
+from kdcore.candidates import count_of
 from kdcore.defenses import DEFENSES, Defense
 from kdcore.errors import InputError, KDCoreError
 from kdcore.jobs.store import Job
@@ -38,6 +39,7 @@ INPUT_NAMES = {
 LABELLED_BASELINE = "labelled-data baseline: needs labelled clean images"
 REFERENCE_ROLES = {"baseline": "reference", "teacher": "suspect"}  # the source's other models: "core method"
 DETECTION = ("flagged", "precision", "recall")
+NOT_MEASURED = "—"  # what the comparison prints for a value a method does not measure (not "None")
 
 
 # ---- methods and the inputs a source run offers ------------------------------------------------
@@ -188,7 +190,7 @@ def active_jobs_ui(source: Job) -> None:
                 st.markdown(f"**#{j.id} {j.label}** — {STATE_ICON.get(j.state, '')} {j.state}")
                 if j.state == "running":
                     frac = j.step / j.total if j.total else 0.0
-                    eta = j.eta()
+                    eta = store().eta(j)
                     st.progress(
                         min(max(frac, 0.0), 1.0),
                         text=f"{j.stage}: {j.step}/{j.total} {j.message}"
@@ -229,7 +231,7 @@ def finding(report: dict) -> str:
     if headline:
         return headline
     det = detection_of(report)
-    return f"{det.get('flagged', 0):,} of {det.get('total', 0):,} training samples flagged" if det else ""
+    return f"{count_of(det.get('flagged', 0), det.get('total', 0))} training samples flagged" if det else ""
 
 
 def compare_rows(source_report: dict | None, defenses: list[tuple[Job, dict]]) -> list[dict]:
@@ -266,6 +268,7 @@ def compare_ui(rows: list[dict]) -> None:
         hide_index=True,
         width="stretch",
         key="defense-compare",
+        placeholder=NOT_MEASURED,
         column_config={
             "model": st.column_config.TextColumn("model", pinned=True),
             "job": st.column_config.NumberColumn("job", format="#%d"),
@@ -283,6 +286,10 @@ def compare_ui(rows: list[dict]) -> None:
             "needs_labels": st.column_config.CheckboxColumn("needs labels", help=LABELLED_BASELINE),
             "finding": st.column_config.TextColumn("finding", width="large"),
         },
+    )
+    st.caption(
+        f"{NOT_MEASURED} = not measured: detectors and inspectors return no model to test, and precision "
+        "and recall need the true poisons, which only built-in demos know."
     )
     if any(r["clean_acc"] is not None and r["asr"] is not None for r in rows):
         st.plotly_chart(defense_tradeoff_figure(rows), key="defense-tradeoff", config={"displaylogo": False})

@@ -43,6 +43,9 @@ from kdcore.runs.context import RunContext
 from kdcore.sandbox import decode_image
 
 SOURCES = ("Top poison candidates", "Test images", "Upload images")
+# What each picked image is, by source: the first word of its caption and the label of its
+# unmodified row in the Grad-CAM grid. Never "clean": a training sample's status is unknown.
+KINDS = ("poison candidate", "test image", "uploaded image")
 MAX_PICK = 4  # images in the Grad-CAM grid
 POOL = 12  # images offered to pick from
 TARGET_MODES = {"target": "Trigger target", "true": "True label", "class": "Another class"}
@@ -100,7 +103,7 @@ def pick_images_ui(ctx: RunContext, run_dir: str) -> tuple[torch.Tensor, list[in
             flag = " · flagged" if r.flagged else ""
             images.append(ctx.train.images[i])
             labels.append(label)
-            captions.append(f"#{r.rank} train[{i}] label {_class_name(ctx.spec, label)}{flag}")
+            captions.append(f"{KINDS[0]} #{r.rank} · {r.name} · label {_class_name(ctx.spec, label)}{flag}")
     elif source == SOURCES[1]:
         test_labels = ctx.test.labels
         choices = ["All classes", *range(ctx.spec.num_classes)] if test_labels is not None else ["All classes"]
@@ -122,7 +125,7 @@ def pick_images_ui(ctx: RunContext, run_dir: str) -> tuple[torch.Tensor, list[in
             label = None if test_labels is None else int(test_labels[i])
             images.append(ctx.test.images[i])
             labels.append(label)
-            captions.append(f"test[{i}] label {_class_name(ctx.spec, label)}")
+            captions.append(f"{KINDS[1]} #{i} · label {_class_name(ctx.spec, label)}")
     else:
         files = st.file_uploader("Images", type=image_types(), accept_multiple_files=True, key="explain_upload")
         bad = []
@@ -133,7 +136,7 @@ def pick_images_ui(ctx: RunContext, run_dir: str) -> tuple[torch.Tensor, list[in
                 bad.append(f.name)
                 continue
             labels.append(None)
-            captions.append(f"upload {len(captions) + 1}: {f.name}")
+            captions.append(f"{KINDS[2]} {len(captions) + 1} · {f.name}")
         if bad:
             st.warning(f"Could not read {len(bad)} file(s) as images: {', '.join(bad[:5])}")
     if not images:
@@ -144,6 +147,11 @@ def pick_images_ui(ctx: RunContext, run_dir: str) -> tuple[torch.Tensor, list[in
     if not chosen:
         return torch.zeros((0, *shape), dtype=torch.uint8), [], []
     return torch.stack([images[p] for p in chosen]), [labels[p] for p in chosen], [captions[p] for p in chosen]
+
+
+def input_kind(caption: str) -> str:
+    """The kind (one of KINDS) a `pick_images_ui` caption starts with; "image" for any other caption."""
+    return next((k for k in KINDS if caption.startswith(k)), "image")
 
 
 def _pick_ui(captions: list[str]) -> list[int]:
@@ -232,12 +240,12 @@ def gradcam_grid_ui(
     run_dir: str | None = None,
     layer: str | None = None,
 ) -> None:
-    """Per image a bordered block, one row per input (clean, + trigger when known): the input, then
+    """Per image a bordered block, one row per input (as given, + trigger when known): the input, then
     per model the Grad-CAM (at conv layer `layer`) of the predicted class and of the chosen class,
     with probabilities."""
     run_dir = run_dir or str(ctx.run_dir)
     n = len(images)
-    inputs = [("clean", images)]
+    inputs = [("", images)]  # the unmodified row is labelled with each image's kind (see KINDS)
     if ctx.trigger is not None:
         inputs.append(("+ trigger", ctx.trigger.stamp(images)))
     stacked = torch.cat([x for _, x in inputs]).numpy()  # (R·N, C, H, W): row r, image i at r·N + i
@@ -256,6 +264,7 @@ def gradcam_grid_ui(
                 j = r * n + i
                 cols = st.columns(len(heads))
                 true = "" if labels[i] is None else f" · label {_class_name(ctx.spec, labels[i])}"
+                what = what or (input_kind(captions[i]) if captions else "image")
                 cols[0].image(upscale(as_display(stacked[j])), caption=f"{what}{true}", width="stretch")
                 for m_i, m in enumerate(models):
                     probs, over_pred, over_chosen = panels[m]
@@ -275,7 +284,7 @@ def gradcam_grid_ui(
         st.caption("This run has no known trigger, so only clean inputs are shown.")
     else:
         st.caption(
-            f"Rows: the clean image and the same image with the run's trigger (target "
+            f"Rows: the image as given and the same image with the run's trigger (target "
             f"{_class_name(ctx.spec, ctx.trigger.target)}). {SYNTHETIC_NOTE}"
         )
 

@@ -1,7 +1,8 @@
 """A self-contained HTML audit report: one file to archive or mail, readable offline.
 
 Holds the job's summary, the verdict and flip matrix (when the audit reached one), the
-Table-5-style metrics of every model (seed 000), the detoxification numbers, the reviewer's
+Table-5-style metrics of every model (seed 000), the detoxification numbers (counts with their
+scale, and the top poison candidates under their one name, `kdcore.candidates.sample_name`), the reviewer's
 changes (refine), notes, and the confusion matrices (or, for a sweep, its table and budget curves)
 as interactive plotly figures. plotly.js is embedded once, inline: no CDN.
 Every string that comes from a user (job label, class names, paths, notes) is escaped.
@@ -24,6 +25,9 @@ from app.charts import (
     sweep_detox_figure,
 )
 from app.verdict import STATUS, SUPPORTS, flip_figure, verdict_headline
+from kdcore.candidates import FILE_NAME as CANDIDATES_FILE
+from kdcore.candidates import Candidate, count_of, read_candidates
+from kdcore.errors import InputError
 from kdcore.report import METRICS, ROLES, detection_of, headline_of, models_of
 
 _CSS = """
@@ -107,14 +111,51 @@ def detox_html(detox: dict | None) -> str:
     if not detox:
         return "<p>No detoxification (no labelled training set).</p>"
     pairs = [
-        ("flagged", f"{detox.get('flagged', 0):,} of {detox.get('total', 0):,}"),
-        ("kept", _num(detox.get("kept"))),
+        ("flagged", count_of(detox.get("flagged", 0), detox.get("total", 0))),
+        ("kept", count_of(detox.get("kept", 0), detox.get("total", 0)) if detox.get("kept") is not None else "—"),
         ("precision", pct(detox.get("precision"))),
         ("recall", pct(detox.get("recall"))),
         ("false_positives", _num(detox.get("false_positives"))),
         ("known poisons", _num(detox.get("n_poison"))),
     ]
     return _table(None, [[k, v] for k, v in pairs], "kv")
+
+
+TOP_CANDIDATES = 20  # rows of the candidates table in the report
+
+
+def candidates_html(rows: tuple[Candidate, ...], n: int = TOP_CANDIDATES) -> str:
+    """The top `n` poison candidates: rank, the sample's one name, label, predictions, score."""
+    if not rows:
+        return ""
+    body = [
+        [
+            str(r.rank),
+            escape(r.name),
+            escape(r.label_name or str(r.label)),
+            f"{r.teacher_pred} → {r.student_pred}" if r.teacher_pred is not None else "—",
+            f"{r.score:.3f}",
+            "yes" if r.flagged else "no",
+        ]
+        for r in rows[:n]
+    ]
+    flagged = sum(r.flagged for r in rows)
+    return (
+        f"<h3>Top {min(n, len(rows))} poison candidates</h3>"
+        f"<p>Flagged {escape(count_of(flagged, len(rows)))} training samples; "
+        "the full ranking is in candidates.csv.</p>"
+        + _table(["rank", "sample", "label", "teacher → student (class)", "score", "flagged"], body)
+    )
+
+
+def _run_candidates(job: Any) -> tuple[Candidate, ...]:
+    p = Path(getattr(job, "run_dir", "") or "") / CANDIDATES_FILE
+    if not getattr(job, "run_dir", "") or not p.is_file():
+        return ()
+    try:
+        return read_candidates(p)
+    except InputError:  # an unreadable table is left out of the archive copy; the page reports it
+        return ()
 
 
 def review_html(review: dict | None) -> str:
@@ -290,6 +331,7 @@ def audit_report_html(job: Any, report: dict) -> str:
             metrics_table_html(report),
             "<h2>Detoxification</h2>",
             detox_html(detection_of(report)),
+            candidates_html(_run_candidates(job)),
             review_html(report.get("review")),
         ]
     notes = report.get("notes") or []

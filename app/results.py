@@ -13,6 +13,7 @@ from streamlit.errors import StreamlitPageNotFoundError
 
 from app.charts import confusion_figure
 from app.report_html import audit_report_html
+from kdcore.candidates import share_of
 from kdcore.errors import InputError
 from kdcore.io import read_json
 from kdcore.jobs.store import Job
@@ -101,13 +102,20 @@ def metric_cards_ui(report: dict) -> None:
             )
 
 
+def scaled_metric_ui(col, label: str, n: int, total: int, help: str | None = None) -> None:
+    """A count with its scale: the count large, "of 10,000 (21 %)" under it in grey (never cut off,
+    as one long value in a narrow column would be)."""
+    col.metric(label, f"{n:,}", delta=share_of(n, total), delta_color="off", delta_arrow="off", help=help)
+
+
 def detox_summary_ui(detox: dict | None) -> None:
-    """flagged / precision / recall / false_positives of the detoxification."""
+    """flagged (of the training samples) / precision / recall / false_positives of the detoxification."""
     if not detox:
         st.info("No detoxification: the run had no labelled training set.")
         return
     c = st.columns(4)
-    c[0].metric("flagged", f"{detox.get('flagged', 0):,}", help=f"of {detox.get('total', 0):,} training samples")
+    n, total = detox.get("flagged", 0), detox.get("total", 0)
+    scaled_metric_ui(c[0], "flagged", n, total, help="Training samples flagged as poison candidates.")
     c[1].metric("precision", _pct(detox.get("precision")), help="Share of flagged samples that are poison.")
     c[2].metric("recall", _pct(detox.get("recall")), help="Share of the known poisons that were flagged.")
     fp = detox.get("false_positives")

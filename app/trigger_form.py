@@ -28,11 +28,29 @@ from kdcore.triggers.recovered import FILE as RECOVERED_FILE
 PATTERN_TYPES = ["png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff", "gif"]
 PREVIEW_ZIP_BYTES = 32 * 2**20  # a bigger unlabelled zip is not decoded just for a preview: grey instead
 PREVIEW_PX = 160  # small inputs are enlarged (nearest) to this width so the trigger can be seen
+# The colour picker's swatch has no border: a white swatch on the white page was invisible.
+_SWATCH_CSS = "<style>.st-key-{key} [data-testid='stColorPickerBlock'] {{ border: 1px solid #8a8f99; }}</style>"
 
 
 def _uploaded(label: str, key: str, types: list[str], help: str | None = None) -> str:
     up = st.file_uploader(label, type=types, key=key, help=help)
     return str(save_upload(up.getvalue(), up.name)) if up is not None else ""
+
+
+def rgb_of(hexcol: str) -> list[int]:
+    """Hex colour to [R, G, B]: "#FFA500" → [255, 165, 0]."""
+    return [int(hexcol[i : i + 2], 16) for i in (1, 3, 5)]
+
+
+def colour_ui(container, label: str = "Colour", default: str = "#FFFFFF", key: str = "trigger_color") -> list[int]:
+    """A colour picker whose swatch has a visible border and whose value is printed under it
+    (`#FFFFFF · RGB 255, 255, 255`); returns the colour as [R, G, B] (0..255)."""
+    with container:
+        st.html(_SWATCH_CSS.format(key=key))
+        hexcol = st.color_picker(label, default, key=key, help="The patch's colour; white is 255, 255, 255.")
+        rgb = rgb_of(hexcol)
+        st.caption(f"{hexcol.upper()} · RGB {', '.join(map(str, rgb))}")
+    return rgb
 
 
 def file_trigger_fields_ui(kind: str, d: dict) -> dict:

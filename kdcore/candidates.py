@@ -10,6 +10,13 @@ download that people open in spreadsheets. A text cell that starts with `=`, `+`
 or a carriage return would run as a formula there, so it is written with a leading `'` (a cell
 that already starts with `'` gets a second one, so reading undoes the escape exactly). Numbers
 are written as numbers and never escaped (a negative score stays `-0.12345`).
+
+One name per sample: `sample_name` is the only place a training sample's name is built (the file
+it came from plus its index, `1/train_02151.png · #1324`; built-in data without file names use the
+dataset's name, `cifar10-train · #1324`). The CSV's `name` column, the review gallery, Explain's
+picker and the HTML report all print it, so one sample reads the same everywhere. `count_of` is
+the one way a count of samples is printed with its scale ("2,141 of 10,000 (21 %)"; `share_of`
+gives the part after the count, for a display that shows the count large and its scale under it).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ FILE_NAME = "candidates.csv"
 COLUMNS = (
     "rank",
     "index",
+    "name",
     "source",
     "label",
     "label_name",
@@ -42,8 +50,41 @@ COLUMNS = (
     "is_poison",
 )
 REQUIRED = ("rank", "index", "label", "score", "flagged")  # what every writer fills in
-TEXT = ("source", "label_name")  # user-controlled strings: escaped against formula injection
+TEXT = ("name", "source", "label_name")  # user-controlled strings: escaped against formula injection
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_INDEX_SEP = " · #"
+
+
+def sample_name(index: int, source: str = "", dataset: str = "") -> str:
+    """The one name of training sample `index`: `<file> · #<index>` when its file name is known,
+    else `<dataset> · #<index>`, else `#<index>`."""
+    where = source or dataset
+    return f"{where}{_INDEX_SEP}{index}" if where else f"#{index}"
+
+
+def _dataset_of(name: str, index: int, source: str) -> str:
+    """The dataset part of a `sample_name` without a file name (the inverse, for reading the CSV)."""
+    suffix = f"{_INDEX_SEP}{index}"
+    return name[: -len(suffix)] if not source and name.endswith(suffix) else ""
+
+
+def share_of(n: int, total: int) -> str:
+    """The scale of a count: "of 10,000 (21 %)"; "of 10,000 (0.03 %)"; "of 0" (no share of nothing)."""
+    if total <= 0:
+        return f"of {total:,}"
+    p = 100 * n / total
+    if p == 0 or p >= 10:
+        share = f"{p:.0f}"
+    elif p >= 1:
+        share = f"{p:.1f}"
+    else:
+        share = f"{p:.2g}"
+    return f"of {total:,} ({share} %)"
+
+
+def count_of(n: int, total: int) -> str:
+    """A count with its scale: "2,141 of 10,000 (21 %)"."""
+    return f"{n:,} {share_of(n, total)}"
 
 
 @dataclass(frozen=True)
@@ -62,10 +103,12 @@ class Candidate:
     score: float  # higher = more suspicious (core method: teacher_conf − student_conf)
     flagged: bool
     is_poison: bool | None = None  # ground truth, only for built-in data
+    dataset: str = ""  # the training set's name: names a sample that has no file name (built-in data)
 
     @property
     def name(self) -> str:
-        return self.source or f"#{self.index}"
+        """The sample's one name (`sample_name`), as every view and the CSV print it."""
+        return sample_name(self.index, self.source, self.dataset)
 
 
 def escape_cell(text: str) -> str:
@@ -88,13 +131,15 @@ def ranked_rows(
     labels: torch.Tensor,
     *,
     sources: Sequence[str] | None = None,
+    dataset: str = "",
     class_names: Sequence[str] = (),
     poison_idx: torch.Tensor | None = None,
     per_sample: dict[str, torch.Tensor] | None = None,
 ) -> list[Candidate]:
     """The ranked rows of N samples: `score` (N,) float, `flagged` (N,) bool, `labels` (N,) int.
 
-    `per_sample` may add teacher_pred / student_pred / teacher_conf / student_conf tensors (N,)."""
+    `per_sample` may add teacher_pred / student_pred / teacher_conf / student_conf tensors (N,);
+    `dataset` (the training set's name) names the samples when `sources` has no file names."""
     extra = per_sample or {}
     unknown = set(extra) - {"teacher_pred", "student_pred", "teacher_conf", "student_conf"}
     if unknown:
@@ -124,6 +169,7 @@ def ranked_rows(
                 score=float(score[i]),
                 flagged=bool(flagged[i]),
                 is_poison=None if is_poison is None else bool(is_poison[i]),
+                dataset=dataset,
             )
         )
     return rows
@@ -165,6 +211,25 @@ def _float(v: str) -> float | None:
     return float(v) if v not in ("", None) else None
 
 
+def _row(r: dict[str, str], truth: bool) -> Candidate:
+    index, source = int(r["index"]), unescape_cell(r.get("source") or "")
+    return Candidate(
+        rank=int(r["rank"]),
+        index=index,
+        source=source,
+        label=int(r["label"]),
+        label_name=unescape_cell(r.get("label_name") or ""),
+        teacher_pred=_int(r.get("teacher_pred") or ""),
+        student_pred=_int(r.get("student_pred") or ""),
+        teacher_conf=_float(r.get("teacher_conf") or ""),
+        student_conf=_float(r.get("student_conf") or ""),
+        score=float(r["score"]),
+        flagged=r["flagged"] == "1",
+        is_poison=(r["is_poison"] == "1") if truth else None,
+        dataset=_dataset_of(unescape_cell(r.get("name") or ""), index, source),
+    )
+
+
 def parse_candidates(text: str, where: str = FILE_NAME) -> tuple[Candidate, ...]:
     """CSV text → rows (the inverse of `to_csv`; files from older versions read too)."""
     reader = csv.DictReader(io.StringIO(text))
@@ -174,23 +239,7 @@ def parse_candidates(text: str, where: str = FILE_NAME) -> tuple[Candidate, ...]
         raise InputError(f"{where} is missing column(s) {missing}; was it written by kdcore?")
     truth = "is_poison" in header
     try:
-        return tuple(
-            Candidate(
-                rank=int(r["rank"]),
-                index=int(r["index"]),
-                source=unescape_cell(r.get("source") or ""),
-                label=int(r["label"]),
-                label_name=unescape_cell(r.get("label_name") or ""),
-                teacher_pred=_int(r.get("teacher_pred") or ""),
-                student_pred=_int(r.get("student_pred") or ""),
-                teacher_conf=_float(r.get("teacher_conf") or ""),
-                student_conf=_float(r.get("student_conf") or ""),
-                score=float(r["score"]),
-                flagged=r["flagged"] == "1",
-                is_poison=(r["is_poison"] == "1") if truth else None,
-            )
-            for r in reader
-        )
+        return tuple(_row(r, truth) for r in reader)
     except (TypeError, ValueError) as e:
         raise InputError(f"{where} line {reader.line_num} cannot be read ({e}); re-run the audit") from e
 

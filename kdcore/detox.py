@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdcore.candidates import Candidate, rank_order, ranked_rows, to_csv
+from kdcore.candidates import Candidate, rank_order, ranked_rows, sample_name, to_csv
 from kdcore.data.imageset import ImageSet
 from kdcore.errors import InputError
 from kdcore.models.spec import ModelSpec
@@ -54,6 +54,7 @@ class DetoxTable:
     flagged: torch.Tensor  # bool
     is_poison: torch.Tensor | None = None  # bool, when ground truth is known
     sources: tuple[str, ...] | None = None
+    dataset: str = ""  # the training set's name: names samples that have no file name
 
     def ranked(self) -> torch.Tensor:
         """Sample indices, flagged first, then by descending suspicion score."""
@@ -66,6 +67,7 @@ class DetoxTable:
             self.flagged,
             self.label,
             sources=self.sources,
+            dataset=self.dataset,
             class_names=class_names,
             poison_idx=None if self.is_poison is None else torch.nonzero(self.is_poison).flatten(),
             per_sample=self.predictions(),
@@ -128,7 +130,9 @@ def detoxify(
     if poison_idx is not None:
         is_poison = torch.zeros(len(train), dtype=torch.bool)
         is_poison[poison_idx] = True
-    table = DetoxTable(labels, t_pred, s_pred, t_conf, s_conf, t_conf - s_conf, flagged, is_poison, train.sources)
+    table = DetoxTable(
+        labels, t_pred, s_pred, t_conf, s_conf, t_conf - s_conf, flagged, is_poison, train.sources, train.name
+    )
     kept = train.subset(torch.nonzero(~flagged).flatten(), name=f"{train.name}-detoxified")
     return detox_metrics(flagged, poison_idx), table, kept
 
@@ -138,9 +142,10 @@ def read_known_poisons(path: str | Path, train: ImageSet) -> torch.Tensor:
     unique indices into `train`.
 
     The file is text or CSV: cells separated by commas, tabs, semicolons or newlines, each a sample
-    index (`12`), a candidates.csv name (`#12` for built-in data, else the file name inside the
-    training folder/zip, `cat/img_001.png`); an optional first cell `index`, `source` or `name` is a
-    header. A name that is not in the training set or an index out of range is an InputError."""
+    index (`12`), a file name inside the training folder/zip (`cat/img_001.png`, candidates.csv's
+    source column) or a sample's one name (its name column: `cat/img_001.png · #12`, `#12`); an
+    optional first cell `index`, `source` or `name` is a header. A name that is not in the training
+    set or an index out of range is an InputError."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8-sig")
@@ -152,6 +157,7 @@ def read_known_poisons(path: str | Path, train: ImageSet) -> torch.Tensor:
     if not cells:
         raise InputError(f"--known-poisons {file} lists no samples; expected indices or file names, one a line")
     by_name = {s: i for i, s in enumerate(train.sources or ())}
+    by_name |= {sample_name(i, s, train.name): i for i, s in enumerate(train.sources or [""] * len(train))}
     n = len(train)
     idx, unknown, out_of_range = [], [], []
     for cell in cells:

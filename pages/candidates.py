@@ -48,6 +48,7 @@ try:
         verdict_of,
     )
     cand.counts_ui(rows, len(shown), verdict_of)
+    cand.score_histogram_ui(rows, filters.score_range[0])
 
     if cand.review_actions_ui(job, len(verdicts)):
         new = submit_refine(job)

@@ -25,7 +25,7 @@ def job_list() -> None:
             top[1].write(f"⏱ {fmt_duration(j.elapsed())}")
             top[2].write(f"🖥 {j.device or '—'}")
             if j.state == "running":
-                eta = j.eta()
+                eta = store().eta(j)
                 top[3].write(f"ETA {fmt_duration(eta)}" if eta is not None else "")
                 frac = j.step / j.total if j.total else 0.0
                 st.progress(min(max(frac, 0.0), 1.0), text=f"{j.stage}: {j.step}/{j.total}  {j.message}")

@@ -15,18 +15,21 @@ from kdcore.candidates import (
     COLUMNS,
     FILE_NAME,
     Candidate,
+    count_of,
     escape_cell,
     parse_candidates,
     rank_order,
     ranked_rows,
     read_candidates,
+    sample_name,
+    share_of,
     to_csv,
     unescape_cell,
     write_candidates,
 )
 from kdcore.data.imageset import ImageSet
 from kdcore.defenses.base import DefenseInputs, DefenseResult
-from kdcore.detox import DetoxTable
+from kdcore.detox import DetoxTable, read_known_poisons
 from kdcore.errors import InputError
 from kdcore.models.spec import ModelSpec
 from kdcore.runs.defend import write_outputs
@@ -128,7 +131,8 @@ def test_readers_match_samples_of_an_injected_class(tmp_path):
     assert names[0] == EVIL
     evil = filter_rows(loaded, classes=[0], only_flagged=False)
     assert sorted(c.index for c in evil) == [i for i in range(N) if int(labels[i]) == 0]
-    assert all(c.name == sources[c.index] for c in loaded)
+    assert all(c.source == sources[c.index] for c in loaded)
+    assert all(c.name == f"{sources[c.index]} · #{c.index}" for c in loaded)
 
 
 def test_unreadable_files_are_input_errors(tmp_path):
@@ -137,3 +141,45 @@ def test_unreadable_files_are_input_errors(tmp_path):
     (Path(tmp_path) / FILE_NAME).write_text(to_csv([]).strip() + "\n1,oops,,0,,,,,,0.5,1\n")
     with pytest.raises(InputError, match="cannot be read"):
         read_candidates(tmp_path / FILE_NAME)
+
+
+def test_sample_name_is_file_then_dataset_then_index():
+    assert sample_name(1324, "1/train_02151.png", "digits") == "1/train_02151.png · #1324"
+    assert sample_name(1324, "", "cifar10-train") == "cifar10-train · #1324"
+    assert sample_name(7) == "#7"
+
+
+@pytest.mark.parametrize(
+    ("n", "total", "text"),
+    [
+        (2141, 10000, "2,141 of 10,000 (21 %)"),
+        (250, 10000, "250 of 10,000 (2.5 %)"),
+        (3, 10000, "3 of 10,000 (0.03 %)"),
+        (0, 500, "0 of 500 (0 %)"),
+        (500, 500, "500 of 500 (100 %)"),
+        (0, 0, "0 of 0"),
+    ],
+)
+def test_count_of_prints_the_scale(n, total, text):
+    assert count_of(n, total) == text
+    assert count_of(n, total) == f"{n:,} {share_of(n, total)}"
+
+
+@pytest.mark.parametrize("sources", [None, "files"])
+def test_the_name_column_round_trips_and_known_poisons_accept_it(tmp_path, sources):
+    """Written by sample_name, read back to the same name (built-in data keep their dataset's name),
+    and a known-poisons file may list samples by that name."""
+    score, flagged, labels, files = _data()
+    src = files if sources else None
+    rows = ranked_rows(score, flagged, labels, sources=src, dataset="digits-train", class_names=NAMES)
+    write_candidates(tmp_path / FILE_NAME, rows)
+    loaded = read_candidates(tmp_path / FILE_NAME)
+    want = [sample_name(c.index, files[c.index] if sources else "", "digits-train") for c in loaded]
+    assert [c.name for c in loaded] == [r.name for r in rows] == want
+    raw = list(csv.DictReader(io.StringIO((tmp_path / FILE_NAME).read_text(encoding="utf-8"))))
+    assert [unescape_cell(r["name"]) for r in raw] == want
+
+    train = ImageSet(torch.zeros(N, 1, 8, 8, dtype=torch.uint8), labels, NAMES, src, "digits-train")
+    listed = [(c.index, w) for c, w in zip(loaded, want, strict=True) if "\t" not in w][:3]  # tab: a separator
+    (tmp_path / "poisons.txt").write_text("name\n" + "\n".join(w for _, w in listed), encoding="utf-8")
+    assert read_known_poisons(tmp_path / "poisons.txt", train).tolist() == sorted(i for i, _ in listed)

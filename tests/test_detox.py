@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from kdcore.candidates import sample_name
 from kdcore.data.imageset import ImageSet
 from kdcore.detox import DetoxResult, detox_metrics, detoxify
 from kdcore.models.spec import ModelSpec
@@ -135,14 +136,16 @@ def test_to_csv_columns(train: ImageSet) -> None:
     lines = plain.to_csv().splitlines()
     assert len(lines) == N + 1
     assert lines[0].split(",") == [
-        "rank", "index", "source", "label", "label_name", "teacher_pred", "student_pred",
+        "rank", "index", "name", "source", "label", "label_name", "teacher_pred", "student_pred",
         "teacher_conf", "student_conf", "score", "flagged",
     ]  # fmt: skip
-    assert all(line.split(",")[4] == "" for line in lines[1:])  # kdcore.candidates.COLUMNS; no names given
+    assert all(line.split(",")[5] == "" for line in lines[1:])  # kdcore.candidates.COLUMNS; no names given
+    # one name per sample: no file names, so the training set's name and the index
+    assert all(line.split(",")[2] == sample_name(int(line.split(",")[1]), "", train.name) for line in lines[1:])
 
     _, table, _ = detoxify(model, model, SPEC, train, CPU, poison_idx=torch.tensor([0]))
     names = tuple(f"digit-{i}" for i in range(10))
     rows = list(csv.DictReader(io.StringIO(table.to_csv(names))))
-    assert list(rows[0])[3:5] == ["label", "label_name"] and list(rows[0])[-1] == "is_poison"
+    assert list(rows[0])[4:6] == ["label", "label_name"] and list(rows[0])[-1] == "is_poison"
     assert all(r["label_name"] == f"digit-{r['label']}" for r in rows)
     assert sum(int(r["is_poison"]) for r in rows) == 1

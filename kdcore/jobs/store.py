@@ -5,6 +5,11 @@
 
 A job = a kind (`kdcore.runs.KINDS`) + its typed config (validated at submit; an invalid one is
 never queued) + a run directory. Artefacts live in the run directory, not in the database.
+
+Each job records how long each of its stages took (`stage_times`, written when the stage changes
+and when the job finishes). The ETA is the whole job's: the current stage's rest plus the stages
+still to come, timed by the recent succeeded jobs of the same kind (`JobStore.stage_profile`) and
+scaled by how fast this job's finished stages ran compared with theirs (`Job.eta`).
 Every connection is short-lived, so worker processes, CLI calls and the dashboard can all use
 the store at once; SQLite's WAL lets readers proceed while a writer commits.
 """
@@ -24,11 +29,13 @@ from typing import Any
 
 from kdcore.config import from_dict, to_dict
 from kdcore.errors import ConfigError, InputError
+from kdcore.jobs.eta import Profile, job_eta, median_profile
 from kdcore.paths import data_home
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
 STALE_AFTER_S = 30.0  # a running job whose heartbeat is older than this is interrupted
+PROFILE_JOBS = 5  # succeeded jobs of a kind whose stage times make its profile (median per stage)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -52,7 +59,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     run_dir TEXT NOT NULL DEFAULT '',
     parent_id INTEGER REFERENCES jobs(id),
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    label TEXT NOT NULL DEFAULT ''
+    label TEXT NOT NULL DEFAULT '',
+    stage_times TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 """
@@ -81,6 +89,7 @@ class Job:
     parent_id: int | None
     cancel_requested: bool
     label: str
+    stage_times: Profile = ()  # (stage, seconds) of each finished stage, in run order
 
     @property
     def report_path(self) -> Path | None:
@@ -96,12 +105,21 @@ class Job:
             return None
         return (self.finished_at or now or time.time()) - self.started_at
 
-    def eta(self, now: float | None = None) -> float | None:
+    def stage_eta(self, now: float | None = None) -> float | None:
         """Seconds left in the current stage, from its rate so far (None when unknown)."""
         if self.state != "running" or not self.total or not self.step or self.stage_started_at is None:
             return None
         el = (now or time.time()) - self.stage_started_at
         return el / self.step * (self.total - self.step) if self.step < self.total else 0.0
+
+    def eta(self, now: float | None = None, profile: Profile = ()) -> float | None:
+        """Seconds left in the whole job, given its kind's `profile` (`JobStore.stage_profile`; the
+        formula is in `kdcore.jobs.eta`); without one, the current stage's. None when unknown."""
+        if self.state != "running":
+            return None
+        now = now or time.time()
+        in_stage = None if self.stage_started_at is None else now - self.stage_started_at
+        return job_eta(self.stage, in_stage, self.stage_eta(now), self.stage_times, profile)
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -165,6 +183,7 @@ class JobStore:
         d = dict(row)
         d["config"] = json.loads(d["config"])
         d["cancel_requested"] = bool(d["cancel_requested"])
+        d["stage_times"] = _times(d.get("stage_times"))
         return Job(**d)
 
     # ---- submitting and reading -------------------------------------------------------------
@@ -215,19 +234,24 @@ class JobStore:
             if row is None:
                 return None
             c.execute(
-                "UPDATE jobs SET state='running', started_at=?, heartbeat_at=?, device=?, worker_pid=?, "
-                "worker_host=?, stage='starting', step=0, total=0, message='' WHERE id=? AND state='queued'",
-                (now, now, device, pid, socket.gethostname(), row["id"]),
+                "UPDATE jobs SET state='running', started_at=?, heartbeat_at=?, stage_started_at=?, device=?, "
+                "worker_pid=?, worker_host=?, stage='starting', step=0, total=0, message='', stage_times='[]' "
+                "WHERE id=? AND state='queued'",
+                (now, now, now, device, pid, socket.gethostname(), row["id"]),
             )
         return self.get(row["id"])
 
     def progress(self, job_id: int, stage: str, step: int, total: int, message: str = "") -> bool:
-        """Record progress and heartbeat; returns True when a cancel was requested."""
-        with self.transaction() as c:
+        """Record progress and heartbeat (and, when the stage changes, how long the last one took);
+        returns True when a cancel was requested."""
+        now = time.time()
+        with self.transaction(immediate=True) as c:
+            times = _closed_stage(c, job_id, now, unless=stage)
             c.execute(
                 "UPDATE jobs SET stage_started_at = CASE WHEN stage = ? THEN stage_started_at ELSE ? END, "
+                "stage_times = COALESCE(?, stage_times), "
                 "stage=?, step=?, total=?, message=?, heartbeat_at=? WHERE id=? AND state='running'",
-                (stage, time.time(), stage, int(step), int(total), message[:500], time.time(), job_id),
+                (stage, now, times, stage, int(step), int(total), message[:500], now, job_id),
             )
             row = c.execute("SELECT cancel_requested FROM jobs WHERE id=?", (job_id,)).fetchone()
         return bool(row and row[0])
@@ -241,10 +265,13 @@ class JobStore:
     def finish(self, job_id: int, state: str, error: str = "") -> None:
         if state not in TERMINAL:
             raise ValueError(f"finish() needs a terminal state, got {state!r}")
+        now = time.time()
         with self.transaction(immediate=True) as c:
+            times = _closed_stage(c, job_id, now)
             c.execute(
-                "UPDATE jobs SET state=?, error=?, finished_at=?, heartbeat_at=? WHERE id=? AND state='running'",
-                (state, error[:4000], time.time(), time.time(), job_id),
+                "UPDATE jobs SET state=?, error=?, finished_at=?, heartbeat_at=?, "
+                "stage_times = COALESCE(?, stage_times) WHERE id=? AND state='running'",
+                (state, error[:4000], now, now, times, job_id),
             )
 
     # ---- user actions ------------------------------------------------------------------------
@@ -273,6 +300,23 @@ class JobStore:
             raise InputError(f"Job {job_id} is {old.state}; only failed, cancelled or interrupted jobs can be retried")
         return self.submit(old.kind, old.config, label=old.label, parent_id=old.id, run_dir=old.run_dir)
 
+    def stage_profile(self, kind: str, jobs: int = PROFILE_JOBS) -> Profile:
+        """The expected duration of each stage of a `kind` job, in run order: the median over the
+        last `jobs` succeeded jobs of that kind that recorded stage times; () when there are none."""
+        with self.transaction() as c:
+            rows = c.execute(
+                "SELECT stage_times FROM jobs WHERE kind=? AND state='succeeded' AND stage_times != '[]' "
+                "ORDER BY id DESC LIMIT ?",
+                (kind, int(jobs)),
+            ).fetchall()
+        return median_profile(_times(r[0]) for r in rows)
+
+    def eta(self, job: Job, now: float | None = None) -> float | None:
+        """The whole job's seconds left (`Job.eta` with its kind's `stage_profile`)."""
+        if job.state != "running":
+            return None
+        return job.eta(now, self.stage_profile(job.kind))
+
     def reap(self, stale_after: float = STALE_AFTER_S) -> list[Job]:
         """Mark running jobs whose worker died (dead pid on this host, or a stale heartbeat) as
         interrupted, with the reason. Returns the jobs it marked."""
@@ -297,7 +341,24 @@ class JobStore:
 
 
 # Columns added after the first release: (name, SQL type with default). Older stores get them on open.
-_ADDED_COLUMNS = (("stage_started_at", "REAL"),)
+_ADDED_COLUMNS = (("stage_started_at", "REAL"), ("stage_times", "TEXT NOT NULL DEFAULT '[]'"))
+
+
+def _times(text: str | None) -> Profile:
+    return tuple((str(n), float(t)) for n, t in json.loads(text or "[]"))
+
+
+def _closed_stage(c: sqlite3.Connection, job_id: int, now: float, unless: str | None = None) -> str | None:
+    """The job's stage_times JSON with its current stage closed at `now`; None (nothing to record)
+    when the job is not running, its stage has no start time, or its stage is still `unless`."""
+    row = c.execute(
+        "SELECT stage, stage_started_at, stage_times FROM jobs WHERE id=? AND state='running'", (job_id,)
+    ).fetchone()
+    if row is None or row["stage_started_at"] is None or row["stage"] == unless:
+        return None
+    times = json.loads(row["stage_times"] or "[]")
+    times.append([row["stage"], round(now - row["stage_started_at"], 3)])
+    return json.dumps(times)
 
 
 def _migrate(c: sqlite3.Connection) -> None:

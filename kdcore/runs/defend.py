@@ -155,6 +155,7 @@ def write_outputs(run_dir: Path, result: DefenseResult, inputs: DefenseInputs) -
             result.flagged,
             train.require_labels("A candidates table"),
             sources=train.sources,
+            dataset=train.name,
             class_names=inputs.spec.names,
             poison_idx=inputs.poison_idx,
             per_sample=result.per_sample,

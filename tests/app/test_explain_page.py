@@ -42,7 +42,7 @@ def test_explain_page_switches_to_test_images_and_true_label(kdaudit_home):
     at.radio(key="explain_source").set_value("Test images").run(timeout=180)
     assert not at.exception
     picked = at.multiselect(key="explain_pick")
-    assert picked.value == picked.options[:2] and picked.value[0].startswith("test[")  # a new pool, new picks
+    assert picked.value == picked.options[:2] and picked.value[0].startswith("test image #")  # a new pool, new picks
     at.selectbox(key="explain_test_class").set_value(3).run(timeout=180)
     picked = at.multiselect(key="explain_pick")
     assert len(picked.value) == 2 and all("label 3" in c for c in picked.value)
@@ -51,7 +51,8 @@ def test_explain_page_switches_to_test_images_and_true_label(kdaudit_home):
     assert not at.exception
     captions = [c for img in at.image for c in img.captions]
     assert len(at.image) == 10, captions  # one image × 2 rows × 5 columns
-    assert all("label 3" in c for c in captions if c.startswith(("clean", "+ trigger")))
+    assert all("label 3" in c for c in captions if c.startswith(("test image", "+ trigger")))
+    assert not any(c.startswith("clean") for c in captions)
     assert sum(c.startswith("3: p = ") for c in captions) == 4  # the true-label maps
 
 
@@ -69,9 +70,9 @@ def test_explain_page_uploads_images_and_reports_unreadable_files(kdaudit_home):
     at.file_uploader(key="explain_upload").set_value(files).run(timeout=180)
     assert not at.exception
     assert any("broken.png" in w.value for w in at.warning)
-    assert at.multiselect(key="explain_pick").value == ["upload 1: seven.png"]
+    assert at.multiselect(key="explain_pick").value == ["uploaded image 1 · seven.png"]
     captions = [c for img in at.image for c in img.captions]
-    assert len(at.image) == 10 and "clean" in captions, captions  # no label: the caption says only "clean"
+    assert len(at.image) == 10 and "uploaded image" in captions, captions  # no label: the caption says only its kind
 
 
 def _stats(n: int, triggered: bool = True) -> dict[str, NormStats]:

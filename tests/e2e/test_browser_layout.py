@@ -1,0 +1,72 @@
+"""Layout in a real browser at 1280 px and 1920 px (issue 14): Results, Candidates and Explain of a
+small finished digits audit (files in class folders, so samples have file names), screenshotted,
+with no label or number cut off and the same sample name in the gallery and in Explain.
+
+The audit is queued straight into the store of this module's own dashboard (the cheapest job with
+file names: 2 + 1 epochs on 1,000 digits), not a second quick demo."""
+
+from __future__ import annotations
+
+import pytest
+
+from kdcore.candidates import read_candidates
+from kdcore.jobs.store import JobStore
+from tests.conftest import audit_config
+
+try:  # the shared browser fixtures live in tests/e2e/conftest.py, or still in the first browser test
+    from tests.e2e.conftest import SHOTS, open_ready, page, server, wait_job
+except ImportError:
+    from tests.e2e.test_browser import SHOTS, open_ready, page, server, wait_job  # noqa: F401
+
+WIDTHS = (1280, 1920)
+
+# Elements holding text that Streamlit cuts with an ellipsis when it does not fit: every one must fit.
+CUT_TEXT = """(sel) => [...document.querySelectorAll(sel)]
+    .filter(e => [...e.childNodes].some(n => n.nodeType === 3 && n.textContent.trim()))
+    .filter(e => e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1)
+    .map(e => e.textContent.trim())"""
+METRICS = '[data-testid="stMetricValue"] *, [data-testid="stMetricDelta"] *, [data-testid="stMetricLabel"] *'
+
+
+@pytest.fixture(scope="module")
+def audit(server, digits_files):
+    """A finished audit of the digits files, run by the dashboard's own worker: (job id, its candidates)."""
+    store = JobStore(server["data"])
+    job = store.submit("audit", audit_config(digits_files, kd_epochs=2, ft_epochs=1), label="layout audit")
+    wait_job(server["data"], job.id)
+    rows = read_candidates(f"{store.get(job.id).run_dir}/candidates.csv")
+    assert any(r.flagged for r in rows), "the audit should flag some samples for the gallery"
+    return job.id, rows
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_pages_fit_and_name_samples_alike(server, page, audit, width):
+    url = server["url"]
+    job_id, rows = audit
+    top = rows[0]
+    page.set_viewport_size({"width": width, "height": 1000})
+
+    open_ready(page, f"{url}/results?job={job_id}", ".js-plotly-plot", 2)
+    page.locator('[data-testid="stMetricLabel"]', has_text="flagged").first.scroll_into_view_if_needed()
+    page.screenshot(path=SHOTS / f"layout_results_{width}.png", full_page=True)
+    assert page.evaluate(CUT_TEXT, METRICS) == []
+
+    open_ready(page, f"{url}/candidates?job={job_id}", '[class*="st-key-card-"] [data-testid="stImage"] img')
+    toggle = page.locator(".st-key-filter-flagged")
+    toggle.get_by_text("Flagged only", exact=True).wait_for()
+    assert page.evaluate(CUT_TEXT, ".st-key-filter-flagged *") == []  # the label is whole, not "F…"
+    assert page.evaluate(CUT_TEXT, METRICS) == []  # "of 1,000 (p %)" under the flagged count fits
+    assert page.evaluate(CUT_TEXT, '.st-key-refine *, .st-key-export-verdicts *, [class*="st-key-bulk-"] *') == []
+    assert page.locator(".js-plotly-plot").count() >= 1  # the score histogram above the gallery
+    card = page.locator(f".st-key-card-{top.index}")
+    gallery_name = card.locator('[data-testid="stImageCaption"]').first.inner_text().strip()
+    page.screenshot(path=SHOTS / f"layout_candidates_{width}.png", full_page=True)
+    assert gallery_name == top.name and " · #" in gallery_name
+
+    open_ready(page, f"{url}/explain?job={job_id}", '[data-testid="stImage"] img', 4)
+    page.get_by_text("Grad-CAM").first.wait_for()
+    picker = page.locator(".st-key-explain_pick").inner_text()
+    assert f"poison candidate #1 · {gallery_name}" in picker, picker
+    page.get_by_text(f"poison candidate #1 · {gallery_name}", exact=False).first.wait_for()
+    assert page.get_by_text("clean · label", exact=False).count() == 0
+    page.screenshot(path=SHOTS / f"layout_explain_{width}.png", full_page=True)
