@@ -13,7 +13,7 @@ from app.explain import (
     pick_images_ui,
     target_mode_ui,
 )
-from app.explain_figures import NORM_IMAGES, norm_histograms_figure, norm_stats, run_context
+from app.explain_figures import NORM_IMAGES, norm_histograms_figure, norm_stats, run_view
 from app.recovered_ui import explain_trigger_ui
 from app.state import job_picker_ui, show_error
 from kdcore.errors import KDCoreError
@@ -30,8 +30,8 @@ if job is None:
     st.stop()
 
 try:
-    ctx = explain_trigger_ui(run_context(job.run_dir))
-    own_trigger = ctx.trigger is run_context(job.run_dir).trigger
+    ctx = explain_trigger_ui(run_view(job.run_dir))
+    own_trigger = ctx.trigger is run_view(job.run_dir).trigger
     models = compare_model_ui(job.run_dir)
     layer = conv_layer_ui(job.run_dir)
     if layer is None:  # no conv layer: say so (above) and show none of the conv views
@@ -46,7 +46,7 @@ try:
         gradcam_grid_ui(ctx, images, labels, models, target_mode, captions=captions, run_dir=job.run_dir, layer=layer)
 
     st.subheader("ℓ1, ℓ2 and ℓ∞ norms of the conv layer's activations")
-    if ctx.test is None:
+    if not ctx.has_test:
         st.info("This run has no test set, so there are no images to measure the activations on.")
     else:
         with st.spinner(f"Measuring activations on up to {NORM_IMAGES} test images…"):
