@@ -36,11 +36,12 @@ from app.explain_figures import (
     train_images,
     upscale,
 )
+from app.state import show_error
 from app.uploads import image_types
 from kdcore import views
 from kdcore.candidates import FILE_NAME as CANDIDATES_FILE
 from kdcore.candidates import Candidate, read_candidates
-from kdcore.errors import InputError
+from kdcore.errors import InputError, KDCoreError
 from kdcore.models.spec import ModelSpec
 from kdcore.sandbox import decode_image
 from kdcore.views import EXPLAIN_PICKED, RunView, chosen_class
@@ -280,9 +281,29 @@ def gradcam_grid_ui(
         )
 
 
+@st.fragment
+def gradcam_section_ui(
+    ctx: RunView,
+    images: torch.Tensor,
+    labels: Sequence[int | None],
+    models: Sequence[str],
+    captions: Sequence[str],
+    run_dir: str,
+    layer: str | None,
+) -> None:
+    """`target_mode_ui` and the grid it drives, as a fragment: changing the second map's class
+    reruns only this section, not the page (its norms and activation maps stay as they are)."""
+    try:
+        target_mode = target_mode_ui(ctx)
+        gradcam_grid_ui(ctx, images, labels, models, target_mode, captions=captions, run_dir=run_dir, layer=layer)
+    except KDCoreError as e:  # a fragment's rerun does not pass through the page's own handler
+        show_error(e)
+
+
 # ── activations and their norms ──────────────────────────────────────────────────────────────────
 
 
+@st.fragment
 def activation_maps_ui(
     ctx: RunView,
     images: torch.Tensor,
@@ -292,7 +313,17 @@ def activation_maps_ui(
     layer: str | None = None,
 ) -> None:
     """One chosen image's activation maps: a column per model, rows clean / + trigger, one colour
-    scale per model so clean and triggered read on the same scale."""
+    scale per model so clean and triggered read on the same scale. A fragment: picking another image
+    reruns only this section."""
+    try:
+        _activation_maps(ctx, images, captions, models, run_dir, layer)
+    except KDCoreError as e:  # a fragment's rerun does not pass through the page's own handler
+        show_error(e)
+
+
+def _activation_maps(
+    ctx: RunView, images: torch.Tensor, captions: Sequence[str], models: Sequence[str], run_dir: str, layer: str | None
+) -> None:
     _keep_valid("explain_act_image", captions)
     pick = list(captions).index(st.selectbox("Image", captions, key="explain_act_image"))
     x = images[pick : pick + 1]

@@ -105,6 +105,10 @@ def run_model(run_dir: str, name: str) -> tuple[nn.Module, ModelSpec]:
     own = Path(run_dir) / "models" / f"{name}.safetensors"
     if name != "teacher" and own.exists():
         return load_model(own, None, "cpu")
+    if name == "teacher":
+        teacher = views.load_teacher(run_dir)  # without decoding the run's image sets
+        if teacher is not None:
+            return teacher
     return run_context(run_dir).model(name)
 
 

@@ -8,10 +8,12 @@ Two finished jobs in one data folder (made once, reused by later runs with the s
 
 Per (tree, job, page) and repeat: a fresh `python -m app --workers 0` from that checkout (`--tree`
 adds a second one, e.g. the base commit: `git worktree add --detach /work/wt/speed-base main`),
-a fresh browser context, `page.goto` → Streamlit reports the script as not running, nothing stale,
-no spinner, and the page's key element is present. Then, where the page has one, a widget change
-(Explain: another image for the activation map; Candidates: the "Flagged only" toggle) until the
-rerun is done. Trees, jobs and pages are interleaved within every repeat; medians are reported.
+a fresh browser context that opens Home (its time is recorded: the server's one-time Python
+imports; `--cold` skips it), then `page.goto` → Streamlit reports the script as not running,
+nothing stale, no spinner, and the page's key element is present. Nothing of the run is cached.
+Then, where the page has one, a widget change (Explain: another image for the activation map;
+Candidates: the "Flagged only" toggle) until the rerun is done. Trees, jobs and pages are
+interleaved within every repeat; medians are reported.
 
     .venv/bin/python benchmarks/page_speed.py [--tree /work/wt/speed-base] [--repeats 5]
         [--data-dir /tmp/kdaudit-page-speed] [--pages results,candidates,explain,defenses,jobs]
@@ -153,6 +155,16 @@ def make_jobs(data: Path, tree: Path) -> dict[str, int]:
     return {"demo": jobs["demo"].id, "audit": jobs["audit"].id}
 
 
+def write_job_views(data: Path, job_ids: dict[str, int]) -> dict[str, float]:
+    """(Re)write each job's view/ as its end does (`kdcore.views.write_views`), timed: what the
+    precompute adds to a job, in a fresh process (so with the one-time import of pytorch-grad-cam)."""
+    from kdcore.runs.context import load_context
+    from kdcore.views import write_views
+
+    store = JobStore(data)
+    return {kind: round(write_views(load_context(store.get(i).run_dir, "cpu")), 2) for kind, i in job_ids.items()}
+
+
 # ----------------------------------------------------------------------------- the dashboard
 
 
@@ -210,9 +222,8 @@ def _change_widget(page, name: str) -> bool:
     """One widget change on `name`'s page; False when the page has none to change."""
     if name == "explain":
         box = page.locator(".st-key-explain_act_image")
-        if box.count() == 0:
-            return False
-        box.locator('[data-baseweb="select"]').click()
+        box.locator("input").click()  # a react-aria combobox: focus it, the arrow key opens the list
+        page.keyboard.press("ArrowDown")
         opts = page.locator('[role="option"]')
         opts.first.wait_for()
         if opts.count() < 2:
@@ -220,19 +231,28 @@ def _change_widget(page, name: str) -> bool:
         opts.nth(1).click()
         return True
     if name == "candidates":
-        toggle = page.locator(".st-key-filter-flagged label")
-        if toggle.count() == 0:
-            return False
-        toggle.first.click()
+        page.locator(".st-key-filter-flagged label").first.click()
         return True
     return False
 
 
-def measure(browser, url: str, name: str, job_id: int) -> tuple[float, float | None]:
+def measure(browser, url: str, name: str, job_id: int, cold: bool) -> tuple[float | None, float, float | None]:
+    """(Home's time when visited first, the page's first visit, one widget change) in seconds.
+
+    Unless `cold`, the session opens Home first, as a user does: the server process then has its
+    Python modules imported, but nothing of the run is cached yet."""
     path, title, sel, n = PAGES[name]
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = ctx.new_page()
     try:
+        home = None
+        if not cold:
+            t0 = time.perf_counter()
+            page.goto(f"{url}/home")
+            page.wait_for_function(
+                READY_JS, arg=["is this model backdoored", ".st-key-demo_quick", 1], timeout=TIMEOUT_MS
+            )
+            home = time.perf_counter() - t0
         t0 = time.perf_counter()
         page.goto(f"{url}/{path}?job={job_id}")
         page.wait_for_function(READY_JS, arg=[title, sel, n], timeout=TIMEOUT_MS, polling=20)
@@ -243,7 +263,7 @@ def measure(browser, url: str, name: str, job_id: int) -> tuple[float, float | N
             page.wait_for_timeout(100)  # the rerun starts: the script state leaves notRunning
             page.wait_for_function(IDLE_JS, timeout=TIMEOUT_MS, polling=20)
             widget = time.perf_counter() - t0
-        return first, widget
+        return home, first, widget
     finally:
         ctx.close()
 
@@ -259,6 +279,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default="/tmp/kdaudit-page-speed")
     ap.add_argument("--pages", default=",".join(PAGES))
     ap.add_argument("--jobs", default="demo,audit")
+    ap.add_argument("--cold", action="store_true", help="measure the server's very first page (no Home visit first)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "page_speed.json"))
     a = ap.parse_args()
     trees = {"this": ROOT, **{Path(t).name: Path(t).resolve() for t in a.tree}}
@@ -267,6 +288,7 @@ def main() -> None:
     t0 = time.perf_counter()
     job_ids = make_jobs(data, ROOT)
     setup_s = time.perf_counter() - t0
+    views_s = write_job_views(data, job_ids)
     kinds = [k for k in a.jobs.split(",") if k]
     pages = [p for p in a.pages.split(",") if p]
     gflops = sgemm_gflops(torch.device("cpu"))
@@ -283,18 +305,25 @@ def main() -> None:
                     for name in pages:
                         proc, url = start_dashboard(tree, data, data / f"server-{tree_name}.log")
                         try:
-                            first, widget = measure(browser, url, name, job_ids[kind])
+                            home, first, widget = measure(browser, url, name, job_ids[kind], a.cold)
                         finally:
                             stop_dashboard(proc)
-                        rec = times.setdefault((tree_name, kind, name), {"first": [], "widget": []})
+                        rec = times.setdefault((tree_name, kind, name), {"first": [], "widget": [], "home": []})
                         rec["first"].append(first)
+                        if home is not None:
+                            rec["home"].append(home)
                         if widget is not None:
                             rec["widget"].append(widget)
                         w = "" if widget is None else f", widget {widget:.2f} s"
                         print(f"rep {rep + 1} {tree_name:>10} {kind:>5} {name:>10}: first {first:.2f} s{w}", flush=True)
+            # after every repeat, so a run stopped early still leaves its medians so far
+            report(a, trees, kinds, pages, times, gflops, load_before, job_ids, setup_s, views_s, rep + 1)
         browser.close()
-    load_after = os.getloadavg()
 
+
+def report(a, trees, kinds, pages, times, gflops, load_before, job_ids, setup_s, views_s, done: int) -> None:
+    """Print the table of medians and write the JSON."""
+    load_after = os.getloadavg()
     rows = [
         {
             "tree": t,
@@ -304,13 +333,13 @@ def main() -> None:
             "widget_s": _median(v["widget"]),
             "first_all_s": [round(x, 2) for x in v["first"]],
             "widget_all_s": [round(x, 2) for x in v["widget"]],
+            "home_before_s": _median(v["home"]),
         }
         for (t, k, n), v in times.items()
     ]
     scale = 170.0 / gflops  # the issue's targets are for a 170 GFLOP/s machine
-    print(
-        f"\nsgemm {gflops:.0f} GFLOP/s (targets scaled ×{scale:.2f}); load {load_before[0]:.2f} → {load_after[0]:.2f}"
-    )
+    load = f"load {load_before[0]:.2f} → {load_after[0]:.2f}"
+    print(f"\nsgemm {gflops:.0f} GFLOP/s (targets scaled ×{scale:.2f}); {load}; view written in {views_s} s")
     print("| job | page | " + " | ".join(f"first visit ({t}) | widget ({t})" for t in trees) + " |")
     print("|---|---|" + "---|---|" * len(trees))
     for kind in kinds:
@@ -319,7 +348,7 @@ def main() -> None:
             for t in trees:
                 r = next(r for r in rows if (r["tree"], r["job"], r["page"]) == (t, kind, name))
                 cells += [f"{r['first_s']:.2f} s", "—" if r["widget_s"] is None else f"{r['widget_s']:.2f} s"]
-            print(f"| {kind} | {name} | " + " | ".join(cells) + " |")
+            print(f"| {kind} | {name} | " + " | ".join(cells) + " |", flush=True)
     atomic_write_json(
         Path(a.out),
         {
@@ -330,9 +359,12 @@ def main() -> None:
             "load_average_after": [round(x, 2) for x in load_after],
             "cpus": os.cpu_count(),
             "repeats": a.repeats,
+            "repeats_done": done,
+            "cold": a.cold,
             "trees": {k: str(v) for k, v in trees.items()},
             "jobs": job_ids,
             "setup_s": round(setup_s, 1),
+            "views_s": views_s,
             "rows": rows,
         },
     )

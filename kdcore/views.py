@@ -8,6 +8,7 @@ has all of that in hand when it ends, so it writes it down:
                               (`layer_report`) and the keys of what explain.npz holds
 <run_dir>/view/top.csv        the first `TOP_ROWS` rows of candidates.csv (Explain's pool: no 10k-row parse)
 <run_dir>/view/train_top.npz  their training images (the gallery's first pages, Explain's pool)
+<run_dir>/view/teacher.safetensors  the teacher as kdcore read it (audits; the demo records its stage file)
 <run_dir>/view/explain.npz    Explain's default selection: Grad-CAM panels and activation maps of
                               the top candidates, ℓp-norm statistics of the default models
 
@@ -40,6 +41,7 @@ from kdcore.errors import InputError
 from kdcore.explain import NormStats, activations, compare_norms, gradcam, overlay
 from kdcore.io import atomic_write_bytes, atomic_write_json, read_json
 from kdcore.models.layers import Role, choose_layer, layer_report
+from kdcore.models.loading import load_model, save_model
 from kdcore.models.spec import ModelSpec
 from kdcore.train import predict_logits
 from kdcore.triggers import Trigger
@@ -219,6 +221,22 @@ def top_images(run_dir: str | Path) -> dict[int, tuple[np.ndarray, int | None]]:
         return dict(zip(z["index"].tolist(), zip(z["images"], labels, strict=True), strict=True))
 
 
+def load_teacher(run_dir: str | Path) -> tuple[nn.Module, ModelSpec] | None:
+    """The run's teacher on the CPU without its image sets: the file the view recorded (the demo's),
+    the audit's model read through the sandbox, or None (then rebuild the run)."""
+    from kdcore.runs.context import load_context
+
+    meta = _meta(run_dir)
+    if meta is None:
+        return None
+    spec = ModelSpec.from_dict(meta["spec"])
+    if meta.get("teacher_file") and Path(meta["teacher_file"]).is_file():
+        return load_model(meta["teacher_file"], spec, CPU)[0], spec
+    if meta["kind"] == "audit":  # a view written without the file: read the upload in the sandbox
+        return load_context(meta["run_dir"], CPU, with_data=False).teacher, spec
+    return None
+
+
 def top_candidates(run_dir: str | Path, n: int) -> tuple[Candidate, ...] | None:
     """The first `n` rows of the run's candidates.csv from top.csv, or None when the view has not
     kept that many (then read candidates.csv)."""
@@ -253,11 +271,14 @@ def stored_norms(run_dir: str | Path, name: str) -> dict[str, dict[str, NormStat
 # ── writing it at the end of a run ───────────────────────────────────────────────────────────────
 
 
-def write_views(ctx) -> float:
+def write_views(ctx, teacher_file: str | Path | None = None) -> float:
     """Write `<run_dir>/view/` for a finished run; returns the seconds it took.
 
     `ctx`: the run's `kdcore.runs.context.RunContext`. Its teacher may be on any device (a CPU copy
-    is used); the other models are read from the run's `models/` on the CPU, as the page reads them."""
+    is used); the other models are read from the run's `models/` on the CPU, as the page reads them.
+    `teacher_file`: a .safetensors kdcore wrote with the teacher's weights (the demo's stage file);
+    without one the CPU copy is saved as view/teacher.safetensors (an audit's model, so the page
+    loads it without a sandboxed read of the upload). Either is recorded for `load_teacher`."""
     t0 = time.perf_counter()
     out = Path(ctx.run_dir) / VIEW_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -266,6 +287,8 @@ def write_views(ctx) -> float:
     for name in ctx.available_models()[1:2]:  # Explain compares the teacher with the first other model
         loaded[name] = ctx.model(name, CPU)
     layers = layer_report(teacher, ctx.spec)
+    if teacher_file is None:
+        teacher_file = save_model(teacher, ctx.spec, out / "teacher.safetensors")
     arrays: dict[str, np.ndarray] = {}
     top = _top_rows(ctx, out)
     if top:
@@ -288,6 +311,7 @@ def write_views(ctx) -> float:
         "train_classes": [] if ctx.train is None else list(ctx.train.class_names),
         "layers": layers,
         "stamps": _stamps(ctx.run_dir),
+        "teacher_file": str(teacher_file) if teacher_file else "",
     }
     atomic_write_json(out / "run.json", meta)  # last: its presence says the view is complete
     seconds = time.perf_counter() - t0

@@ -9,9 +9,8 @@ from app.explain import (
     activation_maps_ui,
     compare_model_ui,
     conv_layer_ui,
-    gradcam_grid_ui,
+    gradcam_section_ui,
     pick_images_ui,
-    target_mode_ui,
 )
 from app.explain_figures import NORM_IMAGES, norm_histograms_figure, norm_stats, run_view
 from app.recovered_ui import explain_trigger_ui
@@ -42,8 +41,7 @@ try:
     if len(images) == 0:
         st.info("Pick at least one image above.")
     else:
-        target_mode = target_mode_ui(ctx)
-        gradcam_grid_ui(ctx, images, labels, models, target_mode, captions=captions, run_dir=job.run_dir, layer=layer)
+        gradcam_section_ui(ctx, images, labels, models, captions, job.run_dir, layer)
 
     st.subheader("ℓ1, ℓ2 and ℓ∞ norms of the conv layer's activations")
     if not ctx.has_test:

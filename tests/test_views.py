@@ -50,7 +50,11 @@ def run(tmp_path) -> RunContext:
 def test_write_views_keeps_the_first_visit_and_reads_back(run):
     views.write_views(run)
     out = run.run_dir / "view"
-    assert {p.name for p in out.iterdir()} == {"run.json", "top.csv", "train_top.npz", "explain.npz"}
+    kept_files = {"run.json", "top.csv", "train_top.npz", "explain.npz", "teacher.safetensors", "teacher.json"}
+    assert {p.name for p in out.iterdir()} == kept_files
+    teacher, _ = views.load_teacher(run.run_dir)  # the CPU copy the view saved: the same weights
+    for a, b in zip(teacher.state_dict().values(), run.teacher.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
     view = views.read_view(run.run_dir)
     assert (view.kind, view.n_train, view.n_test, view.spec, view.trigger) == ("audit", 40, 30, run.spec, TRIGGER)
     assert view.layers["last_conv"] and view.train_classes == run.train.class_names
@@ -120,7 +124,7 @@ def test_the_pages_use_the_view_and_compute_what_it_lacks(run, monkeypatch):
 
     st.cache_resource.clear()
     st.cache_data.clear()
-    views.write_views(run)
+    views.write_views(run, teacher_file=save_model(run.teacher, run.spec, run.run_dir / "teacher.safetensors"))
     run_dir = str(run.run_dir)
     layer = ef.teacher_layers(run_dir)["last_conv"]
 
@@ -140,6 +144,17 @@ def test_the_pages_use_the_view_and_compute_what_it_lacks(run, monkeypatch):
     gallery = rq.train_images(run_dir)
     assert len(gallery) == 40 and np.array_equal(gallery.images[7], run.train.images[7].numpy())
 
-    monkeypatch.setattr(ef, "load_context", lambda *a, **k: run)  # another image: computed from the run
+    # another image: not kept, so computed, from the recorded teacher file (still no rebuilt run)
     fresh, _, _ = ef.gradcam_panels(run_dir, "teacher", stacked[:1], (TRIGGER.target,), layer)
     np.testing.assert_allclose(fresh, probs[:1], atol=1e-6)
+
+
+def test_load_teacher_reads_the_recorded_file_without_the_run(run, tmp_path_factory):
+    assert views.load_teacher(run.run_dir) is None  # no view yet: the page rebuilds the run
+    file = save_model(run.teacher, run.spec, tmp_path_factory.mktemp("stage") / "model.safetensors")
+    views.write_views(run, teacher_file=file)
+    model, spec = views.load_teacher(run.run_dir)
+    x = run.test.images[:5]
+    assert spec == run.spec
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(spec.normalize(x)), run.teacher(spec.normalize(x)))

@@ -171,7 +171,8 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, on_progress: ProgressFn = no_
             )  # fmt: skip
             add_to_report(report, blind, run_dir, trigger_given=True)
         views_s = write_views(
-            RunContext(run_dir, "demo", resolved, SPEC, teacher, train, data.test, cfg.trigger_value, poison_idx)
+            RunContext(run_dir, "demo", resolved, SPEC, teacher, train, data.test, cfg.trigger_value, poison_idx),
+            teacher_file=t_st.dir / "model.safetensors",
         )
         report.update(
             kind="demo",
