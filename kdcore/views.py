@@ -22,7 +22,6 @@ dashboard does, so a GPU run's view matches what the page would compute.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -274,21 +273,22 @@ def stored_norms(run_dir: str | Path, name: str) -> dict[str, dict[str, NormStat
 def write_views(ctx, teacher_file: str | Path | None = None) -> float:
     """Write `<run_dir>/view/` for a finished run; returns the seconds it took.
 
-    `ctx`: the run's `kdcore.runs.context.RunContext`. Its teacher may be on any device (a CPU copy
-    is used); the other models are read from the run's `models/` on the CPU, as the page reads them.
+    `ctx`: the run's `kdcore.runs.context.RunContext`; every model is read back from its file on the
+    CPU, as the page reads it, so what is stored is what the page would compute.
     `teacher_file`: a .safetensors kdcore wrote with the teacher's weights (the demo's stage file);
     without one the CPU copy is saved as view/teacher.safetensors (an audit's model, so the page
     loads it without a sandboxed read of the upload). Either is recorded for `load_teacher`."""
     t0 = time.perf_counter()
     out = Path(ctx.run_dir) / VIEW_DIR
     out.mkdir(parents=True, exist_ok=True)
-    teacher = copy.deepcopy(ctx.teacher).to(CPU).eval()
+    if teacher_file is None:
+        teacher_file = save_model(ctx.teacher, ctx.spec, out / "teacher.safetensors")
+    # the teacher as the page reads it (`load_teacher`): the same file, on the CPU, in its loaded mode
+    teacher = load_model(teacher_file, ctx.spec, CPU)[0]
     loaded = {"teacher": (teacher, ctx.spec)}
     for name in ctx.available_models()[1:2]:  # Explain compares the teacher with the first other model
         loaded[name] = ctx.model(name, CPU)
     layers = layer_report(teacher, ctx.spec)
-    if teacher_file is None:
-        teacher_file = save_model(teacher, ctx.spec, out / "teacher.safetensors")
     arrays: dict[str, np.ndarray] = {}
     top = _top_rows(ctx, out)
     if top:
