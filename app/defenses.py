@@ -22,6 +22,7 @@ from kdcore.defenses import DEFENSES, Defense
 from kdcore.errors import InputError, KDCoreError
 from kdcore.jobs.store import Job
 from kdcore.report import ROLES, detection_of, headline_of, metrics_of, models_of, seconds_of
+from kdcore.views import read_view
 
 FAMILIES = ("repairer", "repairer+detector", "detector", "inspector")
 FAMILY_HELP = {
@@ -128,7 +129,8 @@ def layer_problems_ui(source: Job) -> None:
     if source.kind != "audit" or not spec or not source.config.get("model"):
         return
     try:
-        problems = check_model(source.config["model"], json.dumps(spec)).layers["problems"]
+        view = read_view(source.run_dir)  # the audit's own layer report, kept at its end: no sandboxed load
+        problems = (view.layers if view else check_model(source.config["model"], json.dumps(spec)).layers)["problems"]
     except KDCoreError as e:
         st.caption(f"The model's layers could not be checked here ({' '.join(str(e).split())}).")
         return

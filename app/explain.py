@@ -31,16 +31,20 @@ from app.explain_figures import (
     layer_activations,
     model_label,
     model_names,
+    run_context,
     teacher_layers,
+    train_images,
     upscale,
 )
+from app.state import show_error
 from app.uploads import image_types
+from kdcore import views
 from kdcore.candidates import FILE_NAME as CANDIDATES_FILE
 from kdcore.candidates import Candidate, read_candidates
-from kdcore.errors import InputError
+from kdcore.errors import InputError, KDCoreError
 from kdcore.models.spec import ModelSpec
-from kdcore.runs.context import RunContext
 from kdcore.sandbox import decode_image
+from kdcore.views import EXPLAIN_PICKED, RunView, chosen_class
 
 SOURCES = ("Top poison candidates", "Test images", "Upload images")
 # What each picked image is, by source: the first word of its caption and the label of its
@@ -66,11 +70,12 @@ def _keep_valid(key: str, options: Sequence) -> None:
 
 @st.cache_data(show_spinner=False, max_entries=8)
 def top_candidates(path: str, n: int = POOL) -> tuple[Candidate, ...]:
-    """The top `n` rows of a candidates table (already ranked: flagged first, then by score)."""
-    return read_candidates(path)[:n]
+    """The top `n` rows of a candidates table (already ranked: flagged first, then by score); from
+    the rows the run kept at its end (`kdcore.views`) when its view is current."""
+    return views.top_candidates(Path(path).parent, n) or read_candidates(path)[:n]
 
 
-def _candidates_path(ctx: RunContext, run_dir: str) -> Path | None:
+def _candidates_path(ctx: RunView, run_dir: str) -> Path | None:
     for d in (Path(run_dir), ctx.run_dir):  # a refine job ranks nothing itself; use its source run's
         if (d / CANDIDATES_FILE).exists():
             return d / CANDIDATES_FILE
@@ -84,10 +89,13 @@ def _class_name(spec: ModelSpec, c: int | None) -> str:
     return f"{c} ({names[c]})" if c < len(names) and names[c] != str(c) else str(c)
 
 
-def pick_images_ui(ctx: RunContext, run_dir: str) -> tuple[torch.Tensor, list[int | None], list[str]]:
-    """Choose up to 4 images → (uint8 (N, C, H, W), labels (None when unknown), captions)."""
-    cand_path = _candidates_path(ctx, run_dir) if ctx.train is not None else None
-    sources = [s for s, ok in zip(SOURCES, (cand_path is not None, ctx.test is not None, True), strict=True) if ok]
+def pick_images_ui(ctx: RunView, run_dir: str) -> tuple[torch.Tensor, list[int | None], list[str]]:
+    """Choose up to 4 images → (uint8 (N, C, H, W), labels (None when unknown), captions).
+
+    Top candidates' images come from what the run kept at its end when it kept them all, so the
+    first visit decodes no image set; test images need the rebuilt run."""
+    cand_path = _candidates_path(ctx, run_dir) if ctx.has_train else None
+    sources = [s for s, ok in zip(SOURCES, (cand_path is not None, ctx.has_test, True), strict=True) if ok]
     _keep_valid("explain_source", sources)
     source = st.radio("Images", sources, horizontal=True, key="explain_source")
     shape = ctx.spec.input_shape
@@ -95,17 +103,19 @@ def pick_images_ui(ctx: RunContext, run_dir: str) -> tuple[torch.Tensor, list[in
     labels: list[int | None] = []
     captions: list[str] = []
     if source == SOURCES[0]:
-        for r in top_candidates(str(cand_path)):
-            i = r.index
-            if not 0 <= i < len(ctx.train):
-                raise InputError(f"candidates.csv lists training sample {i} but the training set has {len(ctx.train)}")
-            label = None if ctx.train.labels is None else int(ctx.train.labels[i])
+        rows = top_candidates(str(cand_path))
+        for r in rows:
+            if not 0 <= r.index < ctx.n_train:
+                raise InputError(
+                    f"candidates.csv lists training sample {r.index} but the training set has {ctx.n_train}"
+                )
+        images, labels = train_images(run_dir, [r.index for r in rows])
+        for r, label in zip(rows, labels, strict=True):
             flag = " · flagged" if r.flagged else ""
-            images.append(ctx.train.images[i])
-            labels.append(label)
             captions.append(f"{KINDS[0]} #{r.rank} · {r.name} · label {_class_name(ctx.spec, label)}{flag}")
     elif source == SOURCES[1]:
-        test_labels = ctx.test.labels
+        test = run_context(run_dir).test
+        test_labels = test.labels
         choices = ["All classes", *range(ctx.spec.num_classes)] if test_labels is not None else ["All classes"]
         _keep_valid("explain_test_class", choices)
         cls = st.selectbox(
@@ -114,7 +124,7 @@ def pick_images_ui(ctx: RunContext, run_dir: str) -> tuple[torch.Tensor, list[in
             key="explain_test_class",
             format_func=lambda c: c if isinstance(c, str) else _class_name(ctx.spec, c),
         )
-        idx = torch.arange(len(ctx.test)) if isinstance(cls, str) else torch.nonzero(test_labels == cls).flatten()
+        idx = torch.arange(len(test)) if isinstance(cls, str) else torch.nonzero(test_labels == cls).flatten()
         if len(idx) == 0:
             st.info("The test set has no image of this class.")
             return torch.zeros((0, *shape), dtype=torch.uint8), [], []
@@ -123,7 +133,7 @@ def pick_images_ui(ctx: RunContext, run_dir: str) -> tuple[torch.Tensor, list[in
         start = st.number_input(f"First image (of {len(idx)})", 0, len(idx) - 1, step=POOL, key="explain_test_start")
         for i in idx[start : start + POOL].tolist():
             label = None if test_labels is None else int(test_labels[i])
-            images.append(ctx.test.images[i])
+            images.append(test.images[i])
             labels.append(label)
             captions.append(f"{KINDS[1]} #{i} · label {_class_name(ctx.spec, label)}")
     else:
@@ -160,7 +170,7 @@ def _pick_ui(captions: list[str]) -> list[int]:
     if st.session_state.get("_explain_pool") != captions or "explain_pick" not in st.session_state:
         st.session_state["_explain_pool"] = captions
         kept = [c for c in st.session_state.get("explain_pick", []) if c in captions]
-        st.session_state["explain_pick"] = kept or captions[:2]
+        st.session_state["explain_pick"] = kept or captions[:EXPLAIN_PICKED]
     picked = st.multiselect(f"Show (up to {MAX_PICK})", captions, max_selections=MAX_PICK, key="explain_pick")
     return [captions.index(c) for c in picked]
 
@@ -199,7 +209,7 @@ def conv_layer_ui(run_dir: str) -> str | None:
     )
 
 
-def target_mode_ui(ctx: RunContext) -> str | int:
+def target_mode_ui(ctx: RunView) -> str | int:
     """The second class each Grad-CAM explains: "target", "true" or a class index."""
     modes = [m for m in TARGET_MODES if m != "target" or ctx.trigger is not None]
     _keep_valid("explain_target_mode", modes)
@@ -221,17 +231,8 @@ def target_mode_ui(ctx: RunContext) -> str | int:
 # ── Grad-CAM ─────────────────────────────────────────────────────────────────────────────────────
 
 
-def _chosen_class(mode: str | int, label: int | None, ctx: RunContext) -> int | None:
-    """The class of the second map; None (= the predicted class) when the label is unknown."""
-    if mode == "target" and ctx.trigger is not None:
-        return ctx.trigger.target
-    if mode == "true":
-        return label
-    return mode if isinstance(mode, int) else label
-
-
 def gradcam_grid_ui(
-    ctx: RunContext,
+    ctx: RunView,
     images: torch.Tensor,
     labels: Sequence[int | None],
     models: Sequence[str],
@@ -249,7 +250,7 @@ def gradcam_grid_ui(
     if ctx.trigger is not None:
         inputs.append(("+ trigger", ctx.trigger.stamp(images)))
     stacked = torch.cat([x for _, x in inputs]).numpy()  # (R·N, C, H, W): row r, image i at r·N + i
-    chosen = tuple(_chosen_class(target_mode, lab, ctx) for lab in labels) * len(inputs)
+    chosen = tuple(chosen_class(target_mode, lab, ctx.trigger) for lab in labels) * len(inputs)
     with st.spinner("Computing Grad-CAM…"):
         panels = {m: gradcam_panels(run_dir, m, stacked, chosen, layer) for m in models}
     second = {"target": "trigger target", "true": "true label"}.get(target_mode, f"class {target_mode}")
@@ -289,11 +290,31 @@ def gradcam_grid_ui(
         )
 
 
+@st.fragment
+def gradcam_section_ui(
+    ctx: RunView,
+    images: torch.Tensor,
+    labels: Sequence[int | None],
+    models: Sequence[str],
+    captions: Sequence[str],
+    run_dir: str,
+    layer: str | None,
+) -> None:
+    """`target_mode_ui` and the grid it drives, as a fragment: changing the second map's class
+    reruns only this section, not the page (its norms and activation maps stay as they are)."""
+    try:
+        target_mode = target_mode_ui(ctx)
+        gradcam_grid_ui(ctx, images, labels, models, target_mode, captions=captions, run_dir=run_dir, layer=layer)
+    except KDCoreError as e:  # a fragment's rerun does not pass through the page's own handler
+        show_error(e)
+
+
 # ── activations and their norms ──────────────────────────────────────────────────────────────────
 
 
+@st.fragment
 def activation_maps_ui(
-    ctx: RunContext,
+    ctx: RunView,
     images: torch.Tensor,
     captions: Sequence[str],
     models: Sequence[str],
@@ -301,7 +322,17 @@ def activation_maps_ui(
     layer: str | None = None,
 ) -> None:
     """One chosen image's activation maps: a column per model, rows clean / + trigger, one colour
-    scale per model so clean and triggered read on the same scale."""
+    scale per model so clean and triggered read on the same scale. A fragment: picking another image
+    reruns only this section."""
+    try:
+        _activation_maps(ctx, images, captions, models, run_dir, layer)
+    except KDCoreError as e:  # a fragment's rerun does not pass through the page's own handler
+        show_error(e)
+
+
+def _activation_maps(
+    ctx: RunView, images: torch.Tensor, captions: Sequence[str], models: Sequence[str], run_dir: str, layer: str | None
+) -> None:
     _keep_valid("explain_act_image", captions)
     pick = list(captions).index(st.selectbox("Image", captions, key="explain_act_image"))
     x = images[pick : pick + 1]

@@ -31,19 +31,30 @@ from plotly.subplots import make_subplots
 from torch import nn
 
 from app.charts import MODEL_LABELS
+from kdcore import views
 from kdcore.errors import InputError
-from kdcore.explain import NORMS, NormStats, activations, compare_norms, gradcam, overlay
-from kdcore.models.layers import Role, choose_layer, layer_report
+from kdcore.explain import NORMS, NormStats, compare_norms
+from kdcore.models.layers import layer_report
 from kdcore.models.loading import load_model
 from kdcore.models.spec import ModelSpec
 from kdcore.runs.context import RunContext, load_context
-from kdcore.train import predict_logits
 from kdcore.triggers import Trigger
+from kdcore.views import (
+    ACT_ROLE,
+    NORM_IMAGES,
+    RunView,
+    activations_key,
+    at_layer,
+    gradcam_key,
+    norms_key,
+    read_view,
+    stored,
+    stored_norms,
+    top_images,
+)
 
-NORM_IMAGES = 500  # test images behind the ℓp-norm histograms
 NORM_LABELS = {"l1": "ℓ1", "l2": "ℓ2", "linf": "ℓ∞"}
 COND_COLORS = {"clean": "#2ca02c", "triggered": "#1f77b4"}  # seed 004 fig. 4: green clean, blue + trigger
-ACT_ROLE: Role = "conv_activation"  # with relu=True: relu(bn(last conv)) or relu(last conv), as ℓ∞ pruning
 
 
 # ── loading ──────────────────────────────────────────────────────────────────────────────────────
@@ -54,6 +65,39 @@ def run_context(run_dir: str) -> RunContext:
     return load_context(run_dir, device="cpu")
 
 
+@st.cache_resource(show_spinner=False, max_entries=8)
+def run_view(run_dir: str) -> RunView:
+    """What the page needs before any model or image: from the run's `view/` (written at its end),
+    else from the rebuilt run (older runs, or a view of another version)."""
+    view = read_view(run_dir)
+    if view is not None:
+        return view
+    ctx = run_context(run_dir)
+    with _compute_lock():
+        layers = layer_report(ctx.teacher, ctx.spec)
+    n_train, n_test = (0 if d is None else len(d) for d in (ctx.train, ctx.test))
+    classes = () if ctx.train is None else ctx.train.class_names
+    return RunView(ctx.run_dir, ctx.kind, ctx.spec, ctx.trigger, n_train, n_test, layers, classes)
+
+
+def train_images(run_dir: str, indices: Sequence[int]) -> tuple[list[torch.Tensor], list[int | None]]:
+    """uint8 (C, H, W) images and labels (None when unknown) of training samples: those kept at the
+    end of the run when all of them are, else from the rebuilt training set."""
+    kept = _kept_train(run_dir)
+    if all(i in kept for i in indices):
+        return [torch.from_numpy(kept[i][0]) for i in indices], [kept[i][1] for i in indices]
+    train = run_context(run_dir).train
+    if train is None:
+        raise InputError(f"The run in {run_dir} has no training set to show")
+    labels = [None if train.labels is None else int(train.labels[i]) for i in indices]
+    return [train.images[i] for i in indices], labels
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _kept_train(run_dir: str) -> dict[int, tuple[np.ndarray, int | None]]:
+    return top_images(run_dir)
+
+
 @st.cache_resource(show_spinner=False, max_entries=12)
 def run_model(run_dir: str, name: str) -> tuple[nn.Module, ModelSpec]:
     """A model of the job's run: its own `models/<name>.safetensors` first (a refine job's fine-tuned
@@ -61,31 +105,24 @@ def run_model(run_dir: str, name: str) -> tuple[nn.Module, ModelSpec]:
     own = Path(run_dir) / "models" / f"{name}.safetensors"
     if name != "teacher" and own.exists():
         return load_model(own, None, "cpu")
+    if name == "teacher":
+        teacher = views.load_teacher(run_dir)  # without decoding the run's image sets
+        if teacher is not None:
+            return teacher
     return run_context(run_dir).model(name)
 
 
 def model_names(run_dir: str) -> list[str]:
     """teacher first, then student / finetuned where the run (or its source run) saved them."""
-    ctx_names = run_context(run_dir).available_models()
-    own = [n for n in ("student", "finetuned") if (Path(run_dir) / "models" / f"{n}.safetensors").exists()]
-    return ["teacher"] + [n for n in ("student", "finetuned") if n in ctx_names or n in own]
+    dirs = (Path(run_dir), run_view(run_dir).run_dir)
+    return ["teacher"] + [
+        n for n in ("student", "finetuned") if any((d / "models" / f"{n}.safetensors").exists() for d in dirs)
+    ]
 
 
-@st.cache_resource(show_spinner=False, max_entries=12)
 def teacher_layers(run_dir: str) -> dict:
     """`layer_report` of the run's teacher: its conv layers in run order and the spec's (or the automatic) choice."""
-    ctx = run_context(run_dir)
-    with _compute_lock():
-        return layer_report(ctx.teacher, ctx.spec)
-
-
-def at_layer(spec: ModelSpec, layer: str | None) -> ModelSpec:
-    """`spec` with `layer` as its last conv (`choose_layer` then uses it for every role built on it)."""
-    return (
-        spec
-        if layer is None or spec.layers.get("last_conv") == layer
-        else spec.replace(layers={**spec.layers, "last_conv": layer})
-    )
+    return run_view(run_dir).layers
 
 
 @st.cache_resource
@@ -97,7 +134,7 @@ def model_label(name: str) -> str:
     return MODEL_LABELS.get(name, name)
 
 
-# ── computations ─────────────────────────────────────────────────────────────────────────────────
+# ── computations: stored at the end of the run for the default view, else computed ──────────────
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -107,31 +144,17 @@ def gradcam_panels(
     """For uint8 images (N, C, H, W): softmax probabilities (N, K) and Grad-CAM overlays
     (N, H, W, 3) uint8 for the predicted class and for `chosen` (None entries: predicted), at the
     conv layer `layer` (None: the spec's choice)."""
+    kept = stored(run_dir, gradcam_key(model_name, layer, images, chosen))
+    if kept is not None:
+        return kept["probs"], kept["over_pred"], kept["over_chosen"]
     model, spec = run_model(run_dir, model_name)
-    spec = at_layer(spec, layer)
-    x = torch.from_numpy(images)
     with _compute_lock():
-        probs = torch.softmax(predict_logits(model, spec, x, torch.device("cpu")), dim=1).numpy()
-        cams_pred = gradcam(model, spec, x, None)  # (N, H, W)
-        cams_chosen = gradcam(model, spec, x, list(chosen))
-    over_pred = np.stack([overlay(images[i], cams_pred[i]) for i in range(len(images))])
-    over_chosen = np.stack([overlay(images[i], cams_chosen[i]) for i in range(len(images))])
-    return probs, over_pred, over_chosen
+        return views.gradcam_panels(model, at_layer(spec, layer), images, chosen)
 
 
 def norm_sample(ctx: RunContext, max_images: int = NORM_IMAGES, seed: int = 0) -> torch.Tensor:
-    """Up to `max_images` test images (uint8 (N, C, H, W)) the trigger should flip (non-target
-    classes; all classes when there is no trigger), a fixed random sample in test-set order."""
-    if ctx.test is None:
-        raise InputError("This run has no test set, so there are no images to measure activations on")
-    keep = torch.ones(len(ctx.test), dtype=torch.bool)
-    if ctx.trigger is not None and ctx.test.labels is not None:
-        keep = ctx.trigger.victims(ctx.test.labels)
-    idx = torch.nonzero(keep).flatten()
-    if len(idx) > max_images:
-        g = torch.Generator().manual_seed(seed)
-        idx = idx[torch.randperm(len(idx), generator=g)[:max_images]].sort().values
-    return ctx.test.images[idx]
+    """Up to `max_images` test images of the run the trigger should flip (`kdcore.views.norm_sample`)."""
+    return views.norm_sample(ctx.test, ctx.trigger, max_images, seed)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -145,6 +168,9 @@ def norm_stats(
     """{model: {"clean": NormStats, "triggered": NormStats}} of post-ReLU last-conv-block activations
     (seed 004, fig. 4; `ACT_ROLE` of conv layer `layer`); "triggered" only when the run's trigger is known.
     `trigger_json`: another trigger's `to_dict()` as JSON (the recovered one), "" = the run's."""
+    kept = stored_norms(run_dir, norms_key(models, layer, max_images, trigger_json))
+    if kept is not None:
+        return kept
     ctx = run_context(run_dir)
     if trigger_json:
         ctx = dataclasses.replace(ctx, trigger=Trigger.from_dict(json.loads(trigger_json)))
@@ -158,11 +184,12 @@ def norm_stats(
 def layer_activations(run_dir: str, model_name: str, images: np.ndarray, layer: str | None = None) -> np.ndarray:
     """float32 (N, C, h, w): post-ReLU activations (`ACT_ROLE` of conv layer `layer`, None: the spec's
     choice) of uint8 images (N, C, H, W)."""
+    kept = stored(run_dir, activations_key(model_name, layer, images))
+    if kept is not None:
+        return kept["acts"]
     model, spec = run_model(run_dir, model_name)
-    spec = at_layer(spec, layer)
     with _compute_lock():
-        layer = choose_layer(model, spec, ACT_ROLE)[1]
-        return activations(model, spec, torch.from_numpy(images), layer, relu=True).numpy()
+        return views.layer_activations(model, at_layer(spec, layer), images)
 
 
 # ── figures ──────────────────────────────────────────────────────────────────────────────────────

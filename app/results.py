@@ -5,6 +5,7 @@ detox / review summaries and downloads. Figures come from `app.charts`, the HTML
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -33,6 +34,13 @@ def _read_report(path: str, mtime_ns: int) -> dict:
         return read_json(path)
     except ValueError as e:
         raise InputError(f"{path} is not valid JSON ({e}); the run may have been interrupted while writing") from e
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _confusion_figure(matrix_json: str, class_names: tuple[str, ...], title: str):
+    # Keyed by the matrix itself (a refine run's view mixes its source run's matrices in): a rerun
+    # or another visit to the same run reuses the figure instead of rebuilding it through plotly.
+    return confusion_figure(json.loads(matrix_json), class_names, title)
 
 
 def load_report(run_dir: str | Path) -> dict | None:
@@ -154,7 +162,7 @@ def confusion_grid_ui(report: dict, class_names: tuple[str, ...]) -> None:
                 col.caption(f"{ROLES[model]}: not measured" + (" (no trigger given)" if "poison" in which else ""))
                 continue
             col.plotly_chart(
-                confusion_figure(matrix, class_names, ROLES[model]),
+                _confusion_figure(json.dumps(matrix), class_names, ROLES[model]),
                 width="stretch",
                 key=f"cm-{model}-{which}",
                 config={"displaylogo": False},

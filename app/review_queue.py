@@ -1,6 +1,7 @@
 """The review queue's data, without widgets: a run's ranked candidates (read through
-`kdcore.candidates`, cached per file version), its training images (rebuilt once per run
-directory), class names, thumbnails, the filters and the counts. `app.candidates` draws them.
+`kdcore.candidates`, cached per file version), its training images (the top candidates' from what
+the run kept at its end, others from the set rebuilt once per run directory), class names,
+thumbnails, the filters and the counts. `app.candidates` draws them.
 """
 
 from __future__ import annotations
@@ -46,8 +47,43 @@ def _read(path: str, mtime_ns: int) -> tuple[Candidate, ...]:
     return read_candidates(path)
 
 
+class TrainImages:
+    """The run's training images as the gallery reads them (`images[i]`, `len()`, `class_names`).
+
+    The images of the top candidates, kept at the end of the run (`kdcore.views`), are served from
+    there, so the first pages show without decoding the training set; any other index rebuilds the
+    whole set once (`full_train_images`)."""
+
+    def __init__(self, run_dir: str, kept: Mapping[int, np.ndarray], n: int, class_names: tuple[str, ...]):
+        self.run_dir, self._kept, self._n, self.class_names = run_dir, kept, n, class_names
+
+    @property
+    def images(self) -> TrainImages:
+        return self
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: int):
+        if i in self._kept:
+            return self._kept[i]
+        return full_train_images(self.run_dir).images[i]
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def train_images(run_dir: str) -> ImageSet | TrainImages:
+    """The run's training images: what its view kept (`TrainImages`) when it has one, else the whole set."""
+    from kdcore.views import read_view, top_images
+
+    view = read_view(run_dir)
+    if view is None or not view.has_train:
+        return full_train_images(run_dir)
+    kept = {i: image for i, (image, _) in top_images(run_dir).items()}
+    return TrainImages(run_dir, kept, view.n_train, view.train_classes)
+
+
 @st.cache_resource(max_entries=4, show_spinner="Loading the training images…")
-def train_images(run_dir: str) -> ImageSet:
+def full_train_images(run_dir: str) -> ImageSet:
     """The run's training set (uint8 (N, C, H, W)), rebuilt from its run directory once per process."""
     from kdcore.runs.context import load_context
 

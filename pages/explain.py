@@ -9,11 +9,10 @@ from app.explain import (
     activation_maps_ui,
     compare_model_ui,
     conv_layer_ui,
-    gradcam_grid_ui,
+    gradcam_section_ui,
     pick_images_ui,
-    target_mode_ui,
 )
-from app.explain_figures import NORM_IMAGES, norm_histograms_figure, norm_stats, run_context
+from app.explain_figures import NORM_IMAGES, norm_histograms_figure, norm_stats, run_view
 from app.recovered_ui import explain_trigger_ui
 from app.state import job_picker_ui, show_error
 from kdcore.errors import KDCoreError
@@ -30,8 +29,8 @@ if job is None:
     st.stop()
 
 try:
-    ctx = explain_trigger_ui(run_context(job.run_dir))
-    own_trigger = ctx.trigger is run_context(job.run_dir).trigger
+    ctx = explain_trigger_ui(run_view(job.run_dir))
+    own_trigger = ctx.trigger is run_view(job.run_dir).trigger
     models = compare_model_ui(job.run_dir)
     layer = conv_layer_ui(job.run_dir)
     if layer is None:  # no conv layer: say so (above) and show none of the conv views
@@ -42,11 +41,10 @@ try:
     if len(images) == 0:
         st.info("Pick at least one image above.")
     else:
-        target_mode = target_mode_ui(ctx)
-        gradcam_grid_ui(ctx, images, labels, models, target_mode, captions=captions, run_dir=job.run_dir, layer=layer)
+        gradcam_section_ui(ctx, images, labels, models, captions, job.run_dir, layer)
 
     st.subheader("ℓ1, ℓ2 and ℓ∞ norms of the conv layer's activations")
-    if ctx.test is None:
+    if not ctx.has_test:
         st.info("This run has no test set, so there are no images to measure the activations on.")
     else:
         with st.spinner(f"Measuring activations on up to {NORM_IMAGES} test images…"):

@@ -27,9 +27,11 @@ from kdcore.models.spec import LAYER_ROLES, ModelSpec
 from kdcore.pipeline import KDConfig, run_kd_pipeline
 from kdcore.progress import ProgressFn, no_progress
 from kdcore.runs.common import environment, labelled_sets, start_run, write_report
+from kdcore.runs.context import RunContext
 from kdcore.sandbox import load_model, load_unlabeled, read_spec  # untrusted input: in a child process
 from kdcore.stages import Stages
 from kdcore.triggers import Trigger
+from kdcore.views import write_views
 
 
 @dataclass(frozen=True)
@@ -229,6 +231,7 @@ def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = n
                 on_progress=on_progress, nc_params=cfg.neural_cleanse,
             )  # fmt: skip
             add_to_report(report, blind, run_dir, trigger_given=trigger is not None)
+        views_s = write_views(RunContext(run_dir, "audit", resolved, spec, teacher, train, test, trigger, poison_idx))
         report.update(
             kind="audit",
             config=resolved,
@@ -241,6 +244,7 @@ def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = n
                 for name, d in (("unlabeled", unlabeled), ("train", train), ("test", test))
             },
             wall_s=round(time.perf_counter() - t0, 2),
+            views_s=round(views_s, 2),
         )
         report["data"]["trigger"] = trigger.describe() if trigger else None
         report["notes"] += trigger.notes() if trigger else []

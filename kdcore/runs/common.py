@@ -6,6 +6,7 @@
 <run_dir>/models/        student / finetuned as .safetensors + .json spec
 <run_dir>/candidates.csv per-sample detox table, ranked by suspicion
 <run_dir>/confusion/     confusion matrices as CSV
+<run_dir>/view/          what the dashboard's first visit needs (kdcore.views; demo and audit)
 <run_dir>/report.json    the result (written last)
 """
 

@@ -29,9 +29,11 @@ from kdcore.paths import cache_dir
 from kdcore.pipeline import KDConfig, run_kd_pipeline, train_stage
 from kdcore.progress import ProgressFn, no_progress
 from kdcore.runs.common import environment, start_run, write_report
+from kdcore.runs.context import RunContext
 from kdcore.stages import Stages
 from kdcore.train import TrainConfig
 from kdcore.triggers import BadNets, Trigger, poison_dataset
+from kdcore.views import write_views
 
 FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
 # What `--quick` changes; everything else keeps DemoConfig's defaults.
@@ -168,6 +170,10 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, on_progress: ProgressFn = no_
                 on_progress=on_progress, nc_params=cfg.neural_cleanse,
             )  # fmt: skip
             add_to_report(report, blind, run_dir, trigger_given=True)
+        views_s = write_views(
+            RunContext(run_dir, "demo", resolved, SPEC, teacher, train, data.test, cfg.trigger_value, poison_idx),
+            teacher_file=t_st.dir / "model.safetensors",
+        )
         report.update(
             kind="demo",
             config=resolved,
@@ -182,6 +188,7 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, on_progress: ProgressFn = no_
                 "dataset": "Fashion-MNIST (IDX)",
             },
             wall_s=round(time.perf_counter() - t0, 2),
+            views_s=round(views_s, 2),
         )
         write_report(run_dir, report)
         return report
