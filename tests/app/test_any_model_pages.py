@@ -62,9 +62,17 @@ def test_defenses_page_says_which_methods_cannot_run_on_a_model_without_a_conv(k
         return ModelCheck(ModelSpec("paper-cnn", 10), 5, 10, layers)
 
     monkeypatch.setattr("app.defenses.check_model", fake_check)
+    # the audit's own view (written at its end) carries the layer report: no sandboxed load
+    monkeypatch.setattr("app.defenses.read_view", lambda run_dir: SimpleNamespace(layers=layers))
     at = open_page("defenses", job=1)
     assert not at.exception
     assert [w.value for w in at.warning].count(problem) == 1  # once, though two roles share it
+    assert not seen
+    # a run without a view (older runs): the same sandboxed check as New audit's
+    monkeypatch.setattr("app.defenses.read_view", lambda run_dir: None)
+    at = open_page("defenses", job=1)
+    assert not at.exception
+    assert [w.value for w in at.warning].count(problem) == 1
     assert seen and seen[0][1] == "paper-cnn" and seen[0][0].endswith("teacher.safetensors")
 
 
