@@ -43,7 +43,8 @@ from PIL import Image  # noqa: E402
 
 from benchmarks.common import log, sgemm_gflops, throttled, write_result  # noqa: E402
 from benchmarks.defenses import ATTACKS  # noqa: E402
-from kdcore.blind import rescore  # noqa: E402
+from kdcore.blind import AC_SILHOUETTE_THRESHOLD, ac_evidence, rescore  # noqa: E402
+from kdcore.defenses import get_defense  # noqa: E402
 from kdcore.device import describe, resolve_device  # noqa: E402
 from kdcore.runs.demo import SPEC, DemoConfig, run_demo  # noqa: E402
 
@@ -132,9 +133,15 @@ def run_job(job: Job, images: dict[str, Path], device: str) -> dict:
 
 
 def flags_target(report: dict, verdict: dict, target: int) -> dict[str, bool]:
-    """Does each detector on its own name the target? (the 1/5/10 % check)"""
+    """Does each detector on its own name the target? (the 1/5/10 % check) AC twice: with its own
+    default cuts (35 % size, silhouette 0.44) and with the verdict's calibrated ones."""
     named = {e["method"]: target in e["classes"] and e["supports"] == "backdoor" for e in verdict["evidence"]}
+    ac = get_defense("activation-clustering").config_class()
+    fixed = ac_evidence(
+        report["activation_clustering"]["classes"], ac.size_threshold, ac.silhouette_threshold, SPEC.names
+    )
     return {
+        "activation-clustering (default cuts)": target in fixed.classes,
         "activation-clustering": named.get("activation-clustering", False),
         "neural-cleanse": named.get("neural-cleanse", False),
         "kd-disagreement": named.get("kd-disagreement", False),
@@ -163,6 +170,7 @@ def row_of(job: Job, report: dict) -> dict:
         "flags_target": flags_target(report, v, job.target) if job.target is not None else None,
         "asr": (report.get("teacher") or {}).get("asr"),
         "wall_s": report.get("wall_s"),
+        "timings": report.get("timings"),  # seconds per stage (a cached baseline/teacher is not retrained)
     }
 
 
@@ -195,9 +203,10 @@ def tables(rows: list[dict]) -> str:
     if any(r["rate_check"] for r in rate_rows):
         lines += [
             "",
-            "| Attack | poison rate | n | AC (35 % size cut) flags the target | NC (index > 2) flags it | "
-            "KD structure flags it | verdict: backdoor, right target |",
-            "|---|---|---|---|---|---|---|",
+            "| Attack | poison rate | n | AC, default cuts (size ≤ 35 %, silhouette ≥ 0.44) flags the target | "
+            f"AC, verdict's cuts (silhouette ≥ {AC_SILHOUETTE_THRESHOLD}) | NC (index > 2) | KD structure | "
+            "verdict: backdoor, right target |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for attack in ("badnets", "blended"):
             for n in sorted({r["n_poison"] for r in rate_rows if r["attack"] == attack}):
@@ -211,7 +220,7 @@ def tables(rows: list[dict]) -> str:
 
 
 def r_methods() -> tuple[str, ...]:
-    return ("activation-clustering", "neural-cleanse", "kd-disagreement")
+    return ("activation-clustering (default cuts)", "activation-clustering", "neural-cleanse", "kd-disagreement")
 
 
 def main() -> None:

@@ -259,7 +259,7 @@ def test_trigger_evidence_counts_candidates_only():
     assert trigger_evidence(rows, 100, set(), NAMES).supports == "inconclusive"
 
 
-def stored(ac_fraction: float = 0.14, nc_index_7: float = 3.0) -> dict:
+def stored(ac_silhouette: float = 0.5, nc_index_7: float = 3.0) -> dict:
     """A blind report's numbers, by hand: Neural Cleanse, AC and the recovered trigger on class 7."""
     nc = [
         {
@@ -271,7 +271,7 @@ def stored(ac_fraction: float = 0.14, nc_index_7: float = 3.0) -> dict:
         for c in range(10)
     ]
     ac = [
-        {"class": c, "small_cluster_fraction": ac_fraction if c == 7 else 0.45, "silhouette": 0.5 if c == 7 else 0.2,
+        {"class": c, "small_cluster_fraction": 0.14 if c == 7 else 0.45, "silhouette": ac_silhouette if c == 7 else 0.2,
          "small_cluster_size": 170 if c == 7 else 450}
         for c in range(10)
     ]  # fmt: skip
@@ -304,8 +304,8 @@ def test_rescore_rebuilds_the_verdict_from_stored_numbers():
     by = {e["method"]: e for e in v["evidence"]}
     assert by["neural-cleanse"]["classes"] == [7] and by["activation-clustering"]["classes"] == [7]
     assert by["kd-disagreement"]["supports"] == "no_evidence"
-    assert rescore(stored(ac_fraction=0.45))["target_classes"] == [7]  # NC and the trigger still agree
-    alone = rescore(stored(ac_fraction=0.45, nc_index_7=1.5))  # only the trigger of NC's top class is left
+    assert rescore(stored(ac_silhouette=0.3))["target_classes"] == [7]  # NC and the trigger still agree
+    alone = rescore(stored(ac_silhouette=0.3, nc_index_7=1.5))  # only the trigger of NC's top class is left
     assert alone["status"] == "inconclusive" and alone["target_classes"] == []
 
 
