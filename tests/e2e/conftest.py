@@ -139,3 +139,13 @@ def upload_digits(page, url: str, digits_files: dict, tmp_path: Path) -> None:
         page.locator(f".st-key-{key} input[type=file]").set_input_files(str(path))
         page.locator(f".st-key-{key}").get_by_text(Path(path).name).wait_for(timeout=60_000)
         page.wait_for_timeout(500)
+
+
+def digits_trigger(page) -> None:
+    """On New audit: the digits poisons' trigger (a 2×2 BadNets patch in the corner, target 7)."""
+    page.get_by_text("I know the trigger").click()
+    for key, value in (("trigger_target", "7"), ("trigger_size", "2"), ("trigger_margin", "0")):
+        box = page.locator(f".st-key-{key} input")
+        box.fill(value)
+        box.press("Enter")
+        page.wait_for_timeout(700)

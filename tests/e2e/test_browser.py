@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kdcore.jobs.review import Reviews
 from kdcore.jobs.store import JobStore
-from tests.e2e.conftest import SHOTS, open_ready, upload_digits, wait_job
+from tests.e2e.conftest import SHOTS, digits_trigger, open_ready, upload_digits, wait_job
 
 
 def test_demo_audit_from_home_to_evidence(server, page):
@@ -82,12 +82,7 @@ def test_defense_on_the_demo_audit_beside_the_core_method(server, page):
 def test_uploaded_model_and_zips(server, page, digits_files, tmp_path):
     url, data = server["url"], server["data"]
     upload_digits(page, url, digits_files, tmp_path)
-    page.get_by_text("I know the trigger").click()
-    for key, value in (("trigger_target", "7"), ("trigger_size", "2"), ("trigger_margin", "0")):
-        box = page.locator(f".st-key-{key} input")
-        box.fill(value)
-        box.press("Enter")
-        page.wait_for_timeout(700)
+    digits_trigger(page)
     page.locator(".st-key-audit_label input").fill("uploaded digits model")
     page.locator(".st-key-audit_label input").press("Enter")
     page.wait_for_timeout(700)

@@ -8,18 +8,13 @@ import json
 
 from app.verdict import verdict_headline
 from kdcore.jobs.store import JobStore
-from tests.e2e.conftest import SHOTS, open_ready, upload_digits, wait_job
+from tests.e2e.conftest import SHOTS, digits_trigger, open_ready, upload_digits, wait_job
 
 
 def test_blind_audit_shows_the_verdict_card(server, page, digits_files, tmp_path):
     url, data = server["url"], server["data"]
     upload_digits(page, url, digits_files, tmp_path)
-    page.get_by_text("I know the trigger").click()
-    for key, value in (("trigger_target", "7"), ("trigger_size", "2"), ("trigger_margin", "0")):
-        box = page.locator(f".st-key-{key} input")
-        box.fill(value)
-        box.press("Enter")
-        page.wait_for_timeout(700)
+    digits_trigger(page)
     page.get_by_text("Blind audit (ignore the trigger when judging)").click()
     page.wait_for_timeout(700)
     page.get_by_text("Hyperparameters").click()
