@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from benchmarks.common import log, throttled, write_result  # noqa: E402
 from kdcore.config import to_dict  # noqa: E402
 from kdcore.defenses import DEFENSES, get_defense  # noqa: E402
 from kdcore.device import describe, resolve_device  # noqa: E402
-from kdcore.io import atomic_write_json  # noqa: E402
 from kdcore.report import ROLES, detection_of, evidence_of, headline_of, metrics_of, models_of  # noqa: E402
 from kdcore.runs.defend import demo_inputs  # noqa: E402
 from kdcore.runs.demo import DemoConfig  # noqa: E402
@@ -43,21 +43,6 @@ ATTACKS = {
     "sig": ({"kind": "sig", "target": 7}, 200),
     "wanet": ({"kind": "wanet", "target": 7}, 500),
 }
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def throttled():
-    last = [0.0]
-
-    def progress(stage, step, total, metrics):
-        if time.time() - last[0] > 60:
-            last[0] = time.time()
-            log(f"  {stage} {step}/{total}")
-
-    return progress
 
 
 def row(
@@ -163,17 +148,11 @@ def main() -> None:
         print(table(rows), flush=True)
     wall = time.perf_counter() - t0
     print(f"\nwall time {wall:.0f} s on {describe(device)}, {torch.get_num_threads()} threads")
-    atomic_write_json(
-        ROOT / "benchmarks" / "results" / ("defenses_full.json" if a.full else "defenses.json"),
-        {
-            "command": " ".join(["python", "benchmarks/defenses.py", *sys.argv[1:]]),
-            "wall_s": round(wall, 1),
-            "device": describe(device),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "rows": rows,
-            "table": table(rows),
-        },
+    write_result(
+        "defenses_full" if a.full else "defenses",
+        "defenses.py",
+        device,
+        {"wall_s": round(wall, 1), "rows": rows, "table": table(rows)},
     )
 
 

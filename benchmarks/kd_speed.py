@@ -22,31 +22,13 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from benchmarks.common import sgemm_gflops, write_result  # noqa: E402
 from kdcore.data.builtin import load_fashion_mnist  # noqa: E402
 from kdcore.device import describe, resolve_device  # noqa: E402
 from kdcore.distill import DistillConfig, distill, kd_loss  # noqa: E402
-from kdcore.io import atomic_write_json  # noqa: E402
 from kdcore.models.registry import build_model  # noqa: E402
 from kdcore.runs.demo import SPEC  # noqa: E402
 from kdcore.train import seeded_model  # noqa: E402
-
-
-def sgemm_gflops(device: torch.device, n: int = 2048, reps: int = 10) -> float:
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    for _ in range(2):
-        a @ b
-    rates = []
-    for _ in range(5):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        rates.append(2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
-    return statistics.median(rates)
 
 
 def train_flops_per_image(batch: int = 128) -> float:
@@ -89,9 +71,6 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rates.items()}
     ours_gflops = med["cached"] * fpi / 1e9
     result = {
-        "command": " ".join(["python", "benchmarks/kd_speed.py", *sys.argv[1:]]),
-        "device": describe(device),
-        "torch": torch.__version__,
         "images": a.images,
         "epochs": a.epochs,
         "repeats": a.repeats,
@@ -111,7 +90,7 @@ def main() -> None:
     print(f"| our training GFLOP/s ({fpi / 1e6:.1f} MFLOP/image fwd+bwd) | {ours_gflops:.0f} |")
     print(f"| fraction of sgemm | {ours_gflops / gemm:.2f} |")
     print(f"\n{describe(device)}; {a.images} Fashion-MNIST images × {a.epochs} epochs × {a.repeats} repeats; medians")
-    atomic_write_json(ROOT / "benchmarks" / "results" / "kd_speed.json", result)
+    write_result("kd_speed", "kd_speed.py", device, result)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.kd_speed import sgemm_gflops  # noqa: E402
+from benchmarks.common import sgemm_gflops, write_result  # noqa: E402
 from kdcore.data.builtin import load_fashion_mnist  # noqa: E402
 from kdcore.device import describe, resolve_device  # noqa: E402
 from kdcore.distill import DistillConfig, distill  # noqa: E402
-from kdcore.io import atomic_write_json  # noqa: E402
 from kdcore.models.loading import load_model  # noqa: E402
 from kdcore.models.registry import build_model  # noqa: E402
 from kdcore.runs.demo import SPEC  # noqa: E402
@@ -82,9 +81,6 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rates.items()}
     ratio = med["onnx"] / med["native"]
     result = {
-        "command": " ".join(["python", "benchmarks/onnx_speed.py", *sys.argv[1:]]),
-        "device": describe(device),
-        "torch": torch.__version__,
         "images": a.images,
         "epochs": a.epochs,
         "repeats": a.repeats,
@@ -100,7 +96,7 @@ def main() -> None:
     print(f"| ratio onnx / native (target ≥ 0.8) | {ratio:.2f} |")
     print(f"| sgemm GFLOP/s (2048², fp32) | {gemm:.0f} |")
     print(f"\n{describe(device)}; {a.images} Fashion-MNIST images × {a.epochs} epochs × {a.repeats} repeats; medians")
-    atomic_write_json(ROOT / "benchmarks" / "results" / "onnx_speed.json", result)
+    write_result("onnx_speed", "onnx_speed.py", device, result)
 
 
 if __name__ == "__main__":

@@ -227,7 +227,7 @@ def kd_evidence(counts: list[list[int]] | None, teacher_all: Sequence[int], name
         )
     rows = disagreement_structure(counts, teacher_all)
     n_flag = sum(r["flagged"] for r in rows)
-    values = {"flagged": n_flag, "classes": rows}
+    values = {"flagged": n_flag, "classes": rows, "teacher_all": list(teacher_all)}
     cands = [r for r in rows if r["candidate"]]
     if cands:
         top = max(cands, key=lambda r: r["flagged"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdcore.blind import recovered_trigger_evidence
+from kdcore.blind import ac_evidence, nc_evidence, recovered_trigger_evidence, rescore, trigger_evidence
 from kdcore.data.imageset import ImageSet
 from kdcore.detox import read_known_poisons
 from kdcore.errors import InputError
@@ -218,6 +218,95 @@ def test_recovered_trigger_gap_oracle():
     assert row["mask_l1"] == 1.0 and row["supports"]
     same = recovered_trigger_evidence(_Pixel(10.0), _Pixel(10.0), spec, spec, images, trig, cpu)
     assert same.supports == "no_evidence" and same.values["classes"][0]["gap"] == 0.0
+
+
+# --- re-scoring a stored report (benchmarks/verdict.py --rescore) --------------------------------
+
+
+def test_nc_evidence_applies_the_median_and_index_rule():
+    l1 = [float(i) for i in range(1, 11)]  # median 5.5
+    index = [3.0, 1.0, 3.0, 3.0, 3.0, 3.0, 3.0, 1.0, 1.0, 1.0]
+    nc = nc_evidence(index, l1, 2.0, NAMES)
+    assert nc.supports == "backdoor" and nc.classes == (0, 2, 3, 4)  # class 5 is above the median
+    assert nc.values["most_anomalous"] == 0
+    assert nc_evidence(index, l1, 3.0, NAMES).supports == "no_evidence"  # index must exceed the threshold
+    given = nc_evidence(index, l1, 2.0, NAMES, flagged=[4], top=4)  # NC's own decision wins
+    assert given.classes == (4,) and given.values["most_anomalous"] == 4
+
+
+def test_ac_evidence_applies_both_cuts_and_counts_the_small_clusters():
+    rows = [
+        {"class": 0, "small_cluster_fraction": 0.10, "silhouette": 0.50, "small_cluster_size": 100},
+        {"class": 1, "small_cluster_fraction": 0.40, "silhouette": 0.60, "small_cluster_size": 400},
+        {"class": 2, "small_cluster_fraction": 0.20, "silhouette": 0.30, "small_cluster_size": 200},
+    ]
+    ac = ac_evidence(rows, 0.35, 0.44, NAMES)
+    assert ac.classes == (0,) and ac.values["flagged"] == 100 and "100 samples" in ac.finding
+    wide = ac_evidence(rows, 0.5, 0.44, NAMES)
+    assert wide.classes == (0, 1) and wide.values["flagged"] == 500
+    assert ac_evidence(rows, 0.35, 0.9, NAMES).supports == "no_evidence"
+
+
+def test_trigger_evidence_counts_candidates_only():
+    rows = [
+        {"class": 3, "teacher_flip": 0.95, "student_flip": 0.0, "gap": 0.95, "transfer": 0.0},
+        {"class": 7, "teacher_flip": 0.9, "student_flip": 0.5, "gap": 0.4, "transfer": 0.56},
+    ]
+    none = trigger_evidence(rows, 100, {7}, NAMES)
+    assert none.supports == "no_evidence" and [r["candidate"] for r in none.values["classes"]] == [False, True]
+    hit = trigger_evidence(rows, 100, {3, 7}, NAMES)
+    assert hit.supports == "backdoor" and hit.classes == (3,)
+    assert trigger_evidence(rows, 100, set(), NAMES).supports == "inconclusive"
+
+
+def stored(ac_silhouette: float = 0.5, nc_index_7: float = 3.0) -> dict:
+    """A blind report's numbers, by hand: Neural Cleanse, AC and the recovered trigger on class 7."""
+    nc = [
+        {
+            "class": c,
+            "name": NAMES[c],
+            "l1": 10.0 if c == 7 else 40.0 + c,
+            "anomaly_index": nc_index_7 if c == 7 else 0.5,
+        }
+        for c in range(10)
+    ]
+    ac = [
+        {"class": c, "small_cluster_fraction": 0.14 if c == 7 else 0.45, "silhouette": ac_silhouette if c == 7 else 0.2,
+         "small_cluster_size": 170 if c == 7 else 450}
+        for c in range(10)
+    ]  # fmt: skip
+    rt = [
+        {
+            "class": c,
+            "teacher_flip": 0.98 if c == 7 else 0.9,
+            "student_flip": 0.01 if c == 7 else 0.5,
+            "gap": 0.0,
+            "transfer": 0.0,
+        }
+        for c in range(10)
+    ]
+    kd = {"flagged": 0, "classes": [], "teacher_all": [1000] * 10}
+    evidence = [
+        {"method": "kd-disagreement", "values": kd},
+        {"method": "recovered-trigger", "values": {"images": 500, "classes": rt}},
+    ]
+    return {
+        "verdict": {"evidence": evidence},
+        "neural_cleanse": {"classes": nc},
+        "activation_clustering": {"classes": ac, "poisoned_classes": []},
+        "flip_matrix": {"classes": list(NAMES), "counts": [[0] * 10 for _ in range(10)]},
+    }
+
+
+def test_rescore_rebuilds_the_verdict_from_stored_numbers():
+    v = rescore(stored())
+    assert v["status"] == "backdoor" and v["target_classes"] == [7]
+    by = {e["method"]: e for e in v["evidence"]}
+    assert by["neural-cleanse"]["classes"] == [7] and by["activation-clustering"]["classes"] == [7]
+    assert by["kd-disagreement"]["supports"] == "no_evidence"
+    assert rescore(stored(ac_silhouette=0.3))["target_classes"] == [7]  # NC and the trigger still agree
+    alone = rescore(stored(ac_silhouette=0.3, nc_index_7=1.5))  # only the trigger of NC's top class is left
+    assert alone["status"] == "inconclusive" and alone["target_classes"] == []
 
 
 # --- --known-poisons ----------------------------------------------------------------------------

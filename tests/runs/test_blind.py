@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from kdcore.blind import rescore
 from kdcore.config import from_dict
 from kdcore.errors import ConfigError, InputError
 from kdcore.runs.audit import AuditConfig, run_audit
@@ -38,6 +39,11 @@ def test_audit_without_a_trigger_writes_a_verdict_and_scores_known_poisons(tmp_p
     assert "evaluation_only" not in report
     assert (tmp_path / "run" / "evidence" / "trigger_7.png").is_file()
     assert json.loads((tmp_path / "run" / "report.json").read_text())["verdict"] == v
+    assert rescore(report) == v  # the stored numbers rebuild the same verdict (benchmarks/verdict.py --rescore)
+    rows = report["activation_clustering"]["classes"]
+    assert {"small_cluster_fraction", "silhouette"} <= set(rows[0])
+    rt = next(e for e in v["evidence"] if e["method"] == "recovered-trigger")["values"]["classes"]
+    assert [r["class"] for r in rt] == list(range(10))  # every class's flips are kept
 
 
 def test_known_poisons_needs_a_training_set_and_a_good_file(tmp_path, digits_files):

@@ -1,0 +1,151 @@
+"""The browser tests' shared pieces: the dashboard (`python -m app`, dashboard + worker) as a
+module-scoped server, one headless Chromium page per module, and the steps several tests repeat
+(waiting for a job, opening a page once it has drawn, uploading the digits model and its data).
+Screenshots go to $KDAUDIT_SCREENSHOTS (default build/screenshots)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from kdcore.jobs.store import JobStore
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(os.environ.get("KDAUDIT_SCREENSHOTS", ROOT / "build" / "screenshots"))
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("e2e-home")
+    port = _free_port()
+    log = open(data / "server.log", "w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "--port",
+            str(port),
+            "--address",
+            "127.0.0.1",
+            "--data-dir",
+            str(data),
+            "--device",
+            "cpu",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError("dashboard did not start:\n" + (data / "server.log").read_text()[-3000:])
+        time.sleep(0.5)
+    yield {"url": url, "data": data}
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    finally:
+        proc.kill()
+        log.close()
+    # the launcher stops its worker too
+    assert (
+        "worker"
+        not in subprocess.run(
+            ["pgrep", "-af", f"kdcore worker --data-dir {data}"], capture_output=True, text=True
+        ).stdout
+    )
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    assert Path(CHROMIUM).exists(), "Chromium is missing: ./scripts/setup.sh installs Debian's chromium"
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(60_000)
+        yield pg
+        browser.close()
+
+
+def wait_job(data: Path, job_id: int, timeout: float = 900) -> None:
+    store, end = JobStore(data), time.monotonic() + timeout
+    while time.monotonic() < end:
+        j = store.get(job_id)
+        if j.terminal:
+            assert j.state == "succeeded", j.error
+            return
+        time.sleep(2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {store.get(job_id)}")
+
+
+def open_ready(page, url: str, ready: str, count: int = 1) -> None:
+    page.goto(url)
+    page.wait_for_function(f"document.querySelectorAll({ready!r}).length >= {count}", timeout=120_000)
+
+
+def upload_digits(page, url: str, digits_files: dict, tmp_path: Path) -> None:
+    """On New audit: the digits model, its unlabelled images as a zip, its training and test zips."""
+    unl_zip = tmp_path / "unlabeled.zip"
+    with zipfile.ZipFile(unl_zip, "w") as z:
+        for p in sorted(Path(digits_files["unlabeled"]).rglob("*.png")):
+            z.write(p, f"clean/{p.relative_to(digits_files['unlabeled']).as_posix()}")
+    page.goto(f"{url}/new_audit")
+    page.locator(".st-key-model_file input[type=file]").set_input_files(str(digits_files["model"]))
+    page.get_by_text("Model loads").wait_for(timeout=120_000)
+    for key, path in (
+        ("unlabeled_files", unl_zip),
+        ("train_file", digits_files["train"]),
+        ("test_file", digits_files["test"]),
+    ):
+        # each upload reruns the script: wait until the uploader lists the file before the next one
+        page.locator(f".st-key-{key} input[type=file]").set_input_files(str(path))
+        page.locator(f".st-key-{key}").get_by_text(Path(path).name).wait_for(timeout=60_000)
+        page.wait_for_timeout(500)
+
+
+def digits_trigger(page) -> None:
+    """On New audit: the digits poisons' trigger (a 2×2 BadNets patch in the corner, target 7)."""
+    page.get_by_text("I know the trigger").click()
+    for key, value in (("trigger_target", "7"), ("trigger_size", "2"), ("trigger_margin", "0")):
+        box = page.locator(f".st-key-{key} input")
+        box.fill(value)
+        box.press("Enter")
+        page.wait_for_timeout(700)
