@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/setup.sh
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest "$@"
+# Two test processes by default (KDAUDIT_TEST_WORKERS=0 runs in one): most tests use one core, and a
+# file's tests stay together in one process so its module fixtures are built once.
+exec .venv/bin/python -m pytest -n "${KDAUDIT_TEST_WORKERS:-2}" --dist loadfile "$@"
