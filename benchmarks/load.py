@@ -32,16 +32,12 @@ import argparse
 import asyncio
 import os
 import secrets
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.dashboard import CHROMIUM, FLAGS, start_dashboard, stop_dashboard  # noqa: E402
 from benchmarks.kd_speed import sgemm_gflops  # noqa: E402
 from kdcore.data.builtin import load_digits  # noqa: E402
 from kdcore.io import atomic_write_json  # noqa: E402
@@ -60,17 +57,6 @@ from kdcore.models.spec import ModelSpec  # noqa: E402
 from kdcore.train import TrainConfig, fit, seeded_model  # noqa: E402
 from kdcore.triggers import BadNets, poison_dataset  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 SPEC = ModelSpec("paper-cnn", 10, (1, 8, 8), (0.3,), (0.4,))
 TRIGGER = BadNets(target=7, size=2, margin=0)
 PAGE_TIMEOUT_MS = int(os.environ.get("KDAUDIT_LOAD_PAGE_TIMEOUT_MS", "180000"))
@@ -167,72 +153,6 @@ def wait_jobs(store: JobStore, ids: list[int], deadline: float) -> None:
 # ----------------------------------------------------------------------------- the dashboard
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_dashboard(home: Path, port: int, workers: int) -> subprocess.Popen:
-    log = open(home / "server.log", "w")  # closed in stop_dashboard
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "--port",
-            str(port),
-            "--address",
-            "127.0.0.1",
-            "--data-dir",
-            str(home),
-            "--workers",
-            str(workers),
-            "--device",
-            "cpu",
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        # one thread per process: 2 workers + the dashboard share the machine's cores
-        env={**os.environ, "OMP_NUM_THREADS": "1", "KDAUDIT_HOME": str(home)},
-        start_new_session=True,  # its own process group: stop_dashboard can end all of it
-    )
-    proc.log = log  # type: ignore[attr-defined]
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                return proc
-        except OSError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            stop_dashboard(proc)
-            raise RuntimeError("dashboard did not start:\n" + (home / "server.log").read_text()[-3000:])
-        time.sleep(0.5)
-
-
-def stop_dashboard(proc: subprocess.Popen) -> None:
-    """SIGTERM the launcher (it stops the dashboard and its workers), then kill what is left of its group."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-    proc.log.close()  # type: ignore[attr-defined]
-
-
-# ----------------------------------------------------------------------------- one browser session
-
-
-@dataclass
 class Session:
     """One browser context = one Streamlit session, with values no other session uses."""
 
@@ -486,9 +406,8 @@ def main() -> int:
         for s in everyone:
             s.write_files(files["teacher"], files["unlabeled"])
         store = JobStore(home)
-        port = free_port()
-        proc = start_dashboard(home, port, a.workers)
-        url = f"http://127.0.0.1:{port}"
+        # one thread per process: the workers and the dashboard share the machine's cores
+        proc, url = start_dashboard(home, home / "server.log", workers=a.workers, threads=1)
         try:
             seed = store.submit("audit", audit_config(files, 0, 1), label="seed audit").id
             wait_jobs(store, [seed], time.monotonic() + a.budget)

@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -44,22 +41,12 @@ import torch  # noqa: E402
 from kd_speed import sgemm_gflops  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.dashboard import CHROMIUM, FLAGS, start_dashboard, stop_dashboard  # noqa: E402
 from kdcore.config import to_dict  # noqa: E402
 from kdcore.data.imageset import ImageSet  # noqa: E402
 from kdcore.io import atomic_write_json  # noqa: E402
 from kdcore.jobs.store import JobStore  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 TIMEOUT_MS = 180_000
 # page: (URL path, title in its h1, key element, how many). The key element is drawn late in the page.
 PAGES: dict[str, tuple[str, str, str, int]] = {
@@ -168,53 +155,6 @@ def write_job_views(data: Path, job_ids: dict[str, int]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- the dashboard
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_dashboard(tree: Path, data: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    out = open(log, "a")
-    args = ["--port", str(port), "--address", "127.0.0.1", "--data-dir", str(data), "--workers", "0", "--device", "cpu"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", *args],
-        cwd=tree,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(tree), "KDAUDIT_HOME": str(data)},
-        start_new_session=True,
-    )
-    out.close()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                return proc, url
-        except OSError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            stop_dashboard(proc)
-            raise RuntimeError("dashboard did not start:\n" + log.read_text()[-3000:])
-        time.sleep(0.2)
-
-
-def stop_dashboard(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 # ----------------------------------------------------------------------------- one measurement
 
 
@@ -303,7 +243,7 @@ def main() -> None:
             for tree_name, tree in trees.items():
                 for kind in kinds:
                     for name in pages:
-                        proc, url = start_dashboard(tree, data, data / f"server-{tree_name}.log")
+                        proc, url = start_dashboard(data, data / f"server-{tree_name}.log", workers=0, tree=tree)
                         try:
                             home, first, widget = measure(browser, url, name, job_ids[kind], a.cold)
                         finally:

@@ -146,3 +146,15 @@ def submitted(monkeypatch):
 
     monkeypatch.setattr("app.jobs_client.submit_audit", fake_submit)
     return got
+
+
+@pytest.fixture()
+def empty_home(tmp_path, monkeypatch):
+    """KDAUDIT_HOME = an empty folder, no trust in uploaded code, and Streamlit's caches cleared."""
+    monkeypatch.setenv("KDAUDIT_HOME", str(tmp_path))
+    monkeypatch.delenv("KDAUDIT_TRUST_CODE", raising=False)
+    import streamlit as st
+
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    return tmp_path

@@ -8,7 +8,6 @@ import re
 import zipfile
 from pathlib import Path
 
-import pytest
 import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
@@ -21,17 +20,6 @@ from tests.app.conftest import ROOT, open_page
 
 SPEC = ModelSpec("paper-cnn", 10, (1, 8, 8), (0.3,), (0.4,))
 FLAG = re.compile(r"(?<![\w-])--[a-z]")
-
-
-@pytest.fixture()
-def empty_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("KDAUDIT_HOME", str(tmp_path))
-    monkeypatch.delenv("KDAUDIT_TRUST_CODE", raising=False)
-    import streamlit as st
-
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    return tmp_path
 
 
 def _zip(digits, classes: tuple[int, ...] | None, n: int = 40, top: str = "set") -> bytes:

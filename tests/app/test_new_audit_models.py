@@ -45,17 +45,6 @@ class TinyMLP(nn.Module):
 '''
 
 
-@pytest.fixture()
-def empty_home(tmp_path, monkeypatch):
-    monkeypatch.setenv("KDAUDIT_HOME", str(tmp_path))
-    monkeypatch.delenv("KDAUDIT_TRUST_CODE", raising=False)
-    import streamlit as st
-
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    return tmp_path
-
-
 def _png_zip() -> bytes:
     from PIL import Image
 

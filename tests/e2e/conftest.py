@@ -6,83 +6,26 @@ Screenshots go to $KDAUDIT_SCREENSHOTS (default build/screenshots)."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from benchmarks.dashboard import CHROMIUM, FLAGS, start_dashboard, stop_dashboard
 from kdcore.jobs.store import JobStore
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("KDAUDIT_SCREENSHOTS", ROOT / "build" / "screenshots"))
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("e2e-home")
-    port = _free_port()
-    log = open(data / "server.log", "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "app",
-            "--port",
-            str(port),
-            "--address",
-            "127.0.0.1",
-            "--data-dir",
-            str(data),
-            "--device",
-            "cpu",
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "OMP_NUM_THREADS": "2"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise AssertionError("dashboard did not start:\n" + (data / "server.log").read_text()[-3000:])
-        time.sleep(0.5)
+    proc, url = start_dashboard(data, data / "server.log")
     yield {"url": url, "data": data}
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    finally:
-        proc.kill()
-        log.close()
-    # the launcher stops its worker too
+    stop_dashboard(proc, kill_group=False)  # the launcher alone must stop its worker
     assert (
         "worker"
         not in subprocess.run(
