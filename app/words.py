@@ -70,6 +70,7 @@ FIELDS = {
     "--drain": "draining the queue",
     "--tail": "the log",
     "--no-progress": "no progress bar",
+    "--rescore": "re-scoring the verdict benchmark (command line only)",
 }
 
 _NAME = r"[\w:-]+(?:\.[\w-]+)*"  # an architecture name, without a sentence's full stop

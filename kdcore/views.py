@@ -335,11 +335,11 @@ def _explain_defaults(ctx, loaded: Mapping[str, tuple[nn.Module, ModelSpec]], la
     names = list(loaded)
     arrays: dict[str, np.ndarray] = {}
     specs = {m: at_layer(spec, layer) for m, (_, spec) in loaded.items()}
+    # a trigger that cannot stamp other images (a set of triggered photos) has no triggered row here
+    trigger = ctx.trigger if ctx.trigger is not None and ctx.trigger.stamps else None
     if ctx.test is not None:
-        clean = norm_sample(ctx.test, ctx.trigger)
-        stats = compare_norms(
-            {m: (loaded[m][0], specs[m]) for m in names}, clean, ctx.trigger, role=ACT_ROLE, relu=True
-        )
+        clean = norm_sample(ctx.test, trigger)
+        stats = compare_norms({m: (loaded[m][0], specs[m]) for m in names}, clean, trigger, role=ACT_ROLE, relu=True)
         k = norms_key(names, layer, NORM_IMAGES, "")
         for m, conds in stats.items():
             for cond, s in conds.items():
@@ -350,10 +350,10 @@ def _explain_defaults(ctx, loaded: Mapping[str, tuple[nn.Module, ModelSpec]], la
     idx = torch.tensor(picked, dtype=torch.long)
     images = ctx.train.images[idx]
     labels = [None if ctx.train.labels is None else int(ctx.train.labels[i]) for i in picked]
-    rows = [images] + ([ctx.trigger.stamp(images)] if ctx.trigger is not None else [])
+    rows = [images] + ([trigger.stamp(images)] if trigger is not None else [])
     stacked = torch.cat(rows).numpy()  # (R·N, C, H, W)
-    mode = "target" if ctx.trigger is not None else "true"
-    chosen = tuple(chosen_class(mode, lab, ctx.trigger) for lab in labels) * len(rows)
+    mode = "target" if trigger is not None else "true"
+    chosen = tuple(chosen_class(mode, lab, trigger) for lab in labels) * len(rows)
     first = torch.cat([r[:1] for r in rows]).numpy()  # the activation map's image: clean, + trigger
     for m in names:
         model, spec = loaded[m][0], specs[m]

@@ -30,6 +30,7 @@ class Trigger:
     kind: ClassVar[str] = ""
     positional: ClassVar[str] = ""  # the field a bare value fills in the short form (`recovered:RUN_DIR`)
     aliases: ClassVar[dict[str, str]] = {}  # other names of fields, e.g. {"class": "target"}
+    stamps: ClassVar[bool] = True  # False: it cannot put itself on other images (a set of triggered photos)
 
     def __init_subclass__(cls, **kw) -> None:
         super().__init_subclass__(**kw)

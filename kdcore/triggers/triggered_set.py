@@ -36,6 +36,7 @@ from kdcore.triggers.base import Trigger
 class TriggeredSet(Trigger):
     path: str = ""  # folder or .zip of triggered images: <class>/<image> (labelled) or <image>
     kind = "triggered"
+    stamps = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
