@@ -8,11 +8,14 @@ import time
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from kdcore.jobs.review import Reviews
 from kdcore.jobs.store import JobStore
 from tests.e2e.conftest import SHOTS, digits_trigger, open_ready, upload_digits, wait_job
 
 
+@pytest.mark.timeout(1200)  # a whole quick-demo job (≈ 3 min alone) shares 2 cores with the other test process
 def test_demo_audit_from_home_to_evidence(server, page):
     url, data = server["url"], server["data"]
     page.goto(url)
