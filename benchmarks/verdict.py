@@ -20,8 +20,11 @@ Neural Cleanse and activation clustering run with their defaults: those are what
 
 Resumable: each model's run dir is benchmarks/out/verdict/runs/<name>/ and a model whose
 report.json exists is not re-run; benchmarks/results/verdict.json is rewritten after every model.
+A model whose run dir is gone (another machine, a clean checkout) but whose row is in
+benchmarks/results/verdict.json keeps that row and is not re-run either: the queue takes hours.
 `--rescore` re-runs nothing: it recomputes every verdict from the stored reports with the current
-constants of kdcore/verdict.py (`kdcore.blind.rescore`), which is how the constants are calibrated.
+constants of kdcore/verdict.py (`kdcore.blind.rescore`), which is how the constants are calibrated;
+rows kept without their report are not re-scored (`--rerun-missing` trains them again).
 
     .venv/bin/python benchmarks/verdict.py [--rescore] [--limit N] [--only badnets,clean] [--device auto]
 """
@@ -223,12 +226,19 @@ def r_methods() -> tuple[str, ...]:
     return ("activation-clustering (default cuts)", "activation-clustering", "neural-cleanse", "kd-disagreement")
 
 
+def stored_rows() -> list[dict]:
+    """The rows of the last results/verdict.json (empty when there is none)."""
+    path = ROOT / "benchmarks" / "results" / "verdict.json"
+    return json.loads(path.read_text()).get("rows", []) if path.is_file() else []
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rescore", action="store_true", help="re-score the stored reports; train nothing")
     ap.add_argument("--limit", type=int, default=0, help="run at most N new models (0 = the whole queue)")
     ap.add_argument("--only", default="", help="attacks to run, e.g. badnets,clean (default: all)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--rerun-missing", action="store_true", help="re-run models whose run dir is gone")
     a = ap.parse_args()
     device = resolve_device(a.device)
     images = trigger_images(OUT / "triggers")
@@ -238,8 +248,13 @@ def main() -> None:
     rows: list[dict] = []
     new = 0
     gemm = sgemm_gflops(device)
+    stored = {r["name"]: r for r in (stored_rows() if not a.rerun_missing else [])}
     for i, job in enumerate(jobs):
         path = OUT / "runs" / job.name / "report.json"
+        if not path.is_file() and job.name in stored:
+            rows.append(stored[job.name])
+            log(f"  {job.name}: kept from results/verdict.json (its run dir is not here)")
+            continue
         if not path.is_file():
             if a.rescore or (a.limit and new >= a.limit):
                 continue

@@ -64,6 +64,28 @@ def open_ready(page, url: str, ready: str, count: int = 1) -> None:
     page.wait_for_function(f"document.querySelectorAll({ready!r}).length >= {count}", timeout=120_000)
 
 
+def choose(page, key: str, option: str, tries: int = 4) -> None:
+    """Pick `option` in the selectbox `.st-key-<key>`: type to filter (the dropdown is a virtualised
+    list, so the last options may not be drawn until scrolled to) and click it. On a loaded machine the
+    page may still be rerunning when the box is clicked, and a redraw swallows the typed text, so wait
+    for the script to settle and try again."""
+    box = page.locator(f".st-key-{key} input")
+    for attempt in range(tries):
+        page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
+        box.click()
+        box.fill(option)
+        item = page.get_by_role("option", name=option)
+        try:
+            item.wait_for(timeout=15_000)
+            item.click()
+            return
+        except Exception:
+            if attempt == tries - 1:
+                raise
+            page.keyboard.press("Escape")
+            page.wait_for_timeout(1000)
+
+
 def upload_digits(page, url: str, digits_files: dict, tmp_path: Path) -> None:
     """On New audit: the digits model, its unlabelled images as a zip, its training and test zips."""
     unl_zip = tmp_path / "unlabeled.zip"

@@ -12,7 +12,7 @@ import pytest
 
 from kdcore.jobs.review import Reviews
 from kdcore.jobs.store import JobStore
-from tests.e2e.conftest import SHOTS, digits_trigger, open_ready, upload_digits, wait_job
+from tests.e2e.conftest import SHOTS, choose, digits_trigger, open_ready, upload_digits, wait_job
 
 
 @pytest.mark.timeout(1200)  # a whole quick-demo job (≈ 3 min alone) shares 2 cores with the other test process
@@ -58,11 +58,7 @@ def test_defense_on_the_demo_audit_beside_the_core_method(server, page):
     store = JobStore(data)
     demo = next(j for j in store.list() if j.kind == "demo")
     open_ready(page, f"{url}/defenses?job={demo.id}", ".st-key-defense-method")
-    page.locator(".st-key-defense-method").click()
-    # Type to filter: the dropdown is a virtualised list, so with seven methods the last ones may not be
-    # rendered until scrolled to (kd joined the list in issue 12).
-    page.keyboard.type("neural-cleanse")
-    page.get_by_role("option", name="neural-cleanse").click()
+    choose(page, "defense-method", "neural-cleanse")
     page.get_by_text("Wang et al.").first.wait_for()
     before = {j.id for j in store.list()}
     page.get_by_role("button", name="Run this defense").click()
