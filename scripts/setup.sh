@@ -3,6 +3,7 @@
 #   - Debian packages (when apt-get exists and we are root): Fashion-MNIST data, Chromium for browser tests
 #     and an emoji font (the dashboard's icons; without it the browser test's screenshots show boxes)
 #   - .venv with the pinned requirements and kdcore installed in editable mode (the `kdcore` command)
+#   - with --with-ray (./test.sh passes it): the optional Ray executor, requirements-ray.txt
 # Re-running is cheap: pip runs again only when requirements.txt or pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,4 +32,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
   .venv/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
+fi
+if [ "${1:-}" = "--with-ray" ]; then
+  ray_stamp=.venv/.kdaudit-ray-installed
+  want=$(sha256sum requirements-ray.txt | cut -d' ' -f1)
+  if [ "$(cat "$ray_stamp" 2>/dev/null)" != "$want" ]; then
+    echo "setup: installing the optional Ray executor (requirements-ray.txt)"
+    .venv/bin/pip install -q --disable-pip-version-check -r requirements-ray.txt
+    echo "$want" > "$ray_stamp"
+  fi
 fi

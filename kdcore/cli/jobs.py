@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from kdcore.errors import InputError
+
 EXIT_OK = 0
 
 
@@ -19,6 +21,26 @@ def add_parsers(sub) -> None:
     p.add_argument("--once", action="store_true", help="run at most one job, then exit")
     p.add_argument("--job", type=int, help="run exactly this queued job, then exit (e.g. under Ray Jobs)")
     p.add_argument("--drain", action="store_true", help="exit once the queue is empty")
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: run jobs in this process, one at a time (default); ray: dispatch them to a Ray "
+        "cluster as tasks, as many at once as it has room for (needs the optional extra: "
+        "pip install -r requirements-ray.txt)",
+    )
+    p.add_argument(
+        "--ray-address",
+        help="the cluster to join, e.g. 10.0.0.5:6379 or auto (default: start a one-machine cluster)",
+    )
+    p.add_argument("--ray-cpus", type=float, default=1.0, help="CPUs each job asks of the Ray cluster (default 1)")
+    p.add_argument(
+        "--ray-resource",
+        action="append",
+        default=[],
+        metavar="NAME=AMOUNT",
+        help="a custom resource each job asks for, repeatable: jobs run only on nodes that have it",
+    )
     trust_arg(p)
 
     p = sub.add_parser("jobs", help="submit, list, show, cancel, retry jobs and read their logs")
@@ -146,5 +168,26 @@ def worker_main(a: argparse.Namespace) -> int:
     from kdcore.jobs.worker import work
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(process)d %(levelname)s %(message)s")
-    work(JobStore(a.data_dir), device=a.device, once=a.once, job_id=a.job, idle_exit_s=2.0 if a.drain else None)
+    store = JobStore(a.data_dir)
+    if a.executor == "ray":
+        if a.job is not None:
+            raise InputError("--job runs one job in this process; it does not go with --executor ray")
+        try:
+            from kdcore.jobs.ray_executor import work_ray
+        except ImportError as e:
+            raise InputError(
+                f"--executor ray needs Ray, which is not installed ({e}); install the optional extra: "
+                "pip install -r requirements-ray.txt"
+            ) from None
+        custom = {}
+        for item in a.ray_resource:
+            name, _, amount = item.partition("=")
+            try:
+                custom[name.strip()] = float(amount)
+            except ValueError:
+                raise InputError(f"--ray-resource takes NAME=AMOUNT, e.g. gpu_a100=1; got {item!r}") from None
+        idle = 10.0 if a.drain else None
+        work_ray(store, a.ray_address, a.device, a.ray_cpus, once=a.once, idle_exit_s=idle, custom=custom)
+        return EXIT_OK
+    work(store, device=a.device, once=a.once, job_id=a.job, idle_exit_s=2.0 if a.drain else None)
     return EXIT_OK

@@ -60,7 +60,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     parent_id INTEGER REFERENCES jobs(id),
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     label TEXT NOT NULL DEFAULT '',
-    stage_times TEXT NOT NULL DEFAULT '[]'
+    stage_times TEXT NOT NULL DEFAULT '[]',
+    node TEXT NOT NULL DEFAULT '',
+    group_id INTEGER REFERENCES jobs(id)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 """
@@ -90,6 +92,8 @@ class Job:
     cancel_requested: bool
     label: str
     stage_times: Profile = ()  # (stage, seconds) of each finished stage, in run order
+    node: str = ""  # where it ran, under a cluster executor (e.g. the Ray node); "" for a local worker
+    group_id: int | None = None  # the fan-out job this one is a part of (it waits for its parts)
 
     @property
     def report_path(self) -> Path | None:
@@ -188,19 +192,43 @@ class JobStore:
 
     # ---- submitting and reading -------------------------------------------------------------
     def submit(
-        self, kind: str, config: dict | Any, label: str = "", parent_id: int | None = None, run_dir: str | None = None
+        self,
+        kind: str,
+        config: dict | Any,
+        label: str = "",
+        parent_id: int | None = None,
+        run_dir: str | None = None,
+        group_id: int | None = None,
     ) -> Job:
         """Validate and queue a job; an invalid config raises and nothing is queued."""
         resolved = validate_config(kind, config)
         with self.transaction(immediate=True) as c:
-            cur = c.execute(
-                "INSERT INTO jobs (kind, config, created_at, label, parent_id) VALUES (?, ?, ?, ?, ?)",
-                (kind, json.dumps(resolved), time.time(), label, parent_id),
-            )
-            job_id = int(cur.lastrowid)
-            rd = run_dir or str(self.runs_dir / f"job-{job_id:05d}-{kind}")
-            c.execute("UPDATE jobs SET run_dir = ? WHERE id = ?", (rd, job_id))
+            job_id = _insert(c, self.runs_dir, kind, resolved, label, parent_id, run_dir, group_id)
         return self.get(job_id)
+
+    def submit_group(
+        self, kind: str, config: dict | Any, parts: list[tuple[str, dict | Any, str]], label: str = ""
+    ) -> tuple[Job, list[Job]]:
+        """Queue a fan-out: one job of `kind` that gathers, and its parts `(kind, config, run dir
+        relative to the gathering job's run dir)`, in one transaction. A worker of any executor
+        takes the parts in parallel; the gathering job is not claimed until every part (and every
+        retry of one) has ended. Configs are validated first: nothing is queued if one is invalid."""
+        resolved = validate_config(kind, config)
+        checked = [(k, validate_config(k, cfg), rel) for k, cfg, rel in parts]
+        with self.transaction(immediate=True) as c:
+            gid = _insert(c, self.runs_dir, kind, resolved, label, None, None, None)
+            root = Path(c.execute("SELECT run_dir FROM jobs WHERE id=?", (gid,)).fetchone()[0])
+            ids = [
+                _insert(c, self.runs_dir, k, cfg, f"{label} · {rel}" if label else rel, None, str(root / rel), gid)
+                for k, cfg, rel in checked
+            ]
+        return self.get(gid), [self.get(i) for i in ids]
+
+    def group(self, group_id: int) -> list[Job]:
+        """The parts of a fan-out job (retries included), oldest first."""
+        with self.transaction() as c:
+            rows = c.execute("SELECT * FROM jobs WHERE group_id=? ORDER BY id", (int(group_id),)).fetchall()
+        return [self._job(r) for r in rows]
 
     def get(self, job_id: int) -> Job:
         with self.transaction() as c:
@@ -227,10 +255,15 @@ class JobStore:
                 busy = c.execute("SELECT 1 FROM jobs WHERE state='running' AND device=?", (device,)).fetchone()
                 if busy:
                     return None
+            # a fan-out job waits for its parts (those of a job it retries too: a retry keeps the run dir)
+            ready = (
+                "state='queued' AND NOT EXISTS (SELECT 1 FROM jobs p JOIN jobs g ON p.group_id = g.id "
+                f"WHERE g.run_dir = jobs.run_dir AND p.state NOT IN {TERMINAL!r})"
+            )
             if job_id is None:
-                row = c.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY id LIMIT 1").fetchone()
+                row = c.execute(f"SELECT id FROM jobs WHERE {ready} ORDER BY id LIMIT 1").fetchone()
             else:
-                row = c.execute("SELECT id FROM jobs WHERE state='queued' AND id=?", (job_id,)).fetchone()
+                row = c.execute(f"SELECT id FROM jobs WHERE {ready} AND id=?", (job_id,)).fetchone()
             if row is None:
                 return None
             c.execute(
@@ -240,6 +273,16 @@ class JobStore:
                 (now, now, now, device, pid, socket.gethostname(), row["id"]),
             )
         return self.get(row["id"])
+
+    def placed(self, job_id: int, node: str, host: str, pid: int, device: str) -> None:
+        """Where a running job actually runs, when an executor starts it elsewhere than it was claimed
+        (a Ray task on some node): the Jobs page shows it and `reap` checks that pid on that host."""
+        with self.transaction(immediate=True) as c:
+            c.execute(
+                "UPDATE jobs SET node=?, worker_host=?, worker_pid=?, device=?, heartbeat_at=? "
+                "WHERE id=? AND state='running'",
+                (node, host, int(pid), device, time.time(), job_id),
+            )
 
     def progress(self, job_id: int, stage: str, step: int, total: int, message: str = "") -> bool:
         """Record progress and heartbeat (and, when the stage changes, how long the last one took);
@@ -298,7 +341,9 @@ class JobStore:
         old = self.get(job_id)
         if old.state not in ("failed", "cancelled", "interrupted"):
             raise InputError(f"Job {job_id} is {old.state}; only failed, cancelled or interrupted jobs can be retried")
-        return self.submit(old.kind, old.config, label=old.label, parent_id=old.id, run_dir=old.run_dir)
+        return self.submit(
+            old.kind, old.config, label=old.label, parent_id=old.id, run_dir=old.run_dir, group_id=old.group_id
+        )
 
     def stage_profile(self, kind: str, jobs: int = PROFILE_JOBS) -> Profile:
         """The expected duration of each stage of a `kind` job, in run order: the median over the
@@ -341,7 +386,32 @@ class JobStore:
 
 
 # Columns added after the first release: (name, SQL type with default). Older stores get them on open.
-_ADDED_COLUMNS = (("stage_started_at", "REAL"), ("stage_times", "TEXT NOT NULL DEFAULT '[]'"))
+_ADDED_COLUMNS = (
+    ("stage_started_at", "REAL"),
+    ("stage_times", "TEXT NOT NULL DEFAULT '[]'"),
+    ("node", "TEXT NOT NULL DEFAULT ''"),
+    ("group_id", "INTEGER REFERENCES jobs(id)"),
+)
+
+
+def _insert(
+    c: sqlite3.Connection,
+    runs_dir: Path,
+    kind: str,
+    resolved: dict,
+    label: str,
+    parent_id: int | None,
+    run_dir: str | None,
+    group_id: int | None,
+) -> int:
+    cur = c.execute(
+        "INSERT INTO jobs (kind, config, created_at, label, parent_id, group_id) VALUES (?, ?, ?, ?, ?, ?)",
+        (kind, json.dumps(resolved), time.time(), label, parent_id, group_id),
+    )
+    job_id = int(cur.lastrowid)
+    rd = run_dir or str(runs_dir / f"job-{job_id:05d}-{kind}")
+    c.execute("UPDATE jobs SET run_dir = ? WHERE id = ?", (rd, job_id))
+    return job_id
 
 
 def _times(text: str | None) -> Profile:
