@@ -9,7 +9,11 @@ kd's distilled and fine-tuned students; the suspect's for detectors and inspecto
 precision / recall where the method flags training samples, the method's own wall time (kd: in a
 fresh stage folder, so no cache hit), and whether it needs labelled clean data.
 
-    .venv/bin/python benchmarks/defenses.py [--full] [--triggers badnets,sig] [--methods bcu,nad] [--device auto]
+    .venv/bin/python benchmarks/defenses.py [--full] [--seeds 0,1,2] [--triggers badnets,sig] [--methods bcu,nad]
+        [--device auto]
+
+With several seeds (each trains its own teacher and runs every method again), each cell of the
+table is the mean ± standard deviation over seeds; `rows` in the JSON keep every seed's row.
 
 Default: the quick demo setup (10,000 training images, 2 % poisoned, 2,000 clean images, 5,000
 test images). Prints a markdown table and writes benchmarks/results/defenses[_full].json.
@@ -25,9 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from statistics import fmean, stdev  # noqa: E402
+
 import torch  # noqa: E402
 
-from benchmarks.common import log, throttled, write_result  # noqa: E402
+from benchmarks.common import log, sgemm_gflops, throttled, write_result  # noqa: E402
 from kdcore.config import to_dict  # noqa: E402
 from kdcore.defenses import DEFENSES, get_defense  # noqa: E402
 from kdcore.device import describe, resolve_device  # noqa: E402
@@ -95,10 +101,12 @@ def method_rows(attack: str, name: str, report: dict, labels: bool) -> list[dict
     ]
 
 
-def run_attack(attack: str, methods: list[str], full: bool, device: torch.device, out: Path) -> list[dict]:
+def run_attack(
+    attack: str, methods: list[str], full: bool, device: torch.device, out: Path, seed: int = 0
+) -> list[dict]:
     trigger, n_poison = ATTACKS[attack]
     n_poison *= 5 if full else 1  # the full setup has 5× the training images
-    cfg = DemoConfig.preset(not full, trigger=trigger, n_poison=n_poison, cache_dir=str(out / "cache"))
+    cfg = DemoConfig.preset(not full, trigger=trigger, n_poison=n_poison, cache_dir=str(out / "cache"), seed=seed)
     log(f"{attack}: teacher (cached after the first run)")
     inputs = demo_inputs(cfg, device, throttled())
     inputs.on_progress = throttled()
@@ -112,18 +120,32 @@ def run_attack(attack: str, methods: list[str], full: bool, device: torch.device
         method = get_defense(name).from_params(settings.get(name))
         report = method.run(inputs).report()
         rows += method_rows(attack, name, report, method.needs_labels)
-    return rows
+    return [{**r, "seed": seed} for r in rows]
+
+
+def spread(rs: list[dict], key: str, fmt=pct) -> str:
+    """One cell: the value, or mean ± standard deviation over the seeds' rows."""
+    vals = [float(r[key]) for r in rs if r.get(key) is not None]
+    if len(vals) < 2:
+        return fmt(vals[0] if vals else None)
+    return f"{fmt(fmean(vals))} ± {fmt(stdev(vals)).removesuffix(' %')}"
 
 
 def table(rows: list[dict]) -> str:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["attack"], r["method"]), []).append(r)
+    seeds = max((len(g) for g in groups.values()), default=1)
     head = "| Attack | Method | clean_acc | poison_acc | asr | precision | recall | time (s) | labels | note |"
     lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for (attack, method), rs in groups.items():
+        cells = [spread(rs, k) for k in ("clean_acc", "poison_acc", "asr", "precision", "recall")]
         lines.append(
-            f"| {r['attack']} | {r['method']} | {pct(r['clean_acc'])} | {pct(r['poison_acc'])} | {pct(r['asr'])} | "
-            f"{pct(r['precision'])} | {pct(r['recall'])} | {r['wall_s']:.0f} | {'yes' if r['needs_labels'] else ''} | "
-            f"{r['note']} |"
+            f"| {attack} | {method} | {' | '.join(cells)} | {fmean(r['wall_s'] for r in rs):.0f} | "
+            f"{'yes' if rs[0]['needs_labels'] else ''} | {rs[-1]['note']} |"
         )
+    if seeds > 1:
+        lines.append(f"\nMean ± standard deviation over {seeds} seeds; time and note: mean, last seed.")
     return "\n".join(lines)
 
 
@@ -133,6 +155,7 @@ def main() -> None:
     ap.add_argument("--triggers", default=",".join(ATTACKS))
     ap.add_argument("--methods", default="")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds (default 0); tables show mean ± std")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "defenses")
     a = ap.parse_args()
     methods = [m for m in a.methods.split(",") if m] or sorted(DEFENSES)
@@ -141,19 +164,22 @@ def main() -> None:
     device = resolve_device(a.device)
     t0 = time.perf_counter()
     rows: list[dict] = []
+    seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
+    gemm = sgemm_gflops(device)
     for attack in a.triggers.split(","):
         if attack not in ATTACKS:
             raise SystemExit(f"unknown attack {attack!r}; expected some of {', '.join(ATTACKS)}")
-        rows += run_attack(attack, methods, a.full, device, a.out)
-        print(table(rows), flush=True)
-    wall = time.perf_counter() - t0
-    print(f"\nwall time {wall:.0f} s on {describe(device)}, {torch.get_num_threads()} threads")
-    write_result(
-        "defenses_full" if a.full else "defenses",
-        "defenses.py",
-        device,
-        {"wall_s": round(wall, 1), "rows": rows, "table": table(rows)},
-    )
+    for seed in seeds:  # one seed of every attack first: a useful table exists early
+        for attack in a.triggers.split(","):
+            rows += run_attack(attack, methods, a.full, device, a.out, seed)
+            print(table(rows), flush=True)
+            wall = time.perf_counter() - t0
+            result = {"wall_s": round(wall, 1), "seeds": seeds, "sgemm_gflops": round(gemm, 1), "rows": rows}
+            write_result(
+                "defenses_full" if a.full else "defenses", "defenses.py", device, result | {"table": table(rows)}
+            )
+    threads = torch.get_num_threads()
+    print(f"\nwall time {wall:.0f} s on {describe(device)}, {threads} threads, sgemm {gemm:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

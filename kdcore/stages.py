@@ -4,10 +4,15 @@ A stage's outputs live in `<root>/<name>-<key>/`. The folder is built under a te
 and renamed into place only when the stage has finished, so a crash or cancellation never
 leaves a half-written stage that a later run would trust. The key is a hash of everything the
 stage depends on (config values, input tensors, upstream stage keys).
+
+Runs that need the same stage at once (the parts of a fanned-out sweep training one seed's
+teacher in a shared cache, on one machine or several over a shared mount) take turns: a lock file
+per stage, so the second waits and reuses the first's output instead of computing it again.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -83,6 +88,13 @@ class Stages:
             log.info("stage %s: reusing %s", name, final)
             return StageOutput(name, key, final, read_json(done)["meta"], True, 0.0)
         self.root.mkdir(parents=True, exist_ok=True)
+        with _turn(self.root / f".{name}-{key}.lock"):
+            if done.exists():  # another run computed it while this one waited
+                log.info("stage %s: reusing %s (computed by a concurrent run)", name, final)
+                return StageOutput(name, key, final, read_json(done)["meta"], True, 0.0)
+            return self._compute(name, key, fn, final)
+
+    def _compute(self, name: str, key: str, fn: Callable[[Path], dict], final: Path) -> StageOutput:
         tmp = self.root / f".{name}-{key}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -101,3 +113,28 @@ class Stages:
             raise
         log.info("stage %s: done in %.1f s", name, seconds)
         return StageOutput(name, key, final, meta, False, seconds)
+
+
+class _turn:
+    """An exclusive lock on `path` (flock; released when the holder exits, even by a crash). It polls
+    rather than blocks, so a cancel or timeout (which interrupt the main thread) still stops a waiter."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                time.sleep(0.2)
+
+    def __exit__(self, *exc) -> None:
+        # Removed while held, so a finished (or failed) stage leaves no file behind. A run that opened
+        # the old file meanwhile may then overlap one that made a new one: that costs a duplicate
+        # computation at worst, never a wrong stage (outputs are renamed into place atomically).
+        self.path.unlink(missing_ok=True)
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)

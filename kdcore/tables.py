@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from statistics import median
+from statistics import fmean, stdev
 
 from kdcore.report import METRICS, ROLES, detection_of, headline_of, models_of
 
@@ -57,14 +57,19 @@ def defense_table(report: dict) -> str:
 
 
 def sweep_table(rows: list[dict]) -> str:
-    """Table 5 layout: columns = budget × model per scenario; medians over seeds (n shown)."""
+    """Table 5 layout: columns = budget × model per scenario; with several seeds each cell is the
+    mean ± standard deviation over them (n shown)."""
     cells: dict = defaultdict(list)
     for r in rows:
         cells[(r["scenario"], r["budget"], r["model"])].append(r)
 
-    def med(key, rs):
-        vals = [r[key] for r in rs if r.get(key) is not None]
-        return median(vals) if vals else None
+    def cell(key, rs, fmt) -> str:
+        vals = [float(r[key]) for r in rs if r.get(key) is not None]
+        if not vals:
+            return "—"
+        if len(vals) == 1:
+            return fmt(vals[0])
+        return f"{fmt(fmean(vals))} ± {fmt(stdev(vals)).removesuffix(' %')}"
 
     refs = [("-", 0, "baseline", "Baseline"), ("-", 0, "backdoor", "Backdoor")]
     budgets = sorted({r["budget"] for r in rows if r["budget"]})
@@ -77,17 +82,14 @@ def sweep_table(rows: list[dict]) -> str:
                     cols.append((s, b, m, f"{'attack' if s == 'attack' else 'no attack'}: {label} {b:,}"))
     lines = ["| Metric | " + " | ".join(c[3] for c in cols) + " |", "|---|" + "---|" * len(cols)]
     for key in METRICS:
-        lines.append(f"| {key} | " + " | ".join(pct(med(key, cells[c[:3]])) for c in cols) + " |")
+        lines.append(f"| {key} | " + " | ".join(cell(key, cells[c[:3]], pct) for c in cols) + " |")
     det = [(s, b) for s in scen for b in budgets if (s, b, "student") in cells]
     if det:
         lines += ["", "| Detox | " + " | ".join(f"{s} {b:,}" for s, b in det) + " |", "|---|" + "---|" * len(det)]
         for key in ("flagged", "precision", "recall", "false_positives"):
-            vals = []
-            for s, b in det:
-                v = med(key, cells[(s, b, "student")])
-                vals.append("—" if v is None else (pct(v) if key in ("precision", "recall") else f"{v:,.0f}"))
-            lines.append(f"| {key} | " + " | ".join(vals) + " |")
-    n = max((len(v) for v in cells.values()), default=0)
+            fmt = pct if key in ("precision", "recall") else (lambda v: f"{v:,.0f}")
+            lines.append(f"| {key} | " + " | ".join(cell(key, cells[(s, b, "student")], fmt) for s, b in det) + " |")
+    n = max((len({r["seed"] for r in v}) for v in cells.values()), default=0)
     if n > 1:
-        lines.append(f"\nMedians over {n} seeds.")
+        lines.append(f"\nMean ± standard deviation over {n} seeds.")
     return "\n".join(lines)

@@ -32,6 +32,38 @@ class Counter:
         return {"value": 42}
 
 
+def test_two_runs_of_one_stage_at_once_compute_it_once(tmp_path: Path) -> None:
+    """Parts of a fanned-out sweep share a seed's teacher: the second waits for the first's lock and
+    reuses its output instead of training it again (threads here; processes and nodes alike)."""
+    import threading
+    import time
+
+    calls, started = [], threading.Event()
+
+    def slow(folder: Path) -> dict:
+        calls.append(threading.get_ident())
+        started.set()
+        time.sleep(0.8)
+        (folder / "out.txt").write_text("done")
+        return {"value": 1}
+
+    results: dict[str, object] = {}
+
+    def run(name: str) -> None:
+        results[name] = Stages(tmp_path / "stages").run("teacher", "k", slow)
+
+    a = threading.Thread(target=run, args=("a",))
+    a.start()
+    started.wait(5)
+    b = threading.Thread(target=run, args=("b",))
+    b.start()
+    a.join(10)
+    b.join(10)
+    assert len(calls) == 1
+    assert not results["a"].reused and results["b"].reused and results["b"].meta == {"value": 1}
+    assert sorted(p.name for p in (tmp_path / "stages").iterdir()) == ["teacher-k"]  # no lock file left
+
+
 def test_run_once_then_reuse(tmp_path: Path) -> None:
     stages, fn = Stages(tmp_path / "stages"), Counter()
     first = stages.run("distill", "abc", fn)

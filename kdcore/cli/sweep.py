@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_config_flags(
         p,
         SweepConfig,
-        skip=("setup.quick", "setup.n_clean", "setup.scenario", "setup.blind"),
+        skip=("setup.quick", "setup.n_clean", "setup.scenario", "setup.blind", "gather"),
         quick=quick,
         names=_unprefixed(),
     )

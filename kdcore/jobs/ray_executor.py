@@ -249,9 +249,12 @@ def _settle(store: JobStore, r: _Running) -> None:
     except LOST as e:
         node = store.get(r.job.id).node or "its node"
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        state, error = "interrupted", (
-            f"the Ray node running it ({node}) or its worker process was lost: {type(e).__name__}"
-            f"{': ' + first[:300] if first else ''}; `jobs retry` resumes it from its finished stages"
+        state, error = (
+            "interrupted",
+            (
+                f"the Ray node running it ({node}) or its worker process was lost: {type(e).__name__}"
+                f"{': ' + first[:300] if first else ''}; `jobs retry` resumes it from its finished stages"
+            ),
         )
     except Exception as e:  # the task itself raised outside run_job (e.g. the relay was unreachable)
         state, error = "failed", f"the Ray task failed: {type(e).__name__}: {e}"

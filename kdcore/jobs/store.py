@@ -200,8 +200,14 @@ class JobStore:
         run_dir: str | None = None,
         group_id: int | None = None,
     ) -> Job:
-        """Validate and queue a job; an invalid config raises and nothing is queued."""
+        """Validate and queue a job; an invalid config raises and nothing is queued. A new job of a
+        kind that fans out (`kdcore.runs.PARTS`: a sweep of several cells) is queued as a group
+        (`submit_group`) and the gathering job is returned; a retry or a part never fans out."""
         resolved = validate_config(kind, config)
+        if parent_id is None and group_id is None and run_dir is None:
+            split = _fan_out(kind, resolved)
+            if split is not None:
+                return self.submit_group(kind, split[0], split[1], label=label)[0]
         with self.transaction(immediate=True) as c:
             job_id = _insert(c, self.runs_dir, kind, resolved, label, parent_id, run_dir, group_id)
         return self.get(job_id)
@@ -392,6 +398,14 @@ _ADDED_COLUMNS = (
     ("node", "TEXT NOT NULL DEFAULT ''"),
     ("group_id", "INTEGER REFERENCES jobs(id)"),
 )
+
+
+def _fan_out(kind: str, resolved: dict) -> tuple[Any, list] | None:
+    from kdcore.runs import KINDS, PARTS
+
+    if kind not in PARTS:
+        return None
+    return PARTS[kind](from_dict(KINDS[kind][0], resolved))
 
 
 def _insert(

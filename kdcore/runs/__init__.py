@@ -10,7 +10,7 @@ from kdcore.runs.audit import AuditConfig, run_audit
 from kdcore.runs.defend import DefendConfig, run_defend
 from kdcore.runs.demo import DemoConfig, run_demo
 from kdcore.runs.refine import RefineConfig, run_refine
-from kdcore.runs.sweep import SweepConfig, run_sweep
+from kdcore.runs.sweep import SweepConfig, run_sweep, sweep_parts
 
 KINDS = {
     "demo": (DemoConfig, run_demo),
@@ -20,8 +20,13 @@ KINDS = {
     "defend": (DefendConfig, run_defend),
 }
 
+# Kinds whose jobs fan out: config → (the gathering config, [(kind, part config, part run dir)]) or
+# None when it does not (`JobStore.submit`).
+PARTS = {"sweep": sweep_parts}
+
 __all__ = [
     "KINDS",
+    "PARTS",
     "AuditConfig",
     "DefendConfig",
     "DemoConfig",

@@ -4,20 +4,28 @@ For each seed, scenario and budget: distil the teacher on `budget` clean images,
 training set, fine-tune, and evaluate. "attack": the teacher is the backdoored model and the
 training set is poisoned; "no_attack": the teacher is the baseline and the training set clean
 (every flagged sample is then a false positive). Baseline and teacher train once per seed.
+
+Submitted as a job, a sweep of more than one cell fans out (`sweep_parts`, `JobStore.submit`): one
+part job per (seed, scenario, budget), which any executor runs in parallel (Ray on several nodes,
+or several local workers), and a gathering job (`gather=True`) that waits for them and merges
+their rows. Parts of one seed share its baseline and teacher through the stage cache (they take
+turns, `kdcore.stages`). Every report with several seeds carries `summary`: mean and standard
+deviation over seeds per (scenario, budget, model) and metric; its table shows mean ± std.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kdcore.config import from_dict, setting
-from kdcore.errors import ConfigError
+from kdcore.errors import ConfigError, InputError
 from kdcore.evaluate import evaluate_model
-from kdcore.io import atomic_write_json, atomic_write_text
+from kdcore.io import atomic_write_json, atomic_write_text, read_json
 from kdcore.paths import cache_dir
 from kdcore.pipeline import run_kd_pipeline, train_stage
 from kdcore.progress import ProgressFn, no_progress
@@ -48,7 +56,10 @@ class SweepConfig:
     setup: DemoConfig = setting(factory=DemoConfig)
     budgets: tuple[int, ...] = setting((3_000, 6_500, 10_000), "clean-image budgets")
     scenarios: tuple[str, ...] = setting(SCENARIOS, "attack, no_attack or both")
-    seeds: tuple[int, ...] = setting((0,), "seeds, one sweep each")
+    seeds: tuple[int, ...] = setting((0,), "seeds, one sweep each; tables show mean ± std over them")
+    gather: bool = setting(
+        False, "this job only gathers the rows of its parts (set by the job system when a sweep job fans out)"
+    )
 
     def __post_init__(self) -> None:
         if not self.budgets or any(b < 10 for b in self.budgets):
@@ -73,9 +84,100 @@ class SweepConfig:
         return from_dict(cls, d)
 
 
+SUMMARY_KEYS = ("clean_acc", "poison_acc", "asr", "flagged", "precision", "recall", "false_positives")
+
+
+def part_name(scenario: str, budget: int, seed: int) -> str:
+    return f"{scenario}-{budget}-seed{seed}"
+
+
+def sweep_parts(cfg: SweepConfig) -> tuple[SweepConfig, list[tuple[str, SweepConfig, str]]] | None:
+    """How a sweep job fans out: the gathering config and one part per cell `(kind, config, run
+    dir relative to the gathering job's)`; None for a single cell or a config that already gathers."""
+    cells = [(sd, sc, b) for sd in cfg.seeds for sc in cfg.scenarios for b in cfg.budgets]
+    if cfg.gather or len(cells) < 2:
+        return None
+    parts = [
+        ("sweep", replace(cfg, seeds=(sd,), scenarios=(sc,), budgets=(b,)), f"parts/{part_name(sc, b, sd)}")
+        for sd, sc, b in cells
+    ]
+    return replace(cfg, gather=True), parts
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean and standard deviation over seeds per (scenario, budget, model): `<metric>_mean`,
+    `<metric>_std` (None with one seed) and `n`."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["scenario"], r["budget"], r["model"]), []).append(r)
+    out = []
+    for (scenario, budget, model), rs in groups.items():
+        row: dict = {"scenario": scenario, "budget": budget, "model": model, "n": len({r["seed"] for r in rs})}
+        for key in SUMMARY_KEYS:
+            vals = [float(r[key]) for r in rs if r.get(key) is not None]
+            row[f"{key}_mean"] = statistics.fmean(vals) if vals else None
+            row[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else None
+        out.append(row)
+    return out
+
+
+def _finish(cfg: SweepConfig, run_dir: Path, rows: list[dict], resolved: dict, device, t_all: float) -> dict:
+    """sweep.csv, table.md and report.json from the rows (of this run, or gathered from parts)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=ROW_KEYS, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(run_dir / "sweep.csv", buf.getvalue())
+    table = sweep_table(rows)
+    atomic_write_text(run_dir / "table.md", table + "\n")
+    report = {
+        "kind": "sweep",
+        "rows": rows,
+        "summary": summarise(rows),
+        "seeds": list(cfg.seeds),
+        "table": table,
+        "config": resolved,
+        **environment(device),
+        "wall_s": round(time.perf_counter() - t_all, 1),
+    }
+    atomic_write_json(run_dir / "sweep.json", {"rows": rows})
+    write_report(run_dir, report)
+    return report
+
+
+def gather_parts(cfg: SweepConfig, run_dir: Path, on_progress: ProgressFn) -> list[dict]:
+    """The rows of every part of a fanned-out sweep (each part's sweep.json, in its run dir under
+    this one); a seed's baseline and backdoor rows once. A part without results stops the gathering
+    with the parts to retry."""
+    rows: list[dict] = []
+    seen: set[tuple] = set()
+    cells = [(sd, sc, b) for sd in cfg.seeds for sc in cfg.scenarios for b in cfg.budgets]
+    missing = []
+    for i, (sd, sc, b) in enumerate(cells):
+        path = run_dir / "parts" / part_name(sc, b, sd) / "sweep.json"
+        if not (run_dir / "parts" / part_name(sc, b, sd) / "report.json").is_file():
+            missing.append(part_name(sc, b, sd))
+            continue
+        for r in read_json(path)["rows"]:
+            key = (r["seed"], r["scenario"], r["budget"], r["model"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(r)
+        on_progress("gather", i + 1, len(cells), {"part": part_name(sc, b, sd)})
+    if missing:
+        raise InputError(
+            f"{len(missing)} of {len(cells)} part(s) of this sweep have no results: {', '.join(missing[:6])}"
+            f"{' …' if len(missing) > 6 else ''}. Their jobs did not succeed: retry them (Jobs page, or "
+            "`kdcore jobs retry ID`), then retry this job; finished parts are not run again"
+        )
+    return sorted(rows, key=lambda r: (r["seed"], r["scenario"] != "-", r["scenario"], r["budget"], r["model"]))
+
+
 def run_sweep(cfg: SweepConfig, run_dir: str | Path, on_progress: ProgressFn = no_progress) -> dict:
     rows: list[dict] = []
     with start_run(run_dir, "sweep", cfg, cfg.setup.device) as (run_dir, device, resolved, t_all):
+        if cfg.gather:
+            return _finish(cfg, run_dir, gather_parts(cfg, run_dir, on_progress), resolved, device, t_all)
         cells = len(cfg.seeds) * len(cfg.scenarios) * len(cfg.budgets)
         done = 0
         for seed in cfg.seeds:
@@ -135,21 +237,4 @@ def run_sweep(cfg: SweepConfig, run_dir: str | Path, on_progress: ProgressFn = n
                     done += 1
                     on_progress("sweep", done, cells, {})
                     atomic_write_json(run_dir / "sweep.json", {"rows": rows})
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=ROW_KEYS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_text(run_dir / "sweep.csv", buf.getvalue())
-        table = sweep_table(rows)
-        atomic_write_text(run_dir / "table.md", table + "\n")
-        report = {
-            "kind": "sweep",
-            "rows": rows,
-            "table": table,
-            "config": resolved,
-            **environment(device),
-            "wall_s": round(time.perf_counter() - t_all, 1),
-        }
-        atomic_write_json(run_dir / "sweep.json", {"rows": rows})
-        write_report(run_dir, report)
-        return report
+        return _finish(cfg, run_dir, rows, resolved, device, t_all)

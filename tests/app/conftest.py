@@ -21,9 +21,15 @@ def _run_next(store: JobStore) -> None:
     assert state == "succeeded", store.get(job.id).error
 
 
+def _run_all(store: JobStore) -> None:
+    while store.list(("queued",)):
+        _run_next(store)
+
+
 @pytest.fixture(scope="session")
 def app_home(tmp_path_factory, digits_files):
-    """KDAUDIT_HOME with job 1 = a finished digits audit (train + test + trigger), job 2 = a tiny sweep."""
+    """KDAUDIT_HOME with job 1 = a finished digits audit (train + test + trigger), job 2 = a tiny sweep
+    (its four cells ran as parts, jobs 3–6, which job 2 gathered)."""
     home = tmp_path_factory.mktemp("kdaudit-home")
     store = JobStore(home)
     store.submit("audit", audit_config(digits_files, kd_epochs=12, ft_epochs=2), label="digits audit")
@@ -44,7 +50,8 @@ def app_home(tmp_path_factory, digits_files):
         },
         label="tiny sweep",
     )
-    _run_next(store)
+    _run_all(store)
+    assert store.get(2).state == "succeeded" and len(store.group(2)) == 4
     return home
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -31,9 +32,9 @@ def cluster():
 
 
 def dispatcher(data_dir: Path, address: str, *args: str) -> subprocess.Popen:
+    ray_args = ("--executor", "ray", "--ray-address", address)
     return subprocess.Popen(
-        [sys.executable, "-m", "kdcore", "worker", "--executor", "ray", "--ray-address", address,
-         "--data-dir", str(data_dir), "--device", "cpu", *args],  # fmt: skip
+        [sys.executable, "-m", "kdcore", "worker", *ray_args, "--data-dir", str(data_dir), "--device", "cpu", *args],
         cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.PIPE,
@@ -97,3 +98,35 @@ def test_a_lost_node_interrupts_its_job_and_retry_reuses_stages(cluster, digits_
     assert report["stages"]["distill"]["reused"] is True
     assert report["stages"]["finetune"]["reused"] is False
     assert distill_done.stat().st_mtime_ns == mtime  # the distillation did not run again
+
+
+TINY_SETUP = {
+    "n_train": 600,
+    "n_clean": 60,
+    "n_poison": 30,
+    "n_test": 200,
+    "teacher": {"epochs": 1},
+    "kd": {"distill": {"epochs": 1}, "finetune": {"epochs": 1}},
+}
+
+
+def test_a_sweep_over_three_seeds_fans_out_and_reports_mean_and_spread(cluster, tmp_path):
+    store = JobStore(tmp_path)
+    setup = {**TINY_SETUP, "cache_dir": str(tmp_path / "cache")}
+    sweep = store.submit("sweep", {"setup": setup, "budgets": [30], "scenarios": ["attack"], "seeds": [0, 1, 2]})
+    parts = store.group(sweep.id)
+    assert sweep.config["gather"] and [p.config["seeds"] for p in parts] == [[0], [1], [2]]
+    d = dispatcher(tmp_path, cluster.address, "--drain")
+    out, _ = d.communicate(timeout=600)
+    done = store.get(sweep.id)
+    assert done.state == "succeeded", (done.error, out)
+    parts = store.group(sweep.id)
+    assert all(p.state == "succeeded" and p.node for p in parts), [(p.id, p.state, p.error) for p in parts]
+    assert {p.node.split()[-1] for p in parts} == {"node_a", "node_b"}  # the parts ran side by side
+    report = json.loads(done.report_path.read_text())
+    assert sorted({r["seed"] for r in report["rows"]}) == [0, 1, 2]
+    student = next(r for r in report["summary"] if r["model"] == "student" and r["budget"] == 30)
+    per_seed = [r["clean_acc"] for r in report["rows"] if r["model"] == "student"]
+    assert student["n"] == 3 and student["clean_acc_mean"] == pytest.approx(sum(per_seed) / 3)
+    assert student["clean_acc_std"] == pytest.approx(statistics.stdev(per_seed))
+    assert "Mean ± standard deviation over 3 seeds" in report["table"] and " ± " in report["table"]
