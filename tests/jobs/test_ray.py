@@ -9,6 +9,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,25 @@ def test_a_lost_node_interrupts_its_job_and_retry_reuses_stages(cluster, digits_
     assert report["stages"]["distill"]["reused"] is True
     assert report["stages"]["finetune"]["reused"] is False
     assert distill_done.stat().st_mtime_ns == mtime  # the distillation did not run again
+
+
+def test_cancel_reaches_a_job_running_on_a_node(cluster, digits_files, tmp_path):
+    store = JobStore(tmp_path)
+    job = store.submit("audit", audit_config(digits_files, kd_epochs=3, ft_epochs=3000))
+    d = dispatcher(tmp_path, cluster.address, "--drain")
+    try:
+        wait_for(lambda: store.get(job.id).stage == "finetune", 180, "the finetune stage", poll=0.2)
+        t0 = time.monotonic()
+        store.cancel(job.id)
+        done = wait_for(lambda: (j := store.get(job.id)).terminal and j, 30, "the cancel", poll=0.2)
+        assert time.monotonic() - t0 < 15
+        assert done.state == "cancelled" and done.node, done.error
+    finally:
+        out, _ = d.communicate(timeout=120)
+    assert d.returncode == 0, out
+    stages = Path(job.run_dir) / "stages"
+    assert any(p.name.startswith("distill-") for p in stages.iterdir())  # finished stages are kept
+    assert not any(p.name.startswith("finetune-") for p in stages.iterdir())
 
 
 TINY_SETUP = {
