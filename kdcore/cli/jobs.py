@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from kdcore.errors import InputError
@@ -101,7 +102,13 @@ def submit(a: argparse.Namespace) -> int:
         if node and not node.get(leaf):
             node[leaf] = str(store.data_dir / "cache")
     job = store.submit(a.kind, d, label=own.label, run_dir=str(kind_args.out) if kind_args.out else None)
-    print(json.dumps(job.to_dict()) if own.json else job.id)
+    parts = store.group(job.id)
+    if own.json:
+        print(json.dumps({**job.to_dict(), "parts": [p.id for p in parts]}))
+    else:
+        print(job.id)
+        if parts:  # stdout stays the one id scripts read; the fan-out is news for a person
+            print(f"job {job.id} gathers {len(parts)} part jobs ({parts[0].id}–{parts[-1].id})", file=sys.stderr)
     return EXIT_OK
 
 

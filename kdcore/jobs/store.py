@@ -204,16 +204,21 @@ class JobStore:
         kind that fans out (`kdcore.runs.PARTS`: a sweep of several cells) is queued as a group
         (`submit_group`) and the gathering job is returned; a retry or a part never fans out."""
         resolved = validate_config(kind, config)
-        if parent_id is None and group_id is None and run_dir is None:
+        if parent_id is None and group_id is None:
             split = _fan_out(kind, resolved)
             if split is not None:
-                return self.submit_group(kind, split[0], split[1], label=label)[0]
+                return self.submit_group(kind, split[0], split[1], label=label, run_dir=run_dir)[0]
         with self.transaction(immediate=True) as c:
             job_id = _insert(c, self.runs_dir, kind, resolved, label, parent_id, run_dir, group_id)
         return self.get(job_id)
 
     def submit_group(
-        self, kind: str, config: dict | Any, parts: list[tuple[str, dict | Any, str]], label: str = ""
+        self,
+        kind: str,
+        config: dict | Any,
+        parts: list[tuple[str, dict | Any, str]],
+        label: str = "",
+        run_dir: str | None = None,
     ) -> tuple[Job, list[Job]]:
         """Queue a fan-out: one job of `kind` that gathers, and its parts `(kind, config, run dir
         relative to the gathering job's run dir)`, in one transaction. A worker of any executor
@@ -222,10 +227,10 @@ class JobStore:
         resolved = validate_config(kind, config)
         checked = [(k, validate_config(k, cfg), rel) for k, cfg, rel in parts]
         with self.transaction(immediate=True) as c:
-            gid = _insert(c, self.runs_dir, kind, resolved, label, None, None, None)
+            gid = _insert(c, self.runs_dir, kind, resolved, label, None, run_dir, None)
             root = Path(c.execute("SELECT run_dir FROM jobs WHERE id=?", (gid,)).fetchone()[0])
             ids = [
-                _insert(c, self.runs_dir, k, cfg, f"{label} · {rel}" if label else rel, None, str(root / rel), gid)
+                _insert(c, self.runs_dir, k, cfg, _part_label(label, rel), None, str(root / rel), gid)
                 for k, cfg, rel in checked
             ]
         return self.get(gid), [self.get(i) for i in ids]
@@ -398,6 +403,10 @@ _ADDED_COLUMNS = (
     ("node", "TEXT NOT NULL DEFAULT ''"),
     ("group_id", "INTEGER REFERENCES jobs(id)"),
 )
+
+
+def _part_label(label: str, rel: str) -> str:
+    return f"{label} · part {Path(rel).name}" if label else f"part {Path(rel).name}"
 
 
 def _fan_out(kind: str, resolved: dict) -> tuple[Any, list] | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 from kdcore.jobs.store import JobStore
 from kdcore.jobs.worker import run_job
@@ -38,3 +40,35 @@ def test_the_gathering_job_waits_names_a_failed_part_and_a_retry_completes(tmp_p
     assert done.state == "succeeded", done.error
     rows = {(r["model"], r["budget"]) for r in json.loads(done.report_path.read_text())["rows"]}
     assert {("baseline", 0), ("backdoor", 0), ("student", 30), ("student", 60), ("finetuned", 60)} <= rows
+
+
+def test_jobs_submit_of_a_sweep_over_three_seeds_queues_three_parts(tmp_path):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kdcore",
+            "jobs",
+            "submit",
+            "sweep",
+            "--quick",
+            "--seeds",
+            "0,1,2",
+            "--scenarios",
+            "attack",
+            "--budgets",
+            "100",
+            "--json",
+            "--data-dir",
+            str(tmp_path),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    job = json.loads(r.stdout)
+    parts = JobStore(tmp_path).group(job["id"])
+    assert job["config"]["gather"] and job["parts"] == [p.id for p in parts]
+    assert [(p.config["seeds"], p.label) for p in parts] == [([s], f"part attack-100-seed{s}") for s in (0, 1, 2)]
+    assert all(p.run_dir.startswith(job["run_dir"] + "/parts/") for p in parts)
