@@ -43,25 +43,9 @@ def test_the_gathering_job_waits_names_a_failed_part_and_a_retry_completes(tmp_p
 
 
 def test_jobs_submit_of_a_sweep_over_three_seeds_queues_three_parts(tmp_path):
+    sweep = ("--quick", "--seeds", "0,1,2", "--scenarios", "attack", "--budgets", "100")
     r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kdcore",
-            "jobs",
-            "submit",
-            "sweep",
-            "--quick",
-            "--seeds",
-            "0,1,2",
-            "--scenarios",
-            "attack",
-            "--budgets",
-            "100",
-            "--json",
-            "--data-dir",
-            str(tmp_path),
-        ],  # fmt: skip
+        [sys.executable, "-m", "kdcore", "jobs", "submit", "sweep", *sweep, "--json", "--data-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
