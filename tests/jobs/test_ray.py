@@ -31,9 +31,9 @@ def cluster():
 
 
 def dispatcher(data_dir: Path, address: str, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "kdcore", "worker", "--executor", "ray", "--ray-address", address]
     return subprocess.Popen(
-        [sys.executable, "-m", "kdcore", "worker", "--executor", "ray", "--ray-address", address,
-         "--data-dir", str(data_dir), "--device", "cpu", *args],  # fmt: skip
+        [*cmd, "--data-dir", str(data_dir), "--device", "cpu", *args],
         cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         stdout=subprocess.PIPE,
