@@ -26,7 +26,7 @@ from kdcore.jobs.store import JobStore
 from kdcore.jobs.worker import run_job
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGE = str(ROOT / "pages" / "results.py")
+PAGE = str(ROOT / "app_pages" / "results.py")
 
 
 def open_results(job: str | int) -> AppTest:
@@ -106,7 +106,7 @@ def test_refine_results_show_review_and_source_models(kdaudit_home):
 
 
 @pytest.mark.skipif(
-    not all((ROOT / "pages" / f"{p}.py").exists() for p in ("candidates", "explain")),
+    not all((ROOT / "app_pages" / f"{p}.py").exists() for p in ("candidates", "explain")),
     reason="the app's other pages are not there yet",
 )
 def test_results_inside_the_app_links_to_candidates(kdaudit_home):

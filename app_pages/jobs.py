@@ -60,10 +60,10 @@ def job_list() -> None:
                         show_error(e)
                     st.rerun()
             if j.kind == "audit" and j.terminal:
-                act[2].page_link("pages/new_audit.py", label="Reopen in the form", query_params={"from": str(j.id)})
+                act[2].page_link("app_pages/new_audit.py", label="Reopen in the form", query_params={"from": str(j.id)})
             if j.state == "succeeded":
                 page, label = ("defenses", "Defenses →") if j.kind == "defend" else ("results", "Results →")
-                act[1].page_link(f"pages/{page}.py", label=label, query_params={"job": str(j.id)})
+                act[1].page_link(f"app_pages/{page}.py", label=label, query_params={"job": str(j.id)})
             with st.expander("Log", expanded=(str(j.id) == st.query_params.get("job") and j.state != "succeeded")):
                 st.code(in_words(log_tail(j)) or "(no log yet)", language=None)
     st.caption(
