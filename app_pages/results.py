@@ -44,7 +44,7 @@ def show_sweep(report: dict) -> None:
     for col, s in zip(st.columns(len(scenarios)), scenarios, strict=True):
         col.plotly_chart(sweep_detox_figure(rows, s), width="stretch", key=f"detox-{s}")
     st.caption(
-        "Lines are medians over seeds; error bars span min–max when there are several. "
+        "Points are means over seeds, with error bars of ± one standard deviation when there are several. "
         f"Scenarios: {', '.join(SCENARIO_LABELS[s] for s in scenarios)}."
     )
 
