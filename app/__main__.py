@@ -107,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = worker_commands(a)
 
     def start_worker(i: int) -> subprocess.Popen:
-        return subprocess.Popen(commands[i], cwd=ROOT, env=env)
+        # A terminal's Ctrl-C goes to its whole process group. The Ray dispatcher is kept out of it so that
+        # it only gets the SIGTERM sent below, which it handles (its jobs marked interrupted, their tasks
+        # cancelled, Ray shut down); a SIGINT first would leave that SIGTERM to land in Ray's own shutdown.
+        return subprocess.Popen(commands[i], cwd=ROOT, env=env, start_new_session=a.executor == "ray")
 
     workers = [start_worker(i) for i in range(len(commands))]
     ui = subprocess.Popen(

@@ -38,12 +38,15 @@ def _num(x: float) -> str:
 
 
 def cluster_line(status: dict) -> str:
-    """ "Ray cluster at ADDR: N nodes · free CPU a of b · GPU c of d" ("no GPU" when it has none)."""
+    """ "Ray cluster at ADDR: N nodes · free CPU a of b · GPU c of d" ("no GPU" when it has none; "on this
+    machine" for the one-machine cluster the dispatcher starts without --ray-address)."""
     free, total, nodes = status.get("available", {}), status.get("total", {}), status.get("nodes", [])
     n = len(nodes)
     gpu = f"GPU {_num(free.get('GPU', 0))} of {_num(total['GPU'])}" if total.get("GPU") else "no GPU"
+    address = status.get("address") or "local"
+    where = "on this machine" if address == "local" else f"at {address}"  # the dispatcher started it
     return (
-        f"Ray cluster at {status.get('address', '?')}: {n} node{'s' * (n != 1)} · "
+        f"Ray cluster {where}: {n} node{'s' * (n != 1)} · "
         f"free CPU {_num(free.get('CPU', 0))} of {_num(total.get('CPU', 0))} · {gpu}"
     )
 

@@ -6,7 +6,7 @@ import json
 import os
 import time
 
-from app.placement import cluster_status, node_short
+from app.placement import cluster_line, cluster_status, node_short
 from kdcore.config import to_dict
 from kdcore.jobs.store import JobStore
 from kdcore.runs import DemoConfig
@@ -72,7 +72,9 @@ def test_no_cluster_panel_without_a_fresh_status_file(empty_home):
     assert cluster_status(empty_home) is None
 
 
-def test_node_short_keeps_address_and_custom_resources():
+def test_node_and_cluster_in_short_words():
     assert node_short(NODE_B) == "127.0.0.1 node_b"
+    local = {"address": "local", "available": {"CPU": 2.0}, "total": {"CPU": 2.0}, "nodes": [{"node": NODE_A}]}
+    assert cluster_line(local) == "Ray cluster on this machine: 1 node · free CPU 2 of 2 · no GPU"
     assert node_short("10.0.0.7 abcdef123456") == "10.0.0.7 abcdef"  # no custom resource: the id's start
     assert node_short("10.0.0.7 abcdef123456 gpu_a100 rack_2") == "10.0.0.7 gpu_a100 rack_2"
