@@ -5,12 +5,12 @@ import streamlit as st
 st.set_page_config(page_title="kdaudit — backdoor audits", page_icon="🛡️", layout="wide")
 
 PAGES = [
-    st.Page("pages/home.py", title="Home", icon="🏠", url_path="home", default=True),
-    st.Page("pages/new_audit.py", title="New audit", icon="➕", url_path="new_audit"),
-    st.Page("pages/jobs.py", title="Jobs", icon="⏱️", url_path="jobs"),
-    st.Page("pages/results.py", title="Results", icon="📊", url_path="results"),
-    st.Page("pages/defenses.py", title="Defenses", icon="🧪", url_path="defenses"),
-    st.Page("pages/candidates.py", title="Poison candidates", icon="🔎", url_path="candidates"),
-    st.Page("pages/explain.py", title="Explain", icon="🔥", url_path="explain"),
+    st.Page("app_pages/home.py", title="Home", icon="🏠", url_path="home", default=True),
+    st.Page("app_pages/new_audit.py", title="New audit", icon="➕", url_path="new_audit"),
+    st.Page("app_pages/jobs.py", title="Jobs", icon="⏱️", url_path="jobs"),
+    st.Page("app_pages/results.py", title="Results", icon="📊", url_path="results"),
+    st.Page("app_pages/defenses.py", title="Defenses", icon="🧪", url_path="defenses"),
+    st.Page("app_pages/candidates.py", title="Poison candidates", icon="🔎", url_path="candidates"),
+    st.Page("app_pages/explain.py", title="Explain", icon="🔥", url_path="explain"),
 ]
 st.navigation(PAGES).run()

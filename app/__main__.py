@@ -1,16 +1,24 @@
-"""Start the product: the dashboard and its worker process(es), stopped together.
+"""Start the product: the dashboard and the process(es) that run its jobs, stopped together.
 
     python -m app [--port 8501] [--workers N] [--device auto] [--data-dir DIR] [--limit NAME=VALUE ...]
+    python -m app --executor ray [--ray-address ADDR] [--ray-cpus N] [--ray-resource NAME=AMOUNT ...]
 
-Workers are fresh processes (`python -m kdcore worker`), never forked from this one. A worker
-that dies is restarted (its job is then reaped as `interrupted` and can be retried). Ctrl-C or
-SIGTERM stops the dashboard and the workers. `--limit` (as `kdcore --limit`) reaches the dashboard
-and the workers as KDAUDIT_LIMIT_* environment variables (`kdcore.limits`).
+`--executor local` (the default) runs `--workers N` worker processes on this machine, one job each
+at a time (with `--device cuda` and N > 1, worker i gets cuda:i). `--executor ray` runs instead ONE
+dispatcher (`kdcore worker --executor ray`, `kdcore.jobs.ray_executor`) that sends queued jobs to a
+Ray cluster (`--ray-address`, default: a one-machine cluster it starts), as many at once as the
+cluster has room for; the Jobs page then shows the cluster and the node each job ran on.
+
+Both are fresh processes (`python -m kdcore worker`), never forked from this one. One that dies is
+restarted (its jobs are then reaped as `interrupted` and can be retried). Ctrl-C or SIGTERM stops
+the dashboard and them. `--limit` (as `kdcore --limit`) reaches the dashboard and the jobs as
+KDAUDIT_LIMIT_* environment variables (`kdcore.limits`).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import subprocess
@@ -19,19 +27,20 @@ import time
 from pathlib import Path
 
 from kdcore import limits
+from kdcore.cli.jobs import ray_resources
 from kdcore.errors import KDCoreError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--port", type=int, default=int(os.environ.get("KDAUDIT_PORT", "8501")))
     ap.add_argument("--address", default=os.environ.get("KDAUDIT_ADDRESS", "0.0.0.0"))
-    ap.add_argument("--workers", type=int, default=1, help="worker processes (default 1; one job per GPU)")
-    ap.add_argument("--device", default="auto", help="device for the workers: auto | cpu | cuda")
+    ap.add_argument("--workers", type=int, help="local worker processes (default 1; one job per GPU)")
+    ap.add_argument("--device", default="auto", help="device for the jobs: auto | cpu | cuda")
     ap.add_argument("--data-dir", default=os.environ.get("KDAUDIT_HOME", str(ROOT / "kdaudit-data")))
     ap.add_argument(
         "--limit",
@@ -40,32 +49,70 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="change a budget against hostile input, repeatable (see `python -m kdcore --help`)",
     )
+    ap.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: --workers processes on this machine (default); ray: one dispatcher that sends jobs to a "
+        "Ray cluster (needs: pip install -r requirements-ray.txt)",
+    )
+    ap.add_argument("--ray-address", help="with --executor ray: the cluster to join, e.g. 10.0.0.5:6379 or auto")
+    ap.add_argument("--ray-cpus", type=float, help="with --executor ray: CPUs each job asks of the cluster (default 1)")
+    ap.add_argument(
+        "--ray-resource",
+        action="append",
+        default=[],
+        metavar="NAME=AMOUNT",
+        help="with --executor ray: a custom resource each job asks for, repeatable",
+    )
     a = ap.parse_args(argv)
     try:
-        lim = limits.with_overrides(limits.from_env(), a.limit)
+        a.lim = limits.with_overrides(limits.from_env(), a.limit)
+        ray_resources(a.ray_resource)
     except KDCoreError as e:
         ap.error(str(e))
-    data_dir = str(Path(a.data_dir).resolve())
-    env = {**os.environ, **lim.to_env(), "KDAUDIT_HOME": data_dir, "PYTHONUNBUFFERED": "1"}
+    if a.executor == "ray":
+        if a.workers is not None:
+            ap.error("--workers is for --executor local; under Ray one dispatcher runs as many jobs as fit")
+        if importlib.util.find_spec("ray") is None:
+            ap.error("--executor ray needs Ray, which is not installed: pip install -r requirements-ray.txt")
+    elif a.ray_address or a.ray_cpus is not None or a.ray_resource:
+        ap.error("--ray-address, --ray-cpus and --ray-resource go with --executor ray")
+    if a.ray_cpus is not None and a.ray_cpus <= 0:
+        ap.error(f"--ray-cpus must be > 0; got {a.ray_cpus}")
+    a.data_dir = str(Path(a.data_dir).resolve())
+    return a
+
+
+def worker_commands(a: argparse.Namespace) -> list[list[str]]:
+    """The command line of each job process to keep running: `--workers` local workers, or the one
+    Ray dispatcher."""
+    base = [sys.executable, "-m", "kdcore", "worker", "--data-dir", a.data_dir]
+    if a.executor == "ray":
+        ray = [*base, "--executor", "ray", "--device", a.device]
+        ray += ["--ray-address", a.ray_address] if a.ray_address else []
+        ray += ["--ray-cpus", str(a.ray_cpus)] if a.ray_cpus is not None else []
+        for item in a.ray_resource:
+            ray += ["--ray-resource", item]
+        return [ray]
+    n = a.workers or 1
+    return [[*base, "--device", a.device if n == 1 or a.device != "cuda" else f"cuda:{i}"] for i in range(n)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    data_dir = a.data_dir
+    env = {**os.environ, **a.lim.to_env(), "KDAUDIT_HOME": data_dir, "PYTHONUNBUFFERED": "1"}
     Path(data_dir).mkdir(parents=True, exist_ok=True)
+    commands = worker_commands(a)
 
     def start_worker(i: int) -> subprocess.Popen:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kdcore",
-                "worker",
-                "--data-dir",
-                data_dir,
-                "--device",
-                a.device if a.workers == 1 or a.device != "cuda" else f"cuda:{i}",
-            ],
-            cwd=ROOT,
-            env=env,
-        )
+        # A terminal's Ctrl-C goes to its whole process group. The Ray dispatcher is kept out of it so that
+        # it only gets the SIGTERM sent below, which it handles (its jobs marked interrupted, their tasks
+        # cancelled, Ray shut down); a SIGINT first would leave that SIGTERM to land in Ray's own shutdown.
+        return subprocess.Popen(commands[i], cwd=ROOT, env=env, start_new_session=a.executor == "ray")
 
-    workers = [start_worker(i) for i in range(a.workers)]
+    workers = [start_worker(i) for i in range(len(commands))]
     ui = subprocess.Popen(
         [
             sys.executable,
@@ -81,9 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         cwd=ROOT,
         env=env,
     )
-    print(
-        f"kdaudit: dashboard on http://localhost:{a.port}  ·  {a.workers} worker(s)  ·  data in {data_dir}", flush=True
-    )
+    runs = f"{len(commands)} worker(s)" if a.executor == "local" else f"Ray ({a.ray_address or 'one-machine cluster'})"
+    print(f"kdaudit: dashboard on http://localhost:{a.port}  ·  {runs}  ·  data in {data_dir}", flush=True)
     stopping = False
 
     def stop(signum, frame) -> None:
@@ -96,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         while not stopping and ui.poll() is None:
             for i, w in enumerate(workers):
                 if w.poll() is not None:
-                    print(f"kdaudit: worker {w.pid} exited with {w.returncode}; starting a new one", flush=True)
+                    what = "worker" if a.executor == "local" else "Ray dispatcher"
+                    print(f"kdaudit: {what} {w.pid} exited with {w.returncode}; starting a new one", flush=True)
                     workers[i] = start_worker(i)
             time.sleep(1.0)
     finally:

@@ -3,14 +3,16 @@ budget curves of a sweep (figs. 11 and 16–18) and a bar summary of every model
 
 Pure functions: values in, `go.Figure` out. No streamlit here, so the HTML report can use them too.
 Sweep rows are the rows of `kdcore.runs.sweep` (seed, scenario, budget, model, metric names of
-MISSION.md); several seeds → the median per budget, with the min–max spread as error bars.
+MISSION.md); several seeds → the mean per budget with error bars of ± one (sample) standard deviation,
+and "mean ± std over N seeds" in the title; a budget with one seed has no bar.
 """
 
 from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
-from statistics import median
+from dataclasses import dataclass
+from statistics import mean, stdev
 
 import numpy as np
 import plotly.graph_objects as go
@@ -86,64 +88,85 @@ def axis_names(class_names: Sequence[str], k: int) -> list[str]:
     return names
 
 
-def _median_spread(values: Iterable[float | None]) -> tuple[float | None, float | None, float | None]:
+@dataclass(frozen=True)
+class _Series:
+    """One line of a sweep chart: at each budget (sorted), the mean of a metric over seeds, its sample
+    standard deviation (None under 2 seeds) and the number of seeds that have the metric."""
+
+    budgets: list[int]
+    mean: list[float | None]
+    std: list[float | None]
+    n: list[int]
+
+    def error_bars(self) -> dict | None:
+        """± one standard deviation, or None when no budget has 2 seeds."""
+        if all(sd is None for sd in self.std):
+            return None
+        return dict(type="data", array=self.std, visible=True, thickness=1)
+
+    def hover(self, fmt: str) -> list[str]:
+        """The spread as hover text after the mean: " ± 1.2% over 3 seeds" ("" under 2 seeds)."""
+        return ["" if sd is None else f" ± {sd:{fmt}} over {n} seeds" for sd, n in zip(self.std, self.n, strict=True)]
+
+
+def _mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
     vals = [float(v) for v in values if v is not None]
     if not vals:
-        return None, None, None
-    return median(vals), min(vals), max(vals)
+        return None, None, 0
+    return mean(vals), (stdev(vals) if len(vals) >= 2 else None), len(vals)
 
 
-def _series(rows: list[dict], scenario: str, model: str, key: str) -> tuple[list[int], list, list, list]:
-    """Budgets (sorted) and the median / min / max of `key` over seeds at each budget."""
+def _series(rows: list[dict], scenario: str, model: str, key: str) -> _Series:
     by_budget: dict[int, list] = {}
     for r in rows:
         if r.get("scenario") == scenario and r.get("model") == model:
             by_budget.setdefault(int(r["budget"]), []).append(r.get(key))
     budgets = sorted(by_budget)
-    stats = [_median_spread(by_budget[b]) for b in budgets]
-    return budgets, [s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats]
+    stats = [_mean_std(by_budget[b]) for b in budgets]
+    return _Series(budgets, [s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats])
 
 
-def _error_bars(med: list, lo: list, hi: list) -> dict | None:
-    """Asymmetric min–max error bars, or None when every budget has a single value."""
-    if all(m is None or a == b for m, a, b in zip(med, lo, hi, strict=True)):
-        return None
-    return dict(
-        type="data",
-        symmetric=False,
-        array=[None if m is None else b - m for m, b in zip(med, hi, strict=True)],
-        arrayminus=[None if m is None else m - a for m, a in zip(med, lo, strict=True)],
-        thickness=1,
-    )
+def seeds_note(rows: list[dict], scenario: str) -> str:
+    """ "mean ± std over N seeds" when the scenario's rows come from N ≥ 2 seeds, else ""."""
+    n = len({r.get("seed") for r in rows if r.get("scenario") == scenario})
+    return f"mean ± std over {n} seeds" if n >= 2 else ""
+
+
+def _title(what: str, rows: list[dict], scenario: str) -> str:
+    note = seeds_note(rows, scenario)
+    return f"{what} — {SCENARIO_LABELS.get(scenario, scenario)}" + (f" · {note}" if note else "")
 
 
 def reference_value(rows: list[dict], model: str = "baseline", key: str = "clean_acc") -> float | None:
-    """Median of `key` over seeds for a reference model of the sweep (baseline or backdoor)."""
-    return _median_spread(r.get(key) for r in rows if r.get("model") == model)[0]
+    """Mean of `key` over seeds for a reference model of the sweep (baseline or backdoor)."""
+    return _mean_std(r.get(key) for r in rows if r.get("model") == model)[0]
 
 
 def sweep_accuracy_figure(rows: list[dict], scenario: str) -> go.Figure:
     """Accuracy vs number of clean images (seed 000, figs. 16 and 18).
 
-    Lines: clean_acc and poison_acc of the distilled and the fine-tuned models; a dashed line at
-    the baseline's clean_acc with a band one point below it.
+    Lines: clean_acc and poison_acc of the distilled and the fine-tuned models (mean over seeds, ± one
+    standard deviation as error bars); a dashed line at the baseline's mean clean_acc with a band one
+    point below it.
     """
     fig = go.Figure()
     for model in ("student", "finetuned"):
         for key, dash, symbol in (("clean_acc", "solid", "circle"), ("poison_acc", "dot", "x")):
-            budgets, med, lo, hi = _series(rows, scenario, model, key)
-            if not budgets:
+            line = _series(rows, scenario, model, key)
+            if not line.budgets:
                 continue
             fig.add_trace(
                 go.Scatter(
-                    x=budgets,
-                    y=med,
+                    x=line.budgets,
+                    y=line.mean,
                     name=f"{MODEL_LABELS[model]} · {key}",
                     mode="lines+markers",
                     line=dict(color=MODEL_COLORS[model], dash=dash),
                     marker=dict(symbol=symbol),
-                    error_y=_error_bars(med, lo, hi),
-                    hovertemplate="%{x:,} clean images: %{y:.1%}<extra>" + f"{MODEL_LABELS[model]} {key}</extra>",
+                    error_y=line.error_bars(),
+                    customdata=line.hover(".1%"),
+                    hovertemplate="%{x:,} clean images: %{y:.1%}%{customdata}<extra>"
+                    + f"{MODEL_LABELS[model]} {key}</extra>",
                 )
             )
     base = reference_value(rows, "baseline", "clean_acc")
@@ -171,7 +194,7 @@ def sweep_accuracy_figure(rows: list[dict], scenario: str) -> go.Figure:
     if ys:  # keep the baseline line and its band inside the plot, with a little room
         fig.update_yaxes(range=[max(0.0, min(ys) - 0.03), min(1.0, max(ys) + 0.03)])
     fig.update_layout(
-        title_text=f"Accuracy — {SCENARIO_LABELS.get(scenario, scenario)}",
+        title_text=_title("Accuracy", rows, scenario),
         legend=dict(orientation="h", yanchor="top", y=-0.2),
         margin=dict(l=10, r=10, t=40, b=10),
         height=420,
@@ -183,39 +206,42 @@ def sweep_detox_figure(rows: list[dict], scenario: str) -> go.Figure:
     """False positives (bars) and precision / recall (second axis) vs clean images (figs. 11 and 17).
 
     Detox numbers are the same for the student and fine-tuned rows of a cell; the student's are used.
+    Several seeds: their mean, ± one standard deviation as error bars.
     Without an attack precision and recall are undefined: only the false positives are drawn.
     """
     fig = go.Figure()
-    budgets, med, lo, hi = _series(rows, scenario, "student", "false_positives")
-    if budgets:
+    fp = _series(rows, scenario, "student", "false_positives")
+    if fp.budgets:
         fig.add_trace(
             go.Bar(
-                x=[f"{b:,}" for b in budgets],  # a categorical axis: one bar per budget, evenly spaced
-                y=med,
+                x=[f"{b:,}" for b in fp.budgets],  # a categorical axis: one bar per budget, evenly spaced
+                y=fp.mean,
                 name="false_positives",
                 marker_color="#ff7f0e",
-                error_y=_error_bars(med, lo, hi),
-                hovertemplate="%{x} clean images: %{y:,.0f} false positives<extra></extra>",
+                error_y=fp.error_bars(),
+                customdata=fp.hover(",.1f"),
+                hovertemplate="%{x} clean images: %{y:,.1f} false positives%{customdata}<extra></extra>",
             )
         )
     for key, dash in (("precision", "solid"), ("recall", "dot")):
-        b, m, lo_, hi_ = _series(rows, scenario, "student", key)
-        if not b or all(v is None for v in m):
+        line = _series(rows, scenario, "student", key)
+        if not line.budgets or all(v is None for v in line.mean):
             continue
         fig.add_trace(
             go.Scatter(
-                x=[f"{v:,}" for v in b],
-                y=m,
+                x=[f"{v:,}" for v in line.budgets],
+                y=line.mean,
                 name=key,
                 yaxis="y2",
                 mode="lines+markers",
                 line=dict(color="#9467bd", dash=dash),
-                error_y=_error_bars(m, lo_, hi_),
-                hovertemplate="%{x} clean images: %{y:.1%}<extra>" + key + "</extra>",
+                error_y=line.error_bars(),
+                customdata=line.hover(".1%"),
+                hovertemplate="%{x} clean images: %{y:.1%}%{customdata}<extra>" + key + "</extra>",
             )
         )
     fig.update_layout(
-        title_text=f"Detoxification — {SCENARIO_LABELS.get(scenario, scenario)}",
+        title_text=_title("Detoxification", rows, scenario),
         xaxis=dict(title_text="number of clean images", type="category"),
         yaxis=dict(title_text="false positives", rangemode="tozero"),
         yaxis2=dict(

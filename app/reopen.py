@@ -1,6 +1,6 @@
 """Reopen a finished audit job in the New-audit form: its inputs filled in, to change and submit again.
 
-The Jobs page links to `pages/new_audit.py?from=<job id>`. On the first run with that id,
+The Jobs page links to `app_pages/new_audit.py?from=<job id>`. On the first run with that id,
 `reopen_ui` writes the job's settings into the form's widget keys (model fields, layers, trigger,
 hyperparameters, label) and remembers the inputs already stored in the data directory (model, image
 sets). The page uses a stored input until the user uploads another one in its slot; labelled sets

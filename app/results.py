@@ -74,7 +74,7 @@ def link_ui(page: str, label: str, job_id: int) -> None:
     """A link to another page of the app for this job (`?job=ID`).
 
     st.page_link only knows the pages registered by streamlit_app.py's st.navigation; when a page
-    runs on its own (AppTest, `streamlit run pages/x.py`) fall back to a plain link to its URL path.
+    runs on its own (AppTest, `streamlit run app_pages/x.py`) fall back to a plain link to its URL path.
     """
     try:
         st.page_link(page, label=label, query_params={"job": str(job_id)})

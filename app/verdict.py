@@ -23,10 +23,10 @@ STATUS = {  # status → (colour, icon)
 SUPPORTS = {"backdoor": "🔴 backdoor", "no_evidence": "🟢 no backdoor", "inconclusive": "⚪ inconclusive"}
 # Where each method's evidence is shown: (page, link label)
 EVIDENCE_PAGES = {
-    "kd-disagreement": ("pages/candidates.py", "Candidates"),
-    "neural-cleanse": ("pages/defenses.py", "Defenses"),
-    "activation-clustering": ("pages/defenses.py", "Defenses"),
-    "recovered-trigger": ("pages/explain.py", "Explain"),
+    "kd-disagreement": ("app_pages/candidates.py", "Candidates"),
+    "neural-cleanse": ("app_pages/defenses.py", "Defenses"),
+    "activation-clustering": ("app_pages/defenses.py", "Defenses"),
+    "recovered-trigger": ("app_pages/explain.py", "Explain"),
 }
 
 

@@ -317,8 +317,7 @@ class Walker:
 
 
 async def warm_up(url: str) -> None:
-    """One page view before any measured one. The first browser session of a fresh Streamlit server
-    gets the sidebar of the `pages/` folder instead of st.navigation's; every later one gets the right one."""
+    """One page view before any measured one, so the server's first imports are not measured."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:

@@ -168,6 +168,20 @@ def jobs_main(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def ray_resources(items: list[str]) -> dict[str, float]:
+    """`--ray-resource NAME=AMOUNT` values as {name: amount} (also checked by `python -m app`)."""
+    custom = {}
+    for item in items:
+        name, _, amount = item.partition("=")
+        try:
+            custom[name.strip()] = float(amount)
+        except ValueError:
+            raise InputError(f"--ray-resource takes NAME=AMOUNT, e.g. gpu_a100=1; got {item!r}") from None
+        if not name.strip():
+            raise InputError(f"--ray-resource takes NAME=AMOUNT, e.g. gpu_a100=1; got {item!r} (no name)")
+    return custom
+
+
 def worker_main(a: argparse.Namespace) -> int:
     import logging
 
@@ -186,14 +200,8 @@ def worker_main(a: argparse.Namespace) -> int:
                 f"--executor ray needs Ray, which is not installed ({e}); install the optional extra: "
                 "pip install -r requirements-ray.txt"
             ) from None
-        custom = {}
-        for item in a.ray_resource:
-            name, _, amount = item.partition("=")
-            try:
-                custom[name.strip()] = float(amount)
-            except ValueError:
-                raise InputError(f"--ray-resource takes NAME=AMOUNT, e.g. gpu_a100=1; got {item!r}") from None
         idle = 10.0 if a.drain else None
+        custom = ray_resources(a.ray_resource)
         work_ray(store, a.ray_address, a.device, a.ray_cpus, once=a.once, idle_exit_s=idle, custom=custom)
         return EXIT_OK
     work(store, device=a.device, once=a.once, job_id=a.job, idle_exit_s=2.0 if a.drain else None)

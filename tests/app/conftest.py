@@ -69,13 +69,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def open_page(page: str, job: int | None = None, timeout: float = 60) -> AppTest:
-    """Run `pages/<page>.py` inside the real entry point (so st.navigation, page links and
+    """Run `app_pages/<page>.py` inside the real entry point (so st.navigation, page links and
     switch_page work), optionally with `?job=<id>`."""
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=timeout)
     if job is not None:
         at.query_params["job"] = str(job)
     at.run()
-    at.switch_page(f"pages/{page}.py")
+    at.switch_page(f"app_pages/{page}.py")
     if job is not None:
         at.query_params["job"] = str(job)
     return at.run()

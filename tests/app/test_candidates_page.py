@@ -17,7 +17,7 @@ from kdcore.jobs.review import Reviews
 from kdcore.jobs.store import JobStore
 from tests.app.conftest import open_page
 
-PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "candidates.py")
+PAGE = str(Path(__file__).resolve().parents[2] / "app_pages" / "candidates.py")
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ from kdcore.explain import NORMS, NormStats
 from kdcore.models.layers import choose_layer
 from kdcore.models.registry import build_model
 
-PAGE = Path(__file__).resolve().parents[2] / "pages" / "explain.py"
+PAGE = Path(__file__).resolve().parents[2] / "app_pages" / "explain.py"
 
 
 def _page(kdaudit_home) -> AppTest:

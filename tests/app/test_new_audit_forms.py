@@ -135,7 +135,7 @@ def test_a_failed_job_reopens_in_the_form_filled_in_and_resubmits_changed(empty_
     assert "Check “Architecture”, “Classes” and the input shape" in text and not FLAG.search(text), text
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=90)
     at.run()
-    at.switch_page("pages/new_audit.py")
+    at.switch_page("app_pages/new_audit.py")
     at.query_params["from"] = str(job_id)
     at.run()
     assert not at.exception, at.exception

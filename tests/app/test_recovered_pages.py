@@ -82,7 +82,7 @@ def test_use_the_recovered_trigger_measures_every_model(env):
 
 def test_explain_can_stamp_the_recovered_trigger(env):
     store, nc, _ = env
-    at = AppTest.from_file(str(ROOT / "pages" / "explain.py"))
+    at = AppTest.from_file(str(ROOT / "app_pages" / "explain.py"))
     at.query_params["job"] = "1"
     at.run(timeout=180)
     assert not at.exception

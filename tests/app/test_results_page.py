@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -26,7 +27,7 @@ from kdcore.jobs.store import JobStore
 from kdcore.jobs.worker import run_job
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGE = str(ROOT / "pages" / "results.py")
+PAGE = str(ROOT / "app_pages" / "results.py")
 
 
 def open_results(job: str | int) -> AppTest:
@@ -106,7 +107,7 @@ def test_refine_results_show_review_and_source_models(kdaudit_home):
 
 
 @pytest.mark.skipif(
-    not all((ROOT / "pages" / f"{p}.py").exists() for p in ("candidates", "explain")),
+    not all((ROOT / "app_pages" / f"{p}.py").exists() for p in ("candidates", "explain")),
     reason="the app's other pages are not there yet",
 )
 def test_results_inside_the_app_links_to_candidates(kdaudit_home):
@@ -158,7 +159,7 @@ SWEEP_ROWS = [
 ]
 
 
-def test_sweep_accuracy_figure_medians_baseline_line_and_band():
+def test_sweep_accuracy_figure_means_std_bars_baseline_line_and_band():
     fig = sweep_accuracy_figure(SWEEP_ROWS, "attack")
     assert [t.name for t in fig.data] == [
         "Distilled student · clean_acc",
@@ -168,19 +169,56 @@ def test_sweep_accuracy_figure_medians_baseline_line_and_band():
     ]
     clean = fig.data[0]
     assert list(clean.x) == [500, 1000]
-    assert list(clean.y) == pytest.approx([0.86, 0.91])  # medians over seeds 0, 1, 2
-    assert list(clean.error_y.array) == pytest.approx([0.01, 0.01])
+    assert list(clean.y) == pytest.approx([0.86, 0.91])  # means over seeds 0, 1, 2
+    assert list(clean.error_y.array) == pytest.approx([0.01, 0.01])  # stdev of (.85, .86, .87)
+    assert "mean ± std over 3 seeds" in fig.layout.title.text
+    assert list(clean.customdata) == [" ± 1.0% over 3 seeds"] * 2
     rect, line = fig.layout.shapes
     assert line.y0 == pytest.approx(0.91) and line.line.dash == "dash"
     assert (rect.y0, rect.y1) == pytest.approx((0.90, 0.91))
+
+
+def test_sweep_figures_mean_and_sample_std_against_numpy():
+    # skewed seeds: the mean (not the median) and the sample standard deviation (ddof=1)
+    acc = {0: [0.80, 0.81, 0.90], 1: [0.60, 0.70]}  # budget 500: 3 seeds, budget 1000: 2 seeds
+    rows = [
+        {
+            "seed": s,
+            "scenario": "attack",
+            "budget": 500 * (1 + b),
+            "model": "student",
+            "clean_acc": v,
+            "false_positives": 10 * v,
+        }
+        for b, vals in acc.items()
+        for s, v in enumerate(vals)
+    ]
+    rows.append({"seed": 0, "scenario": "attack", "budget": 2000, "model": "student", "clean_acc": 0.5})
+    rows[-1]["false_positives"] = 5.0
+    clean = sweep_accuracy_figure(rows, "attack").data[0]
+    assert clean.name == "Distilled student · clean_acc"
+    want = [np.mean(acc[0]), np.mean(acc[1]), 0.5]
+    assert list(clean.y) == pytest.approx(want)
+    assert clean.y[0] != pytest.approx(np.median(acc[0]))
+    std = list(clean.error_y.array)
+    assert std[:2] == pytest.approx([np.std(acc[0], ddof=1), np.std(acc[1], ddof=1)]) and std[2] is None
+    assert clean.customdata[1].endswith("over 2 seeds") and clean.customdata[2] == ""  # one seed: no spread
+    fp = sweep_detox_figure(rows, "attack").data[0]
+    assert list(fp.y) == pytest.approx([10 * w for w in want])
+    assert fp.error_y.array[0] == pytest.approx(10 * np.std(acc[0], ddof=1))
+    one_seed = [r for r in rows if r["seed"] == 0]
+    fig = sweep_accuracy_figure(one_seed, "attack")
+    assert fig.data[0].error_y.array is None and "seeds" not in fig.layout.title.text
 
 
 def test_sweep_detox_figure_false_positives_and_precision():
     fig = sweep_detox_figure(SWEEP_ROWS, "attack")
     fp, precision, recall = fig.data
     assert fp.type == "bar" and list(fp.x) == ["500", "1,000"] and list(fp.y) == [90, 90]
+    assert list(fp.error_y.array) == pytest.approx([10, 10])  # stdev of (80, 90, 100)
     assert precision.yaxis == "y2" and list(precision.y) == pytest.approx([0.3, 0.3])
-    assert recall.name == "recall"
+    assert recall.name == "recall" and list(recall.error_y.array) == [0, 0]
+    assert "mean ± std over 3 seeds" in fig.layout.title.text
     # no attack: precision and recall are undefined, only the false positives remain
     assert [t.name for t in sweep_detox_figure(SWEEP_ROWS, "no_attack").data] == ["false_positives"]
 

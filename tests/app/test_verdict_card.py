@@ -96,7 +96,7 @@ def fake_runs(app_home, tmp_path, monkeypatch):
 
 
 def open_results(job: int) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages" / "results.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "app_pages" / "results.py"), default_timeout=60)
     at.query_params["job"] = str(job)
     return at.run(timeout=60)
 

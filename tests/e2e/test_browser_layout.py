@@ -1,6 +1,7 @@
 """Layout in a real browser at 1280 px and 1920 px (issue 14): Results, Candidates and Explain of a
 small finished digits audit (files in class folders, so samples have file names), screenshotted,
-with no label or number cut off and the same sample name in the gallery and in Explain.
+with no label or number cut off and the same sample name in the gallery and in Explain. And a deep
+link as the first page a fresh server serves gets st.navigation's app (sidebar titles, wide layout).
 
 The audit is queued straight into the store of this module's own dashboard (the cheapest job with
 file names: 2 + 1 epochs on 1,000 digits), not a second quick demo."""
@@ -26,6 +27,23 @@ CUT_TEXT = """(sel) => [...document.querySelectorAll(sel)]
     .filter(e => e.clientWidth > 0 && e.scrollWidth > e.clientWidth + 1)
     .map(e => e.textContent.trim())"""
 METRICS = '[data-testid="stMetricValue"] *, [data-testid="stMetricDelta"] *, [data-testid="stMetricLabel"] *'
+
+
+NAV_TITLES = ["Home", "New audit", "Jobs", "Results", "Defenses", "Poison candidates", "Explain"]
+
+
+def test_a_deep_link_first_gets_the_navigation_and_wide_layout(server, page):
+    # First in this module: no browser session has reached this server yet (start_dashboard only asked
+    # /_stcore/health). With the pages in a `pages/` folder, Streamlit served this first deep link as
+    # a v1 multipage page: file names in the sidebar, the centred layout, streamlit_app.py bypassed.
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    open_ready(page, f"{server['url']}/jobs?job=1", '[data-testid="stSidebarNavLink"]', len(NAV_TITLES))
+    page.get_by_role("heading", name="Jobs").first.wait_for()
+    links = page.locator('[data-testid="stSidebarNavLink"]').all_inner_texts()
+    assert [t.strip().splitlines()[-1].strip() for t in links] == NAV_TITLES, links  # after each icon
+    assert page.locator('[data-testid="stSidebarNav"]').get_by_text("new_audit").count() == 0
+    width = page.locator('[data-testid="stMainBlockContainer"]').evaluate("e => e.clientWidth")
+    assert width > 900, f"main column {width} px wide at 1400 px: not the wide layout"
 
 
 @pytest.fixture(scope="module")

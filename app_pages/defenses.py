@@ -50,7 +50,7 @@ try:
     compare_ui(compare_rows(source_report, done))
     if not done:
         st.info("No finished defense on this audit yet: run one above.")
-    link_ui("pages/results.py", "📊 The core method's full results", source.id)
+    link_ui("app_pages/results.py", "📊 The core method's full results", source.id)
 
     st.subheader("Evidence")
     picked = pick_defense_ui(done, focus)

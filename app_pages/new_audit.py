@@ -104,7 +104,7 @@ if st.button("Start the audit", type="primary", key="submit_audit", disabled=not
     except KDCoreError as e:
         show_error(e)
     else:
-        st.switch_page("pages/jobs.py", query_params={"job": str(job.id)})
+        st.switch_page("app_pages/jobs.py", query_params={"job": str(job.id)})
 elif not ready:
     st.caption("Upload a model that loads and some unlabelled images to start.")
 elif not sets_ok:

@@ -31,7 +31,7 @@ if clicked is not None:
     except KDCoreError as e:
         show_error(e)
     else:
-        st.switch_page("pages/jobs.py", query_params={"job": str(job.id)})
+        st.switch_page("app_pages/jobs.py", query_params={"job": str(job.id)})
 
 st.subheader("Audits so far")
 jobs = store().list()
@@ -45,10 +45,10 @@ for j in jobs[:50]:
     cols[3].write(fmt_time(j.created_at))
     cols[4].write(fmt_duration(j.elapsed()))
     if j.state == "succeeded" and j.kind == "defend":
-        cols[5].page_link("pages/defenses.py", label="Defenses →", query_params={"job": str(j.id)})
+        cols[5].page_link("app_pages/defenses.py", label="Defenses →", query_params={"job": str(j.id)})
     elif j.state == "succeeded" and j.kind != "sweep":
-        cols[5].page_link("pages/results.py", label="Results →", query_params={"job": str(j.id)})
+        cols[5].page_link("app_pages/results.py", label="Results →", query_params={"job": str(j.id)})
     elif j.state == "succeeded":
-        cols[5].page_link("pages/results.py", label="Curves →", query_params={"job": str(j.id)})
+        cols[5].page_link("app_pages/results.py", label="Curves →", query_params={"job": str(j.id)})
     else:
-        cols[5].page_link("pages/jobs.py", label="Job →", query_params={"job": str(j.id)})
+        cols[5].page_link("app_pages/jobs.py", label="Job →", query_params={"job": str(j.id)})

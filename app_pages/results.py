@@ -44,7 +44,7 @@ def show_sweep(report: dict) -> None:
     for col, s in zip(st.columns(len(scenarios)), scenarios, strict=True):
         col.plotly_chart(sweep_detox_figure(rows, s), width="stretch", key=f"detox-{s}")
     st.caption(
-        "Lines are medians over seeds; error bars span min–max when there are several. "
+        "Points are means over seeds, with error bars of ± one standard deviation when there are several. "
         f"Scenarios: {', '.join(SCENARIO_LABELS[s] for s in scenarios)}."
     )
 
@@ -61,7 +61,7 @@ def show_run(report: dict) -> None:
     st.subheader("Detoxification")
     detox_summary_ui(report.get("detox"))
     if report.get("detox"):
-        link_ui("pages/candidates.py", "🔎 Review the poison candidates", job.id)
+        link_ui("app_pages/candidates.py", "🔎 Review the poison candidates", job.id)
     flip_matrix_ui(report)
     if job.kind == "refine":
         st.subheader("What the review changed")
@@ -71,7 +71,7 @@ def show_run(report: dict) -> None:
     st.subheader("Confusion matrices")
     st.caption("Rows: true class; columns: predicted class; colour: share of the row; text: counts.")
     confusion_grid_ui(report, class_names_of(report))
-    link_ui("pages/explain.py", "🔥 Explain: Grad-CAM and activation norms", job.id)
+    link_ui("app_pages/explain.py", "🔥 Explain: Grad-CAM and activation norms", job.id)
 
 
 try:
@@ -89,7 +89,7 @@ try:
             source = load_report(raw.get("source_run", ""))
             view = refine_view(raw, source)
             if job.parent_id is not None:
-                link_ui("pages/results.py", f"← Source audit #{job.parent_id}", job.parent_id)
+                link_ui("app_pages/results.py", f"← Source audit #{job.parent_id}", job.parent_id)
             if source is None:
                 st.warning("The source run's report is missing: only the re-fine-tuned model is shown.")
         show_run(view)

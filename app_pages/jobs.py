@@ -1,9 +1,11 @@
-"""Jobs: live progress of every job, its log, cancel, retry (same inputs) and, for an audit, reopen in
-the New-audit form (its inputs filled in, to change). Refreshed by a fragment."""
+"""Jobs: live progress of every job, where it runs (device; under Ray, the node, and the cluster's free
+resources on top), a fan-out's parts, its log, cancel, retry (same inputs) and, for an audit, reopen
+in the New-audit form (its inputs filled in, to change). Refreshed by a fragment."""
 
 import streamlit as st
 
 from app.jobs_client import log_tail
+from app.placement import cluster_line, cluster_status, fan_outs, node_lines, placement_line
 from app.state import STATE_ICON, fmt_duration, job_title, show_error, store
 from app.words import in_words, reason_in_words
 from kdcore.errors import KDCoreError
@@ -14,7 +16,13 @@ st.caption("Jobs run in worker processes; closing the browser does not stop them
 
 @st.fragment(run_every=2.0)
 def job_list() -> None:
+    cluster = cluster_status(store().data_dir)
+    if cluster is not None:
+        with st.container(border=True, key="ray-cluster"):
+            st.markdown(f"**{cluster_line(cluster)}**")
+            st.caption("  \n".join(f"🌐 {line}" for line in node_lines(cluster)))
     jobs = store().list()
+    parts = fan_outs(jobs)
     if not jobs:
         st.info("No jobs yet.")
         return
@@ -24,6 +32,8 @@ def job_list() -> None:
             top[0].markdown(f"**{job_title(j)}**")
             top[1].write(f"⏱ {fmt_duration(j.elapsed())}")
             top[2].write(f"🖥 {j.device or '—'}")
+            if where := placement_line(j, parts.get(j.id)):
+                st.caption(where)
             if j.state == "running":
                 eta = store().eta(j)
                 top[3].write(f"ETA {fmt_duration(eta)}" if eta is not None else "")
@@ -50,10 +60,10 @@ def job_list() -> None:
                         show_error(e)
                     st.rerun()
             if j.kind == "audit" and j.terminal:
-                act[2].page_link("pages/new_audit.py", label="Reopen in the form", query_params={"from": str(j.id)})
+                act[2].page_link("app_pages/new_audit.py", label="Reopen in the form", query_params={"from": str(j.id)})
             if j.state == "succeeded":
                 page, label = ("defenses", "Defenses →") if j.kind == "defend" else ("results", "Results →")
-                act[1].page_link(f"pages/{page}.py", label=label, query_params={"job": str(j.id)})
+                act[1].page_link(f"app_pages/{page}.py", label=label, query_params={"job": str(j.id)})
             with st.expander("Log", expanded=(str(j.id) == st.query_params.get("job") and j.state != "succeeded")):
                 st.code(in_words(log_tail(j)) or "(no log yet)", language=None)
     st.caption(

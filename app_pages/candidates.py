@@ -52,7 +52,7 @@ try:
 
     if cand.review_actions_ui(job, len(verdicts)):
         new = submit_refine(job)
-        st.switch_page("pages/jobs.py", query_params={"job": str(new.id)})
+        st.switch_page("app_pages/jobs.py", query_params={"job": str(new.id)})
     if not reviewer:
         st.caption("Tip: enter your name under **Reviewer** in the sidebar so the audit trail says who decided.")
     show_truth = cand.ground_truth_ui(rows, verdict_of)
