@@ -176,7 +176,7 @@ def work_ray(
     custom = dict(custom or {})
     env = {k: v for k, v in os.environ.items() if k.startswith("KDAUDIT_")}
     ray.init(
-        address=address,
+        address=address or "local",  # None would join the machine's last cluster; no address starts one
         namespace=NAMESPACE,
         runtime_env={"env_vars": env} if env else None,
         log_to_driver=False,
@@ -229,7 +229,7 @@ def work_ray(
             if time.monotonic() - last_beat > HEARTBEAT_S:
                 last_beat = time.monotonic()
                 _watch(store, running)
-    except _Stop:
+    except (_Stop, KeyboardInterrupt):
         for r in running.values():
             ray.cancel(r.ref, force=True)
             store.finish(r.job.id, "interrupted", "the Ray dispatcher was stopped; `jobs retry` resumes it")
