@@ -140,8 +140,9 @@ def table(rows: list[dict]) -> str:
     lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for (attack, method), rs in groups.items():
         cells = [spread(rs, k) for k in ("clean_acc", "poison_acc", "asr", "precision", "recall")]
+        few = f" (n = {len(rs)})" if len(rs) < seeds else ""  # a run stopped before its last seed
         lines.append(
-            f"| {attack} | {method} | {' | '.join(cells)} | {fmean(r['wall_s'] for r in rs):.0f} | "
+            f"| {attack} | {method}{few} | {' | '.join(cells)} | {fmean(r['wall_s'] for r in rs):.0f} | "
             f"{'yes' if rs[0]['needs_labels'] else ''} | {rs[-1]['note']} |"
         )
     if seeds > 1:
