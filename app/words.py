@@ -54,6 +54,11 @@ FIELDS = {
     "--limit": "the server's limits (KDAUDIT_LIMIT_<NAME>, set by whoever runs the dashboard)",
     "--device": "the workers' device",
     "--data-dir": "the data directory (KDAUDIT_HOME)",
+    "--executor": "the server's executor (local workers or a Ray cluster; set by whoever runs the dashboard)",
+    "--ray-address": "the Ray cluster's address (set by whoever runs the dashboard)",
+    "--ray-cpus": "the CPUs each job asks of the Ray cluster (set by whoever runs the dashboard)",
+    "--ray-resource": "the Ray resources each job asks for (set by whoever runs the dashboard)",
+    "--resources": "a Ray node's resources (`ray start --resources`)",
     # Options of the command line only
     "--known-poisons": "a list of known poisons (command line only)",
     "--clean-labeled": "a labelled clean set (command line only)",
