@@ -58,7 +58,7 @@ FIELDS = {
     "--ray-address": "the Ray cluster's address (set by whoever runs the dashboard)",
     "--ray-cpus": "the CPUs each job asks of the Ray cluster (set by whoever runs the dashboard)",
     "--ray-resource": "the Ray resources each job asks for (set by whoever runs the dashboard)",
-    "--resources": "a Ray node's resources (`ray start --resources`)",
+    "--resources": "a Ray node's resources (set when the node is started)",
     # Options of the command line only
     "--known-poisons": "a list of known poisons (command line only)",
     "--clean-labeled": "a labelled clean set (command line only)",
