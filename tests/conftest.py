@@ -99,6 +99,18 @@ def digits_files(tmp_path_factory, digits, digits_spec):
     }
 
 
+# The Fashion-MNIST demo scenario at its smallest (seconds per run): for tests of the job system's
+# sweeps, fan-outs and defense jobs, not of the method's quality.
+TINY_DEMO = {
+    "n_train": 600,
+    "n_clean": 200,
+    "n_poison": 30,
+    "n_test": 200,
+    "teacher": {"epochs": 1},
+    "kd": {"distill": {"epochs": 1}, "finetune": {"epochs": 1}},
+}
+
+
 def audit_config(files: dict, *, kd_epochs: int = 2, ft_epochs: int = 2, train: bool = True, **kw) -> dict:
     cfg = {
         "model": str(files["model"]),

@@ -13,23 +13,16 @@ from benchmarks.defenses import SUSPECT, demo_config, job_rows, run_jobs, table
 from kdcore.config import to_dict
 from kdcore.defenses import get_defense
 from kdcore.jobs.store import JobStore
+from tests.conftest import TINY_DEMO
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-TINY = {
-    "n_train": 600,
-    "n_clean": 200,
-    "n_poison": 30,
-    "n_test": 100,
-    "teacher": {"epochs": 1},
-    "kd": {"distill": {"epochs": 1}, "finetune": {"epochs": 1}},
-}
 METHODS = ["linf-pruning", "activation-clustering"]  # seconds each on 600 images, with their defaults
 
 
 @pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")
 def test_the_comparison_runs_as_jobs_on_two_local_workers(tmp_path):
     data = tmp_path / "store"
-    rows = run_jobs(data, ["badnets"], METHODS, [1], False, tmp_path, workers=2, device="cpu", setup=TINY)
+    rows = run_jobs(data, ["badnets"], METHODS, [1], False, tmp_path, workers=2, device="cpu", setup=TINY_DEMO)
     store = JobStore(data)
     jobs = {j.id: j for j in store.list()}
     assert len(jobs) == 2 and all(j.state == "succeeded" for j in jobs.values()), [
@@ -42,7 +35,7 @@ def test_the_comparison_runs_as_jobs_on_two_local_workers(tmp_path):
     assert set(by_method) == {SUSPECT, *METHODS}
     assert by_method[SUSPECT]["asr"] is not None and by_method["linf-pruning"]["asr"] is not None
     assert by_method["activation-clustering"]["precision"] is not None  # a detector's row
-    want = to_dict(demo_config("badnets", False, tmp_path, 1, TINY))
+    want = to_dict(demo_config("badnets", False, tmp_path, 1, TINY_DEMO))
     for name in METHODS:
         job = jobs[by_method[name]["job"]]
         assert job.label == f"defenses: badnets × {name} × seed 1"
@@ -56,7 +49,7 @@ def test_the_comparison_runs_as_jobs_on_two_local_workers(tmp_path):
 
 def test_a_job_that_did_not_succeed_is_a_row_that_says_why(tmp_path):
     store = JobStore(tmp_path)
-    cfg = demo_config("badnets", False, tmp_path, 0, TINY)
+    cfg = demo_config("badnets", False, tmp_path, 0, TINY_DEMO)
     job = store.submit("defend", {"method": "nad", "demo": to_dict(cfg), "device": "cpu"})
     store.claim("cpu", os.getpid())
     store.finish(job.id, "failed", "Traceback (most recent call last):\n  File x\nRuntimeError: out of memory")

@@ -10,7 +10,7 @@ import sys
 
 from kdcore.jobs.store import JobStore
 from kdcore.jobs.worker import run_job
-from tests.jobs.test_ray import TINY_SETUP
+from tests.conftest import TINY_DEMO
 
 
 def run_queue(store: JobStore) -> list[int]:
@@ -23,7 +23,7 @@ def run_queue(store: JobStore) -> list[int]:
 
 def test_the_gathering_job_waits_names_a_failed_part_and_a_retry_completes(tmp_path):
     store = JobStore(tmp_path)
-    setup = {**TINY_SETUP, "cache_dir": str(tmp_path / "cache")}
+    setup = {**TINY_DEMO, "cache_dir": str(tmp_path / "cache")}
     sweep = store.submit("sweep", {"setup": setup, "budgets": [30, 60], "scenarios": ["attack"], "seeds": [0]})
     first, second = store.group(sweep.id)
     assert store.claim("cpu", 1, sweep.id) is None  # not while its parts are queued

@@ -16,7 +16,7 @@ import pytest
 from ray.cluster_utils import Cluster
 
 from kdcore.jobs.store import JobStore
-from tests.conftest import audit_config
+from tests.conftest import TINY_DEMO, audit_config
 from tests.jobs.test_jobs import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,19 +120,9 @@ def test_cancel_reaches_a_job_running_on_a_node(cluster, digits_files, tmp_path)
     assert not any(p.name.startswith("finetune-") for p in stages.iterdir())
 
 
-TINY_SETUP = {
-    "n_train": 600,
-    "n_clean": 60,
-    "n_poison": 30,
-    "n_test": 200,
-    "teacher": {"epochs": 1},
-    "kd": {"distill": {"epochs": 1}, "finetune": {"epochs": 1}},
-}
-
-
 def test_a_sweep_over_three_seeds_fans_out_and_reports_mean_and_spread(cluster, tmp_path):
     store = JobStore(tmp_path)
-    setup = {**TINY_SETUP, "cache_dir": str(tmp_path / "cache")}
+    setup = {**TINY_DEMO, "cache_dir": str(tmp_path / "cache")}
     sweep = store.submit("sweep", {"setup": setup, "budgets": [30], "scenarios": ["attack"], "seeds": [0, 1, 2]})
     parts = store.group(sweep.id)
     assert sweep.config["gather"] and [p.config["seeds"] for p in parts] == [[0], [1], [2]]
