@@ -32,7 +32,7 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -120,7 +120,6 @@ class _Running:
     ref: object
     cancel_seen: float | None = None
     forced: bool = False
-    started: float = field(default_factory=time.monotonic)
 
 
 def cluster_slots(cpus: float, gpus: bool, custom: dict[str, float] | None = None) -> int:
