@@ -46,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from statistics import fmean, stdev  # noqa: E402
+from statistics import fmean  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -58,7 +58,7 @@ from kdcore.jobs.store import Job, JobStore  # noqa: E402
 from kdcore.report import ROLES, detection_of, evidence_of, headline_of, metrics_of, models_of  # noqa: E402
 from kdcore.runs.defend import DefendConfig, demo_inputs  # noqa: E402
 from kdcore.runs.demo import DemoConfig  # noqa: E402
-from kdcore.tables import pct  # noqa: E402
+from kdcore.tables import spread  # noqa: E402
 
 # The attacks compared. n_poison: poisons in the quick setup's 10,000 training images (×5 for --full).
 ATTACKS = {
@@ -309,14 +309,6 @@ def run_jobs(
     return rows
 
 
-def spread(rs: list[dict], key: str, fmt=pct) -> str:
-    """One cell: the value, or mean ± standard deviation over the seeds' rows."""
-    vals = [float(r[key]) for r in rs if r.get(key) is not None]
-    if len(vals) < 2:
-        return fmt(vals[0] if vals else None)
-    return f"{fmt(fmean(vals))} ± {fmt(stdev(vals)).removesuffix(' %')}"
-
-
 def table(rows: list[dict]) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
@@ -325,7 +317,7 @@ def table(rows: list[dict]) -> str:
     head = "| Attack | Method | clean_acc | poison_acc | asr | precision | recall | time (s) | labels | note |"
     lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for (attack, method), rs in groups.items():
-        cells = [spread(rs, k) for k in ("clean_acc", "poison_acc", "asr", "precision", "recall")]
+        cells = [spread([r.get(k) for r in rs]) for k in ("clean_acc", "poison_acc", "asr", "precision", "recall")]
         few = f" (n = {len(rs)})" if len(rs) < seeds else ""  # a run stopped before its last seed
         walls = [r["wall_s"] for r in rs if r["wall_s"] is not None]
         # a seed whose job did not succeed says so, whichever seed it was

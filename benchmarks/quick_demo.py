@@ -22,7 +22,7 @@ from benchmarks.common import log, sgemm_gflops, throttled, write_result  # noqa
 from kdcore.device import describe, resolve_device  # noqa: E402
 from kdcore.report import METRICS, detection_of, models_of  # noqa: E402
 from kdcore.runs.demo import DemoConfig, run_demo  # noqa: E402
-from kdcore.tables import pct  # noqa: E402
+from kdcore.tables import pct, spread  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out" / "quick_demo"
 ROLES = ("teacher", "student", "finetuned")
@@ -37,26 +37,17 @@ def row_of(seed: int, report: dict) -> dict:
     return row
 
 
-def cell(vals: list[float], fmt) -> str:
-    vals = [v for v in vals if v is not None]
-    if not vals:
-        return "—"
-    if len(vals) == 1:
-        return fmt(vals[0])
-    return f"{fmt(statistics.fmean(vals))} ± {fmt(statistics.stdev(vals)).removesuffix(' %')}"
-
-
 def table(rows: list[dict]) -> str:
     lines = [f"| Model | {' | '.join(METRICS)} |", "|---|" + "---|" * len(METRICS)]
     for role in ROLES:
-        lines.append(f"| {role} | " + " | ".join(cell([r[f"{role}.{m}"] for r in rows], pct) for m in METRICS) + " |")
+        lines.append(f"| {role} | " + " | ".join(spread([r[f"{role}.{m}"] for r in rows], pct) for m in METRICS) + " |")
     count = lambda v: f"{v:,.0f}"
     lines += [
         "",
         "| Detox | flagged | precision | recall |",
         "|---|---|---|---|",
-        f"| KD disagreement | {cell([r['detox.flagged'] for r in rows], count)} | "
-        f"{cell([r['detox.precision'] for r in rows], pct)} | {cell([r['detox.recall'] for r in rows], pct)} |",
+        f"| KD disagreement | {spread([r['detox.flagged'] for r in rows], count)} | "
+        f"{spread([r['detox.precision'] for r in rows], pct)} | {spread([r['detox.recall'] for r in rows], pct)} |",
     ]
     if len(rows) > 1:
         lines.append(f"\nMean ± standard deviation over {len(rows)} seeds ({', '.join(str(r['seed']) for r in rows)}).")

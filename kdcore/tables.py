@@ -56,6 +56,17 @@ def defense_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def spread(values, fmt=pct) -> str:
+    """One table cell over seeds: "—" without values, the value alone for one, else mean ± standard
+    deviation (the deviation in the same unit, without repeating a trailing " %")."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return "—"
+    if len(vals) == 1:
+        return fmt(vals[0])
+    return f"{fmt(fmean(vals))} ± {fmt(stdev(vals)).removesuffix(' %')}"
+
+
 def sweep_table(rows: list[dict]) -> str:
     """Table 5 layout: columns = budget × model per scenario; with several seeds each cell is the
     mean ± standard deviation over them (n shown)."""
@@ -64,12 +75,7 @@ def sweep_table(rows: list[dict]) -> str:
         cells[(r["scenario"], r["budget"], r["model"])].append(r)
 
     def cell(key, rs, fmt) -> str:
-        vals = [float(r[key]) for r in rs if r.get(key) is not None]
-        if not vals:
-            return "—"
-        if len(vals) == 1:
-            return fmt(vals[0])
-        return f"{fmt(fmean(vals))} ± {fmt(stdev(vals)).removesuffix(' %')}"
+        return spread([r.get(key) for r in rs], fmt)
 
     refs = [("-", 0, "baseline", "Baseline"), ("-", 0, "backdoor", "Backdoor")]
     budgets = sorted({r["budget"] for r in rows if r["budget"]})

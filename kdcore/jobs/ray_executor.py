@@ -20,8 +20,8 @@ Faults: a node (or the task's worker process) that dies mid-job surfaces as a Ra
 task's result; the dispatcher marks the job `interrupted` with the reason, and `jobs retry` resumes
 it from its finished stages. A cancel is seen by the task through the relay within a heartbeat
 (and stops it as locally); if the task does not stop within `CANCEL_GRACE_S` more, the dispatcher
-`ray.cancel`s it with force. If the dispatcher itself dies, its tasks' heartbeats still reach the
-store through the relay while it lives; once they go stale, `reap` marks the jobs interrupted.
+`ray.cancel`s it with force. If the dispatcher itself dies, Ray stops the tasks and the relay it
+owns; the jobs' heartbeats go stale and `reap` marks them interrupted, as with a dead local worker.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from kdcore.errors import InputError
 from kdcore.jobs.store import Job, JobStore
-from kdcore.jobs.worker import CANCEL_GRACE_S, HEARTBEAT_S, POLL_S
+from kdcore.jobs.worker import CANCEL_GRACE_S, HEARTBEAT_S, POLL_S, _raise_stop, _Stop
 
 log = logging.getLogger("kdcore.worker")
 
@@ -91,13 +91,16 @@ class _RelayStore:
         ray.get(self.relay.finish.remote(job_id, state, error))
 
 
-def node_label(node_id: str, resources: dict | None = None) -> str:
+def node_label(node_id: str) -> str:
     """How the store and the Jobs page name a Ray node: its address and id, plus its custom
     resources (a cluster's way of naming nodes, e.g. `gpu_a100` or `node_b`)."""
-    info = next((n for n in ray.nodes() if n["NodeID"] == node_id), {})
-    res = resources if resources is not None else info.get("Resources", {})
-    custom = sorted(k for k in res if k not in _STANDARD and not k.startswith("node:"))
-    return " ".join([info.get("NodeManagerAddress", "?"), node_id[:12], *custom])
+    return _label(next((n for n in ray.nodes() if n["NodeID"] == node_id), {"NodeID": node_id}))
+
+
+def _label(info: dict) -> str:
+    """`node_label` of one entry of `ray.nodes()`."""
+    custom = sorted(k for k in info.get("Resources", {}) if k not in _STANDARD and not k.startswith("node:"))
+    return " ".join([info.get("NodeManagerAddress", "?"), info["NodeID"][:12], *custom])
 
 
 _STANDARD = {"CPU", "GPU", "memory", "object_store_memory", "accelerator_type", "TPU"}
@@ -137,25 +140,13 @@ def cluster_slots(cpus: float, gpus: bool, custom: dict[str, float] | None = Non
 
 def cluster_resources() -> dict:
     """The cluster's free and total resources, for the Jobs page (written by the dispatcher)."""
-    nodes = [
-        {"node": node_label(n["NodeID"], n.get("Resources", {})), "resources": n.get("Resources", {})}
-        for n in ray.nodes()
-        if n.get("Alive")
-    ]
+    nodes = [{"node": _label(n), "resources": n.get("Resources", {})} for n in ray.nodes() if n.get("Alive")]
     return {
         "available": ray.available_resources(),
         "total": ray.cluster_resources(),
         "nodes": nodes,
         "at": time.time(),
     }
-
-
-class _Stop(BaseException):
-    pass
-
-
-def _raise_stop(signum, frame) -> None:
-    raise _Stop(signal.Signals(signum).name)
 
 
 def work_ray(

@@ -91,17 +91,23 @@ def part_name(scenario: str, budget: int, seed: int) -> str:
     return f"{scenario}-{budget}-seed{seed}"
 
 
+def _cells(cfg: SweepConfig) -> list[tuple[str, SweepConfig]]:
+    """Every cell of the sweep as (part name, a one-cell config), in run order."""
+    return [
+        (part_name(sc, b, sd), replace(cfg, seeds=(sd,), scenarios=(sc,), budgets=(b,), gather=False))
+        for sd in cfg.seeds
+        for sc in cfg.scenarios
+        for b in cfg.budgets
+    ]
+
+
 def sweep_parts(cfg: SweepConfig) -> tuple[SweepConfig, list[tuple[str, SweepConfig, str]]] | None:
     """How a sweep job fans out: the gathering config and one part per cell `(kind, config, run
     dir relative to the gathering job's)`; None for a single cell or a config that already gathers."""
-    cells = [(sd, sc, b) for sd in cfg.seeds for sc in cfg.scenarios for b in cfg.budgets]
+    cells = _cells(cfg)
     if cfg.gather or len(cells) < 2:
         return None
-    parts = [
-        ("sweep", replace(cfg, seeds=(sd,), scenarios=(sc,), budgets=(b,)), f"parts/{part_name(sc, b, sd)}")
-        for sd, sc, b in cells
-    ]
-    return replace(cfg, gather=True), parts
+    return replace(cfg, gather=True), [("sweep", part, f"parts/{name}") for name, part in cells]
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -151,19 +157,18 @@ def gather_parts(cfg: SweepConfig, run_dir: Path, on_progress: ProgressFn) -> li
     with the parts to retry."""
     rows: list[dict] = []
     seen: set[tuple] = set()
-    cells = [(sd, sc, b) for sd in cfg.seeds for sc in cfg.scenarios for b in cfg.budgets]
+    cells = [name for name, _ in _cells(cfg)]
     missing = []
-    for i, (sd, sc, b) in enumerate(cells):
-        path = run_dir / "parts" / part_name(sc, b, sd) / "sweep.json"
-        if not (run_dir / "parts" / part_name(sc, b, sd) / "report.json").is_file():
-            missing.append(part_name(sc, b, sd))
+    for i, name in enumerate(cells):
+        if not (run_dir / "parts" / name / "report.json").is_file():
+            missing.append(name)
             continue
-        for r in read_json(path)["rows"]:
+        for r in read_json(run_dir / "parts" / name / "sweep.json")["rows"]:
             key = (r["seed"], r["scenario"], r["budget"], r["model"])
             if key not in seen:
                 seen.add(key)
                 rows.append(r)
-        on_progress("gather", i + 1, len(cells), {"part": part_name(sc, b, sd)})
+        on_progress("gather", i + 1, len(cells), {"part": name})
     if missing:
         raise InputError(
             f"{len(missing)} of {len(cells)} part(s) of this sweep have no results: {', '.join(missing[:6])}"
