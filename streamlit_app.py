@@ -2,6 +2,8 @@
 
 import streamlit as st
 
+from app import warmup
+
 st.set_page_config(page_title="kdaudit — backdoor audits", page_icon="🛡️", layout="wide")
 
 PAGES = [
@@ -13,4 +15,6 @@ PAGES = [
     st.Page("app_pages/candidates.py", title="Poison candidates", icon="🔎", url_path="candidates"),
     st.Page("app_pages/explain.py", title="Explain", icon="🔥", url_path="explain"),
 ]
-st.navigation(PAGES).run()
+page = st.navigation(PAGES)
+warmup.start()  # once per process, in the background: the analysis pages' imports and plotly's first figure
+page.run()

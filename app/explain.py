@@ -25,12 +25,13 @@ import streamlit as st
 import torch
 
 from app.explain_figures import (
-    activation_map_figure,
+    activation_map_image,
     as_display,
     gradcam_panels,
     layer_activations,
     model_label,
     model_names,
+    most_driven_channels,
     run_context,
     teacher_layers,
     train_images,
@@ -342,13 +343,15 @@ def _activation_maps(
     stacked = torch.cat(list(inputs.values())).numpy()  # (R, C, H, W)
     with st.spinner("Computing activations…"):
         acts = {m: layer_activations(run_dir, m, stacked, layer) for m in models}
-    for col, m in zip(st.columns(len(models)), models, strict=True):
-        top = float(acts[m].max())
+    cols = st.container(key="explain_act_maps").columns(len(models))
+    for col, m in zip(cols, models, strict=True):
+        top = float(acts[m].max())  # one colour scale per model: clean and + trigger compare
         for r, what in enumerate(inputs):
-            col.plotly_chart(
-                activation_map_figure(acts[m][r], zmax=top, title=f"{model_label(m)} · {what}"),
-                key=f"explain_act_{m}_{r}",
-            )
+            col.image(activation_map_image(acts[m][r], zmax=top), caption=f"{model_label(m)} · {what}", width="stretch")
+        col.caption(f"colour: 0 (dark purple) → {top:.3g} (yellow)")
+        if len(inputs) > 1:
+            rises = ", ".join(f"#{c} {a:.2f} → {b:.2f}" for c, a, b in most_driven_channels(acts[m][0], acts[m][1]))
+            col.caption(f"Channels the trigger drives most (peak, clean → + trigger): {rises}")
     c = acts[models[0]].shape[1]
     at = f"`{layer}`" if layer else "the last conv block"
-    st.caption(f"{c} channels of {at} after its ReLU; each tile is one channel's map.")
+    st.caption(f"{c} channels of {at} after its ReLU; each tile is one channel's map, left to right from channel 0.")

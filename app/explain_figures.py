@@ -7,8 +7,8 @@ against Backdoor Attack on Deep Neural Networks", AdvML@KDD 2019, figs. 2–4).
   image's activation maps (`layer_activations`). Activations are measured where ℓ∞ pruning
   measures them: `ACT_ROLE` ("conv_activation": the BatchNorm that consumes the last conv, else
   the conv) after a ReLU, so the page and the defense talk about the same neurons.
-- Figures are pure (values in, `go.Figure` out): `norm_histograms_figure` (fig. 4),
-  `activation_map_figure` (fig. 3).
+- Figures are pure (values in, a figure out): `norm_histograms_figure` (fig. 4, a `go.Figure`),
+  `activation_map_image` (fig. 3, an RGB image: tiles of one colour scale, drawn without chart code).
 
 Models are shared by every session (st.cache_resource), and Grad-CAM hooks and freezes the model
 it runs on, so every model computation holds `_compute_lock()`.
@@ -260,43 +260,56 @@ def norm_histograms_figure(stats: Mapping[str, Mapping[str, NormStats | Mapping]
     return fig
 
 
-def _tile(act: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(C, h, w) → (grid, channel): channels tiled about twice as wide as tall (32 → 4×8), one NaN
-    pixel between tiles; `channel` holds each pixel's channel index (-1 in the gaps)."""
+def _tile(act: np.ndarray) -> np.ndarray:
+    """(C, h, w) → a grid of the channels about twice as wide as tall (32 → 4×8), NaN between tiles."""
     c, h, w = act.shape
     cols = min(c, math.ceil(math.sqrt(2 * c)))
     rows = math.ceil(c / cols)
     grid = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan, dtype=np.float32)
-    channel = np.full(grid.shape, -1, dtype=np.int64)
     for k in range(c):
         y, x = (k // cols) * (h + 1), (k % cols) * (w + 1)
         grid[y : y + h, x : x + w] = act[k]
-        channel[y : y + h, x : x + w] = k
-    return grid, channel
+    return grid
 
 
-def activation_map_figure(act: np.ndarray, zmax: float | None = None, title: str = "") -> go.Figure:
-    """One heatmap tile per channel of an activation tensor (C, h, w) (seed 004, fig. 3).
+def _viridis_lut() -> np.ndarray:
+    """(256, 3) uint8: plotly's Viridis scale (the colours of the page's other charts), interpolated."""
+    from plotly.colors import hex_to_rgb, sequential
 
-    zmax: top of the colour scale; pass the same value to figures that should be compared.
-    """
+    stops = np.array([hex_to_rgb(c) for c in sequential.Viridis], dtype=float)  # (k, 3)
+    at = np.linspace(0, 1, len(stops))
+    t = np.linspace(0, 1, 256)
+    return np.stack([np.interp(t, at, stops[:, c]) for c in range(3)], axis=1).round().astype(np.uint8)
+
+
+VIRIDIS = _viridis_lut()
+GAP_RGB = (255, 255, 255)  # between tiles
+
+
+def activation_map_image(act: np.ndarray, zmax: float | None = None, width: int = 360) -> np.ndarray:
+    """One Viridis tile per channel of an activation tensor (C, h, w), as an RGB image (H, W, 3)
+    uint8 about `width` pixels wide (seed 004, fig. 3). An image, not a chart: it is drawn at once,
+    with no charting code to load in the browser.
+
+    zmax: the value drawn yellow; pass the same value to images that should be compared."""
     act = np.asarray(act, dtype=np.float32)
     if act.ndim != 3 or act.shape[0] == 0:
-        raise ValueError(f"activation_map_figure needs an activation tensor (C, h, w); got shape {act.shape}")
-    grid, channel = _tile(act)
-    top = float(act.max()) if zmax is None else zmax
-    fig = go.Figure(
-        go.Heatmap(
-            z=grid,
-            customdata=channel,
-            colorscale="Viridis",
-            zmin=min(0.0, float(act.min())),
-            zmax=top if top > 0 else 1.0,
-            hoverongaps=False,
-            hovertemplate="channel %{customdata}<br>activation %{z:.3f}<extra></extra>",
-        )
-    )
-    fig.update_xaxes(visible=False, constrain="domain")
-    fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x")
-    fig.update_layout(title_text=title, margin=dict(l=10, r=10, t=40 if title else 10, b=10), height=260)
-    return fig
+        raise ValueError(f"activation_map_image needs an activation tensor (C, h, w); got shape {act.shape}")
+    grid = _tile(act)
+    lo = min(0.0, float(act.min()))
+    top = float(act.max()) if zmax is None else float(zmax)
+    span = top - lo if top > lo else 1.0
+    level = np.clip((np.nan_to_num(grid, nan=lo) - lo) / span, 0.0, 1.0)
+    rgb = VIRIDIS[np.round(level * 255).astype(np.intp)]
+    rgb[np.isnan(grid)] = GAP_RGB
+    k = max(1, round(width / grid.shape[1]))
+    return rgb.repeat(k, axis=0).repeat(k, axis=1)
+
+
+def most_driven_channels(clean: np.ndarray, triggered: np.ndarray, n: int = 3) -> list[tuple[int, float, float]]:
+    """The `n` channels whose peak activation the trigger raises most: (channel, clean peak,
+    triggered peak), from one image's activations (C, h, w) without and with the trigger."""
+    a = np.asarray(clean, dtype=np.float32).reshape(len(clean), -1).max(axis=1)
+    b = np.asarray(triggered, dtype=np.float32).reshape(len(triggered), -1).max(axis=1)
+    order = np.argsort(a - b, kind="stable")[:n]  # largest rise first
+    return [(int(c), float(a[c]), float(b[c])) for c in order]

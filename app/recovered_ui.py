@@ -15,7 +15,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 import torch
 
@@ -95,7 +94,7 @@ def use_recovered_ui(source: Job, nc_job: Job) -> None:
         return
     st.markdown(f"**asr under the recovered trigger of class {trigger.target}** (estimated)")
     st.dataframe(
-        pd.DataFrame(rows),
+        rows,
         hide_index=True,
         key=f"recovered-asr-{nc_job.id}",
         column_config={

@@ -10,7 +10,8 @@ has all of that in hand when it ends, so it writes it down:
 <run_dir>/view/train_top.npz  their training images (the gallery's first pages, Explain's pool)
 <run_dir>/view/teacher.safetensors  the teacher as kdcore read it (audits; the demo records its stage file)
 <run_dir>/view/explain.npz    Explain's default selection: Grad-CAM panels and activation maps of
-                              the top candidates, ℓp-norm statistics of the default models
+                              the picked top candidates (each one the activation view offers),
+                              ℓp-norm statistics of the default models
 
 Every entry of explain.npz is keyed by a hash of its inputs (model, conv layer, classes, image
 bytes), so the page uses one only for exactly the inputs it would compute it from; anything else
@@ -354,13 +355,14 @@ def _explain_defaults(ctx, loaded: Mapping[str, tuple[nn.Module, ModelSpec]], la
     stacked = torch.cat(rows).numpy()  # (R·N, C, H, W)
     mode = "target" if trigger is not None else "true"
     chosen = tuple(chosen_class(mode, lab, trigger) for lab in labels) * len(rows)
-    first = torch.cat([r[:1] for r in rows]).numpy()  # the activation map's image: clean, + trigger
     for m in names:
         model, spec = loaded[m][0], specs[m]
         k = gradcam_key(m, layer, stacked, chosen)
         probs, over_pred, over_chosen = gradcam_panels(model, spec, stacked, chosen)
         arrays |= {f"{k}/probs": probs, f"{k}/over_pred": over_pred, f"{k}/over_chosen": over_chosen}
-        arrays[f"{activations_key(m, layer, first)}/acts"] = layer_activations(model, spec, first)
+        for i in range(len(picked)):  # the activation map of each picked image: clean, + trigger
+            one = stacked[i :: len(picked)]  # the batch the page would compute it on
+            arrays[f"{activations_key(m, layer, one)}/acts"] = layer_activations(model, spec, one)
     return arrays
 
 

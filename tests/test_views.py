@@ -77,10 +77,9 @@ def test_stored_results_equal_a_fresh_computation(run):
         fresh = views.gradcam_panels(model, views.at_layer(spec, layer), stacked, chosen)
         for k, v in zip(("probs", "over_pred", "over_chosen"), fresh, strict=True):
             np.testing.assert_array_equal(kept[k], v)
-        acts = views.stored(run.run_dir, views.activations_key(name, layer, stacked[[0, 2]]))["acts"]
-        np.testing.assert_array_equal(
-            acts, views.layer_activations(model, views.at_layer(spec, layer), stacked[[0, 2]])
-        )
+        for one in (stacked[[0, 2]], stacked[[1, 3]]):  # each picked image's map: clean, + trigger
+            acts = views.stored(run.run_dir, views.activations_key(name, layer, one))["acts"]
+            np.testing.assert_array_equal(acts, views.layer_activations(model, views.at_layer(spec, layer), one))
     norms = views.stored_norms(run.run_dir, views.norms_key(["teacher", "student"], layer, views.NORM_IMAGES, ""))
     models = {
         "teacher": (run.teacher, views.at_layer(run.spec, layer)),

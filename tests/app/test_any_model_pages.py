@@ -122,6 +122,6 @@ def test_every_page_works_on_an_audit_of_an_onnx_model(onnx_env, page):
     if page == "explain":
         conv = at.selectbox(key="explain_layer")
         assert conv.options and conv.value == conv.options[-1]  # the graph's last conv, by its converted name
-        assert len(at.image) == 20 and len(at.get("plotly_chart")) == 1 + 4
+        assert len(at.image) == 20 + 4 and len(at.get("plotly_chart")) == 1  # Grad-CAM grid, activation maps
     if page == "results":
         assert len(at.get("plotly_chart")) >= 2

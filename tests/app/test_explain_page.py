@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.explain_figures import ACT_ROLE, activation_map_figure, norm_histograms_figure
+from app.explain_figures import (
+    ACT_ROLE,
+    GAP_RGB,
+    VIRIDIS,
+    activation_map_image,
+    most_driven_channels,
+    norm_histograms_figure,
+)
 from kdcore.explain import NORMS, NormStats
 from kdcore.models.layers import choose_layer
 from kdcore.models.registry import build_model
@@ -28,12 +35,13 @@ def test_explain_page_renders_gradcam_norms_and_activation_maps(kdaudit_home):
     assert not at.error, [e.value for e in at.error]
     assert any("Grad-CAM" in h.value for h in at.subheader)
     captions = [c for img in at.image for c in img.captions]
-    # 2 default images × (clean, + trigger) × (input + teacher and student × 2 classes) = 20 images
-    assert len(at.image) >= 4 and len(at.image) == 20, captions
+    # Grad-CAM: 2 default images × (clean, + trigger) × (input + teacher and student × 2 classes) = 20
+    # images; activation maps: (teacher, student) × (clean, + trigger) = 4 more
+    assert len(at.image) == 20 + 4, captions
+    assert sum(c.endswith(("· clean", "· + trigger")) for c in captions) == 4  # the activation maps
     assert sum(c.startswith("→ ") for c in captions) == 8  # predicted-class maps: 2 models × 2 images × 2 rows
     assert at.radio(key="explain_target_mode").value == "target"  # the audit's trigger is known
-    charts = at.get("plotly_chart")
-    assert len(charts) == 1 + 4  # the norm histograms + (teacher, student) × (clean, + trigger) maps
+    assert len(at.get("plotly_chart")) == 1  # the norm histograms; the activation maps are images
     assert at.selectbox(key="explain_model").value == "student"
 
 
@@ -50,7 +58,7 @@ def test_explain_page_switches_to_test_images_and_true_label(kdaudit_home):
     at.radio(key="explain_target_mode").set_value("true").run(timeout=180)
     assert not at.exception
     captions = [c for img in at.image for c in img.captions]
-    assert len(at.image) == 10, captions  # one image × 2 rows × 5 columns
+    assert len(at.image) == 10 + 4, captions  # one image × 2 rows × 5 columns, + its 4 activation maps
     assert all("label 3" in c for c in captions if c.startswith(("test image", "+ trigger")))
     assert not any(c.startswith("clean") for c in captions)
     assert sum(c.startswith("3: p = ") for c in captions) == 4  # the true-label maps
@@ -72,7 +80,8 @@ def test_explain_page_uploads_images_and_reports_unreadable_files(kdaudit_home):
     assert any("broken.png" in w.value for w in at.warning)
     assert at.multiselect(key="explain_pick").value == ["uploaded image 1 · seven.png"]
     captions = [c for img in at.image for c in img.captions]
-    assert len(at.image) == 10 and "uploaded image" in captions, captions  # no label: the caption says only its kind
+    assert len(at.image) == 10 + 4, captions  # the grid and the image's 4 activation maps
+    assert "uploaded image" in captions, captions  # no label: the caption says only its kind
 
 
 def _stats(n: int, triggered: bool = True) -> dict[str, NormStats]:
@@ -101,18 +110,26 @@ def test_norm_histograms_figure_clean_only_and_from_dicts():
         norm_histograms_figure({})
 
 
-def test_activation_map_figure_tiles_channels_in_a_grid():
+def test_activation_map_image_tiles_channels_on_one_colour_scale():
     act = np.arange(32 * 4 * 5, dtype=np.float32).reshape(32, 4, 5)
-    fig = activation_map_figure(act)
-    z = np.asarray(fig.data[0].z, dtype=float)
-    assert z.shape == (4 * (4 + 1) - 1, 8 * (5 + 1) - 1)  # 32 channels → 4 rows × 8 columns, 1-pixel gaps
-    channel = np.asarray(fig.data[0].customdata)
-    np.testing.assert_array_equal(z[5:9, 6:11], act[9])  # row 1, column 1 of the grid is channel 9
-    assert (channel[5:9, 6:11] == 9).all()
-    assert np.isnan(z[4]).all() and (channel[4] == -1).all()
-    assert fig.data[0].zmax == act.max()
-    assert activation_map_figure(act, zmax=5000.0).data[0].zmax == 5000.0
-    assert np.asarray(activation_map_figure(act[:3]).data[0].z).shape == (4, 3 * 6 - 1)  # 3 → 1 × 3
+    img = activation_map_image(act, width=47)  # the grid is 47 px wide: no enlarging
+    assert img.shape == (4 * (4 + 1) - 1, 8 * (5 + 1) - 1, 3) and img.dtype == np.uint8  # 4 rows × 8, 1-px gaps
+    assert (img[4] == GAP_RGB).all() and (img[:, 5] == GAP_RGB).all()  # the gaps between tiles
+    assert (img[0, 0] == VIRIDIS[0]).all() and (img[18, 46] == VIRIDIS[-1]).all()  # 0 and the top value
+    tile9 = img[5:9, 6:11]  # row 1, column 1 of the grid is channel 9
+    np.testing.assert_array_equal(tile9, VIRIDIS[np.round(act[9] / act.max() * 255).astype(int)])
+    dim = activation_map_image(act, zmax=2 * act.max(), width=47)  # a shared, higher scale: no pixel is yellow
+    assert not (dim == VIRIDIS[-1]).all(axis=-1).any()
+    assert activation_map_image(act[:3], width=34).shape == (8, 34, 3)  # 3 channels → 1 × 3, enlarged ×2
+    with pytest.raises(ValueError):
+        activation_map_image(np.zeros((0, 2, 2)))
+
+
+def test_most_driven_channels_are_the_largest_rises():
+    clean = np.zeros((4, 2, 2), dtype=np.float32)
+    triggered = clean.copy()
+    triggered[2, 1, 1], triggered[0, 0, 0], triggered[3] = 5.0, 1.0, -1.0
+    assert most_driven_channels(clean, triggered, n=2) == [(2, 0.0, 5.0), (0, 0.0, 1.0)]
 
 
 def test_explain_measures_the_last_conv_block_where_linf_pruning_does(digits_spec):
@@ -140,7 +157,7 @@ def test_explain_layer_select_defaults_to_the_runs_choice_and_moves_every_conv_v
     select.set_value(first).run(timeout=180)
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert any(f"`{first}`" in c.value for c in at.caption)  # the activation maps are of the chosen layer
-    assert len(at.image) == 20 and len(at.get("plotly_chart")) == 1 + 4
+    assert len(at.image) == 20 + 4 and len(at.get("plotly_chart")) == 1
 
 
 def test_explain_page_says_why_when_the_model_has_no_conv_layer(kdaudit_home, monkeypatch):
