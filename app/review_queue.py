@@ -1,7 +1,8 @@
-"""The review queue's data, without widgets: a run's ranked candidates (read through
-`kdcore.candidates`, cached per file version), its training images (the top candidates' from what
-the run kept at its end, others from the set rebuilt once per run directory), class names,
-thumbnails, the filters and the counts. `app.candidates` draws them.
+"""The review queue's data, without widgets: a run's ranked candidates (the columnar copy the run
+kept at its end, else candidates.csv through `kdcore.candidates`; cached per file version), its
+training images (the top candidates' from what the run kept at its end, others from the set rebuilt
+once per run directory), class names, thumbnails, the filters and the counts. `app.candidates`
+draws them.
 """
 
 from __future__ import annotations
@@ -41,10 +42,15 @@ def load_candidates(run_dir: str | Path) -> tuple[Candidate, ...] | None:
     return _read(str(p), p.stat().st_mtime_ns)
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
+@st.cache_resource(max_entries=8, show_spinner=False)
 def _read(path: str, mtime_ns: int) -> tuple[Candidate, ...]:
-    # mtime_ns is part of the cache key only: a re-run that rewrites the file is re-read.
-    return read_candidates(path)
+    # mtime_ns is part of the cache key only: a re-run that rewrites the file is re-read. A cached
+    # resource, not data: the rows are a tuple of frozen dataclasses, safe to share, and cache_data
+    # would pickle 10,000 of them on the first visit and unpickle them on every rerun.
+    from kdcore.views import candidates
+
+    rows = candidates(Path(path).parent)  # None when the view is missing or older than the CSV
+    return read_candidates(path) if rows is None else rows
 
 
 class TrainImages:

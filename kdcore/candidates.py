@@ -17,6 +17,11 @@ dataset's name, `cifar10-train · #1324`). The CSV's `name` column, the review g
 picker and the HTML report all print it, so one sample reads the same everywhere. `count_of` is
 the one way a count of samples is printed with its scale ("2,141 of 10,000 (21 %)"; `share_of`
 gives the part after the count, for a display that shows the count large and its scale under it).
+
+Columns: `to_columns` / `from_columns` hold the same rows as one numpy array per `Candidate` field,
+the copy a finished run keeps for the dashboard (`kdcore.views`), which reads 10,000 rows in a
+tenth of the CSV's time. They carry exactly what the reader returns: text fields as their distinct
+values plus one code per row, and a `<field>/none` mask where a field may be None.
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kdcore.errors import InputError
@@ -248,6 +254,50 @@ def read_candidates(path: str | os.PathLike) -> tuple[Candidate, ...]:
     """The ranked rows of a candidates.csv (InputError when it is not one)."""
     p = Path(path)
     return parse_candidates(p.read_text(encoding="utf-8"), str(p))
+
+
+def _kind(field) -> str:
+    # the annotation's first type ("int | None" → "int"); a string under `from __future__ import annotations`
+    return field.type.split(" | ")[0]
+
+
+_FILL = {"int": 0, "float": 0.0, "bool": False, "str": ""}  # stands in for None under the mask
+
+
+def to_columns(rows: Sequence[Candidate]) -> dict[str, np.ndarray]:
+    """The rows as one array per `Candidate` field (see the module docstring); `from_columns` inverts it."""
+    arrays: dict[str, np.ndarray] = {}
+    for f in fields(Candidate):
+        kind, values = _kind(f), [getattr(r, f.name) for r in rows]
+        if f.type.endswith(" | None"):  # an optional field always carries its mask
+            arrays[f"{f.name}/none"] = np.array([v is None for v in values], dtype=bool)
+            values = [_FILL[kind] if v is None else v for v in values]
+        if kind == "str":
+            distinct, codes = np.unique(np.array(values, dtype=str), return_inverse=True)
+            arrays[f"{f.name}/values"], arrays[f"{f.name}/codes"] = distinct, codes.astype(np.int64)
+        else:
+            arrays[f.name] = np.array(values, dtype={"int": np.int64, "float": np.float64, "bool": bool}[kind])
+    return arrays
+
+
+def from_columns(arrays: Mapping[str, np.ndarray]) -> tuple[Candidate, ...] | None:
+    """The rows `to_columns` wrote, of the same types `read_candidates` returns; None when a field
+    has no column (arrays written before the field existed: read the CSV instead)."""
+    cols = []
+    for f in fields(Candidate):
+        if _kind(f) == "str":
+            if f"{f.name}/codes" not in arrays:
+                return None
+            distinct = arrays[f"{f.name}/values"].tolist()
+            col = [distinct[c] for c in arrays[f"{f.name}/codes"].tolist()]
+        elif f.name in arrays:
+            col = arrays[f.name].tolist()  # Python ints, floats and bools, not numpy scalars
+        else:
+            return None
+        if f"{f.name}/none" in arrays:
+            col = [None if n else v for v, n in zip(col, arrays[f"{f.name}/none"].tolist(), strict=True)]
+        cols.append(col)
+    return tuple(map(Candidate, *cols))
 
 
 def flags_of(rows: Sequence[Candidate]) -> dict[int, bool]:

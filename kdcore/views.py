@@ -7,6 +7,8 @@ has all of that in hand when it ends, so it writes it down:
 <run_dir>/view/run.json       the context's spec, trigger and set sizes, the teacher's conv layers
                               (`layer_report`) and the keys of what explain.npz holds
 <run_dir>/view/top.csv        the first `TOP_ROWS` rows of candidates.csv (Explain's pool: no 10k-row parse)
+<run_dir>/view/candidates.npz all of candidates.csv, one array per column (`kdcore.candidates.to_columns`):
+                              the review queue's table without parsing the CSV
 <run_dir>/view/train_top.npz  their training images (the gallery's first pages, Explain's pool)
 <run_dir>/view/teacher.safetensors  the teacher as kdcore read it (audits; the demo records its stage file)
 <run_dir>/view/explain.npz    Explain's default selection: Grad-CAM panels and activation maps of
@@ -36,7 +38,7 @@ import torch
 from torch import nn
 
 from kdcore.candidates import FILE_NAME as CANDIDATES_FILE
-from kdcore.candidates import Candidate, read_candidates, write_candidates
+from kdcore.candidates import Candidate, from_columns, read_candidates, to_columns, write_candidates
 from kdcore.errors import InputError
 from kdcore.explain import NormStats, activations, compare_norms, gradcam, overlay
 from kdcore.io import atomic_write_bytes, atomic_write_json, read_json
@@ -50,6 +52,7 @@ log = logging.getLogger("kdcore")
 
 VIEW_DIR = "view"
 VERSION = 1
+CANDIDATES_COLUMNS = "candidates.npz"
 TOP_ROWS = 48  # candidates whose images are kept: two gallery pages of 24, Explain's pool of 12
 EXPLAIN_PICKED = 2  # images Explain shows before the user picks (the first of its pool)
 NORM_IMAGES = 500  # test images behind the ℓp-norm histograms
@@ -246,6 +249,16 @@ def top_candidates(run_dir: str | Path, n: int) -> tuple[Candidate, ...] | None:
     return read_candidates(p)[:n]
 
 
+def candidates(run_dir: str | Path) -> tuple[Candidate, ...] | None:
+    """All rows of the run's candidates.csv, exactly as `read_candidates` returns them, from the
+    view's columnar copy; None when the view has none or is stale (then read candidates.csv)."""
+    p = Path(run_dir) / VIEW_DIR / CANDIDATES_COLUMNS
+    if _meta(run_dir) is None or not p.exists():
+        return None
+    with np.load(p) as z:
+        return from_columns({k: z[k] for k in z.files})
+
+
 def stored(run_dir: str | Path, name: str) -> dict[str, np.ndarray] | None:
     """The arrays explain.npz holds under `name` (a `*_key`), or None."""
     p = view_dir(run_dir) / "explain.npz"
@@ -291,7 +304,7 @@ def write_views(ctx, teacher_file: str | Path | None = None) -> float:
         loaded[name] = ctx.model(name, CPU)
     layers = layer_report(teacher, ctx.spec)
     arrays: dict[str, np.ndarray] = {}
-    top = _top_rows(ctx, out)
+    top = _candidate_files(ctx, out)
     if top:
         idx = torch.tensor(top, dtype=torch.long)
         labels = np.full(len(top), -1) if ctx.train.labels is None else ctx.train.labels[idx].numpy()
@@ -320,14 +333,16 @@ def write_views(ctx, teacher_file: str | Path | None = None) -> float:
     return seconds
 
 
-def _top_rows(ctx, out: Path) -> list[int]:
-    """Write top.csv; the training-set indices of its rows."""
+def _candidate_files(ctx, out: Path) -> list[int]:
+    """Write candidates.npz and top.csv from one read of candidates.csv; the training-set indices
+    of top.csv's rows."""
     p = Path(ctx.run_dir) / CANDIDATES_FILE
     if ctx.train is None or not p.exists():
         return []
-    rows = read_candidates(p)[:TOP_ROWS]
-    write_candidates(out / "top.csv", rows)
-    return [r.index for r in rows if 0 <= r.index < len(ctx.train)]
+    rows = read_candidates(p)
+    atomic_write_bytes(out / CANDIDATES_COLUMNS, _npz(to_columns(rows)))
+    write_candidates(out / "top.csv", rows[:TOP_ROWS])
+    return [r.index for r in rows[:TOP_ROWS] if 0 <= r.index < len(ctx.train)]
 
 
 def _explain_defaults(ctx, loaded: Mapping[str, tuple[nn.Module, ModelSpec]], layer: str, top: list[int]) -> dict:

@@ -5,6 +5,7 @@ spreadsheet formula injection while every reader still matches samples by index.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from pathlib import Path
 
@@ -17,12 +18,14 @@ from kdcore.candidates import (
     Candidate,
     count_of,
     escape_cell,
+    from_columns,
     parse_candidates,
     rank_order,
     ranked_rows,
     read_candidates,
     sample_name,
     share_of,
+    to_columns,
     to_csv,
     unescape_cell,
     write_candidates,
@@ -133,6 +136,35 @@ def test_readers_match_samples_of_an_injected_class(tmp_path):
     assert sorted(c.index for c in evil) == [i for i in range(N) if int(labels[i]) == 0]
     assert all(c.source == sources[c.index] for c in loaded)
     assert all(c.name == f"{sources[c.index]} · #{c.index}" for c in loaded)
+
+
+def _typed(c: Candidate) -> tuple:
+    return tuple((type(v), v) for v in dataclasses.astuple(c))
+
+
+def test_columns_give_back_what_the_csv_reader_returns(tmp_path):
+    """Core method (with ground truth, escaped names), a detector (no predictions), built-in data
+    (no file names) and an empty table: the columns read back equal rows of the same types."""
+    score, flagged, labels, sources = _data()
+    tables = {
+        "core": ranked_rows(
+            score,
+            flagged,
+            labels,
+            sources=sources,
+            class_names=NAMES,
+            poison_idx=torch.tensor([0, 3]),
+            per_sample={"teacher_pred": labels, "student_pred": labels, "teacher_conf": score.abs()},
+        ),
+        "detector": ranked_rows(score, flagged, labels, sources=sources, class_names=NAMES),
+        "built-in": ranked_rows(score, flagged, labels, dataset="digits-train", poison_idx=torch.tensor([5])),
+        "empty": [],
+    }
+    for name, rows in tables.items():
+        csv_rows = read_candidates(write_candidates(tmp_path / f"{name}.csv", rows))
+        back = from_columns(to_columns(csv_rows))
+        assert back == csv_rows and [_typed(c) for c in back] == [_typed(c) for c in csv_rows], name
+    assert from_columns({k: v for k, v in to_columns(csv_rows).items() if not k.startswith("score")}) is None
 
 
 def test_unreadable_files_are_input_errors(tmp_path):

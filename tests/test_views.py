@@ -6,6 +6,7 @@ images, a candidates.csv, a BadNets trigger."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from kdcore import views
-from kdcore.candidates import Candidate, write_candidates
+from kdcore.candidates import Candidate, read_candidates, write_candidates
 from kdcore.data.imageset import ImageSet
 from kdcore.explain import compare_norms
 from kdcore.models.loading import save_model
@@ -50,7 +51,8 @@ def run(tmp_path) -> RunContext:
 def test_write_views_keeps_the_first_visit_and_reads_back(run):
     views.write_views(run)
     out = run.run_dir / "view"
-    kept_files = {"run.json", "top.csv", "train_top.npz", "explain.npz", "teacher.safetensors", "teacher.json"}
+    kept_files = {"run.json", "top.csv", "candidates.npz", "train_top.npz", "explain.npz"}
+    kept_files |= {"teacher.safetensors", "teacher.json"}
     assert {p.name for p in out.iterdir()} == kept_files
     teacher, _ = views.load_teacher(run.run_dir)  # the CPU copy the view saved: the same weights
     for a, b in zip(teacher.state_dict().values(), run.teacher.state_dict().values(), strict=True):
@@ -105,6 +107,25 @@ def test_a_stale_or_missing_view_is_not_used(run):
     assert views.top_images(run.run_dir) == {} and views.top_candidates(run.run_dir, 2) is None
     layer = "features.2"
     assert views.stored(run.run_dir, views.norms_key(["teacher", "student"], layer, views.NORM_IMAGES, "")) is None
+
+
+def test_the_columnar_candidates_are_the_csvs_rows_until_the_csv_is_rewritten(run):
+    from app import review_queue as rq
+
+    csv_path = run.run_dir / "candidates.csv"
+    assert views.candidates(run.run_dir) is None  # no view yet
+    views.write_views(run)
+    assert views.candidates(run.run_dir) == read_candidates(csv_path)
+    assert rq.load_candidates(run.run_dir) == read_candidates(csv_path)
+
+    rows = list(read_candidates(csv_path))
+    rows[0] = dataclasses.replace(rows[0], flagged=False, score=-0.5)  # a re-run ranks differently
+    write_candidates(csv_path, rows)
+    st = csv_path.stat()
+    os.utime(csv_path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # newer than the view, whatever the clock
+    assert views.candidates(run.run_dir) is None
+    loaded = rq.load_candidates(run.run_dir)  # the CSV, re-read: its mtime is part of the cache key
+    assert loaded == read_candidates(csv_path) and (loaded[0].flagged, loaded[0].score) == (False, -0.5)
 
 
 def test_a_refine_run_reads_its_source_runs_view(run, tmp_path_factory):

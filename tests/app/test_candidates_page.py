@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from app.review_queue import PAGE_SIZE, filter_rows, load_candidates, thumbnail
-from kdcore.candidates import Candidate
+from kdcore import views
+from kdcore.candidates import Candidate, read_candidates
 from kdcore.errors import InputError
 from kdcore.jobs.review import Reviews
 from kdcore.jobs.store import JobStore
@@ -53,11 +55,25 @@ def _metric(at: AppTest, label: str) -> int:
     return int(next(m for m in at.metric if m.label == label).value.replace(",", ""))
 
 
+def test_the_runs_columnar_candidates_are_its_csvs_rows(home):
+    """The real audit kept candidates.npz at its end: read back, the same rows of the same types as
+    the CSV reader's, and the review queue serves those."""
+    run_dir = _run_dir(home)
+    csv_rows = read_candidates(Path(run_dir) / "candidates.csv")
+    kept = views.candidates(run_dir)
+    assert kept is not None and len(kept) == len(csv_rows) > 0
+    assert kept == csv_rows and load_candidates(run_dir) == csv_rows
+    typed = lambda rows: [tuple(type(v) for v in dataclasses.astuple(r)) for r in rows]
+    assert typed(kept) == typed(csv_rows)
+    assert any(r.source for r in kept) and {r.label_name for r in kept} == {r.label_name for r in csv_rows}
+
+
 def test_page_shows_flagged_candidates_with_images(home):
     at = _page()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
-    rows = load_candidates(_run_dir(home))
+    assert views.candidates(_run_dir(home)) is not None  # the page read the columnar copy
+    rows = read_candidates(Path(_run_dir(home)) / "candidates.csv")  # the counts are the CSV's
     flagged = [r.index for r in rows if r.flagged]
     assert flagged, "the digits audit should flag some samples"
     assert _gallery(at) == flagged[:PAGE_SIZE]  # ranked order, flagged only by default
