@@ -45,11 +45,14 @@ def start_dashboard(
     threads: int = 2,
     tree: Path = ROOT,
     timeout: float = 120,
+    port: int | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """`python -m app` from checkout `tree` on data dir `data` (also its KDAUDIT_HOME), output appended
     to `log`, in its own process group; returns (process, URL) once Streamlit says it is healthy.
-    `workers`: the launcher's worker count (None = its default); `threads`: OMP_NUM_THREADS."""
-    port = free_port()
+    `workers`: the launcher's worker count (None = its default); `threads`: OMP_NUM_THREADS; `port`:
+    None = a free one (a browser's HTTP cache is keyed by URL, port included, so a benchmark that
+    reuses a browser's cache across servers gives them all the same port)."""
+    port = port or free_port()
     args = ["--port", str(port), "--address", "127.0.0.1", "--data-dir", str(data), "--device", "cpu"]
     if workers is not None:
         args += ["--workers", str(workers)]

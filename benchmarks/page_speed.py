@@ -1,25 +1,46 @@
-"""Page speed: time from navigation to full render of each dashboard page on a finished audit, on
-the FIRST visit after a server start (nothing cached), and after one widget change.
+"""Page speed: time from navigation until a dashboard page is fully drawn, as a user sees it, on the
+FIRST visit after a server start (nothing cached in the server), and after one widget change.
 
 Two finished jobs in one data folder (made once, reused by later runs with the same --data-dir):
 (a) the quick demo (`DemoConfig.preset(quick=True)`, run by a worker as the Home page's button does);
 (b) a 10k-sample `audit` of the demo's teacher (saved as an uploaded model would be) on the demo's
     poisoned training set, clean pool and test set written as zips of PNG files.
 
+Fully drawn: Streamlit reports the script as not running; nothing is stale, no spinner, no skeleton
+(`stSkeleton`, the placeholder Streamlit shows until a lazily-loaded element such as a plotly chart
+has its code); every plotly chart has drawn its SVG; every image has loaded (`complete`,
+`naturalWidth > 0`); the page's h1 and its key element are there (a guard against timing a half-built
+page). Elements appear in waves, so the condition must hold on every poll (25 ms apart) for 50 ms;
+the time reported is that of the first of those polls.
+
+The browser (`--browser`):
+- `warm` (default), a returning user's: one persistent Chromium profile for the run, warmed once at
+  the start by a throw-away dashboard on the same data folder (Home, then every measured page of
+  every measured job, each fully drawn and its widget changed). Its HTTP and code caches then hold
+  Streamlit's front-end code, including the chunks it loads only when a page needs them (plotly.js),
+  which a browser downloads and compiles once, not per audit or page. Every server of the run listens
+  on the same port, as the cache is keyed by URL. One warm-up serves every --tree: they all run this
+  Python's Streamlit, so the same front-end files. Each measurement is a new tab, so a new renderer
+  process: it does not keep code compiled by an earlier tab in memory, as a revisit in one tab does.
+- `fresh`: a new browser context (empty cache) per measurement, a browser that has never seen the
+  dashboard: every page also pays for that code.
+
 Per (tree, job, page) and repeat: a fresh `python -m app --workers 0` from that checkout (`--tree`
-adds a second one, e.g. the base commit: `git worktree add --detach /work/wt/speed-base main`),
-a fresh browser context that opens Home (its time is recorded: the server's one-time Python
-imports; `--cold` skips it), then `page.goto` → Streamlit reports the script as not running,
-nothing stale, no spinner, and the page's key element is present. Nothing of the run is cached.
-Then, where the page has one, a widget change (Explain: another image for the activation map;
-Candidates: the "Flagged only" toggle) until the rerun is done. Trees, jobs and pages are
-interleaved within every repeat; medians are reported.
+adds a second one, e.g. the base commit: `git worktree add --detach /work/wt/speed-base main`), a
+new tab that opens Home (its time is recorded: the server's one-time Python imports; `--cold` skips
+it), then `page.goto` until fully drawn. Then, where the page has one, a widget change (Explain:
+another image for the activation map; Candidates: the "Flagged only" toggle), timed from the click
+until the rerun has started (the script leaves `notRunning` or something goes stale; at most 1 s
+of waiting) and the page is fully drawn again. Trees, jobs and pages are interleaved within every
+repeat; medians are reported.
 
     .venv/bin/python benchmarks/page_speed.py [--tree /work/wt/speed-base] [--repeats 5]
-        [--data-dir /tmp/kdaudit-page-speed] [--pages results,candidates,explain,defenses,jobs]
+        [--browser warm|fresh] [--data-dir /tmp/kdaudit-page-speed]
+        [--pages results,candidates,explain,defenses,jobs] [--jobs demo,audit] [--cold] [--out PATH]
 
-Prints a markdown table and writes benchmarks/results/page_speed.json with the sgemm rate
-(`kd_speed.sgemm_gflops`, measured in the same run) and the load average.
+Prints a markdown table and writes benchmarks/results/page_speed.json (`--browser fresh`:
+page_speed_fresh.json) with the browser mode, the sgemm rate (`kd_speed.sgemm_gflops`, measured in
+the same run) and the load average.
 """
 
 from __future__ import annotations
@@ -29,8 +50,11 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,34 +65,62 @@ import torch  # noqa: E402
 from kd_speed import sgemm_gflops  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.dashboard import CHROMIUM, FLAGS, start_dashboard, stop_dashboard  # noqa: E402
+from benchmarks.dashboard import CHROMIUM, FLAGS, free_port, start_dashboard, stop_dashboard  # noqa: E402
 from kdcore.config import to_dict  # noqa: E402
 from kdcore.data.imageset import ImageSet  # noqa: E402
 from kdcore.io import atomic_write_json  # noqa: E402
 from kdcore.jobs.store import JobStore  # noqa: E402
 
 TIMEOUT_MS = 180_000
-# page: (URL path, title in its h1, key element, how many). The key element is drawn late in the page.
+POLL_MS = 25  # how often the page is checked for a full render
+HOLD_MS = 50  # ... and for how long it must stay fully rendered: elements appear in waves
+RERUN_START_MS = 1000  # the longest wait for a widget change's rerun to show that it started
+VIEWPORT = {"width": 1400, "height": 1000}
+HOME = ("home", "is this model backdoored", ".st-key-demo_quick", 1)
+# page: (URL path, title in its h1, key element, how many). The key element is drawn late in the page;
+# on Explain it is the norms chart (its activation maps may be plotly charts or images).
 PAGES: dict[str, tuple[str, str, str, int]] = {
     "results": ("results", "Results", '[data-testid="stDownloadButton"]', 1),
     "candidates": ("candidates", "Poison candidates", '[data-testid="stImage"] img', 4),
-    "explain": ("explain", "Explain", ".js-plotly-plot", 2),
+    "explain": ("explain", "Explain", ".st-key-explain_norms_chart .js-plotly-plot", 1),
     "defenses": ("defenses", "Defenses", '[data-testid="stButton"]', 1),
     "jobs": ("jobs", "Jobs", '[data-testid="stCaptionContainer"]', 2),
 }
-READY_JS = """([title, sel, n]) => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
-  if (document.querySelector('[data-stale="true"]')) return false;
-  if (document.querySelector('[data-testid="stSpinner"]')) return false;
-  const h1 = [...document.querySelectorAll('h1')].some(e => e.innerText.includes(title));
-  return h1 && document.querySelectorAll(sel).length >= n;
+# Full render (see the module docstring), held for HOLD_MS: false, or [first poll, this poll] in
+# performance.now() ms. `key` names the window property that remembers the first poll, one per wait.
+RENDERED_JS = """([title, sel, n, hold, key]) => {
+  const now = performance.now();
+  const drawn = (() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+    const busy = '[data-stale="true"], [data-testid="stSpinner"], [data-testid="stSkeleton"]';
+    if (document.querySelector(busy)) return false;
+    for (const c of document.querySelectorAll('[data-testid="stPlotlyChart"]'))
+      if (!c.querySelector('.js-plotly-plot .main-svg')) return false;
+    for (const img of document.querySelectorAll('[data-testid="stImage"] img'))
+      if (!img.complete || img.naturalWidth === 0) return false;
+    const h1 = [...document.querySelectorAll('h1')].some(e => e.innerText.includes(title));
+    return h1 && document.querySelectorAll(sel).length >= n;
+  })();
+  if (!drawn) { delete window[key]; return false; }
+  if (window[key] === undefined) window[key] = now;
+  return now - window[key] >= hold ? [window[key], now] : false;
 }"""
-IDLE_JS = """() => {
-  const app = document.querySelector('[data-testid="stApp"]');
-  return app && app.getAttribute('data-test-script-state') === 'notRunning'
-    && !document.querySelector('[data-stale="true"]') && !document.querySelector('[data-testid="stSpinner"]');
+# Set before a widget change: a flag that turns true as soon as the rerun shows (the script leaves
+# notRunning or an element goes stale). An observer, not polling: a short rerun can fall between polls.
+WATCH_RERUN_JS = """() => {
+  window.__kdRerun = false;
+  window.__kdWatchAt = performance.now();
+  const started = () => document.querySelector('[data-testid="stApp"]')
+      .getAttribute('data-test-script-state') !== 'notRunning'
+    || document.querySelector('[data-stale="true"]') !== null;
+  const obs = new MutationObserver(() => {
+    if (started()) { window.__kdRerun = true; obs.disconnect(); }
+  });
+  obs.observe(document.body, {subtree: true, childList: true, attributes: true,
+                              attributeFilter: ['data-test-script-state', 'data-stale']});
 }"""
+RERUN_STARTED_JS = "(limit) => window.__kdRerun || performance.now() - window.__kdWatchAt > limit"
 
 
 # ----------------------------------------------------------------------------- the two jobs
@@ -152,10 +204,16 @@ def write_job_views(data: Path, job_ids: dict[str, int]) -> dict[str, float]:
     return {kind: round(write_views(load_context(store.get(i).run_dir, "cpu")), 2) for kind, i in job_ids.items()}
 
 
-# ----------------------------------------------------------------------------- the dashboard
-
-
 # ----------------------------------------------------------------------------- one measurement
+
+
+def wait_rendered(page, title: str, sel: str, n: int) -> float:
+    """Wait until the page is fully drawn (RENDERED_JS); the `time.perf_counter()` of the first poll
+    that saw it so."""
+    key = f"__kdDrawn{time.perf_counter_ns()}"
+    handle = page.wait_for_function(RENDERED_JS, arg=[title, sel, n, HOLD_MS, key], timeout=TIMEOUT_MS, polling=POLL_MS)
+    first, now = handle.json_value()
+    return time.perf_counter() - (now - first) / 1000
 
 
 def _change_widget(page, name: str) -> bool:
@@ -176,36 +234,69 @@ def _change_widget(page, name: str) -> bool:
     return False
 
 
-def measure(browser, url: str, name: str, job_id: int, cold: bool) -> tuple[float | None, float, float | None]:
-    """(Home's time when visited first, the page's first visit, one widget change) in seconds.
+def open_home(page, url: str) -> float:
+    """Home until fully drawn, in seconds."""
+    path, title, sel, n = HOME
+    t0 = time.perf_counter()
+    page.goto(f"{url}/{path}")
+    return wait_rendered(page, title, sel, n) - t0
 
-    Unless `cold`, the session opens Home first, as a user does: the server process then has its
-    Python modules imported, but nothing of the run is cached yet."""
+
+def visit(page, url: str, name: str, job_id: int) -> tuple[float, float | None]:
+    """(`name`'s page for job `job_id` until fully drawn, then its widget change until fully drawn
+    again or None when it has none) in seconds."""
     path, title, sel, n = PAGES[name]
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    t0 = time.perf_counter()
+    page.goto(f"{url}/{path}?job={job_id}")
+    first = wait_rendered(page, title, sel, n) - t0
+    page.evaluate(WATCH_RERUN_JS)
+    t0 = time.perf_counter()
+    if not _change_widget(page, name):
+        return first, None
+    page.wait_for_function(RERUN_STARTED_JS, arg=RERUN_START_MS, timeout=TIMEOUT_MS, polling=10)
+    return first, wait_rendered(page, title, sel, n) - t0
+
+
+@contextmanager
+def new_tab(browser, warm: bool) -> Iterator:
+    """A new tab: in `browser`, the run's persistent context, when `warm`; else `browser` is a
+    Browser and the tab gets a new context of its own (an empty HTTP cache), closed with it."""
+    ctx = browser if warm else browser.new_context(viewport=VIEWPORT)
     page = ctx.new_page()
     try:
-        home = None
-        if not cold:
-            t0 = time.perf_counter()
-            page.goto(f"{url}/home")
-            page.wait_for_function(
-                READY_JS, arg=["is this model backdoored", ".st-key-demo_quick", 1], timeout=TIMEOUT_MS
-            )
-            home = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        page.goto(f"{url}/{path}?job={job_id}")
-        page.wait_for_function(READY_JS, arg=[title, sel, n], timeout=TIMEOUT_MS, polling=20)
-        first = time.perf_counter() - t0
-        widget = None
-        t0 = time.perf_counter()
-        if _change_widget(page, name):
-            page.wait_for_timeout(100)  # the rerun starts: the script state leaves notRunning
-            page.wait_for_function(IDLE_JS, timeout=TIMEOUT_MS, polling=20)
-            widget = time.perf_counter() - t0
-        return home, first, widget
+        yield page
     finally:
-        ctx.close()
+        (page if warm else ctx).close()
+
+
+def warm_up(ctx, data: Path, port: int, job_ids: dict[str, int], kinds: list[str], pages: list[str]) -> float:
+    """A returning user's browser: a throw-away dashboard, and in one tab of the persistent context
+    `ctx` Home and every page of every job, each fully drawn and its widget changed. Seconds taken."""
+    t0 = time.perf_counter()
+    proc, url = start_dashboard(data, data / "server-warm-up.log", workers=0, port=port)
+    try:
+        with new_tab(ctx, warm=True) as page:
+            open_home(page, url)
+            for kind in kinds:
+                for name in pages:
+                    visit(page, url, name, job_ids[kind])
+    finally:
+        stop_dashboard(proc)
+    return time.perf_counter() - t0
+
+
+def measure(
+    browser, warm: bool, url: str, name: str, job_id: int, cold: bool
+) -> tuple[float | None, float, float | None]:
+    """(Home's time when visited first, the page's first visit, one widget change) in seconds, in a
+    new tab (see `new_tab`).
+
+    Unless `cold`, the tab opens Home first, as a user does: the server process then has its Python
+    modules imported, but nothing of the run is cached yet."""
+    with new_tab(browser, warm) as page:
+        home = None if cold else open_home(page, url)
+        first, widget = visit(page, url, name, job_id)
+        return home, first, widget
 
 
 def _median(xs: list[float]) -> float | None:
@@ -220,8 +311,18 @@ def main() -> None:
     ap.add_argument("--pages", default=",".join(PAGES))
     ap.add_argument("--jobs", default="demo,audit")
     ap.add_argument("--cold", action="store_true", help="measure the server's very first page (no Home visit first)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "page_speed.json"))
+    ap.add_argument(
+        "--browser",
+        choices=("warm", "fresh"),
+        default="warm",
+        help="warm: one persistent profile, warmed once (a returning user); fresh: a new context per measurement",
+    )
+    ap.add_argument(
+        "--out", help="the JSON (default: benchmarks/results/page_speed.json, page_speed_fresh.json if fresh)"
+    )
     a = ap.parse_args()
+    if a.out is None:  # a fresh-browser run does not overwrite the warm one's results
+        a.out = str(ROOT / "benchmarks" / "results" / f"page_speed{'' if a.browser == 'warm' else '_fresh'}.json")
     trees = {"this": ROOT, **{Path(t).name: Path(t).resolve() for t in a.tree}}
     data = Path(a.data_dir)
     data.mkdir(parents=True, exist_ok=True)
@@ -237,15 +338,26 @@ def main() -> None:
 
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+    warm = a.browser == "warm"
+    port = free_port()  # one for every server of the run: the browser's cache is keyed by URL
+    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="kdaudit-page-speed-profile-") as profile:
+        if warm:
+            browser = p.chromium.launch_persistent_context(
+                user_data_dir=profile, executable_path=CHROMIUM, args=FLAGS, viewport=VIEWPORT
+            )
+            warm_s = round(warm_up(browser, data, port, job_ids, kinds, pages), 1)
+            print(f"browser warmed in {warm_s} s", flush=True)
+        else:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            warm_s = None
         for rep in range(a.repeats):
             for tree_name, tree in trees.items():
                 for kind in kinds:
                     for name in pages:
-                        proc, url = start_dashboard(data, data / f"server-{tree_name}.log", workers=0, tree=tree)
+                        log = data / f"server-{tree_name}.log"
+                        proc, url = start_dashboard(data, log, workers=0, tree=tree, port=port)
                         try:
-                            home, first, widget = measure(browser, url, name, job_ids[kind], a.cold)
+                            home, first, widget = measure(browser, warm, url, name, job_ids[kind], a.cold)
                         finally:
                             stop_dashboard(proc)
                         rec = times.setdefault((tree_name, kind, name), {"first": [], "widget": [], "home": []})
@@ -257,11 +369,11 @@ def main() -> None:
                         w = "" if widget is None else f", widget {widget:.2f} s"
                         print(f"rep {rep + 1} {tree_name:>10} {kind:>5} {name:>10}: first {first:.2f} s{w}", flush=True)
             # after every repeat, so a run stopped early still leaves its medians so far
-            report(a, trees, kinds, pages, times, gflops, load_before, job_ids, setup_s, views_s, rep + 1)
+            report(a, trees, kinds, pages, times, gflops, load_before, job_ids, setup_s, views_s, warm_s, rep + 1)
         browser.close()
 
 
-def report(a, trees, kinds, pages, times, gflops, load_before, job_ids, setup_s, views_s, done: int) -> None:
+def report(a, trees, kinds, pages, times, gflops, load_before, job_ids, setup_s, views_s, warm_s, done: int) -> None:
     """Print the table of medians and write the JSON."""
     load_after = os.getloadavg()
     rows = [
@@ -279,7 +391,8 @@ def report(a, trees, kinds, pages, times, gflops, load_before, job_ids, setup_s,
     ]
     scale = 170.0 / gflops  # the issue's targets are for a 170 GFLOP/s machine
     load = f"load {load_before[0]:.2f} → {load_after[0]:.2f}"
-    print(f"\nsgemm {gflops:.0f} GFLOP/s (targets scaled ×{scale:.2f}); {load}; view written in {views_s} s")
+    browser = f"{a.browser} browser" + (f" (warmed in {warm_s} s)" if warm_s is not None else "")
+    print(f"\n{browser}; sgemm {gflops:.0f} GFLOP/s (targets scaled ×{scale:.2f}); {load}; view written in {views_s} s")
     print("| job | page | " + " | ".join(f"first visit ({t}) | widget ({t})" for t in trees) + " |")
     print("|---|---|" + "---|---|" * len(trees))
     for kind in kinds:
@@ -300,6 +413,8 @@ def report(a, trees, kinds, pages, times, gflops, load_before, job_ids, setup_s,
             "cpus": os.cpu_count(),
             "repeats": a.repeats,
             "repeats_done": done,
+            "browser": a.browser,
+            "warm_up_s": warm_s,
             "cold": a.cold,
             "trees": {k: str(v) for k, v in trees.items()},
             "jobs": job_ids,
