@@ -58,3 +58,17 @@ def start() -> None:
         return
     _started.set()
     threading.Thread(target=_run, name="kdaudit-warmup", daemon=True).start()
+
+
+def chart_code_ui() -> None:
+    """A hidden one-point chart: the browser fetches and compiles plotly's code (a 4.7 MB script that
+    Streamlit loads on the first chart a tab draws, about 1 s on 2 cores) while the user is on this
+    page, so the first chart page opened from it does not wait for it. For pages without charts of
+    their own that lead to ones with charts (Home, Jobs)."""
+    import plotly.graph_objects as go
+    import streamlit as st
+
+    st.html("<style>.st-key-kdaudit-chart-code { display: none; }</style>")
+    with st.container(key="kdaudit-chart-code"):
+        fig = go.Figure(go.Scatter(x=[0], y=[0]), layout={"height": 10, "width": 10})
+        st.plotly_chart(fig, key="kdaudit-chart-code-fig", config={"staticPlot": True}, width="content")

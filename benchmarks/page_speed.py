@@ -26,7 +26,9 @@ The browser (`--browser`):
   dashboard: every page also pays for that code.
 
 Per (tree, job, page) and repeat: a fresh `python -m app --workers 0` from that checkout (`--tree`
-adds a second one, e.g. the base commit: `git worktree add --detach /work/wt/speed-base main`), a
+adds a second one, e.g. the base commit: `git worktree add --detach /work/wt/speed-base main`; it
+gets a copy of the data folder, `<data-dir>-<name>`, and each checkout's code writes its own runs'
+views, as its jobs would have, before anything is measured), a
 new tab that opens Home (its time is recorded: the server's one-time Python imports; `--cold` skips
 it), then `page.goto` until fully drawn. Then, where the page has one, a widget change (Explain:
 another image for the activation map; Candidates: the "Flagged only" toggle), timed from the click
@@ -46,7 +48,10 @@ the same run) and the load average.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -194,14 +199,45 @@ def make_jobs(data: Path, tree: Path) -> dict[str, int]:
     return {"demo": jobs["demo"].id, "audit": jobs["audit"].id}
 
 
-def write_job_views(data: Path, job_ids: dict[str, int]) -> dict[str, float]:
-    """(Re)write each job's view/ as its end does (`kdcore.views.write_views`), timed: what the
-    precompute adds to a job, in a fresh process (so with the one-time import of pytorch-grad-cam)."""
-    from kdcore.runs.context import load_context
-    from kdcore.views import write_views
+WRITE_VIEWS = """
+import json, shutil, sys, time
+from kdcore.runs.context import load_context
+from kdcore.views import write_views
+out = {}
+for kind, run_dir in json.loads(sys.argv[1]).items():
+    shutil.rmtree(run_dir + "/view", ignore_errors=True)  # nothing another checkout wrote
+    out[kind] = round(write_views(load_context(run_dir, "cpu")), 2)
+print(json.dumps(out))
+"""
 
+
+def write_job_views(data: Path, job_ids: dict[str, int], tree: Path) -> dict[str, float]:
+    """(Re)write each job's view/ with checkout `tree`'s code, as the end of its jobs does
+    (`kdcore.views.write_views`), in a fresh process (so with the one-time import of
+    pytorch-grad-cam), timed: what the precompute adds to a job."""
     store = JobStore(data)
-    return {kind: round(write_views(load_context(store.get(i).run_dir, "cpu")), 2) for kind, i in job_ids.items()}
+    runs = json.dumps({kind: store.get(i).run_dir for kind, i in job_ids.items()})
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(
+        [sys.executable, "-c", WRITE_VIEWS, runs], cwd=tree, env=env, check=True, capture_output=True, text=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def tree_data(data: Path, name: str) -> Path:
+    """A copy of the data folder for another checkout (`<data>-<name>`, made once), so each checkout's
+    pages read the views its own code writes: the run directories move, and the job store's and the
+    runs' JSON files say where they are now (inputs outside runs/ stay where they are)."""
+    copy = data.with_name(f"{data.name}-{name}")
+    if not (copy / "jobs.sqlite3").exists():
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(data, copy, ignore=shutil.ignore_patterns("server-*.log"))
+        old, new = f"{data / 'runs'}/", f"{copy / 'runs'}/"
+        with sqlite3.connect(copy / "jobs.sqlite3") as db:
+            db.execute("UPDATE jobs SET run_dir = replace(run_dir, ?, ?)", (old, new))
+        for p in (copy / "runs").glob("*/*.json"):
+            p.write_text(p.read_text().replace(old, new))
+    return copy
 
 
 # ----------------------------------------------------------------------------- one measurement
@@ -329,7 +365,8 @@ def main() -> None:
     t0 = time.perf_counter()
     job_ids = make_jobs(data, ROOT)
     setup_s = time.perf_counter() - t0
-    views_s = write_job_views(data, job_ids)
+    datas = {name: data if name == "this" else tree_data(data, name) for name in trees}
+    views_s = {name: write_job_views(datas[name], job_ids, tree) for name, tree in trees.items()}
     kinds = [k for k in a.jobs.split(",") if k]
     pages = [p for p in a.pages.split(",") if p]
     gflops = sgemm_gflops(torch.device("cpu"))
@@ -355,7 +392,7 @@ def main() -> None:
                 for kind in kinds:
                     for name in pages:
                         log = data / f"server-{tree_name}.log"
-                        proc, url = start_dashboard(data, log, workers=0, tree=tree, port=port)
+                        proc, url = start_dashboard(datas[tree_name], log, workers=0, tree=tree, port=port)
                         try:
                             home, first, widget = measure(browser, warm, url, name, job_ids[kind], a.cold)
                         finally:

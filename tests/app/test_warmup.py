@@ -25,3 +25,14 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
     assert "warm-up of the dashboard's pages failed" not in out.stderr, out.stderr[-2000:]
+
+
+def test_home_and_jobs_carry_the_hidden_chart_that_loads_the_chart_code(kdaudit_home):
+    from tests.app.conftest import open_page
+
+    for page in ("home", "jobs"):
+        at = open_page(page)
+        assert not at.exception, at.exception
+        charts = [c for c in at.get("plotly_chart") if c.proto.id and "kdaudit-chart-code" in c.proto.id]
+        assert len(charts) == 1, page
+        assert any(".st-key-kdaudit-chart-code" in str(h.proto) for h in at.get("html")), page
