@@ -16,6 +16,7 @@ from statistics import mean, stdev
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import sequential
 
 from kdcore.report import METRICS, ROLES, models_of
 
@@ -78,6 +79,71 @@ def confusion_figure(
         title_text=html.escape(title), margin=dict(l=10, r=10, t=40 if title else 10, b=10), height=360 + 8 * k
     )
     return fig
+
+
+def colour_lut(colours: Sequence[str]) -> np.ndarray:
+    """(256, 3) uint8: a plotly colour scale (hex or rgb() strings, evenly spaced) interpolated, so
+    figures drawn without plotly (images, HTML tables) use the same colours as its charts."""
+    from plotly.colors import hex_to_rgb, unlabel_rgb
+
+    stops = np.array([hex_to_rgb(c) if c.startswith("#") else unlabel_rgb(c) for c in colours], dtype=float)
+    at, t = np.linspace(0, 1, len(stops)), np.linspace(0, 1, 256)
+    return np.stack([np.interp(t, at, stops[:, c]) for c in range(3)], axis=1).round().astype(np.uint8)
+
+
+BLUES = colour_lut(sequential.Blues)  # confusion_figure's colorscale="Blues"
+
+
+def confusion_table_html(
+    matrix: Sequence[Sequence[int]], class_names: Sequence[str], title: str = "", rates: str = "row"
+) -> str:
+    """A confusion matrix as a coloured HTML table: rows = true class, columns = predicted class,
+    class numbers in the headers (names in their tooltips), the count in each cell, coloured by the
+    row-normalised rate on plotly's Blues (as `confusion_figure`); each cell's tooltip says it in
+    words. A table, not a chart: the browser draws it at once, with no charting code to load."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
+        raise ValueError(f"A confusion matrix must be square and non-empty; got shape {counts.shape}")
+    if rates not in ("row", "total"):
+        raise ValueError(f"rates must be 'row' or 'total'; got {rates!r}")
+    k = counts.shape[0]
+    names = [str(n) for n in class_names][:k] if len(class_names) >= k else [str(i) for i in range(k)]
+    totals = counts.sum(axis=1, keepdims=True) if rates == "row" else np.full((k, 1), counts.sum())
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
+    top = 1.0 if rates == "row" else max(float(shares.max()), 1e-9)
+    lut = BLUES[np.round(np.clip(shares / top, 0, 1) * 255).astype(np.intp)]  # (k, k, 3)
+    of = "of the row" if rates == "row" else "of all"
+    esc = html.escape
+    head = "".join(f'<th title="predicted {esc(n)}">{j}</th>' for j, n in enumerate(names))
+    rows = []
+    for i, n in enumerate(names):
+        cells = []
+        for j in range(k):
+            r, g, b = (int(v) for v in lut[i, j])
+            ink = "#fff" if shares[i, j] / top > 0.55 else "#1f2430"
+            tip = f"true {esc(n)} → predicted {esc(names[j])}: {counts[i, j]:,} images ({shares[i, j]:.1%} {of})"
+            cells.append(f'<td style="background:rgb({r},{g},{b});color:{ink}" title="{tip}">{counts[i, j]:,}</td>')
+        rows.append(f'<tr><th title="true {esc(n)}">{i}</th>{"".join(cells)}</tr>')
+    caption = f'<div class="kd-cm-title">{esc(title)}</div>' if title else ""
+    corner = '<th title="rows: true class, columns: predicted class">↓</th>'
+    size = f"font-size: min(0.75rem, calc(100cqi / {(k + 1) * 2.0:.1f}))"  # k + 1 columns fit the width
+    return f'<div class="kd-cm">{caption}<table style="{size}"><tr>{corner}{head}</tr>{"".join(rows)}</table></div>'
+
+
+CONFUSION_TABLE_CSS = """<style>
+.kd-cm { container-type: inline-size; }
+.kd-cm-title { font-weight: 600; margin-bottom: 0.25rem; }
+.kd-cm table { border-collapse: collapse; width: 100%; table-layout: fixed; font-variant-numeric: tabular-nums; }
+.kd-cm th, .kd-cm td { border: 1px solid #e6e9ef; padding: 0.1em 0; text-align: center; overflow: hidden; }
+.kd-cm th { color: #5a6270; font-weight: 500; background: #fafbfc; }
+</style>"""
+
+
+def class_key(class_names: Sequence[str], k: int) -> str:
+    """'0 T-shirt/top · 1 Trouser · …': what the numbers in a confusion table's headers stand for."""
+    if len(class_names) < k:
+        return ""
+    return " · ".join(f"{i} {n}" for i, n in enumerate(list(class_names)[:k]))
 
 
 def axis_names(class_names: Sequence[str], k: int) -> list[str]:

@@ -27,10 +27,11 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 import torch
+from plotly.colors import sequential
 from plotly.subplots import make_subplots
 from torch import nn
 
-from app.charts import MODEL_LABELS
+from app.charts import MODEL_LABELS, colour_lut
 from kdcore import views
 from kdcore.errors import InputError
 from kdcore.explain import NORMS, NormStats, compare_norms
@@ -272,17 +273,7 @@ def _tile(act: np.ndarray) -> np.ndarray:
     return grid
 
 
-def _viridis_lut() -> np.ndarray:
-    """(256, 3) uint8: plotly's Viridis scale (the colours of the page's other charts), interpolated."""
-    from plotly.colors import hex_to_rgb, sequential
-
-    stops = np.array([hex_to_rgb(c) for c in sequential.Viridis], dtype=float)  # (k, 3)
-    at = np.linspace(0, 1, len(stops))
-    t = np.linspace(0, 1, 256)
-    return np.stack([np.interp(t, at, stops[:, c]) for c in range(3)], axis=1).round().astype(np.uint8)
-
-
-VIRIDIS = _viridis_lut()
+VIRIDIS = colour_lut(sequential.Viridis)
 GAP_RGB = (255, 255, 255)  # between tiles
 
 

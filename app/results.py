@@ -5,14 +5,13 @@ detox / review summaries and downloads. Figures come from `app.charts`, the HTML
 from __future__ import annotations
 
 import io
-import json
 import zipfile
 from pathlib import Path
 
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
-from app.charts import confusion_figure
+from app.charts import CONFUSION_TABLE_CSS, class_key, confusion_table_html
 from app.report_html import audit_report_html
 from kdcore.candidates import share_of
 from kdcore.errors import InputError
@@ -34,13 +33,6 @@ def _read_report(path: str, mtime_ns: int) -> dict:
         return read_json(path)
     except ValueError as e:
         raise InputError(f"{path} is not valid JSON ({e}); the run may have been interrupted while writing") from e
-
-
-@st.cache_data(show_spinner=False, max_entries=64)
-def _confusion_figure(matrix_json: str, class_names: tuple[str, ...], title: str):
-    # Keyed by the matrix itself (a refine run's view mixes its source run's matrices in): a rerun
-    # or another visit to the same run reuses the figure instead of rebuilding it through plotly.
-    return confusion_figure(json.loads(matrix_json), class_names, title)
 
 
 def load_report(run_dir: str | Path) -> dict | None:
@@ -150,10 +142,14 @@ def review_summary_ui(review: dict | None) -> None:
 
 
 def confusion_grid_ui(report: dict, class_names: tuple[str, ...]) -> None:
-    """Models side by side (baseline | teacher | student | fine-tuned); clean row above, poison below."""
+    """Models side by side (baseline | teacher | student | fine-tuned); clean row above, poison below.
+    Each matrix is a coloured table (`confusion_table_html`): eight of them draw at once, where eight
+    plotly heatmaps took about a second of the browser's time on a first visit."""
     models = models_of(report)
     if not models:
         return
+    st.html(CONFUSION_TABLE_CSS)
+    k = 0
     for which, title in (("confusion_clean", "Clean test set"), ("confusion_poison", "Poison test set")):
         st.markdown(f"**{title}**")
         for col, (model, ev) in zip(st.columns(len(models)), models.items(), strict=True):
@@ -161,12 +157,11 @@ def confusion_grid_ui(report: dict, class_names: tuple[str, ...]) -> None:
             if not matrix:
                 col.caption(f"{ROLES[model]}: not measured" + (" (no trigger given)" if "poison" in which else ""))
                 continue
-            col.plotly_chart(
-                _confusion_figure(json.dumps(matrix), class_names, ROLES[model]),
-                width="stretch",
-                key=f"cm-{model}-{which}",
-                config={"displaylogo": False},
-            )
+            k = len(matrix)
+            with col.container(key=f"cm-{model}-{which}"):
+                st.html(confusion_table_html(matrix, class_names, ROLES[model]))
+    key = class_key(class_names, k)
+    st.caption("Hover a cell for it in words." + (f" Classes: {key}." if key else ""))
 
 
 def model_zip(run_dir: Path, name: str = "finetuned") -> bytes:

@@ -15,8 +15,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.charts import (
+    BLUES,
+    class_key,
     class_names_of,
     confusion_figure,
+    confusion_table_html,
     metric_bars,
     present_models,
     sweep_accuracy_figure,
@@ -40,6 +43,11 @@ def plotly_charts(at: AppTest) -> list:
     return at.get("plotly_chart")
 
 
+def confusion_tables(at: AppTest) -> list[str]:
+    """The HTML of every confusion table on the page (`confusion_table_html`)."""
+    return [h.proto.body for h in at.get("html") if 'class="kd-cm"' in h.proto.body]
+
+
 def download_labels(at: AppTest) -> list[str]:
     return [el.proto.label for el in at.get("download_button")]
 
@@ -58,7 +66,10 @@ def test_audit_results_show_metrics_confusions_and_downloads(kdaudit_home):
     assert shown[0] == f"{100 * report['teacher']['clean_acc']:.1f} %"
     deltas = [m.proto.delta for m in at.metric if m.label == "asr"]
     assert deltas[0] == "" and deltas[1].endswith("pts vs teacher")
-    assert len(plotly_charts(at)) >= 6  # 3 models × clean / poison test set
+    tables = confusion_tables(at)
+    assert len(tables) == 6  # 3 models × clean / poison test set
+    counts = report["teacher"]["confusion_clean"]
+    assert f"→ predicted {class_names_of(report)[0]}: {counts[0][0]:,} images" in tables[0]  # the teacher's
     names = download_labels(at)
     for want in ("report.json", "candidates.csv", "fine-tuned model (.zip)", "HTML report"):
         assert any(want in n for n in names), names
@@ -103,7 +114,7 @@ def test_refine_results_show_review_and_source_models(kdaudit_home):
     assert {"verdicts: poison", "verdicts: clean", "cleared", "added", "removed"} <= set(labels)
     assert labels.count("clean_acc") == 3  # teacher and student borrowed from the source audit
     assert any("Source audit #1" in m.value for m in at.markdown)
-    assert len(plotly_charts(at)) >= 6
+    assert len(confusion_tables(at)) >= 6
 
 
 @pytest.mark.skipif(
@@ -115,10 +126,28 @@ def test_results_inside_the_app_links_to_candidates(kdaudit_home):
 
     at = open_page("results", job=1)
     assert not at.exception, at.exception
-    assert len(plotly_charts(at)) >= 6
+    assert len(confusion_tables(at)) >= 6
 
 
 # ---- charts -------------------------------------------------------------------------------------
+
+
+def test_confusion_table_shows_counts_coloured_by_row_rate():
+    m = [[5, 1, 0], [0, 0, 0], [2, 2, 4]]
+    table = confusion_table_html(m, ["a", "<b>", "c"], "Teacher")
+    cells = re.findall(
+        r'<td style="background:rgb\((\d+),(\d+),(\d+)\);color:([^"]+)" title="([^"]*)">([^<]*)</td>', table
+    )
+    assert [int(c[5]) for c in cells] == [v for row in m for v in row]  # every count, row by row
+    assert tuple(int(v) for v in cells[0][:3]) == tuple(BLUES[round(5 / 6 * 255)])  # coloured by the row's share
+    assert tuple(int(v) for v in cells[3][:3]) == tuple(BLUES[0])  # an empty row: the lightest colour
+    assert cells[0][4] == "true a → predicted a: 5 images (83.3% of the row)"
+    assert "&lt;b&gt;" in table and "<b>" not in table  # names are shown as typed, never as markup
+    assert ">Teacher<" in table
+    with pytest.raises(ValueError):
+        confusion_table_html([[1, 2]], ["a", "b"])
+    assert 'title="predicted 2"' in confusion_table_html(m, [])  # no names: the class numbers
+    assert class_key(["a", "b", "c"], 3) == "0 a · 1 b · 2 c" and class_key([], 3) == ""
 
 
 def test_confusion_figure_shows_counts_and_row_rates():

@@ -28,7 +28,7 @@ def test_demo_audit_from_home_to_evidence(server, page):
     page.get_by_text("quick demo").first.wait_for()
     page.screenshot(path=SHOTS / "home.png", full_page=True)
 
-    open_ready(page, f"{url}/results?job=1", ".js-plotly-plot", 8)  # baseline, teacher, student, finetuned × 2
+    open_ready(page, f"{url}/results?job=1", ".kd-cm table", 8)  # baseline, teacher, student, finetuned × 2
     assert page.get_by_text("clean_acc").count() >= 3
     page.screenshot(path=SHOTS / "results.png", full_page=True)
 
@@ -92,7 +92,7 @@ def test_uploaded_model_and_zips(server, page, digits_files, tmp_path):
     job = JobStore(data).get(job_id)
     assert job.kind == "audit" and job.config["trigger"]["target"] == 7 and job.config["trigger"]["size"] == 2
     wait_job(data, job_id)
-    open_ready(page, f"{url}/results?job={job_id}", ".js-plotly-plot", 6)
+    open_ready(page, f"{url}/results?job={job_id}", ".kd-cm table", 6)
     page.screenshot(path=SHOTS / "results_upload.png", full_page=True)
     report = JobStore(data).get(job_id).report_path
     assert report is not None and "teacher" in report.read_text()
@@ -149,5 +149,5 @@ def test_onnx_model_audited_through_the_dashboard(server, page, digits_files, tm
     report = json.loads(JobStore(data).get(job_id).report_path.read_text())
     assert report["model"]["spec"]["arch"] == "onnx" and report["model"]["spec"]["num_classes"] == 10
     assert {"teacher", "student"} <= set(models_of(report))
-    open_ready(page, f"{url}/results?job={job_id}", ".js-plotly-plot", 2)
+    open_ready(page, f"{url}/results?job={job_id}", ".kd-cm table", 2)
     page.screenshot(path=SHOTS / "results_onnx.png", full_page=True)

@@ -64,10 +64,14 @@ def test_pages_fit_and_name_samples_alike(server, page, audit, width):
     top = rows[0]
     page.set_viewport_size({"width": width, "height": 1000})
 
-    open_ready(page, f"{url}/results?job={job_id}", ".js-plotly-plot", 2)
+    open_ready(page, f"{url}/results?job={job_id}", ".kd-cm table", 2)
     page.locator('[data-testid="stMetricLabel"]', has_text="flagged").first.scroll_into_view_if_needed()
     page.screenshot(path=SHOTS / f"layout_results_{width}.png", full_page=True)
     assert page.evaluate(CUT_TEXT, METRICS) == []
+    # every confusion table fits its column: no cell scrolled or cut off
+    overflow = "els => els.filter(t => t.scrollWidth > t.parentElement.clientWidth + 1).length"
+    assert page.locator(".kd-cm table").count() >= 2
+    assert page.eval_on_selector_all(".kd-cm table", overflow) == 0
 
     open_ready(page, f"{url}/candidates?job={job_id}", '[class*="st-key-card-"] [data-testid="stImage"] img')
     toggle = page.locator(".st-key-filter-flagged")
