@@ -14,7 +14,6 @@ import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
 from app.results import scaled_metric_ui
@@ -28,6 +27,7 @@ from app.review_queue import (
     thumbnail,
 )
 from app.state import fmt_time, reviews
+from app.svg import Bars, Mark, histogram_svg
 from kdcore.candidates import Candidate
 from kdcore.data.imageset import ImageSet
 from kdcore.jobs.review import VERDICTS, Verdict
@@ -141,45 +141,32 @@ def flagged_cut(rows: Sequence[Candidate]) -> tuple[float, bool] | None:
     return cut, all(r.score < cut for r in rows if not r.flagged)
 
 
-def score_histogram_figure(rows: Sequence[Candidate], min_score: float | None = None) -> go.Figure:
-    """Histogram of every sample's score, flagged and not flagged stacked in two colours, with the
-    flagged cut (dashed) and the "show only score ≥" value (solid, when it hides anything) marked.
-    Binned here (HIST_BINS bars) so a 50k-sample table sends 100 numbers, not 50k."""
+def score_histogram_svg(rows: Sequence[Candidate], min_score: float | None = None) -> str:
+    """Histogram of every sample's score (SVG, `app.svg`), flagged and not flagged stacked in two
+    colours, with the flagged cut (dashed) and the "show only score ≥" value (solid, when it hides
+    anything) marked. Binned here (HIST_BINS bars) so a 50k-sample table sends 100 numbers, not 50k."""
     scores = np.array([r.score for r in rows], dtype=float)
     flags = np.array([r.flagged for r in rows], dtype=bool)
     lo, hi = score_bounds(rows)
     edges = np.linspace(lo, hi, HIST_BINS + 1)
-    mid, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
-    fig = go.Figure()
-    for name, keep, colour in (("not flagged", ~flags, "#9aa5b8"), ("flagged", flags, "#d6404e")):
-        counts, _ = np.histogram(scores[keep], bins=edges)
-        fig.add_bar(x=mid, y=counts, width=width, name=name, marker_color=colour)
+    series = [
+        Bars(name, np.histogram(scores[keep], bins=edges)[0].tolist(), colour)
+        for name, keep, colour in (("not flagged", ~flags, "#9aa5b8"), ("flagged", flags, "#d6404e"))
+    ]
+    marks = []
     cut = flagged_cut(rows)
     if cut is not None:
         at, clean = cut
-        text = f"flagged cut {at:.2f}" if clean else f"lowest flagged {at:.2f}"
-        fig.add_vline(x=at, line_dash="dash", line_color="#d6404e", annotation_text=text)
+        marks.append(Mark(at, f"flagged cut {at:.2f}" if clean else f"lowest flagged {at:.2f}", "#d6404e", True))
     if min_score is not None and min_score > lo:
-        fig.add_vline(x=min_score, line_color="#1f2430", annotation_text=f"showing ≥ {min_score:.2f}")
-    fig.update_layout(
-        barmode="stack",
-        height=200,
-        margin=dict(l=10, r=10, t=30, b=10),
-        xaxis_title="suspicion score",
-        yaxis_title="samples",
-        legend=dict(orientation="h", y=1.15, x=1, xanchor="right"),
-    )
-    return fig
+        marks.append(Mark(min_score, f"showing ≥ {min_score:.2f}", "#1f2430"))
+    return histogram_svg(edges, series, marks=marks, x_title="suspicion score", unit="samples", height=190)
 
 
 def score_histogram_ui(rows: Sequence[Candidate], min_score: float) -> None:
     """Where the scores fall off, above the gallery."""
-    st.plotly_chart(
-        score_histogram_figure(rows, min_score),
-        width="stretch",
-        key="score-histogram",
-        config={"displaylogo": False, "displayModeBar": False},
-    )
+    with st.container(key="score-histogram"):
+        st.markdown(score_histogram_svg(rows, min_score), unsafe_allow_html=True)
 
 
 def counts_ui(rows: Sequence[Candidate], shown: int, verdicts: Mapping[int, str]) -> None:

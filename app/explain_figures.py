@@ -7,8 +7,9 @@ against Backdoor Attack on Deep Neural Networks", AdvML@KDD 2019, figs. 2–4).
   image's activation maps (`layer_activations`). Activations are measured where ℓ∞ pruning
   measures them: `ACT_ROLE` ("conv_activation": the BatchNorm that consumes the last conv, else
   the conv) after a ReLU, so the page and the defense talk about the same neurons.
-- Figures are pure (values in, a figure out): `norm_histograms_figure` (fig. 4, a `go.Figure`),
-  `activation_map_image` (fig. 3, an RGB image: tiles of one colour scale, drawn without chart code).
+- Figures are pure (values in, a figure out), and none needs chart code in the browser:
+  `norm_histograms_svg` (fig. 4, SVG histograms, `app.svg`) and `activation_map_image` (fig. 3, an
+  RGB image: tiles of one colour scale).
 
 Models are shared by every session (st.cache_resource), and Grad-CAM hooks and freezes the model
 it runs on, so every model computation holds `_compute_lock()`.
@@ -24,14 +25,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 import torch
 from plotly.colors import sequential
-from plotly.subplots import make_subplots
 from torch import nn
 
 from app.charts import MODEL_LABELS, colour_lut
+from app.svg import Bars, histogram_svg
 from kdcore import views
 from kdcore.errors import InputError
 from kdcore.explain import NORMS, NormStats, compare_norms
@@ -211,54 +211,37 @@ def _norm_values(s: NormStats | Mapping[str, Sequence[float]], norm: str) -> np.
     return np.asarray(s[norm] if isinstance(s, Mapping) else getattr(s, norm), dtype=float)
 
 
-def norm_histograms_figure(stats: Mapping[str, Mapping[str, NormStats | Mapping]]) -> go.Figure:
-    """Rows = models, columns = ℓ1 / ℓ2 / ℓ∞; clean and triggered histograms overlaid per facet.
+NORM_BINS = 30
 
-    `stats` is `norm_stats`' {model: {condition: NormStats or its to_dict()}}. Every facet has its
-    own x and y axes: ℓ1 runs in the thousands where ℓ∞ is a few units.
-    """
-    names = list(stats)
-    if not names:
-        raise ValueError("norm_histograms_figure needs at least one model's statistics")
-    fig = make_subplots(
-        rows=len(names),
-        cols=len(NORMS),
-        shared_xaxes=False,
-        shared_yaxes=False,
-        column_titles=[NORM_LABELS[n] for n in NORMS],
-        row_titles=[model_label(m) for m in names],
-        horizontal_spacing=0.06,
-        vertical_spacing=0.12 if len(names) > 1 else 0.0,
-    )
-    legend_done: set[str] = set()
-    for r, m in enumerate(names, start=1):
-        for c, norm in enumerate(NORMS, start=1):
-            for cond, s in stats[m].items():
-                fig.add_trace(
-                    go.Histogram(
-                        x=_norm_values(s, norm),
-                        name=cond,
-                        legendgroup=cond,
-                        showlegend=cond not in legend_done,
-                        marker_color=COND_COLORS.get(cond),
-                        opacity=0.6,
-                        nbinsx=30,
-                        meta=[m, norm, cond],
-                        hovertemplate=f"{model_label(m)} · {cond}<br>{NORM_LABELS[norm]} %{{x}}<br>"
-                        "%{y} images<extra></extra>",
-                    ),
-                    row=r,
-                    col=c,
-                )
-                legend_done.add(cond)
-    fig.update_layout(
-        barmode="overlay",
-        height=80 + 240 * len(names),
-        margin=dict(l=10, r=30, t=40, b=10),
-        legend=dict(orientation="h", yanchor="bottom", y=1.04, x=1, xanchor="right"),
-    )
-    fig.update_yaxes(title_text="images", col=1)
-    return fig
+
+def norm_histograms_svg(stats: Mapping[str, Mapping[str, NormStats | Mapping]]) -> dict[str, dict[str, str]]:
+    """{model: {norm: SVG}}: per model (a row on the page) and ℓ1 / ℓ2 / ℓ∞ (its columns), the clean
+    and triggered histograms overlaid (`app.svg`, drawn without chart code), in NORM_BINS bins over
+    both conditions' range. Every facet has its own scale: ℓ1 runs in the thousands where ℓ∞ is a
+    few units.
+
+    `stats` is `norm_stats`' {model: {condition: NormStats or its to_dict()}}."""
+    if not stats:
+        raise ValueError("norm_histograms_svg needs at least one model's statistics")
+    out: dict[str, dict[str, str]] = {}
+    for m, conds in stats.items():
+        out[m] = {}
+        for norm in NORMS:
+            values = {cond: _norm_values(s, norm) for cond, s in conds.items()}
+            every = np.concatenate(list(values.values()))
+            lo, hi = (float(every.min()), float(every.max())) if every.size else (0.0, 1.0)
+            if hi <= lo:  # one value (a dead layer): a bin around it
+                lo, hi = lo - 0.5, hi + 0.5
+            edges = np.linspace(lo, hi, NORM_BINS + 1)
+            series = [
+                Bars(cond, np.histogram(v, bins=edges)[0].tolist(), COND_COLORS.get(cond, "#7f7f7f"))
+                for cond, v in values.items()
+            ]
+            title = f"{model_label(m)} · {NORM_LABELS[norm]}"
+            out[m][norm] = histogram_svg(
+                edges, series, stacked=False, x_title=NORM_LABELS[norm], unit="images", title=title, width=380
+            )
+    return out
 
 
 def _tile(act: np.ndarray) -> np.ndarray:

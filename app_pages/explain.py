@@ -12,7 +12,7 @@ from app.explain import (
     gradcam_section_ui,
     pick_images_ui,
 )
-from app.explain_figures import NORM_IMAGES, norm_histograms_figure, norm_stats, run_view
+from app.explain_figures import NORM_IMAGES, norm_histograms_svg, norm_stats, run_view
 from app.recovered_ui import explain_trigger_ui
 from app.state import job_picker_ui, show_error
 from kdcore.errors import KDCoreError
@@ -50,7 +50,10 @@ try:
         with st.spinner(f"Measuring activations on up to {NORM_IMAGES} test images…"):
             chosen = "" if own_trigger or ctx.trigger is None else json.dumps(ctx.trigger.to_dict())
             stats = norm_stats(job.run_dir, tuple(models), layer=layer, trigger_json=chosen)
-        st.plotly_chart(norm_histograms_figure(stats), key="explain_norms_chart")
+        with st.container(key="explain_norms"):
+            for facets in norm_histograms_svg(stats).values():  # a row per model, a column per norm
+                for col, svg in zip(st.columns(len(facets)), facets.values(), strict=True):
+                    col.markdown(svg, unsafe_allow_html=True)
         if ctx.trigger is None:
             st.caption("This run has no known trigger, so only clean images are shown.")
         else:

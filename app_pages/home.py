@@ -4,7 +4,6 @@ import streamlit as st
 
 from app.jobs_client import submit_demo
 from app.state import STATE_ICON, fmt_duration, fmt_time, show_error, store
-from app.warmup import chart_code_ui
 from kdcore.errors import KDCoreError
 
 st.title("🛡️ kdaudit — is this model backdoored?")
@@ -53,5 +52,3 @@ for j in jobs[:50]:
         cols[5].page_link("app_pages/results.py", label="Curves →", query_params={"job": str(j.id)})
     else:
         cols[5].page_link("app_pages/jobs.py", label="Job →", query_params={"job": str(j.id)})
-
-chart_code_ui()  # last: the page is drawn first, then the browser loads the chart code in the background

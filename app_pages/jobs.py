@@ -7,7 +7,6 @@ import streamlit as st
 from app.jobs_client import log_tail
 from app.placement import cluster_line, cluster_status, fan_outs, node_lines, placement_line
 from app.state import STATE_ICON, fmt_duration, job_title, show_error, store
-from app.warmup import chart_code_ui
 from app.words import in_words, reason_in_words
 from kdcore.errors import KDCoreError
 
@@ -74,4 +73,3 @@ def job_list() -> None:
 
 
 job_list()
-chart_code_ui()  # the user waits here for a job, then opens its Results

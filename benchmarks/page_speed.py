@@ -83,11 +83,11 @@ RERUN_START_MS = 1000  # the longest wait for a widget change's rerun to show th
 VIEWPORT = {"width": 1400, "height": 1000}
 HOME = ("home", "is this model backdoored", ".st-key-demo_quick", 1)
 # page: (URL path, title in its h1, key element, how many). The key element is drawn late in the page;
-# on Explain it is the norms chart (its activation maps may be plotly charts or images).
+# on Explain it is the norm histograms (SVG now, a plotly chart in older checkouts).
 PAGES: dict[str, tuple[str, str, str, int]] = {
     "results": ("results", "Results", '[data-testid="stDownloadButton"]', 1),
     "candidates": ("candidates", "Poison candidates", '[data-testid="stImage"] img', 4),
-    "explain": ("explain", "Explain", ".st-key-explain_norms_chart .js-plotly-plot", 1),
+    "explain": ("explain", "Explain", ".st-key-explain_norms svg, .st-key-explain_norms_chart .js-plotly-plot", 1),
     "defenses": ("defenses", "Defenses", '[data-testid="stButton"]', 1),
     "jobs": ("jobs", "Jobs", '[data-testid="stCaptionContainer"]', 2),
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,12 @@ from streamlit.testing.v1 import AppTest
 from app.explain_figures import (
     ACT_ROLE,
     GAP_RGB,
+    NORM_LABELS,
     VIRIDIS,
     activation_map_image,
+    model_label,
     most_driven_channels,
-    norm_histograms_figure,
+    norm_histograms_svg,
 )
 from kdcore.explain import NORMS, NormStats
 from kdcore.models.layers import choose_layer
@@ -41,7 +44,9 @@ def test_explain_page_renders_gradcam_norms_and_activation_maps(kdaudit_home):
     assert sum(c.endswith(("· clean", "· + trigger")) for c in captions) == 4  # the activation maps
     assert sum(c.startswith("→ ") for c in captions) == 8  # predicted-class maps: 2 models × 2 images × 2 rows
     assert at.radio(key="explain_target_mode").value == "target"  # the audit's trigger is known
-    assert len(at.get("plotly_chart")) == 1  # the norm histograms; the activation maps are images
+    assert not at.get("plotly_chart")  # no chart code to load: SVG histograms, images for the maps
+    norms = [m.value for m in at.markdown if m.value.startswith("<svg")]
+    assert len(norms) == 2 * 3 and all("<title>triggered:" in svg for svg in norms)  # models × ℓ1, ℓ2, ℓ∞
     assert at.selectbox(key="explain_model").value == "student"
 
 
@@ -90,24 +95,34 @@ def _stats(n: int, triggered: bool = True) -> dict[str, NormStats]:
     return {"clean": make(0.0), "triggered": make(2.0)} if triggered else {"clean": make(0.0)}
 
 
-def test_norm_histograms_figure_facets_models_by_norms():
-    fig = norm_histograms_figure({"teacher": _stats(50), "student": _stats(50)})
-    assert len(fig.data) == 2 * 3 * 2  # models × norms × {clean, triggered}
-    axes = {(t.xaxis, t.yaxis) for t in fig.data}
-    assert len(axes) == 6  # one x and y axis per facet: ℓ1 and ℓ∞ scales never share an axis
-    assert {tuple(t.meta) for t in fig.data} == {
-        (m, n, c) for m in ("teacher", "student") for n in NORMS for c in ("clean", "triggered")
-    }
-    assert sum(t.showlegend for t in fig.data) == 2
-    linf = next(t for t in fig.data if tuple(t.meta) == ("student", "linf", "triggered"))
-    assert len(linf.x) == 50 and min(linf.x) >= 2.0
+def _bars(svg: str) -> dict[str, int]:
+    """condition → images counted in an SVG histogram's bars (their tooltips)."""
+    out: dict[str, int] = {}
+    for cond, n in re.findall(r"<title>(\w+): (\d+) images, ", svg):
+        out[cond] = out.get(cond, 0) + int(n)
+    return out
 
 
-def test_norm_histograms_figure_clean_only_and_from_dicts():
-    fig = norm_histograms_figure({"teacher": {"clean": _stats(10, triggered=False)["clean"].to_dict()}})
-    assert len(fig.data) == 3 and {t.name for t in fig.data} == {"clean"}
+def test_norm_histograms_svg_facets_models_by_norms():
+    facets = norm_histograms_svg({"teacher": _stats(50), "student": _stats(50)})
+    assert list(facets) == ["teacher", "student"] and all(list(f) == list(NORMS) for f in facets.values())
+    for m, row in facets.items():
+        for norm, svg in row.items():
+            assert _bars(svg) == {"clean": 50, "triggered": 50}  # every image in its facet, both conditions
+            assert f"{model_label(m)} · {NORM_LABELS[norm]}" in svg
+    # each facet has its own scale: the triggered values (2..3) lie above the clean ones (0..1)
+    linf = facets["student"]["linf"]
+    lows = [float(x) for x in re.findall(r"<title>triggered: \d+ images, ℓ∞ ([-\d.e]+) to", linf)]
+    assert lows and min(lows) >= 1.9
+
+
+def test_norm_histograms_svg_clean_only_from_dicts_and_a_constant_layer():
+    facets = norm_histograms_svg({"teacher": {"clean": _stats(10, triggered=False)["clean"].to_dict()}})
+    assert _bars(facets["teacher"]["l1"]) == {"clean": 10}
+    dead = norm_histograms_svg({"teacher": {"clean": {n: [0.0] * 5 for n in NORMS}}})  # every value 0
+    assert _bars(dead["teacher"]["linf"]) == {"clean": 5}
     with pytest.raises(ValueError):
-        norm_histograms_figure({})
+        norm_histograms_svg({})
 
 
 def test_activation_map_image_tiles_channels_on_one_colour_scale():
@@ -157,7 +172,7 @@ def test_explain_layer_select_defaults_to_the_runs_choice_and_moves_every_conv_v
     select.set_value(first).run(timeout=180)
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert any(f"`{first}`" in c.value for c in at.caption)  # the activation maps are of the chosen layer
-    assert len(at.image) == 20 + 4 and len(at.get("plotly_chart")) == 1
+    assert len(at.image) == 20 + 4 and sum(m.value.startswith("<svg") for m in at.markdown) == 6
 
 
 def test_explain_page_says_why_when_the_model_has_no_conv_layer(kdaudit_home, monkeypatch):

@@ -4,13 +4,14 @@ sample name in the gallery, Explain's picker and the HTML report; the small layo
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.candidates import HIST_BINS, flagged_cut, score_bounds, score_histogram_figure
+from app.candidates import HIST_BINS, flagged_cut, score_bounds, score_histogram_svg
 from app.report_html import audit_report_html, candidates_html
 from app.review_queue import load_candidates
 from kdcore.candidates import Candidate, sample_name, share_of
@@ -37,8 +38,8 @@ def test_candidates_page_shows_flagged_with_its_scale_and_a_score_histogram(kdau
     m = next(m for m in at.metric if m.label == "Flagged")
     assert m.value == f"{len(flagged):,}" and m.proto.delta == share_of(len(flagged), len(rows))
     assert m.proto.delta.startswith(f"of {len(rows):,} (")
-    hist = at.get("plotly_chart")
-    assert len(hist) == 1
+    hist = [m.value for m in at.markdown if m.value.startswith("<svg")]
+    assert len(hist) == 1 and ">flagged<" in hist[0] and not at.get("plotly_chart")  # drawn as SVG
     # the gallery's first cards are named by sample_name: the file it came from and its index
     captions = [c for img in at.image for c in img.captions][:3]
     assert captions == [sample_name(r.index, r.source) for r in flagged[:3]]
@@ -67,17 +68,23 @@ def test_score_histogram_counts_every_sample_and_marks_the_cut():
     rows = [_row(0, 0.95, True), _row(1, 0.8, True), _row(2, 0.1, False), _row(3, -0.4, False)]
     assert flagged_cut(rows) == (0.8, True)  # a clean cut: every flagged score ≥ every other
     assert score_bounds(rows) == (-0.4, 0.95)
-    fig = score_histogram_figure(rows, min_score=0.5)
-    bars = {t.name: t for t in fig.data}
-    assert sum(bars["flagged"].y) == 2 and sum(bars["not flagged"].y) == 2 and len(bars["flagged"].y) == HIST_BINS
-    lines = {s.x0 for s in fig.layout.shapes}
-    assert lines == {0.8, 0.5}  # the flagged cut and the "show only ≥" value
-    notes = {a.text for a in fig.layout.annotations}
-    assert notes == {"flagged cut 0.80", "showing ≥ 0.50"}
+    svg = score_histogram_svg(rows, min_score=0.5)
+    bars = re.findall(
+        r"<title>(flagged|not flagged): (\d+) samples, suspicion score ([-\d.e]+) to ([-\d.e]+)</title>", svg
+    )
+    assert sum(int(n) for k, n, *_ in bars if k == "flagged") == 2
+    assert sum(int(n) for k, n, *_ in bars if k == "not flagged") == 2
+    assert all(float(a) <= 0.95 and float(b) >= -0.4 for *_, a, b in bars)  # the bins span the scores
+    width = (0.95 + 0.4) / HIST_BINS
+    flagged_bins = sorted(float(a) for k, _, a, _ in bars if k == "flagged")
+    assert flagged_bins[0] == pytest.approx(0.8 - (0.8 + 0.4) % width, abs=1e-3)  # 0.8 falls in its bin
+    assert ">flagged cut 0.80<" in svg and ">showing ≥ 0.50<" in svg  # the flagged cut and the "show only ≥" value
+    assert svg.count("<line") == 1 + 2  # the axis and two marks
     # KD disagreement flags are not a score cut: say so instead of calling it one
     mixed = [_row(0, 0.9, True), _row(1, 0.95, False), _row(2, 0.2, True)]
     assert flagged_cut(mixed) == (0.2, False)
-    assert {a.text for a in score_histogram_figure(mixed).layout.annotations} == {"lowest flagged 0.20"}
+    mixed_svg = score_histogram_svg(mixed)
+    assert ">lowest flagged 0.20<" in mixed_svg and "flagged cut" not in mixed_svg and "showing" not in mixed_svg
     assert flagged_cut([_row(0, 0.1, False)]) is None
 
 

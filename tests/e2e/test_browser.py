@@ -47,7 +47,7 @@ def test_demo_audit_from_home_to_evidence(server, page):
 
     open_ready(page, f"{url}/explain?job=1", '[data-testid="stImage"] img', 4)
     page.get_by_text("Grad-CAM").first.wait_for()
-    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 1", timeout=180_000)
+    page.wait_for_function("document.querySelectorAll('.st-key-explain_norms svg').length >= 3", timeout=180_000)
     page.screenshot(path=SHOTS / "explain.png", full_page=True)
 
 

@@ -79,7 +79,7 @@ def test_pages_fit_and_name_samples_alike(server, page, audit, width):
     assert page.evaluate(CUT_TEXT, ".st-key-filter-flagged *") == []  # the label is whole, not "F…"
     assert page.evaluate(CUT_TEXT, METRICS) == []  # "of 1,000 (p %)" under the flagged count fits
     assert page.evaluate(CUT_TEXT, '.st-key-refine *, .st-key-export-verdicts *, [class*="st-key-bulk-"] *') == []
-    assert page.locator(".js-plotly-plot").count() >= 1  # the score histogram above the gallery
+    assert page.locator(".st-key-score-histogram svg rect").count() >= 1  # the score histogram above the gallery
     card = page.locator(f".st-key-card-{top.index}")
     gallery_name = card.locator('[data-testid="stImageCaption"]').first.inner_text().strip()
     page.screenshot(path=SHOTS / f"layout_candidates_{width}.png", full_page=True)
