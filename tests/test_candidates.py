@@ -66,17 +66,23 @@ def test_rank_order_is_flagged_first_then_by_score():
     assert rank_order(score, flagged).tolist() == [1, 3, 0, 2, 4]
 
 
-def test_round_trip_and_injection_is_escaped(tmp_path):
+def _core_rows(**per_sample: torch.Tensor) -> tuple[Candidate, ...]:
+    """The core method's table of `_data()`: file names, class names, two true poisons."""
     score, flagged, labels, sources = _data()
-    rows = ranked_rows(
+    return ranked_rows(
         score,
         flagged,
         labels,
         sources=sources,
         class_names=NAMES,
         poison_idx=torch.tensor([0, 3]),
-        per_sample={"teacher_pred": labels, "student_pred": (labels + 1) % len(NAMES)},
+        per_sample=per_sample,
     )
+
+
+def test_round_trip_and_injection_is_escaped(tmp_path):
+    score, flagged, labels, _ = _data()
+    rows = _core_rows(teacher_pred=labels, student_pred=(labels + 1) % len(NAMES))
     path = write_candidates(tmp_path / FILE_NAME, rows)
     text = path.read_text(encoding="utf-8")
     raw = list(csv.DictReader(io.StringIO(text)))
@@ -147,15 +153,7 @@ def test_columns_give_back_what_the_csv_reader_returns(tmp_path):
     (no file names) and an empty table: the columns read back equal rows of the same types."""
     score, flagged, labels, sources = _data()
     tables = {
-        "core": ranked_rows(
-            score,
-            flagged,
-            labels,
-            sources=sources,
-            class_names=NAMES,
-            poison_idx=torch.tensor([0, 3]),
-            per_sample={"teacher_pred": labels, "student_pred": labels, "teacher_conf": score.abs()},
-        ),
+        "core": _core_rows(teacher_pred=labels, student_pred=labels, teacher_conf=score.abs()),
         "detector": ranked_rows(score, flagged, labels, sources=sources, class_names=NAMES),
         "built-in": ranked_rows(score, flagged, labels, dataset="digits-train", poison_idx=torch.tensor([5])),
         "empty": [],
