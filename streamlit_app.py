@@ -15,6 +15,7 @@ PAGES = [
     st.Page("app_pages/candidates.py", title="Poison candidates", icon="🔎", url_path="candidates"),
     st.Page("app_pages/explain.py", title="Explain", icon="🔥", url_path="explain"),
 ]
-page = st.navigation(PAGES)
-warmup.start()  # once per process, in the background: the analysis pages' imports and plotly's first figure
-page.run()
+try:
+    st.navigation(PAGES).run()
+finally:  # after the first page's script (whose imports it then shares), once per process, in the background
+    warmup.start()

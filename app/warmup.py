@@ -3,9 +3,11 @@
 A fresh dashboard process imports torch, plotly, the figure helpers and kdcore's model code the first
 time a session opens Results, Poison candidates, Explain or Defenses, and plotly loads the validators
 of every figure property the first time a figure sets it (about 0.2 s for a faceted figure). None of
-that depends on the audit, so a background thread does it once per process, as
-soon as the first page is served (`start`), instead of on the first visit to an audit's evidence.
-The thread only imports and builds a throw-away figure: it touches no job, run or session state.
+that depends on the audit, so a background thread does it once per process, right after the first
+page's script has run (`start`, called by streamlit_app.py), instead of on the first visit to an
+audit's evidence. Starting after that script, not beside it, means the two never import the same
+package at once (torch's and plotly's own import cycles could then deadlock two threads). The thread
+only imports and builds a throw-away figure: it touches no job, run or session state.
 """
 
 from __future__ import annotations
