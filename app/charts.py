@@ -32,6 +32,18 @@ SCENARIO_LABELS = {"attack": "under attack", "no_attack": "no attack"}
 BASELINE_BAND = 0.01  # the paper's figures shade one accuracy point below the baseline
 
 
+def confusion_shares(matrix: Sequence[Sequence[int]], rates: str = "row") -> tuple[np.ndarray, np.ndarray]:
+    """(counts, shares) of a square confusion matrix [true][pred]: each count's share of its row
+    (`rates="row"`) or of all counts (`"total"`), 0 where the total is 0."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
+        raise ValueError(f"A confusion matrix must be square and non-empty; got shape {counts.shape}")
+    if rates not in ("row", "total"):
+        raise ValueError(f"rates must be 'row' or 'total'; got {rates!r}")
+    totals = counts.sum(axis=1, keepdims=True) if rates == "row" else np.full((len(counts), 1), counts.sum())
+    return counts, np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
+
+
 def confusion_figure(
     matrix: Sequence[Sequence[int]],
     class_names: Sequence[str],
@@ -46,15 +58,9 @@ def confusion_figure(
     cell text is the count. `customdata` holds the counts too, for hover and for tests. `axes`
     names (rows, columns).
     """
-    counts = np.asarray(matrix, dtype=np.int64)  # (k, k) [true][pred]
-    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
-        raise ValueError(f"A confusion matrix must be square and non-empty; got shape {counts.shape}")
+    counts, shares = confusion_shares(matrix, rates)
     k = counts.shape[0]
     names = axis_names(class_names, k)
-    if rates not in ("row", "total"):
-        raise ValueError(f"rates must be 'row' or 'total'; got {rates!r}")
-    totals = counts.sum(axis=1, keepdims=True) if rates == "row" else np.full((k, 1), counts.sum())
-    shares = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
     of = "of the row" if rates == "row" else "of all"
     fig = go.Figure(
         go.Heatmap(
@@ -101,15 +107,9 @@ def confusion_table_html(
     class numbers in the headers (names in their tooltips), the count in each cell, coloured by the
     row-normalised rate on plotly's Blues (as `confusion_figure`); each cell's tooltip says it in
     words. A table, not a chart: the browser draws it at once, with no charting code to load."""
-    counts = np.asarray(matrix, dtype=np.int64)
-    if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] == 0:
-        raise ValueError(f"A confusion matrix must be square and non-empty; got shape {counts.shape}")
-    if rates not in ("row", "total"):
-        raise ValueError(f"rates must be 'row' or 'total'; got {rates!r}")
+    counts, shares = confusion_shares(matrix, rates)
     k = counts.shape[0]
     names = [str(n) for n in class_names][:k] if len(class_names) >= k else [str(i) for i in range(k)]
-    totals = counts.sum(axis=1, keepdims=True) if rates == "row" else np.full((k, 1), counts.sum())
-    shares = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
     top = 1.0 if rates == "row" else max(float(shares.max()), 1e-9)
     lut = BLUES[np.round(np.clip(shares / top, 0, 1) * 255).astype(np.intp)]  # (k, k, 3)
     of = "of the row" if rates == "row" else "of all"
