@@ -59,9 +59,9 @@ def histogram_svg(
     bins between `edges` (len = bins + 1), the series stacked or overlaid (each half transparent),
     vertical `marks`, a legend when there is more than one series, 3 y ticks and 5 x ticks."""
     edges = np.asarray(edges, dtype=float)
-    counts = np.asarray([s.counts for s in series], dtype=float).reshape(len(series), len(edges) - 1)
     if len(edges) < 2 or not np.all(np.diff(edges) > 0):
         raise ValueError(f"histogram_svg needs increasing bin edges; got {edges.tolist()}")
+    counts = np.asarray([s.counts for s in series], dtype=float).reshape(len(series), len(edges) - 1)
     left, right, top, bottom = 44, 10, 22 if (title or len(series) > 1) else 8, 32 if x_title else 18
     pw, ph = width - left - right, height - top - bottom
     peak = float((counts.sum(axis=0) if stacked else counts).max(initial=0)) or 1.0
