@@ -15,7 +15,7 @@ from app.uploads import image_summary_of
 from kdcore.data.summary import ImageSetSummary, check_uploads
 from kdcore.errors import KDCoreError
 from kdcore.models.spec import ModelSpec
-from kdcore.runs.audit import AuditConfig
+from kdcore.runs.configs import AuditConfig
 from kdcore.triggers import TRIGGERS, Trigger
 from kdcore.triggers.badnets import LOCATIONS
 

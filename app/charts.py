@@ -363,7 +363,7 @@ def class_names_of(report: dict) -> tuple[str, ...]:
     if spec.get("class_names"):
         return tuple(str(n) for n in spec["class_names"])
     if "demo" in (report.get("kind"), report.get("source_kind")):  # refine views carry their source's kind
-        from kdcore.runs.demo import SPEC
+        from kdcore.runs.scenario import SPEC
 
         return SPEC.names
     k = int(spec.get("num_classes") or 0)

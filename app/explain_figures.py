@@ -38,7 +38,8 @@ from kdcore.explain import NORMS, NormStats, compare_norms
 from kdcore.models.layers import layer_report
 from kdcore.models.loading import load_model
 from kdcore.models.spec import ModelSpec
-from kdcore.runs.context import RunContext, load_context
+from kdcore.run_context import RunContext
+from kdcore.runs.rebuild import load_context
 from kdcore.triggers import Trigger
 from kdcore.views import (
     ACT_ROLE,

@@ -26,7 +26,7 @@ from kdcore.evaluate import evaluate_model
 from kdcore.jobs.store import Job
 from kdcore.models.loading import load_model
 from kdcore.report import ROLES
-from kdcore.runs.context import RunContext
+from kdcore.run_context import RunContext
 from kdcore.triggers import Recovered, Trigger
 from kdcore.triggers.recovered import FILE
 

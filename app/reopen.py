@@ -22,7 +22,7 @@ from app.config_form import settings_of
 from app.model_form import TIMM, TV
 from app.state import store
 from kdcore.errors import KDCoreError
-from kdcore.runs.audit import AuditConfig
+from kdcore.runs.configs import AuditConfig
 
 SLOTS = ("model", "unlabeled", "train", "test")
 

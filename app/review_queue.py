@@ -91,7 +91,7 @@ def train_images(run_dir: str) -> ImageSet | TrainImages:
 @st.cache_resource(max_entries=4, show_spinner="Loading the training images…")
 def full_train_images(run_dir: str) -> ImageSet:
     """The run's training set (uint8 (N, C, H, W)), rebuilt from its run directory once per process."""
-    from kdcore.runs.context import load_context
+    from kdcore.runs.rebuild import load_context
 
     train = load_context(run_dir, device="cpu").train
     if train is None:

@@ -56,8 +56,8 @@ from kdcore.defenses import DEFENSES, get_defense  # noqa: E402
 from kdcore.device import describe, resolve_device  # noqa: E402
 from kdcore.jobs.store import Job, JobStore  # noqa: E402
 from kdcore.report import ROLES, detection_of, evidence_of, headline_of, metrics_of, models_of  # noqa: E402
+from kdcore.runs.configs import DemoConfig  # noqa: E402
 from kdcore.runs.defend import DefendConfig, demo_inputs  # noqa: E402
-from kdcore.runs.demo import DemoConfig  # noqa: E402
 from kdcore.tables import spread  # noqa: E402
 
 # The attacks compared. n_poison: poisons in the quick setup's 10,000 training images (×5 for --full).

@@ -27,7 +27,7 @@ from kdcore.data.builtin import load_fashion_mnist  # noqa: E402
 from kdcore.device import describe, resolve_device  # noqa: E402
 from kdcore.distill import DistillConfig, distill, kd_loss  # noqa: E402
 from kdcore.models.registry import build_model  # noqa: E402
-from kdcore.runs.demo import SPEC  # noqa: E402
+from kdcore.runs.scenario import SPEC  # noqa: E402
 from kdcore.train import seeded_model  # noqa: E402
 
 

@@ -34,7 +34,7 @@ from kdcore.device import describe, resolve_device  # noqa: E402
 from kdcore.distill import DistillConfig, distill  # noqa: E402
 from kdcore.models.loading import load_model  # noqa: E402
 from kdcore.models.registry import build_model  # noqa: E402
-from kdcore.runs.demo import SPEC  # noqa: E402
+from kdcore.runs.scenario import SPEC  # noqa: E402
 from kdcore.train import seeded_model  # noqa: E402
 
 

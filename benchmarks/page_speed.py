@@ -172,8 +172,8 @@ def make_jobs(data: Path, tree: Path) -> dict[str, int]:
         from kdcore.config import from_dict
         from kdcore.models.loading import save_model
         from kdcore.runs import DemoConfig
-        from kdcore.runs.context import load_context
-        from kdcore.runs.demo import build_demo_data
+        from kdcore.runs.rebuild import load_context
+        from kdcore.runs.scenario import build_demo_data
 
         demo = jobs["demo"]
         cfg = from_dict(DemoConfig, {k: v for k, v in store.get(demo.id).config.items() if k != "kind"})
@@ -201,7 +201,7 @@ def make_jobs(data: Path, tree: Path) -> dict[str, int]:
 
 WRITE_VIEWS = """
 import json, shutil, sys, time
-from kdcore.runs.context import load_context
+from kdcore.runs.rebuild import load_context
 from kdcore.views import write_views
 out = {}
 for kind, run_dir in json.loads(sys.argv[1]).items():

@@ -21,7 +21,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import log, sgemm_gflops, throttled, write_result  # noqa: E402
 from kdcore.device import describe, resolve_device  # noqa: E402
 from kdcore.report import METRICS, detection_of, models_of  # noqa: E402
-from kdcore.runs.demo import DemoConfig, run_demo  # noqa: E402
+from kdcore.runs.configs import DemoConfig  # noqa: E402
+from kdcore.runs.demo import run_demo  # noqa: E402
 from kdcore.tables import pct, spread  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out" / "quick_demo"

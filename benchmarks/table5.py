@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from kdcore.config import to_dict  # noqa: E402
 from kdcore.io import atomic_write_json  # noqa: E402
-from kdcore.runs.demo import DemoConfig  # noqa: E402
+from kdcore.runs.configs import DemoConfig  # noqa: E402
 from kdcore.runs.sweep import SweepConfig, run_sweep  # noqa: E402
 
 

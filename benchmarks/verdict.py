@@ -23,7 +23,7 @@ report.json exists is not re-run; benchmarks/results/verdict.json is rewritten a
 A model whose run dir is gone (another machine, a clean checkout) but whose row is in
 benchmarks/results/verdict.json keeps that row and is not re-run either: the queue takes hours.
 `--rescore` re-runs nothing: it recomputes every verdict from the stored reports with the current
-constants of kdcore/verdict.py (`kdcore.blind.rescore`), which is how the constants are calibrated;
+constants of kdcore/verdict/ (`kdcore.verdict.rescore`), which is how the constants are calibrated;
 rows kept without their report are not re-scored (`--rerun-missing` trains them again).
 
     .venv/bin/python benchmarks/verdict.py [--rescore] [--limit N] [--only badnets,clean] [--device auto]
@@ -46,10 +46,13 @@ from PIL import Image  # noqa: E402
 
 from benchmarks.common import log, sgemm_gflops, throttled, write_result  # noqa: E402
 from benchmarks.defenses import ATTACKS  # noqa: E402
-from kdcore.blind import AC_SILHOUETTE_THRESHOLD, ac_evidence, rescore  # noqa: E402
 from kdcore.defenses import get_defense  # noqa: E402
 from kdcore.device import describe, resolve_device  # noqa: E402
-from kdcore.runs.demo import SPEC, DemoConfig, run_demo  # noqa: E402
+from kdcore.runs.configs import DemoConfig  # noqa: E402
+from kdcore.runs.demo import run_demo  # noqa: E402
+from kdcore.runs.scenario import SPEC  # noqa: E402
+from kdcore.verdict.detectors import AC_SILHOUETTE_THRESHOLD, ac_evidence  # noqa: E402
+from kdcore.verdict.rescore import rescore  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out" / "verdict"
 N_TRAIN = 10_000  # the quick demo's training set

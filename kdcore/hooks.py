@@ -31,7 +31,6 @@ import torch
 from torch import nn
 
 from kdcore.errors import ConfigError
-from kdcore.models.spec import ModelSpec
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -189,8 +188,9 @@ class Call:
         return any(x is t for x in self.inputs if isinstance(x, torch.Tensor))
 
 
-def trace(model: nn.Module, spec: ModelSpec, device: torch.device | None = None) -> list[Call]:
-    """Every named submodule call of one forward pass of 2 blank images, in the order calls finish.
+def trace(model: nn.Module, input_shape: Sequence[int], device: torch.device | None = None) -> list[Call]:
+    """Every named submodule call of one forward pass of 2 blank images of `input_shape` (C, H, W),
+    in the order calls finish.
 
     Eval mode and `torch.inference_mode()` (no BatchNorm statistics change, no dropout draws),
     modes restored and hooks removed afterwards. The calls keep their tensors alive so identity
@@ -208,7 +208,7 @@ def trace(model: nn.Module, spec: ModelSpec, device: torch.device | None = None)
     handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n]
     try:
         with restored_modes(model), torch.inference_mode():
-            model(torch.zeros((2, *spec.input_shape), device=device))
+            model(torch.zeros((2, *input_shape), device=device))
     finally:
         for h in handles:
             h.remove()

@@ -26,6 +26,7 @@ dashboard does, so a GPU run's view matches what the page would compute.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import time
@@ -45,6 +46,7 @@ from kdcore.io import atomic_write_bytes, atomic_write_json, read_json
 from kdcore.models.layers import Role, choose_layer, layer_report
 from kdcore.models.loading import load_model, save_model
 from kdcore.models.spec import ModelSpec
+from kdcore.run_context import RunContext
 from kdcore.train import predict_logits
 from kdcore.triggers import Trigger
 
@@ -225,19 +227,14 @@ def top_images(run_dir: str | Path) -> dict[int, tuple[np.ndarray, int | None]]:
 
 
 def load_teacher(run_dir: str | Path) -> tuple[nn.Module, ModelSpec] | None:
-    """The run's teacher on the CPU without its image sets: the file the view recorded (the demo's),
-    the audit's model read through the sandbox, or None (then rebuild the run)."""
-    from kdcore.runs.context import load_context
-
+    """The run's teacher on the CPU without its image sets, from the file the view recorded (the
+    demo's stage file, or the CPU copy an audit's view saved); None when there is none (then rebuild
+    the run, `kdcore.runs.rebuild.load_context`)."""
     meta = _meta(run_dir)
-    if meta is None:
+    if meta is None or not meta.get("teacher_file") or not Path(meta["teacher_file"]).is_file():
         return None
     spec = ModelSpec.from_dict(meta["spec"])
-    if meta.get("teacher_file") and Path(meta["teacher_file"]).is_file():
-        return load_model(meta["teacher_file"], spec, CPU)[0], spec
-    if meta["kind"] == "audit":  # a view written without the file: read the upload in the sandbox
-        return load_context(meta["run_dir"], CPU, with_data=False).teacher, spec
-    return None
+    return load_model(meta["teacher_file"], spec, CPU)[0], spec
 
 
 def top_candidates(run_dir: str | Path, n: int) -> tuple[Candidate, ...] | None:
@@ -284,10 +281,10 @@ def stored_norms(run_dir: str | Path, name: str) -> dict[str, dict[str, NormStat
 # ── writing it at the end of a run ───────────────────────────────────────────────────────────────
 
 
-def write_views(ctx, teacher_file: str | Path | None = None) -> float:
+def write_views(ctx: RunContext, teacher_file: str | Path | None = None) -> float:
     """Write `<run_dir>/view/` for a finished run; returns the seconds it took.
 
-    `ctx`: the run's `kdcore.runs.context.RunContext`; every model is read back from its file on the
+    `ctx`: what the run worked on (kdcore.run_context); every model is read back from its file on the
     CPU, as the page reads it, so what is stored is what the page would compute.
     `teacher_file`: a .safetensors kdcore wrote with the teacher's weights (the demo's stage file);
     without one the CPU copy is saved as view/teacher.safetensors (an audit's model, so the page
@@ -333,7 +330,7 @@ def write_views(ctx, teacher_file: str | Path | None = None) -> float:
     return seconds
 
 
-def _candidate_files(ctx, out: Path) -> list[int]:
+def _candidate_files(ctx: RunContext, out: Path) -> list[int]:
     """Write candidates.npz and top.csv from one read of candidates.csv; the training-set indices
     of top.csv's rows."""
     p = Path(ctx.run_dir) / CANDIDATES_FILE
@@ -345,7 +342,9 @@ def _candidate_files(ctx, out: Path) -> list[int]:
     return [r.index for r in rows[:TOP_ROWS] if 0 <= r.index < len(ctx.train)]
 
 
-def _explain_defaults(ctx, loaded: Mapping[str, tuple[nn.Module, ModelSpec]], layer: str, top: list[int]) -> dict:
+def _explain_defaults(
+    ctx: RunContext, loaded: Mapping[str, tuple[nn.Module, ModelSpec]], layer: str, top: list[int]
+) -> dict:
     """Explain's first screen: the default models (teacher and the first other), at the default
     layer, on the first `EXPLAIN_PICKED` top candidates, for the default second map."""
     names = list(loaded)
@@ -382,8 +381,6 @@ def _explain_defaults(ctx, loaded: Mapping[str, tuple[nn.Module, ModelSpec]], la
 
 
 def _npz(arrays: Mapping[str, np.ndarray]) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()

@@ -116,7 +116,7 @@ def test_capture_keeps_gradients_and_counts_calls():
 
 def test_trace_lists_calls_in_execution_order_and_leaves_the_model_alone():
     model = OutOfOrder().train()
-    calls = trace(model, SPEC)
+    calls = trace(model, SPEC.input_shape)
     assert [c.name for c in calls] == ["early", "late", "late_bn", "dropout", "head"]
     assert calls[1].shape == (2, 4, 4, 4)
     assert calls[2].consumes(calls[1].output) and not calls[3].consumes(calls[1].output)

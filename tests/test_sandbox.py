@@ -19,6 +19,7 @@ from kdcore.models.layers import layer_report
 from kdcore.models.loading import load_model, read_state_dict, save_model
 from kdcore.models.registry import build_model
 from kdcore.models.spec import ModelSpec
+from kdcore.sandbox import runner
 from tests.hostile.corpus import deep_tuple_pt
 
 SMALL = sandbox.Budget(memory_bytes=300 * 2**20, cpu_s=2, timeout_s=6)
@@ -171,7 +172,7 @@ def test_a_killed_child_takes_its_process_group_with_it():
     with pytest.raises(InputError):
         sandbox.run(R + "sleep", (60,), budget)
     time.sleep(0.2)
-    children = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == sandbox._SERVER.proc.pid]
+    children = [p for p in os.listdir("/proc") if p.isdigit() and _ppid(int(p)) == runner._SERVER.proc.pid]
     assert children == []  # the server reaped it: no zombie, no sleeper
 
 

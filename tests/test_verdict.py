@@ -8,27 +8,30 @@ import pytest
 import torch
 from torch import nn
 
-from kdcore.blind import ac_evidence, nc_evidence, recovered_trigger_evidence, rescore, trigger_evidence
 from kdcore.data.imageset import ImageSet
 from kdcore.detox import read_known_poisons
 from kdcore.errors import InputError
 from kdcore.models.spec import ModelSpec
 from kdcore.report import evaluation_only_of, flip_matrix_of, verdict_of
-from kdcore.verdict import (
+from kdcore.verdict.detectors import ac_evidence, nc_evidence
+from kdcore.verdict.evidence import Evidence
+from kdcore.verdict.kd_disagreement import (
     KD_MIN_SPREAD,
-    TRIGGER_MAX_TRANSFER,
-    TRIGGER_MIN_TEACHER,
-    WEIGHTS,
-    Evidence,
     binomial_tail,
-    combine,
     disagreement_structure,
     flip_matrix,
     kd_evidence,
     spread,
-    trigger_supports,
-    verdict_text,
 )
+from kdcore.verdict.recovered_trigger import (
+    TRIGGER_MAX_TRANSFER,
+    TRIGGER_MIN_TEACHER,
+    recovered_trigger_evidence,
+    trigger_evidence,
+    trigger_supports,
+)
+from kdcore.verdict.rescore import rescore
+from kdcore.verdict.rule import WEIGHTS, combine, verdict_text
 
 NAMES = tuple(f"c{i}" for i in range(10))
 

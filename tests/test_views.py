@@ -21,7 +21,7 @@ from kdcore.data.imageset import ImageSet
 from kdcore.explain import compare_norms
 from kdcore.models.loading import save_model
 from kdcore.models.registry import build_model
-from kdcore.runs.context import RunContext
+from kdcore.run_context import RunContext
 from kdcore.train import seeded_model
 from tests.conftest import DIGITS_SPEC, TRIGGER
 

@@ -15,7 +15,7 @@ from kdcore.cli.flags import (
     trust_arg,
 )
 from kdcore.config import from_dict, merge
-from kdcore.runs.audit import AuditConfig
+from kdcore.runs.configs import AuditConfig
 
 HELP = "audit your own model on your own images"
 TRIGGER_HELP = (
@@ -45,7 +45,7 @@ def config_from_args(a: argparse.Namespace) -> AuditConfig:
 
 def summary(cfg: AuditConfig, report: dict) -> str:
     from kdcore.tables import report_table
-    from kdcore.verdict import with_verdict
+    from kdcore.verdict.rule import with_verdict
 
     text = report_table(report)
     if not cfg.trigger:

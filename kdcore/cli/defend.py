@@ -22,9 +22,8 @@ from kdcore.cli.flags import (
 )
 from kdcore.config import from_dict, merge
 from kdcore.errors import ConfigError
-from kdcore.runs.audit import AuditConfig
+from kdcore.runs.configs import AuditConfig, DemoConfig
 from kdcore.runs.defend import DefendConfig
-from kdcore.runs.demo import DemoConfig
 
 HELP = "run another defense (BCU, ℓ∞ pruning, Neural Cleanse, ...) on a run, the demo, or your model"
 CACHE_KEY = ("demo", "cache_dir")

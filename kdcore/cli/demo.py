@@ -6,7 +6,7 @@ import argparse
 
 from kdcore.cli.flags import add_config_flags, add_run_args, config_file, given, parsed_trigger, trigger_arg
 from kdcore.config import from_dict, merge
-from kdcore.runs.demo import DemoConfig
+from kdcore.runs.configs import DemoConfig
 
 HELP = "built-in Fashion-MNIST backdoor scenario, end to end"
 CACHE_KEY = ("cache_dir",)  # where a queued job's trained teachers go (the job store's cache)
@@ -34,6 +34,6 @@ def config_from_args(a: argparse.Namespace) -> DemoConfig:
 
 def summary(cfg: DemoConfig, report: dict) -> str:
     from kdcore.tables import report_table
-    from kdcore.verdict import with_verdict
+    from kdcore.verdict.rule import with_verdict
 
     return with_verdict(report_table(report), report)

@@ -6,7 +6,7 @@ import argparse
 
 from kdcore.cli.flags import ALIASES, add_config_flags, add_run_args, config_file, flag_name, given
 from kdcore.config import from_dict, merge, settings
-from kdcore.runs.demo import DemoConfig
+from kdcore.runs.configs import DemoConfig
 from kdcore.runs.sweep import SweepConfig
 
 HELP = "clean-image budget sweep, under attack and without (Table 5)"

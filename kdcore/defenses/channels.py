@@ -75,7 +75,7 @@ def channel_layer(model: nn.Module, spec: ModelSpec, name: str | None = None) ->
     """
     name, conv = choose_layer(model, spec, "last_conv", name)
     modules = dict(model.named_modules())
-    consumers = [c.name for c in layer_consumers(trace(model, spec), name)]
+    consumers = [c.name for c in layer_consumers(trace(model, spec.input_shape), name)]
 
     norm, norm_name = None, None
     for n in dict.fromkeys(consumers):  # in call order, each once

@@ -123,7 +123,7 @@ def attention_layers(model: nn.Module, spec: ModelSpec, device: torch.device, n_
     """Names of the modules whose outputs NAD aligns: the last unit of each of the deepest
     `n_layers` stages (see the module docstring, step 2)."""
     require_conv(model)
-    calls = [(c.name, c.module, c.shape) for c in trace(model, spec, device)]  # in the order calls finish
+    calls = [(c.name, c.module, c.shape) for c in trace(model, spec.input_shape, device)]  # in the order calls finish
     count = Counter(name for name, _, _ in calls)
     has_conv = {n for n, m in model.named_modules() if any(isinstance(c, nn.Conv2d) for c in m.modules())}
     blocks = [

@@ -49,7 +49,7 @@ from kdcore.defenses.base import DefenseInputs, Inspector
 from kdcore.errors import ConfigError, InputError
 from kdcore.models.spec import ModelSpec
 from kdcore.train import predict_logits
-from kdcore.triggers.recovered import recovered_tensors
+from kdcore.triggers.recovered import apply_recovered, recovered_tensors
 
 MAD_CONSISTENCY = 1.4826  # MAD → σ for normal data
 MEANAD_CONSISTENCY = 1.253314  # mean absolute deviation → σ (the fallback when MAD = 0)
@@ -107,18 +107,6 @@ def mad_anomaly_index(norms: torch.Tensor) -> torch.Tensor:
     if scale == 0:
         return torch.zeros_like(x)
     return dev / scale
-
-
-def apply_recovered(images: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
-    """Stamp a recovered trigger: uint8 (N, C, H, W) → uint8 round((1 − m)·x + m·p).
-
-    mask: (H, W) or (1, H, W) in [0, 1]; pattern: (C, H, W) in [0, 255]."""
-    if images.dtype != torch.uint8 or images.dim() != 4:
-        raise InputError(f"apply_recovered takes uint8 images (N, C, H, W); got {images.dtype} {tuple(images.shape)}")
-    m = mask.to(images.device, torch.float32).reshape(1, 1, *images.shape[2:])
-    p = pattern.to(images.device, torch.float32).reshape(1, *images.shape[1:])
-    x = (1 - m) * images.float() + m * p
-    return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def _normalize(spec: ModelSpec, x: torch.Tensor) -> torch.Tensor:

@@ -109,7 +109,7 @@ def choose_layer(model: nn.Module, spec: ModelSpec, role: Role, name: str | None
             f"{type(model).__name__} has no nn.Linear layer, so it has no penultimate activations (the input "
             "of the final dense layer); activation clustering needs one"
         )
-    calls = trace(model, spec)
+    calls = trace(model, spec.input_shape)
     ran = _run_order(calls, kind)
     if name is None:
         if not ran:
@@ -141,7 +141,7 @@ def layer_report(model: nn.Module, spec: ModelSpec) -> dict:
      "penultimate": name | None, "problems": {role: message}} — a role that cannot be chosen has a
     problem instead of a name (e.g. a ViT has no conv), never an exception.
     """
-    calls = trace(model, spec)
+    calls = trace(model, spec.input_shape)
     out: dict = {"conv": _run_order(calls, nn.Conv2d), "linear": _run_order(calls, nn.Linear), "problems": {}}
     for role in ROLES:
         try:

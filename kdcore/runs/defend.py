@@ -16,28 +16,25 @@ The inputs come from one of three places (exactly one):
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from kdcore.candidates import FILE_NAME, ranked_rows, write_candidates
 from kdcore.config import from_dict, setting
 from kdcore.defenses.base import DefenseInputs, DefenseResult, get_defense
+from kdcore.defenses.evidence import write_evidence
 from kdcore.errors import ConfigError, InputError
-from kdcore.io import atomic_write_bytes, read_json
+from kdcore.io import read_json
 from kdcore.models.loading import save_model
 from kdcore.progress import ProgressFn, no_progress
-from kdcore.runs.audit import AuditConfig
 from kdcore.runs.common import environment, labelled_sets, start_run, write_report
-from kdcore.runs.demo import DemoConfig
+from kdcore.runs.configs import AuditConfig, DemoConfig
+from kdcore.runs.scenario import SPEC, build_demo_data, suspect
 from kdcore.sandbox import load_model, load_unlabeled  # untrusted input: in a child process
 from kdcore.triggers import Trigger
-from kdcore.triggers.recovered import write_recovered
 
 
 @dataclass(frozen=True)
@@ -80,19 +77,8 @@ def demo_inputs(cfg: DemoConfig, device: torch.device, on_progress: ProgressFn =
     (unlabelled, and labelled for the labelled-data baselines), the poisoned training set with
     its ground truth, the test set and the trigger. With `scenario="no_attack"`, as in the demo,
     the suspect is the clean baseline and the training set is clean (no poison indices)."""
-    from kdcore.paths import cache_dir
-    from kdcore.pipeline import train_stage
-    from kdcore.runs.demo import SPEC, build_demo_data
-    from kdcore.stages import Stages
-
     data = build_demo_data(cfg)
-    cache = Stages(cache_dir(cfg.cache_dir or None) / "demo")
-    if cfg.scenario == "no_attack":  # as the demo does: the clean baseline is the suspect, nothing is poisoned
-        teacher, _ = train_stage(cache, "baseline", SPEC, data.train, cfg.teacher, device, cfg.seed, on_progress)
-        train, poison_idx = data.train, torch.zeros(0, dtype=torch.long)
-    else:
-        teacher, _ = train_stage(cache, "teacher", SPEC, data.poisoned, cfg.teacher, device, cfg.seed, on_progress)
-        train, poison_idx = data.poisoned, data.poison_idx
+    teacher, train, poison_idx = suspect(cfg, data, device, on_progress)
     return DefenseInputs(
         model=teacher.eval(),
         spec=SPEC,
@@ -162,29 +148,6 @@ def write_outputs(run_dir: Path, result: DefenseResult, inputs: DefenseInputs) -
         )
         write_candidates(run_dir / FILE_NAME, rows)
     write_evidence(run_dir, result.images)
-
-
-def write_evidence(run_dir: Path, images: dict[str, torch.Tensor]) -> None:
-    """A method's evidence under `<run_dir>/evidence/`: pictures as PNG; raw tensors (names with a
-    dot: Neural Cleanse's `recovered.mask`, ...) as one safetensors file per group."""
-    raw: dict[str, dict[str, torch.Tensor]] = {}
-    for name, img in images.items():
-        group, dot, key = name.partition(".")
-        if dot:
-            raw.setdefault(group, {})[key] = img
-        else:
-            atomic_write_bytes(Path(run_dir) / "evidence" / f"{name}.png", png_bytes(img))
-    for group, tensors in raw.items():
-        write_recovered(Path(run_dir) / "evidence" / f"{group}.safetensors", tensors)
-
-
-def png_bytes(img: torch.Tensor) -> bytes:
-    """uint8 (C, H, W) → PNG bytes (grey for one channel)."""
-    arr = img.detach().cpu().to(torch.uint8).numpy()
-    arr = arr[0] if arr.shape[0] == 1 else np.transpose(arr, (1, 2, 0))
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def run_defend(cfg: DefendConfig, run_dir: str | Path, on_progress: ProgressFn = no_progress) -> dict:

@@ -24,7 +24,7 @@ from kdcore.models.loading import load_model, save_model
 from kdcore.pipeline import KDConfig, timed_stage, write_confusions, write_models
 from kdcore.progress import ProgressFn, for_stage, no_progress
 from kdcore.runs.common import environment, start_run, write_report
-from kdcore.runs.context import load_context
+from kdcore.runs.rebuild import load_context
 from kdcore.stages import Stages, fingerprint
 from kdcore.train import TrainConfig, fit
 

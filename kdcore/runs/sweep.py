@@ -26,11 +26,11 @@ from kdcore.config import from_dict, setting
 from kdcore.errors import ConfigError, InputError
 from kdcore.evaluate import evaluate_model
 from kdcore.io import atomic_write_json, atomic_write_text, read_json
-from kdcore.paths import cache_dir
-from kdcore.pipeline import run_kd_pipeline, train_stage
+from kdcore.pipeline import run_kd_pipeline
 from kdcore.progress import ProgressFn, no_progress
 from kdcore.runs.common import environment, start_run, write_report
-from kdcore.runs.demo import SPEC, DemoConfig, build_demo_data
+from kdcore.runs.configs import DemoConfig
+from kdcore.runs.scenario import SPEC, build_demo_data, train_model
 from kdcore.stages import Stages
 from kdcore.tables import sweep_table
 
@@ -188,9 +188,8 @@ def run_sweep(cfg: SweepConfig, run_dir: str | Path, on_progress: ProgressFn = n
         for seed in cfg.seeds:
             setup = replace(cfg.setup, seed=seed)
             data = build_demo_data(setup, n_clean=max(cfg.budgets))
-            cache = Stages(cache_dir(setup.cache_dir or None) / "demo")
-            baseline, _ = train_stage(cache, "baseline", SPEC, data.train, setup.teacher, device, seed, on_progress)
-            backdoor, _ = train_stage(cache, "teacher", SPEC, data.poisoned, setup.teacher, device, seed, on_progress)
+            baseline, _ = train_model(setup, data, "baseline", device, on_progress)
+            backdoor, _ = train_model(setup, data, "teacher", device, on_progress)
             trigger = setup.trigger_value
             for name, model in (("baseline", baseline), ("backdoor", backdoor)):
                 ev = evaluate_model(model, SPEC, data.test, device, trigger)

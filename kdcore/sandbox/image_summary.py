@@ -7,18 +7,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from kdcore.data.summary import ImageSetSummary
 from kdcore.errors import InputError
-
-if TYPE_CHECKING:  # kdcore.sandbox imports nothing from here; its names only for the hints
-    from kdcore.sandbox import BudgetArg, PathLike
+from kdcore.sandbox.runner import BudgetArg, PathLike, budget_for, run
 
 
 def summarize(path: PathLike, budget: BudgetArg = "flat") -> ImageSetSummary:
     """`kdcore.data.summary.summarize(path)`, read in a sandbox child. Raises InputError."""
-    from kdcore.sandbox import _budget, run
-
-    answer = run("kdcore.data.summary:summary_dict", (str(path),), _budget(budget, path, "images"), InputError, path)
+    answer = run("kdcore.data.summary:summary_dict", (str(path),), budget_for(budget, path, "images"), InputError, path)
     return ImageSetSummary.from_dict(answer)

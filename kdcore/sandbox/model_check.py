@@ -13,13 +13,10 @@ is refused as a ModelLoadError rather than crashing the page.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from kdcore.errors import ModelLoadError
+from kdcore.models.plugins import trusted
 from kdcore.models.spec import ModelSpec
-
-if TYPE_CHECKING:  # kdcore.sandbox imports this module when called; its names only for the hints here
-    from kdcore.sandbox import BudgetArg, PathLike
+from kdcore.sandbox.runner import BudgetArg, PathLike, budget_for, run
 
 _ROLES = ("last_conv", "conv_activation", "penultimate")
 
@@ -28,12 +25,9 @@ def check_model(
     path: PathLike, spec: ModelSpec | None = None, budget: BudgetArg = "flat"
 ) -> tuple[ModelSpec, int, dict]:
     """(spec, parameter count, layer report) of the model file at `path` read as `spec` (None: its own)."""
-    from kdcore.models.plugins import trusted
-    from kdcore.sandbox import _budget, run
-
     args = (str(path), spec.to_dict() if spec is not None else None, trusted())
     return answer_checked(
-        run("kdcore.sandbox.child:check_model", args, _budget(budget, path, "model"), ModelLoadError, path)
+        run("kdcore.sandbox.child:check_model", args, budget_for(budget, path, "model"), ModelLoadError, path)
     )
 
 

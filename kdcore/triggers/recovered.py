@@ -11,8 +11,8 @@ output: either way `RUN_DIR/evidence/recovered.safetensors` (`FILE`), written by
     flagged  bool (K,)                         flagged as a backdoor target (anomaly index > threshold)
     anomaly_index float64 (K,)
 `class` (the trigger's target) picks the row; by default the first flagged class, else the most
-anomalous one. Stamping is `kdcore.defenses.neural_cleanse.apply_recovered`, exactly what Neural
-Cleanse measured its recovered-trigger success with: x' = round((1 − m)·x + m·p).
+anomalous one. Stamping is `apply_recovered` (here, below the defenses: Neural Cleanse measures its
+recovered-trigger success with the same function): x' = round((1 − m)·x + m·p).
 
 The file is read as bytes, pinned by SHA-256 (`file_sha256`: filled in when the trigger is made,
 checked when it is rebuilt, as `kdcore.triggers.pattern` pins an image) and parsed with
@@ -29,13 +29,25 @@ from typing import ClassVar
 import torch
 
 from kdcore import limits
-from kdcore.errors import ConfigError
+from kdcore.errors import ConfigError, InputError
 from kdcore.io import atomic_write_bytes
 from kdcore.triggers.base import Trigger
 from kdcore.triggers.pattern import check_sha256
 
 FILE = Path("evidence") / "recovered.safetensors"
 _KEYS = ("mask", "pattern", "classes", "flagged", "anomaly_index")
+
+
+def apply_recovered(images: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.Tensor:
+    """Stamp a recovered trigger: uint8 (N, C, H, W) → uint8 round((1 − m)·x + m·p).
+
+    mask: (H, W) or (1, H, W) in [0, 1]; pattern: (C, H, W) in [0, 255]."""
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise InputError(f"apply_recovered takes uint8 images (N, C, H, W); got {images.dtype} {tuple(images.shape)}")
+    m = mask.to(images.device, torch.float32).reshape(1, 1, *images.shape[2:])
+    p = pattern.to(images.device, torch.float32).reshape(1, *images.shape[1:])
+    x = (1 - m) * images.float() + m * p
+    return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def recovered_tensors(
@@ -140,8 +152,6 @@ class Recovered(Trigger):
         return self._pattern  # type: ignore[attr-defined]
 
     def stamp(self, images: torch.Tensor) -> torch.Tensor:
-        from kdcore.defenses.neural_cleanse import apply_recovered
-
         want = tuple(self.pattern.shape)
         if tuple(images.shape[1:]) != want:
             raise ConfigError(

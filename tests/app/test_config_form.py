@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.audit_form import HYPERPARAMETERS
 from kdcore.config import from_dict, settings
-from kdcore.runs.audit import AuditConfig
+from kdcore.runs.configs import AuditConfig
 
 
 def _audit_form() -> None:

@@ -21,7 +21,7 @@ from kdcore.models.layers import layer_report
 from kdcore.models.loading import save_model
 from kdcore.models.registry import build_model
 from kdcore.models.spec import ModelSpec
-from kdcore.runs.audit import AuditConfig
+from kdcore.runs.configs import AuditConfig
 from tests.app.conftest import open_page
 
 NEW_FIELDS = {f.name for f in dataclasses.fields(AuditConfig)} >= {"arch_file", "arch_kwargs", "layers"}

@@ -10,14 +10,13 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from kdcore.defenses.neural_cleanse import apply_recovered
 from kdcore.evaluate import evaluate_model
 from kdcore.jobs.store import JobStore
 from kdcore.jobs.worker import run_job
 from kdcore.report import ROLES
-from kdcore.runs.context import load_context
+from kdcore.runs.rebuild import load_context
 from kdcore.triggers import parse_trigger
-from kdcore.triggers.recovered import FILE, read_recovered
+from kdcore.triggers.recovered import FILE, apply_recovered, read_recovered
 from tests.app.conftest import DEFENSE_JOBS, _copy_jobs_db, open_page
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from PIL import Image
 from kdcore.models.loading import save_model
 from kdcore.models.registry import build_model
 from kdcore.models.spec import ModelSpec
-from kdcore.runs.audit import AuditConfig
+from kdcore.runs.configs import AuditConfig
 from kdcore.triggers import Patch, Trigger
 from kdcore.triggers.recovered import FILE, recovered_tensors, write_recovered
 from tests.app.conftest import open_page

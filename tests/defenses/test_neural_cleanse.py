@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from kdcore.defenses import get_defense
-from kdcore.defenses.neural_cleanse import NeuralCleanse, NeuralCleanseConfig, apply_recovered, mad_anomaly_index
+from kdcore.defenses.neural_cleanse import NeuralCleanse, NeuralCleanseConfig, mad_anomaly_index
 from kdcore.errors import ConfigError, InputError
 from kdcore.triggers import BadNets
+from kdcore.triggers.recovered import apply_recovered
 
 # Short optimisation for 8×8 digits: 150 steps of 32 images × 10 classes (a few seconds).
 FAST = NeuralCleanseConfig(n_images=200, n_holdout=150, steps=150)

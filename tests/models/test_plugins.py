@@ -23,7 +23,7 @@ from kdcore.models import plugins
 from kdcore.models.plugins import GROUP, TRUST_ENV, plugin_names
 from kdcore.models.registry import arch_names, build_model
 from kdcore.models.spec import ModelSpec
-from kdcore.runs.audit import AuditConfig
+from kdcore.runs.configs import AuditConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -207,7 +207,7 @@ def test_older_single_dict_configs_and_label_maps():
 
 
 def test_a_timm_name_without_an_input_shape_is_built_for_timms_default():
-    from kdcore.runs.audit import AuditConfig
+    from kdcore.runs.configs import AuditConfig
 
     def shape(arch: str) -> tuple:
         return AuditConfig(model="absent.pt", unlabeled="u", arch=arch, num_classes=10).model_spec().input_shape

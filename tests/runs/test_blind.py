@@ -9,11 +9,12 @@ import time
 
 import pytest
 
-from kdcore.blind import rescore
 from kdcore.config import from_dict
 from kdcore.errors import ConfigError, InputError
-from kdcore.runs.audit import AuditConfig, run_audit
-from kdcore.runs.demo import DemoConfig, run_demo
+from kdcore.runs.audit import run_audit
+from kdcore.runs.configs import AuditConfig, DemoConfig
+from kdcore.runs.demo import run_demo
+from kdcore.verdict.rescore import rescore
 from tests.conftest import audit_config
 
 VERDICT_KEYS = {"status", "target_classes", "target_names", "confidence", "rule", "evidence"}

@@ -188,8 +188,8 @@ def test_cli_bad_input_exits_2_with_one_line(args, expected, tmp_path):
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").exists(), reason="needs dataset-fashion-mnist")
 def test_demo_inputs_follow_the_scenario(tmp_path):
     """`defend --demo` with scenario no_attack defends the clean baseline on clean data, as the demo audits it."""
+    from kdcore.runs.configs import DemoConfig
     from kdcore.runs.defend import demo_inputs
-    from kdcore.runs.demo import DemoConfig
 
     small = {"n_train": 600, "n_clean": 200, "n_poison": 30, "n_test": 100, "teacher": {"epochs": 1}}
     cpu = torch.device("cpu")

@@ -19,7 +19,7 @@ from kdcore.explain.gradcam import gradcam
 from kdcore.models.layers import NO_CONV
 from kdcore.models.loading import read_state_dict
 from kdcore.models.spec import ModelSpec
-from kdcore.runs.audit import AuditConfig
+from kdcore.runs.configs import AuditConfig
 from kdcore.runs.defend import DefendConfig, run_defend
 from tests.runs.test_defend import FAST
 

@@ -25,7 +25,8 @@ from kdcore.errors import ConfigError
 from kdcore.explain.gradcam import gradcam
 from kdcore.models.layers import choose_layer
 from kdcore.models.loading import load_model
-from kdcore.runs.audit import AuditConfig, run_audit
+from kdcore.runs.audit import run_audit
+from kdcore.runs.configs import AuditConfig
 
 pytestmark = pytest.mark.skipif(not fashion_mnist_dir().exists(), reason="needs Fashion-MNIST")
 

@@ -7,10 +7,9 @@ import json
 import pytest
 import torch
 
-from kdcore.defenses.neural_cleanse import apply_recovered
 from kdcore.errors import ConfigError
 from kdcore.triggers import Recovered, Trigger, parse_trigger
-from kdcore.triggers.recovered import FILE, read_recovered, recovered_tensors, write_recovered
+from kdcore.triggers.recovered import FILE, apply_recovered, read_recovered, recovered_tensors, write_recovered
 
 
 def fake_run(tmp_path, flagged=(False, False, True, False), c=1, h=8, w=8):

@@ -8,52 +8,25 @@ through `kdcore.sandbox`; the models kdcore saved itself (`models/*.safetensors`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from kdcore import sandbox
 from kdcore.config import from_dict
-from kdcore.data.imageset import ImageSet
 from kdcore.device import resolve_device
 from kdcore.errors import InputError
 from kdcore.io import read_json
-from kdcore.models.loading import load_model
 from kdcore.models.spec import ModelSpec
+from kdcore.run_context import RunContext
 from kdcore.runs.common import labelled_sets
+from kdcore.runs.configs import AuditConfig, DemoConfig
+from kdcore.runs.scenario import SPEC, build_demo_data, suspect
 from kdcore.triggers import Trigger
 
 
-@dataclass(frozen=True)
-class RunContext:
-    run_dir: Path
-    kind: str
-    config: dict
-    spec: ModelSpec
-    teacher: nn.Module
-    train: ImageSet | None
-    test: ImageSet | None
-    trigger: Trigger | None
-    poison_idx: torch.Tensor | None
-
-    def model(self, name: str, device: torch.device | str = "cpu") -> tuple[nn.Module, ModelSpec]:
-        """`teacher`, or a model saved in the run (`student`, `finetuned`)."""
-        if name == "teacher":
-            return self.teacher, self.spec
-        path = self.run_dir / "models" / f"{name}.safetensors"
-        if not path.exists():
-            raise InputError(f"This run has no {name} model ({path} is missing)")
-        return load_model(path, None, device)
-
-    def available_models(self) -> list[str]:
-        names = ["teacher"]
-        names += [n for n in ("student", "finetuned") if (self.run_dir / "models" / f"{n}.safetensors").exists()]
-        return names
-
-
 def load_context(run_dir: str | Path, device: torch.device | str = "cpu", with_data: bool = True) -> RunContext:
+    """The RunContext of a finished demo or audit run (a refine run: its source run's)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
@@ -65,29 +38,11 @@ def load_context(run_dir: str | Path, device: torch.device | str = "cpu", with_d
     if kind == "refine":
         return load_context(body["source_run"], device, with_data)
     if kind == "demo":
-        from kdcore.paths import cache_dir
-        from kdcore.pipeline import train_stage
-        from kdcore.runs.demo import SPEC, DemoConfig, build_demo_data
-        from kdcore.stages import Stages
-
         cfg = from_dict(DemoConfig, body)
         data = build_demo_data(cfg)
-        teacher, _ = train_stage(
-            Stages(cache_dir(cfg.cache_dir or None) / "demo"),
-            "teacher",
-            SPEC,
-            data.poisoned,
-            cfg.teacher,
-            device,
-            cfg.seed,
-            lambda *a: None,
-        )
-        return RunContext(
-            run_dir, kind, config, SPEC, teacher, data.poisoned, data.test, cfg.trigger_value, data.poison_idx
-        )
+        teacher, train, poison_idx = suspect(cfg, data, device)
+        return RunContext(run_dir, kind, config, SPEC, teacher, train, data.test, cfg.trigger_value, poison_idx)
     if kind == "audit":
-        from kdcore.runs.audit import AuditConfig
-
         cfg = from_dict(AuditConfig, body)
         report = read_json(run_dir / "report.json") if (run_dir / "report.json").exists() else {}
         spec = ModelSpec.from_dict(report["model"]["spec"]) if report.get("model") else cfg.model_spec()
