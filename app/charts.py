@@ -16,8 +16,9 @@ from statistics import mean, stdev
 
 import numpy as np
 import plotly.graph_objects as go
-from plotly.colors import sequential
+from plotly.colors import hex_to_rgb, sequential, unlabel_rgb
 
+from kdcore.data.builtin import FASHION_MNIST_CLASSES
 from kdcore.report import METRICS, ROLES, models_of
 
 MODEL_LABELS = ROLES  # one display name per model role (kdcore.report)
@@ -90,8 +91,6 @@ def confusion_figure(
 def colour_lut(colours: Sequence[str]) -> np.ndarray:
     """(256, 3) uint8: a plotly colour scale (hex or rgb() strings, evenly spaced) interpolated, so
     figures drawn without plotly (images, HTML tables) use the same colours as its charts."""
-    from plotly.colors import hex_to_rgb, unlabel_rgb
-
     stops = np.array([hex_to_rgb(c) if c.startswith("#") else unlabel_rgb(c) for c in colours], dtype=float)
     at, t = np.linspace(0, 1, len(stops)), np.linspace(0, 1, 256)
     return np.stack([np.interp(t, at, stops[:, c]) for c in range(3)], axis=1).round().astype(np.uint8)
@@ -363,9 +362,7 @@ def class_names_of(report: dict) -> tuple[str, ...]:
     if spec.get("class_names"):
         return tuple(str(n) for n in spec["class_names"])
     if "demo" in (report.get("kind"), report.get("source_kind")):  # refine views carry their source's kind
-        from kdcore.runs.scenario import SPEC
-
-        return SPEC.names
+        return FASHION_MNIST_CLASSES
     k = int(spec.get("num_classes") or 0)
     if not k:
         k = max((len(ev.get("confusion_clean") or ()) for ev in models_of(report).values()), default=0)

@@ -37,7 +37,7 @@ def warm() -> None:
     """Import the analysis pages' modules and build one plotly figure (Defenses and sweeps draw them)."""
     for name in MODULES:
         importlib.import_module(name)
-    import plotly.graph_objects as go
+    import plotly.graph_objects as go  # heavy: plotly; importing it off the first page's path is the warm-up's job
 
     fig = go.Figure(go.Scatter(x=[0.0, 1.0], y=[1.0, 0.0], mode="markers+text", text=["a", "b"]))
     fig.add_bar(x=[0, 1], y=[1, 2])

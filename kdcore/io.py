@@ -5,6 +5,7 @@ A crash (or SIGKILL) mid-write leaves the old file or no file, never half a file
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -42,8 +43,6 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(2**20):

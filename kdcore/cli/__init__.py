@@ -38,6 +38,7 @@ def kind_module(kind: str) -> ModuleType:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # lazy: the engine and torch load only when a command runs (`kdcore --help` stays light)
     from kdcore.cli import jobs
 
     ap = argparse.ArgumentParser(
@@ -69,14 +70,16 @@ def resolve_config(argv: Sequence[str]):
 
 
 def _default_out(kind: str) -> Path:
+    # lazy: the engine and torch load only when a command runs (`kdcore --help` stays light)
     from kdcore.paths import data_home
 
     return data_home() / "runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def run_command(a: argparse.Namespace, bar: BarProgress) -> int:
-    import torch
+    import torch  # heavy: torch, only for the command that needs it
 
+    # lazy: the engine and torch load only when a command runs (`kdcore --help` stays light)
     from kdcore.runs import KINDS
 
     module = kind_module(a.command)
@@ -101,10 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             limits.use(limits.with_overrides(limits.current(), a.limit))
         bar.enabled = not getattr(a, "no_progress", True)
         if getattr(a, "trust_code", False):
+            # lazy: the engine and torch load only when a command runs (`kdcore --help` stays light)
             from kdcore.models.plugins import trust_code
 
             trust_code()  # this process and the workers and sandboxed readers it starts
         if a.command in ("jobs", "worker"):
+            # lazy: the engine and torch load only when a command runs (`kdcore --help` stays light)
             from kdcore.cli.jobs import jobs_main, worker_main
 
             return jobs_main(a) if a.command == "jobs" else worker_main(a)

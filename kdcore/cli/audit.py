@@ -44,6 +44,7 @@ def config_from_args(a: argparse.Namespace) -> AuditConfig:
 
 
 def summary(cfg: AuditConfig, report: dict) -> str:
+    # lazy: the engine and torch load only when a command runs (`kdcore --help` stays light)
     from kdcore.tables import report_table
     from kdcore.verdict.rule import with_verdict
 

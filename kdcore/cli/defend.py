@@ -42,7 +42,7 @@ PARSER = {
 
 
 def epilog() -> str:
-    from kdcore.defenses import DEFENSES
+    from kdcore.defenses import DEFENSES  # heavy, and a plugin registry: every defense (torch, sklearn)
 
     lines = ["methods:"]
     width = max(len(c.family) for c in DEFENSES.values())
@@ -127,6 +127,7 @@ def config_from_args(a: argparse.Namespace) -> DefendConfig:
 
 
 def summary(cfg: DefendConfig, report: dict) -> str:
+    # lazy: the engine and torch load only when a command runs (`kdcore --help` stays light)
     from kdcore.tables import defense_table
 
     return defense_table(report)

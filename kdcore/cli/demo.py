@@ -13,7 +13,7 @@ CACHE_KEY = ("cache_dir",)  # where a queued job's trained teachers go (the job 
 
 
 def attack_help() -> str:
-    from kdcore.triggers import TRIGGERS
+    from kdcore.triggers import TRIGGERS  # a plugin registry (every trigger kind; torch)
 
     return f"the attack ({', '.join(sorted(TRIGGERS))}), e.g. sig:target=7,delta=20 (default: BadNets 3×3, target 7)"
 
@@ -33,6 +33,7 @@ def config_from_args(a: argparse.Namespace) -> DemoConfig:
 
 
 def summary(cfg: DemoConfig, report: dict) -> str:
+    # lazy: the engine and torch load only when a command runs (`kdcore --help` stays light)
     from kdcore.tables import report_table
     from kdcore.verdict.rule import with_verdict
 

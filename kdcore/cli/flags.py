@@ -162,7 +162,7 @@ def trigger_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup, help: str)
 
 
 def parsed_trigger(text: str | None) -> dict | None:
-    from kdcore.triggers import parse_trigger
+    from kdcore.triggers import parse_trigger  # a plugin registry (every trigger kind; torch)
 
     return parse_trigger(text).to_dict() if text else None
 

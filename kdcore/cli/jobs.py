@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ EXIT_OK = 0
 
 
 def add_parsers(sub) -> None:
+    # lazy: the engine and torch load only when a command runs (`kdcore --help` stays light)
     from kdcore.cli.flags import trust_arg
     from kdcore.runs import KINDS
 
@@ -81,7 +83,9 @@ def _submit_options() -> argparse.ArgumentParser:
 
 
 def submit(a: argparse.Namespace) -> int:
-    from kdcore.cli import build_parser, kind_module
+    from kdcore.cli import build_parser, kind_module  # kdcore.cli imports this module lazily; the parser is its own
+
+    # lazy: the engine and torch load only when a command runs (`kdcore --help` stays light)
     from kdcore.config import to_dict
     from kdcore.jobs.store import JobStore
 
@@ -89,6 +93,7 @@ def submit(a: argparse.Namespace) -> int:
     store = JobStore(own.data_dir)
     kind_args = build_parser().parse_args([a.kind, *opts])
     if getattr(kind_args, "trust_code", False):  # the check before queueing builds the --arch-file's model
+        # lazy: the engine and torch load only when a command runs (`kdcore --help` stays light)
         from kdcore.models.plugins import trust_code
 
         trust_code()
@@ -125,6 +130,7 @@ def _job_line(j) -> str:
 
 
 def jobs_main(a: argparse.Namespace) -> int:
+    # lazy: the engine and torch load only when a command runs (`kdcore --help` stays light)
     from kdcore.jobs.store import JobStore
 
     if a.jobs_command == "submit":
@@ -183,8 +189,7 @@ def ray_resources(items: list[str]) -> dict[str, float]:
 
 
 def worker_main(a: argparse.Namespace) -> int:
-    import logging
-
+    # lazy: the engine and torch load only when a command runs (`kdcore --help` stays light)
     from kdcore.jobs.store import JobStore
     from kdcore.jobs.worker import work
 
@@ -194,7 +199,7 @@ def worker_main(a: argparse.Namespace) -> int:
         if a.job is not None:
             raise InputError("--job runs one job in this process; it does not go with --executor ray")
         try:
-            from kdcore.jobs.ray_executor import work_ray
+            from kdcore.jobs.ray_executor import work_ray  # optional extra: ray (requirements-ray.txt)
         except ImportError as e:
             raise InputError(
                 f"--executor ray needs Ray, which is not installed ({e}); install the optional extra: "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from tqdm import tqdm
+
 
 class BarProgress:
     """Pipeline progress → one tqdm bar per stage, on stderr."""
@@ -14,8 +16,6 @@ class BarProgress:
     def __call__(self, stage: str, step: int, total: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        from tqdm import tqdm
-
         if stage != self.stage or self.bar is None or (total and self.bar.total != total):
             self.close()
             self.stage = stage

@@ -93,7 +93,7 @@ def load_fashion_mnist(split: str, directory: str | os.PathLike | None = None) -
 
 def load_digits(size: int = 8) -> ImageSet:
     """scikit-learn's 1,797 8×8 digits (0..16 grey levels → 0..255), optionally upscaled to size×size."""
-    from sklearn.datasets import load_digits as _sk_digits
+    from sklearn.datasets import load_digits as _sk_digits  # heavy: scikit-learn, only for the digits
 
     d = _sk_digits()
     x = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)  # (N,1,8,8)
@@ -107,7 +107,7 @@ def load_torchvision(name: str, split: str, root: str | os.PathLike, download: b
 
     Real code path for online users; tests never depend on it.
     """
-    import torchvision.datasets as tvd
+    import torchvision.datasets as tvd  # heavy, online only: torchvision's downloading loaders
 
     train = split == "train"
     makers = {

@@ -117,10 +117,10 @@ def cluster_class(acts: np.ndarray, cfg: ActivationClusteringConfig, seed: int) 
     """Steps 2a–2c for one class's activations (n, D): the reduced points z (n, dims), which of
     them fall in the smaller cluster, the centroids (large, small), the smaller cluster's fraction
     and the silhouette; or {"skipped": reason}."""
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA, FastICA
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.metrics import silhouette_score
+    from sklearn.cluster import KMeans  # heavy: scikit-learn, only when the method runs
+    from sklearn.decomposition import PCA, FastICA  # heavy: scikit-learn
+    from sklearn.exceptions import ConvergenceWarning  # heavy: scikit-learn
+    from sklearn.metrics import silhouette_score  # heavy: scikit-learn
 
     n = len(acts)
     x = acts.astype(np.float64)  # (n, D)
@@ -169,7 +169,7 @@ class ActivationClustering(Detector):
     )
 
     def score(self, inputs: DefenseInputs) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # comes with scikit-learn, loaded with it
 
         cfg = self.config
         labels = inputs.train.require_labels("Activation clustering").numpy()

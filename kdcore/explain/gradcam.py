@@ -113,8 +113,8 @@ def gradcam(
     The model comes back in the modes, `requires_grad` and `.grad` it had, with no hooks left.
     A layer whose output is 1×1 gives constant maps, which scale to all zeros.
     """
-    from pytorch_grad_cam import GradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from pytorch_grad_cam import GradCAM  # heavy: grad-cam (opencv), only for Explain
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # heavy: grad-cam
 
     check_images(spec, images_u8)
     if batch_size < 1:
@@ -150,7 +150,7 @@ def overlay(image_u8: torch.Tensor | np.ndarray, cam: np.ndarray, image_weight: 
 
     image_weight: share of the image in the blend (pytorch-grad-cam's `show_cam_on_image`), 0..1.
     """
-    from pytorch_grad_cam.utils.image import show_cam_on_image
+    from pytorch_grad_cam.utils.image import show_cam_on_image  # heavy: grad-cam (opencv)
 
     img = image_u8.detach().cpu().numpy() if isinstance(image_u8, torch.Tensor) else np.asarray(image_u8)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[0] not in (1, 3):

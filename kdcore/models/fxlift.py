@@ -26,7 +26,7 @@ hooks), BatchNorm must follow `.train()/.eval()`, and that module cannot even sw
 4. Tensors the graph reads directly (a ViT's `cls_token`, a layer-scale gamma) stay where they
    were, in containers (`Container`) whose `reset_parameters` re-draws them from
    trunc_normal(std=0.02), timm's initialisation of tokens and position embeddings, so that
-   `registry.reinitialise` can make a fresh student of any lifted graph.
+   `kdcore.models.reinit.reinitialise` can make a fresh student of any lifted graph.
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ raises ModelLoadError for any malformed file or spec, and nothing else.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import math
@@ -233,8 +234,6 @@ FOLDER_FORMAT = "kdcore.models.timmhf"  # a Hugging Face-style model folder (con
 def _graph_format(path: Path):
     """The reader module of a format that carries its own spec (ONNX, torch.export, HF), or None.
     Each has `read_spec(path) -> ModelSpec | None` and `read_state_dict(path) -> dict`."""
-    import importlib
-
     name = FOLDER_FORMAT if path.is_dir() else GRAPH_FORMATS.get(path.suffix.lower())
     return importlib.import_module(name) if name else None
 

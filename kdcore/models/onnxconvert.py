@@ -39,7 +39,7 @@ _MIN_OPSET = 7  # the oldest opset tried when bringing a graph down for onnx2tor
 def convert(proto, name: str) -> tuple[object, nn.Module]:
     """Normalise, bring the opset down where needed, convert, refuse constant weights.
     Returns the normalised graph at its own opset (what onnxruntime checks against) and the module."""
-    import onnx2torch
+    import onnx2torch  # heavy: onnx2torch, only for .onnx files
 
     proto = _normalised(proto)
     convertible = _at_convertible_opset(proto, name)
@@ -66,7 +66,7 @@ def convert(proto, name: str) -> tuple[object, nn.Module]:
 
 
 def _normalised(proto):
-    import onnx
+    import onnx  # heavy: onnx, only for .onnx files
 
     proto = copy.deepcopy(proto)
     graph = proto.graph
@@ -108,7 +108,7 @@ def _dense_as_gemm(proto) -> None:
     """MatMul(X, W) + Add(·, b) with X of rank 2, W a 2-D weight and b a 1-D one (a dense layer as
     tf2onnx writes Keras' Dense and skl2onnx an MLP) becomes Gemm(X, W, b), which onnx2torch makes an
     nn.Linear; left as they are, W and b would be constants a student can neither reset nor learn."""
-    import onnx
+    import onnx  # heavy: onnx, only for .onnx files
 
     try:
         inferred = onnx.shape_inference.infer_shapes(proto)
@@ -151,7 +151,7 @@ def _dense_as_gemm(proto) -> None:
 
 
 def _at_convertible_opset(proto, name: str):
-    from onnx import version_converter
+    from onnx import version_converter  # heavy: onnx
 
     opset = next(op.version for op in proto.opset_import if op.domain == "")
     for target in range(opset, _MIN_OPSET - 1, -1):
@@ -178,7 +178,7 @@ def _at_convertible_opset(proto, name: str):
 
 
 def _unconvertible(proto, opset: int) -> list[str]:
-    from onnx2torch.node_converters.registry import get_converter
+    from onnx2torch.node_converters.registry import get_converter  # heavy: onnx2torch
 
     missing = set()
     for node in proto.graph.node:

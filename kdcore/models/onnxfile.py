@@ -47,7 +47,7 @@ from torch import nn
 from kdcore import limits
 from kdcore.errors import ConfigError, ModelLoadError
 from kdcore.models.onnxconvert import EXPORT_HINT, convert
-from kdcore.models.registry import reinitialise
+from kdcore.models.reinit import reinitialise
 from kdcore.models.sources import source_path, with_source
 from kdcore.models.spec import ModelSpec
 
@@ -146,7 +146,7 @@ def _converted(path: Path) -> _Graph:
 
 
 def _parse(data: bytes, name: str):
-    import onnx
+    import onnx  # heavy: onnx, only for .onnx files
 
     try:
         proto = onnx.ModelProto.FromString(data)  # never follows external data (onnx.load would)
@@ -159,7 +159,7 @@ def _parse(data: bytes, name: str):
 
 def _check(proto, name: str, lim: limits.Limits) -> tuple[int | None, ...]:
     """Step 2 of the module docstring; returns the input's (B, C, H, W), None where symbolic."""
-    import onnx
+    import onnx  # heavy: onnx, only for .onnx files
 
     elements, consts = 0, {t.name: t for t in proto.graph.initializer}
     for tensor, where in _tensors(proto, lim.max_nesting, name):
@@ -204,7 +204,7 @@ def _check(proto, name: str, lim: limits.Limits) -> tuple[int | None, ...]:
 
 def _data_fits(tensor) -> bool:
     """Raw bytes that match the declared shape exactly, or typed values where the shape wants some."""
-    import onnx
+    import onnx  # heavy: onnx, only for .onnx files
 
     n = math.prod(tensor.dims)
     if tensor.raw_data:
@@ -250,7 +250,7 @@ def _nodes(proto):
 
 
 def _io_dims(proto, name: str) -> tuple[int | None, ...]:
-    import onnx
+    import onnx  # heavy: onnx, only for .onnx files
 
     weights = {t.name for t in proto.graph.initializer}
     inputs = [i for i in proto.graph.input if i.name not in weights]
@@ -319,7 +319,7 @@ def _verified(g: _Graph, shape: tuple[int, int, int]) -> int:
     key = (g.sha256, tuple(shape))
     if key in _VERIFIED:
         return _VERIFIED[key]
-    import onnxruntime
+    import onnxruntime  # heavy: onnxruntime, only to check a conversion
 
     gen = torch.Generator().manual_seed(0)
     x = torch.rand((_FIDELITY_BATCH, *shape), generator=gen)  # (B, C, H, W) in [0, 1)

@@ -34,6 +34,7 @@ from importlib import metadata
 from torch import nn
 
 from kdcore.errors import ConfigError
+from kdcore.models.sources import source_path
 from kdcore.models.spec import ModelSpec
 
 GROUP = "kdaudit.architectures"
@@ -90,8 +91,6 @@ def split_arch_file(text: str) -> tuple[str, str]:
 
 def build_file(spec: ModelSpec) -> nn.Module:
     """The class named by `file:<Class>` in the spec's source file; runs that file (needs trust)."""
-    from kdcore.models.sources import source_path
-
     class_name = spec.arch.removeprefix("file:")
     require_trust(spec.arch)
     path = source_path(spec)

@@ -55,6 +55,7 @@ from kdcore.archive import SafeZip, open_zip
 from kdcore.errors import ConfigError, InputError, ModelLoadError
 from kdcore.models.fxlift import LiftedGraph, lift
 from kdcore.models.pt2program import as_int, check_program, io_shapes, short
+from kdcore.models.reinit import reinitialise
 from kdcore.models.sources import source_path, with_source
 from kdcore.models.spec import ModelSpec
 from kdcore.models.torchfile import WHOLE_MODEL_HINT, torch_load_weights_only
@@ -91,9 +92,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def build(spec: ModelSpec) -> nn.Module:
     """A fresh student of the spec's graph: its source archive re-read (the same checks), lifted,
-    every parameter re-initialised (`registry.reinitialise`)."""
-    from kdcore.models.registry import reinitialise
-
+    every parameter re-initialised (`kdcore.models.reinit`)."""
     model, _, _ = _load(source_path(spec))
     return reinitialise(model)
 
@@ -126,7 +125,7 @@ def _load(path: Path) -> tuple[LiftedGraph, tuple[int, int, int], int]:
 def _load_uncached(path: Path) -> tuple[LiftedGraph, tuple[int, int, int], int]:
     program, state, constants = _read_archive(path)
     shape, classes = io_shapes(program, path)
-    from torch._export.serde import schema
+    from torch._export.serde import schema  # torch's private serde, only for .pt2 files
     from torch._export.serde.serialize import ExportedProgramDeserializer, _dict_to_dataclass
 
     try:

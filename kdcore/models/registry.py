@@ -26,6 +26,7 @@ whose options make it larger than `max_tensor_elements`.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 import torch
@@ -34,6 +35,7 @@ from torch import nn
 from kdcore import limits
 from kdcore.errors import ConfigError
 from kdcore.models.paper import PaperCNN, PaperVGG11
+from kdcore.models.plugins import build_plugin, plugin_names
 from kdcore.models.resnet import ResNet18Small
 from kdcore.models.spec import ModelSpec
 
@@ -55,7 +57,7 @@ DEFAULT_INPUT = {
 
 def torchvision_names() -> list[str]:
     """Names of torchvision's classification models (usable as `tv:<name>`)."""
-    import torchvision
+    import torchvision  # heavy: torchvision, only for tv: architectures
 
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
@@ -72,8 +74,6 @@ PREFIXES = {
 
 def arch_names() -> list[str]:
     """Every name `--arch` takes: built-ins, installed plugins, and the prefixed families."""
-    from kdcore.models.plugins import plugin_names
-
     return [*sorted(ARCHS), *plugin_names(), "tv:<torchvision model name>", "timm:<timm model name>"]
 
 
@@ -89,49 +89,21 @@ def build_model(spec: ModelSpec) -> nn.Module:
     for prefix, target in PREFIXES.items():
         if spec.arch.startswith(prefix):
             return _call(target, spec)
-    from kdcore.models.plugins import build_plugin, plugin_names
-
     if spec.arch in plugin_names():
         return build_plugin(spec)
     raise ConfigError(f"Unknown architecture '{spec.arch}'; expected one of {arch_names()}")
 
 
 def _call(target: str, spec: ModelSpec) -> nn.Module:
-    import importlib
-
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)(spec)
-
-
-def reinitialise(model: nn.Module) -> nn.Module:
-    """`model` with fresh parameters: a converted or exported graph as a new, untrained student.
-
-    Every module with `reset_parameters` (convolutions, linear and norm layers: the layers the
-    converters produce) resets itself with PyTorch's own default initialisation; norm layers also
-    reset their running statistics. A parameter that no such module owns is refused, so a student
-    never silently starts with the teacher's weights. In place; returns `model` in train mode.
-    """
-    covered: set[int] = set()
-    for m in model.modules():
-        if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-            m.reset_parameters()
-            covered.update(id(p) for p in m.parameters(recurse=False))
-        if hasattr(m, "reset_running_stats") and callable(m.reset_running_stats):
-            m.reset_running_stats()
-    left = [n for n, p in model.named_parameters() if id(p) not in covered]
-    if left:
-        raise ConfigError(
-            f"{len(left)} parameters of this graph belong to no layer that can re-initialise itself "
-            f"(e.g. {', '.join(left[:3])}), so no fresh student can be built from it"
-        )
-    return model.train()
 
 
 _RESERVED_OPTIONS = ("weights", "weights_backbone", "num_classes", "progress")
 
 
 def _build_torchvision(spec: ModelSpec) -> nn.Module:
-    import torchvision
+    import torchvision  # heavy: torchvision, only for tv: architectures
 
     name = spec.arch.removeprefix("tv:")
     if name not in torchvision_names():

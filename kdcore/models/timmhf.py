@@ -39,7 +39,9 @@ import torch
 from torch import nn
 
 from kdcore import limits
+from kdcore.archive import open_zip
 from kdcore.errors import ConfigError, InputError, ModelLoadError
+from kdcore.models.loading import read_state_dict as read_file
 from kdcore.models.registry import probe_size
 from kdcore.models.spec import ModelSpec, json_depth
 
@@ -66,14 +68,14 @@ HF_HINT = (
 
 
 def timm_names() -> list[str]:
-    import timm
+    import timm  # heavy: timm, only for timm: architectures and HF zips
 
     return timm.list_models()
 
 
 def build(spec: ModelSpec) -> nn.Module:
     """A fresh timm model for `spec` (arch `timm:<name>`); ConfigError for unknown names or options."""
-    import timm
+    import timm  # heavy: timm, only for timm: architectures and HF zips
 
     name = spec.arch.removeprefix("timm:")
     if not timm.is_model(name):
@@ -97,7 +99,7 @@ def build(spec: ModelSpec) -> nn.Module:
 
 def default_input(arch: str) -> tuple[int, int, int] | None:
     """timm's default input (C, H, W) for `timm:<name>`, or None for an unknown name."""
-    import timm
+    import timm  # heavy: timm, only for timm: architectures and HF zips
 
     cfg = timm.get_pretrained_cfg(arch.removeprefix("timm:")) if timm.is_model(arch.removeprefix("timm:")) else None
     return tuple(cfg.input_size) if cfg is not None else None
@@ -105,7 +107,7 @@ def default_input(arch: str) -> tuple[int, int, int] | None:
 
 def _img_size(name: str, spec: ModelSpec) -> dict:
     """{"img_size": (H, W)} for a model built for one input size when the spec's differs, else {}."""
-    import timm
+    import timm  # heavy: timm, only for timm: architectures and HF zips
 
     cfg = timm.get_pretrained_cfg(name)
     if cfg is None or not cfg.fixed_input_size:
@@ -129,8 +131,6 @@ def read_spec(path: Path, input_shape: tuple[int, ...] | None = None) -> ModelSp
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The weights of a model folder or zip (model.safetensors, else pytorch_model.bin)."""
-    from kdcore.models.loading import read_state_dict as read_file
-
     path = Path(path)
     with _files(path) as files:
         _config(files, path)  # a folder without a timm config is not this format
@@ -225,8 +225,6 @@ def _files(path: Path) -> Iterator[_Files]:
         return
     if path.suffix.lower() != ".zip":
         raise ModelLoadError(f"{path.name} is neither a model folder nor a .zip; {HF_HINT}")
-    from kdcore.archive import open_zip
-
     try:
         with open_zip(path) as z, tempfile.TemporaryDirectory(prefix="kdcore-hf-") as tmp:
             members = _top_members(z.members, path)

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from kdcore import __version__
+from kdcore import __version__, sandbox
 from kdcore.config import to_dict
 from kdcore.data.imageset import ImageSet
 from kdcore.device import describe, resolve_device
@@ -104,8 +104,6 @@ def labelled_sets(
     have exactly those class folders (the reader names missing and unexpected ones), so a missing
     folder cannot shift the labels after it, and `c0…c9` against `0…9` is an error, not a 10 % audit.
     """
-    from kdcore import sandbox
-
     names = spec.class_names or None
     sets: list[ImageSet | None] = []
     for path, what in ((train_path, "train"), (test_path, "test"), (clean_path, "clean-labeled")):

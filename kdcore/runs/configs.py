@@ -21,6 +21,7 @@ from kdcore.io import file_sha256
 from kdcore.models.plugins import require_trust, split_arch_file
 from kdcore.models.registry import DEFAULT_INPUT
 from kdcore.models.spec import LAYER_ROLES, ModelSpec
+from kdcore.models.timmhf import default_input
 from kdcore.pipeline import KDConfig
 from kdcore.sandbox import read_spec  # untrusted input: in a child process
 from kdcore.train import TrainConfig
@@ -175,8 +176,6 @@ def _default_input(arch: str) -> tuple[int, ...]:
     if arch in DEFAULT_INPUT:
         return DEFAULT_INPUT[arch]
     if arch.startswith("timm:"):
-        from kdcore.models.timmhf import default_input
-
         return default_input(arch) or (3, 224, 224)
     if arch.startswith("tv:"):
         return (3, 224, 224)  # torchvision's classifiers are built for ImageNet's size

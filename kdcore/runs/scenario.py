@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kdcore.data.builtin import load_fashion_mnist
+from kdcore.data.builtin import FASHION_MNIST_CLASSES, load_fashion_mnist
 from kdcore.data.imageset import ImageSet
 from kdcore.models.spec import ModelSpec
 from kdcore.paths import cache_dir
@@ -33,7 +33,7 @@ SPEC = ModelSpec(
     (1, 28, 28),
     FASHION_MEAN,
     FASHION_STD,
-    ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    FASHION_MNIST_CLASSES,
 )
 
 

@@ -205,13 +205,13 @@ def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def read_spec(path: str, input_shape: tuple[int, int, int] | None = None) -> ModelSpec | None:
-    from kdcore.models.loading import read_spec as read
+    from kdcore.models.loading import read_spec as read  # the child imports only its task's reader
 
     return read(path, input_shape=input_shape)
 
 
 def load_model_state(path: str, spec: dict | None) -> tuple[dict[str, torch.Tensor], ModelSpec]:
-    from kdcore.models.loading import load_model as load
+    from kdcore.models.loading import load_model as load  # the child imports only its task's reader
 
     model, got = load(path, ModelSpec.from_dict(spec) if spec is not None else None, "cpu")
     return dict(model.state_dict()), got
@@ -222,9 +222,9 @@ def check_model(path: str, spec: dict | None, trust: bool = False) -> tuple[Mode
 
     `trust`: the parent allows running an architecture's Python file (`file:<Class>`); this
     throw-away process then allows it too, whatever environment the fork server started with."""
-    from kdcore.models import plugins
-    from kdcore.models.layers import layer_report
-    from kdcore.models.loading import load_model as load
+    from kdcore.models import plugins  # the child imports only its task's reader
+    from kdcore.models.layers import layer_report  # the child imports only its task's reader
+    from kdcore.models.loading import load_model as load  # the child imports only its task's reader
 
     if trust:
         plugins.trust_code()
@@ -233,7 +233,7 @@ def check_model(path: str, spec: dict | None, trust: bool = False) -> tuple[Mode
 
 
 def decode_image(data: bytes, input_shape: tuple[int, int, int], name: str) -> torch.Tensor:
-    from kdcore.data.folders import decode_image as decode
+    from kdcore.data.folders import decode_image as decode  # the child imports only its task's reader
 
     return decode(data, input_shape, name)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import safetensors.torch
 import torch
 
 from kdcore import errors, limits
@@ -269,8 +270,6 @@ def _rebuild(answer: dict, work: Path, error: type[KDCoreError], label: str, b: 
         raise error(f"{label}this file could not be read safely (its reader gave no valid answer)")
     tensors = {}
     if answer.get("tensors"):
-        import safetensors.torch
-
         try:
             tensors = safetensors.torch.load_file(work / "tensors.safetensors")
         except Exception as e:  # the child's own output; a broken one means the child went wrong

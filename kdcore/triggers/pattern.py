@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
-from kdcore import limits
+from kdcore import limits, sandbox
 from kdcore.errors import ConfigError, InputError
 
 _FORMATS = "PNG, JPEG, BMP, WebP, TIFF or GIF"
@@ -81,8 +82,6 @@ def load_pattern(path: str, sha256: str, what: str) -> tuple[str, str, Pattern]:
             f"The trigger {what} {p} changed since this trigger was written (its SHA-256 differs); "
             "give the original file again, or make the trigger anew"
         )
-    from kdcore import sandbox
-
     decoded = sandbox.run("kdcore.triggers.pattern:decode_pattern", (data, p.name), None, InputError, p.name)
     return str(p), digest, Pattern(decoded["rgb"], decoded["grey"], decoded["alpha"])
 
@@ -115,8 +114,6 @@ def _read(path: str, what: str) -> tuple[bytes, Path]:
 def decode_pattern(data: bytes, name: str) -> dict[str, torch.Tensor | None]:
     """Runs in the sandbox's child: one image file's bytes → {"rgb", "grey", "alpha"} at its own
     size (see `Pattern`). InputError, naming `name`, when it is not a readable image."""
-    from PIL import Image
-
     # The dataset loaders' allow-list of decoders, the errors they treat as "unreadable", and
     # their 16-bit / float scaling: one decoder policy for every untrusted image.
     from kdcore.data.folders import PIL_FORMATS, UNREADABLE, high_depth_to_uint8
@@ -146,8 +143,6 @@ def decode_pattern(data: bytes, name: str) -> dict[str, torch.Tensor | None]:
 def resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """uint8 (C, h0, w0) with C = 1 or 3 → (C, h, w), resized as the dataset loaders resize an
     image (PIL bilinear, which widens its filter when shrinking, i.e. antialiased)."""
-    from PIL import Image
-
     if tuple(x.shape[1:]) == (h, w):
         return x
     mode = "L" if x.shape[0] == 1 else "RGB"

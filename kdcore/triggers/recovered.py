@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load, save
 
 from kdcore import limits
 from kdcore.errors import ConfigError, InputError
@@ -65,17 +67,12 @@ def recovered_tensors(
 
 def write_recovered(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
     """Save `recovered_tensors(...)` as safetensors, atomically."""
-    from safetensors.torch import save
-
     atomic_write_bytes(Path(path), save({k: v.contiguous() for k, v in tensors.items()}))
 
 
 def read_recovered(run: str | Path, sha256: str = "") -> tuple[str, dict[str, torch.Tensor]]:
     """(SHA-256, tensors) of RUN/evidence/recovered.safetensors. ConfigError, one line, when the
     run has none, the file changed since `sha256` was pinned, or its tensors are not as written."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
     p = Path(run) / FILE
     if not p.is_file():
         raise ConfigError(

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from kdcore import sandbox
 from kdcore.data.imageset import ImageSet
 from kdcore.errors import ConfigError, InputError
 from kdcore.triggers.base import Trigger
@@ -68,8 +69,6 @@ class TriggeredSet(Trigger):
         return [note for _, _, notes in self._loaded.values() for note in notes][:3]
 
     def _load(self, shape: tuple[int, int, int], names: tuple[str, ...]) -> tuple[ImageSet, torch.Tensor, list[str]]:
-        from kdcore import sandbox
-
         data = sandbox.load_unlabeled(self.path, shape, name=Path(self.path).name)
         labels = self._labels(data.sources or (), names)
         what = f"Triggered test set {data.name}: {len(data)} images"
