@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import csv
 import io
+import zipfile
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from kdcore import sandbox
 from kdcore.candidates import sample_name
+from kdcore.data.folders import load_labeled
 from kdcore.data.imageset import ImageSet
-from kdcore.detox import DetoxResult, detox_metrics, detoxify
+from kdcore.detox import DetoxResult, detox_metrics, detoxify, read_known_poisons
 from kdcore.errors import InputError
 from kdcore.models.spec import ModelSpec
 
@@ -157,11 +162,6 @@ def test_to_csv_columns(train: ImageSet) -> None:
 
 def _class_zip(path, names: list[str]):
     """A real zip of tiny grey PNGs under the given entry names (class folders, maybe one top folder)."""
-    import zipfile
-
-    import numpy as np
-    from PIL import Image
-
     with zipfile.ZipFile(path, "w") as z:
         for i, name in enumerate(names):
             buf = io.BytesIO()
@@ -179,11 +179,8 @@ def _poisons(tmp_path, *cells: str):
 def test_known_poisons_take_the_names_in_a_zip_with_a_top_folder(tmp_path) -> None:
     """As they stand in the zip (`train/1/c.png`), without its top folder (`0/b.png`, candidates.csv's
     source), with a zip tool's other spellings, and the one name; read through the sandbox as an audit does."""
-    from kdcore.detox import read_known_poisons
-    from kdcore.sandbox import load_labeled
-
     zip_path = _class_zip(tmp_path / "train.zip", ["train/0/a.png", "train/0/b.png", "train/1/c.png", "train/1/d.png"])
-    train = load_labeled(zip_path, (1, 4, 4), name="train")
+    train = sandbox.load_labeled(zip_path, (1, 4, 4), name="train")
     assert train.sources == ("0/a.png", "0/b.png", "1/c.png", "1/d.png") and train.top == "train"
     cells = ["train/1/c.png", "0/b.png", "train\\1\\d.png", "./train/0/b.png"]
     assert read_known_poisons(_poisons(tmp_path, *cells), train).tolist() == [1, 2, 3]
@@ -193,9 +190,6 @@ def test_known_poisons_take_the_names_in_a_zip_with_a_top_folder(tmp_path) -> No
 
 
 def test_known_poisons_take_the_names_in_a_zip_without_a_top_folder(tmp_path) -> None:
-    from kdcore.data.folders import load_labeled
-    from kdcore.detox import read_known_poisons
-
     train = load_labeled(_class_zip(tmp_path / "t.zip", ["0/a.png", "0/b.png", "1/c.png"]), (1, 4, 4))
     assert train.top == ""
     assert read_known_poisons(_poisons(tmp_path, "1/c.png", "0/a.png"), train).tolist() == [0, 2]
@@ -215,9 +209,6 @@ def test_known_poisons_take_the_names_in_a_zip_without_a_top_folder(tmp_path) ->
     ],
 )
 def test_a_known_poison_name_that_fits_several_samples_is_named(tmp_path, entries, cell, fits) -> None:
-    from kdcore.data.folders import load_labeled
-    from kdcore.detox import read_known_poisons
-
     train = load_labeled(_class_zip(tmp_path / "train.zip", entries), (1, 4, 4))
     with pytest.raises(InputError, match="1 name") as e:
         read_known_poisons(_poisons(tmp_path, "0", cell), train)

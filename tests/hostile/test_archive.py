@@ -9,9 +9,11 @@ import zlib
 from pathlib import Path
 
 import pytest
+import torch
 
-from kdcore.archive import CorruptMemberError, open_zip
-from kdcore.errors import InputError
+from kdcore.archive import CorruptMemberError, Member, SafeZip, open_zip
+from kdcore.errors import InputError, ModelLoadError
+from kdcore.models.loading import read_state_dict
 from tests.hostile.corpus import RawEntry, deflate_zeros, write_raw_zip
 
 
@@ -99,8 +101,6 @@ def _mutated_pt(path: Path, entry: str, *, flags: int = 0, method: int | None = 
     """A real torch.save file whose entry ending in `entry` is edited in place, in its local header and
     its central directory record alike: flag bits ORed in, the compression method or the version
     needed to extract replaced."""
-    import torch
-
     torch.save({"w": torch.arange(6.0).reshape(2, 3)}, path)
     data = bytearray(path.read_bytes())
     with zipfile.ZipFile(path) as zf:
@@ -135,9 +135,6 @@ def _mutated_pt(path: Path, entry: str, *, flags: int = 0, method: int | None = 
     ],
 )
 def test_a_pt_whose_entry_zipfile_cannot_read_is_a_one_line_refusal(tmp_path: Path, entry, edit, message) -> None:
-    from kdcore.errors import ModelLoadError
-    from kdcore.models.loading import read_state_dict
-
     path = _mutated_pt(tmp_path / "m.pt", entry, **edit)
     with pytest.raises(ModelLoadError, match=re.escape(message)) as caught:
         read_state_dict(path)
@@ -153,8 +150,6 @@ def test_an_image_zip_with_flag_bit_5_is_refused_by_open_zip(tmp_path: Path) -> 
 
 def test_a_read_never_lets_zipfiles_not_implemented_error_out(tmp_path: Path) -> None:
     """The net under `open_zip`'s checks: a member it did not foresee is still a refusal."""
-    from kdcore.archive import Member, SafeZip
-
     path = write_raw_zip(tmp_path / "p.zip", [RawEntry(b"x", b"x", 0, zlib.crc32(b"x"), 1, flags=0x20)])
     with zipfile.ZipFile(path) as zf:
         info = zf.infolist()[0]
