@@ -21,13 +21,14 @@ from app.state import show_error, store
 from app.uploads import image_types, save_upload
 from kdcore import sandbox
 from kdcore.errors import KDCoreError
-from kdcore.triggers import Trigger
+from kdcore.triggers import Patch, Trigger
 from kdcore.triggers.badnets import LOCATIONS
 from kdcore.triggers.recovered import FILE as RECOVERED_FILE
 
 PATTERN_TYPES = ["png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff", "gif"]
 PREVIEW_ZIP_BYTES = 32 * 2**20  # a bigger unlabelled zip is not decoded just for a preview: grey instead
 PREVIEW_PX = 160  # small inputs are enlarged (nearest) to this width so the trigger can be seen
+FULL_SIZE = "The pattern is as large as the input: it covers the whole image, so the location and margin do not apply."
 # The colour picker's swatch has no border: a white swatch on the white page was invisible.
 _SWATCH_CSS = "<style>.st-key-{key} [data-testid='stColorPickerBlock'] {{ border: 1px solid #8a8f99; }}</style>"
 
@@ -156,4 +157,6 @@ def trigger_preview_ui(trigger: Trigger, input_shape: tuple[int, int, int] | Non
     c1, c2, _ = st.columns([1, 1, 2])
     c1.image(_shown(clean), caption=f"clean ({where})")
     c2.image(_shown(stamped), caption=f"+ trigger → class {trigger.target}")
+    if isinstance(trigger, Patch) and trigger.fills(*input_shape[1:]):
+        st.caption(FULL_SIZE)  # a toolkit's full-size pattern + mask: placed at the origin by the engine
     return True

@@ -10,6 +10,8 @@ any byte is decompressed, `open_zip` checks (limits from `kdcore.limits.current(
    else CP437); names are unique (case-insensitively when asked: torch looks names up that way).
 3. Methods: only stored and deflate. bzip2, LZMA, deflate64, zstd and encrypted entries are
    refused by name: zipfile's bzip2 and LZMA readers have no bound on the output of one call.
+   So are the features zipfile cannot read and would raise NotImplementedError for at the first
+   read (general-purpose flag bit 5, "compressed patched data"; bit 6, strong encryption).
 4. Overlap: every entry's local header and data must sit in a byte range of its own, before the
    central directory. Several entries over the same bytes (the overlapping-entries bomb: 300
    entries pointing at one 60 MiB member, from a 76 KB file) are refused without decompressing.
@@ -47,6 +49,8 @@ _MIB = 2**20
 _CHUNK = _MIB
 _CENTRAL = struct.Struct("<4s4B4HL2L5H2L")  # one central directory record's fixed 46 bytes
 _LOCAL = struct.Struct("<4s2B4HL2L2H")  # one local header's fixed 30 bytes
+# General-purpose flag bits of an entry that zipfile cannot read (it raises NotImplementedError on open).
+_UNREADABLE_FLAGS = {0x20: "compressed patched data (flag bit 5)", 0x40: "strong encryption (flag bit 6)"}
 _RECREATE = "re-create the archive with a standard zip tool (your system's 'Compress' or `zip -r`)"
 
 
@@ -110,6 +114,9 @@ class SafeZip:
                     sink(chunk)
         except (zipfile.BadZipFile, zlib.error, EOFError, OSError, UnicodeDecodeError) as e:  # local name too
             raise CorruptMemberError(f"{member.name!r} in {self.label} is damaged ({e}); {_RECREATE}") from e
+        except NotImplementedError as e:  # a zip feature zipfile cannot read that `open_zip` did not foresee
+            what = f"{member.name!r} in {self.label}"
+            raise InputError(f"{what} uses a zip feature that is not read ({e}); {_RECREATE}") from e
         if n != member.declared_size:
             raise InputError(
                 f"{member.name!r} in {self.label} declares {member.declared_size:,} bytes but holds {n:,}; "
@@ -180,6 +187,9 @@ def _check_entries(zf: zipfile.ZipFile, path: Path, label: str, casefold: bool) 
             raise InputError(f"{label} has an entry whose name holds a NUL byte ({name!r}); {_RECREATE}")
         if info.flag_bits & 0x1:
             raise InputError(f"{name!r} in {label} is password-protected; re-create the archive without a password")
+        for bit, feature in _UNREADABLE_FLAGS.items():
+            if info.flag_bits & bit:
+                raise InputError(f"{name!r} in {label} uses {feature}, which is not read; {_RECREATE}")
         if info.compress_type not in (STORED, DEFLATED):
             method = _METHOD_NAMES.get(info.compress_type, f"method {info.compress_type}")
             raise InputError(

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from kdcore.candidates import Candidate, rank_order, ranked_rows, sample_name, to_csv
+from kdcore.data.folders import posix_name
 from kdcore.data.imageset import ImageSet
 from kdcore.errors import InputError
 from kdcore.models.spec import ModelSpec
@@ -142,10 +143,11 @@ def read_known_poisons(path: str | Path, train: ImageSet) -> torch.Tensor:
     unique indices into `train`.
 
     The file is text or CSV: cells separated by commas, tabs, semicolons or newlines, each a sample
-    index (`12`), a file name inside the training folder/zip (`cat/img_001.png`, candidates.csv's
-    source column) or a sample's one name (its name column: `cat/img_001.png · #12`, `#12`); an
-    optional first cell `index`, `source` or `name` is a header. A name that is not in the training
-    set or an index out of range is an InputError."""
+    index (`12`), a file name as it stands in the training zip (`train/cat/img_001.png`), or without
+    the zip's one top folder (`cat/img_001.png`, as in a training folder and candidates.csv's source
+    column), or a sample's one name (its name column: `cat/img_001.png · #12`, `#12`); an optional
+    first cell `index`, `source` or `name` is a header. A name that is not in the training set, a
+    name that fits several samples, or an index out of range is an InputError naming them."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8-sig")
@@ -156,23 +158,35 @@ def read_known_poisons(path: str | Path, train: ImageSet) -> torch.Tensor:
         cells = cells[1:]
     if not cells:
         raise InputError(f"--known-poisons {file} lists no samples; expected indices or file names, one a line")
-    by_name = {s: i for i, s in enumerate(train.sources or ())}
-    by_name |= {sample_name(i, s, train.name): i for i, s in enumerate(train.sources or [""] * len(train))}
+    names = _sample_names(train)
     n = len(train)
-    idx, unknown, out_of_range = [], [], []
+    idx, unknown, out_of_range, ambiguous = [], [], [], {}
     for cell in cells:
+        # As written, else as the loaders write zip names (`./train/cat/1.png`, `train\cat\1.png` → `train/cat/1.png`).
+        key = cell if cell in names else posix_name(cell.removeprefix("./"))
         digits = cell[1:] if cell.startswith("#") else cell
-        if digits.isdigit() and cell not in by_name:
+        if digits.isdigit() and key not in names:
             i = int(digits)
             (idx if i < n else out_of_range).append(i)
-        elif cell in by_name:
-            idx.append(by_name[cell])
+        elif len(names.get(key, ())) == 1:
+            idx.extend(names[key])
+        elif key in names:
+            ambiguous[cell] = sorted(names[key])
         else:
             unknown.append(cell)
+    if ambiguous:
+        (cell, hits), *_ = ambiguous.items()
+        fits = ", ".join(repr(sample_name(i, train.sources[i], train.name)) for i in hits[:3])  # type: ignore[index]
+        raise InputError(
+            f"--known-poisons {file}: {len(ambiguous)} name(s) fit several training samples: {_few(list(ambiguous))}; "
+            f"e.g. {cell!r} fits {fits}. Give those samples by index or by their one name "
+            "(candidates.csv's name column, as just listed)"
+        )
     if unknown:
+        example = _example_names(train)
         raise InputError(
             f"--known-poisons {file}: {len(unknown)} name(s) not in the training set, e.g. {unknown[0]!r}; "
-            "use indices or the file names as candidates.csv's source column writes them"
+            f"use indices or the file names as they stand in the training {example}"
         )
     if out_of_range:
         raise InputError(
@@ -180,3 +194,28 @@ def read_known_poisons(path: str | Path, train: ImageSet) -> torch.Tensor:
             f"(the training set has {n} samples, 0..{n - 1})"
         )
     return torch.tensor(sorted(set(idx)), dtype=torch.long)
+
+
+def _sample_names(train: ImageSet) -> dict[str, set[int]]:
+    """Every name a known-poisons file may give each sample → the samples it fits: the file name
+    (`cat/1.png`), the same under the zip's top folder (`train/cat/1.png`) and the one name."""
+    names: dict[str, set[int]] = {}
+    for i, source in enumerate(train.sources or [""] * len(train)):
+        keys = {sample_name(i, source, train.name)}
+        if source:
+            keys |= {source, f"{train.top}/{source}"} if train.top else {source}
+        for key in keys:
+            names.setdefault(key, set()).add(i)
+    return names
+
+
+def _example_names(train: ImageSet) -> str:
+    """How the training set's file names look, for a message: "zip ('train/cat/1.png' or 'cat/1.png')"."""
+    if not train.sources:
+        return "set (it has no file names: use indices)"
+    first = train.sources[0]
+    return f"zip ({f'{train.top}/{first}'!r} or {first!r})" if train.top else f"folder or zip ({first!r})"
+
+
+def _few(items: list[str], n: int = 5) -> str:
+    return ", ".join(map(repr, items[:n])) + (f", … {len(items) - n} more" if len(items) > n else "")

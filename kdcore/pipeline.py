@@ -224,7 +224,7 @@ def run_kd_pipeline(
         out.notes.append("No labelled test set given: no clean_acc, poison_acc or asr.")
     else:
         if trigger is None:
-            out.notes.append("No trigger given: poison_acc and asr were not measured (give --trigger).")
+            out.notes.append("No trigger given: poison_acc and asr were not measured.")
         else:
             trigger.check_classes(spec.num_classes)
         all_models = {**{k: (m, spec) for k, m in (references or {}).items()}, **models}

@@ -109,7 +109,9 @@ def test_audit_without_train_or_trigger_says_what_it_skipped(digits_files, tmp_p
     assert rep["detox"] is None and rep["finetuned"] is None
     assert rep["teacher"]["asr"] is None and rep["teacher"]["clean_acc"] > 0.5
     assert any("No labelled training set" in n for n in rep["notes"])
-    assert "No --trigger given" in r.stdout
+    # One note per fact, in the engine's words (no CLI flag: the dashboard shows the same notes).
+    assert r.stdout.count("not measured") == 1, r.stdout
+    assert "Note: No trigger given: poison_acc and asr were not measured.\n" in r.stdout
 
 
 class _Payload:

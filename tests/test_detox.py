@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import csv
 import io
+import zipfile
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from kdcore import sandbox
 from kdcore.candidates import sample_name
+from kdcore.data.folders import load_labeled
 from kdcore.data.imageset import ImageSet
-from kdcore.detox import DetoxResult, detox_metrics, detoxify
+from kdcore.detox import DetoxResult, detox_metrics, detoxify, read_known_poisons
+from kdcore.errors import InputError
 from kdcore.models.spec import ModelSpec
 
 SPEC = ModelSpec("paper-cnn", 10, (1, 8, 8), (0.3,), (0.4,))
@@ -149,3 +155,63 @@ def test_to_csv_columns(train: ImageSet) -> None:
     assert list(rows[0])[4:6] == ["label", "label_name"] and list(rows[0])[-1] == "is_poison"
     assert all(r["label_name"] == f"digit-{r['label']}" for r in rows)
     assert sum(int(r["is_poison"]) for r in rows) == 1
+
+
+# --- --known-poisons with the names of the user's own training zip -------------------------------
+
+
+def _class_zip(path, names: list[str]):
+    """A real zip of tiny grey PNGs under the given entry names (class folders, maybe one top folder)."""
+    with zipfile.ZipFile(path, "w") as z:
+        for i, name in enumerate(names):
+            buf = io.BytesIO()
+            Image.fromarray(np.full((4, 4), 10 * i, np.uint8), "L").save(buf, format="PNG")
+            z.writestr(name, buf.getvalue())
+    return path
+
+
+def _poisons(tmp_path, *cells: str):
+    f = tmp_path / "poisons.txt"
+    f.write_text("\n".join(cells) + "\n", encoding="utf-8")
+    return f
+
+
+def test_known_poisons_take_the_names_in_a_zip_with_a_top_folder(tmp_path) -> None:
+    """As they stand in the zip (`train/1/c.png`), without its top folder (`0/b.png`, candidates.csv's
+    source), with a zip tool's other spellings, and the one name; read through the sandbox as an audit does."""
+    zip_path = _class_zip(tmp_path / "train.zip", ["train/0/a.png", "train/0/b.png", "train/1/c.png", "train/1/d.png"])
+    train = sandbox.load_labeled(zip_path, (1, 4, 4), name="train")
+    assert train.sources == ("0/a.png", "0/b.png", "1/c.png", "1/d.png") and train.top == "train"
+    cells = ["train/1/c.png", "0/b.png", "train\\1\\d.png", "./train/0/b.png"]
+    assert read_known_poisons(_poisons(tmp_path, *cells), train).tolist() == [1, 2, 3]
+    assert read_known_poisons(_poisons(tmp_path, "0/a.png · #0"), train).tolist() == [0]
+    with pytest.raises(InputError, match=r"not in the training set, e.g. 'other/1/c.png'.*zip \('train/0/a.png' or"):
+        read_known_poisons(_poisons(tmp_path, "other/1/c.png"), train)
+
+
+def test_known_poisons_take_the_names_in_a_zip_without_a_top_folder(tmp_path) -> None:
+    train = load_labeled(_class_zip(tmp_path / "t.zip", ["0/a.png", "0/b.png", "1/c.png"]), (1, 4, 4))
+    assert train.top == ""
+    assert read_known_poisons(_poisons(tmp_path, "1/c.png", "0/a.png"), train).tolist() == [0, 2]
+    with pytest.raises(InputError, match=r"e\.g\. 't/1/c\.png'.* zip \('0/a\.png'\)") as e:
+        read_known_poisons(_poisons(tmp_path, "t/1/c.png"), train)  # no top folder to strip
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("entries", "cell", "fits"),
+    [
+        # a class folder named like the zip's top folder: `train/1/x.png` is sample 1 as written in the
+        # zip, and sample 0's source under the top folder
+        (["train/1/x.png", "train/train/1/x.png"], "train/1/x.png", "'1/x.png · #0', 'train/1/x.png · #1'"),
+        # two entries that read as one name (`1//x.png` is `1/x.png` to the loaders)
+        (["0/a.png", "1/x.png", "1//x.png"], "1/x.png", "'1/x.png · #1', '1/x.png · #2'"),
+    ],
+)
+def test_a_known_poison_name_that_fits_several_samples_is_named(tmp_path, entries, cell, fits) -> None:
+    train = load_labeled(_class_zip(tmp_path / "train.zip", entries), (1, 4, 4))
+    with pytest.raises(InputError, match="1 name") as e:
+        read_known_poisons(_poisons(tmp_path, "0", cell), train)
+    message = str(e.value)
+    assert f"fit several training samples: {cell!r}; e.g. {cell!r} fits {fits}" in message, message
+    assert "\n" not in message

@@ -9,7 +9,7 @@ Steps:
 1. List the files: a folder is walked on disk; a zip is read member by member, never extracted.
 2. Drop OS junk: `__MACOSX/`, anything with a path part starting with ".", Thumbs.db, desktop.ini.
 3. For a zip whose images all sit in one top folder (`train.zip` → `train/cat/...`), that folder
-   is the root. A folder given on disk is always its own root.
+   is the root (kept as `ImageSet.top`). A folder given on disk is always its own root.
 4. Keep files with an image extension, sorted by relative path, so the order is deterministic.
 5. Decode each with PIL, flatten alpha onto black, bring 16-bit and float images to 0..255,
    convert to L (C = 1) or RGB (C = 3) and resize to (H, W) → uint8 (N, C, H, W).
@@ -94,6 +94,7 @@ class File:
 class Listing:
     files: list[File]
     folders: set[str] = field(default_factory=set)  # every non-junk folder, e.g. {"cat", "cat/sub"}
+    top: str = ""  # the zip's one top folder, cut from every name (`strip_single_top`)
 
 
 def load_labeled(
@@ -116,7 +117,7 @@ def load_labeled(
         x, sources, skipped = _decode_all(images, shape, len(listing.files), root, LABELED_LAYOUT)
     index = {c: i for i, c in enumerate(names)}
     labels = torch.tensor([index[s.split("/", 1)[0]] for s in sources], dtype=torch.int64)
-    return ImageSet(x, labels, names, sources, name or root.name, skipped)
+    return ImageSet(x, labels, names, sources, name or root.name, skipped, listing.top)
 
 
 def load_unlabeled(path: str | os.PathLike, input_shape: tuple[int, int, int], name: str = "") -> ImageSet:
@@ -126,7 +127,7 @@ def load_unlabeled(path: str | os.PathLike, input_shape: tuple[int, int, int], n
     with list_files(root) as listing:
         images = image_files(listing.files, root, UNLABELED_LAYOUT)
         x, sources, skipped = _decode_all(images, shape, len(listing.files), root, UNLABELED_LAYOUT)
-    return ImageSet(x, None, (), sources, name or root.name, skipped)
+    return ImageSet(x, None, (), sources, name or root.name, skipped, listing.top)
 
 
 def _check_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
@@ -257,9 +258,7 @@ def _list_zip(archive: SafeZip) -> Listing:
     cap = limits.current().max_file_bytes
     files, folders = [], set()
     for m in archive.members:
-        # Names are only used as labels and for sorting, never as paths on disk. Windows tools
-        # sometimes write "\" separators; empty parts come from a leading "/" or "a//b".
-        rel = "/".join(p for p in m.name.replace("\\", "/").split("/") if p)
+        rel = posix_name(m.name)
         if not rel or _is_junk(rel):
             continue
         if m.is_dir:
@@ -267,6 +266,13 @@ def _list_zip(archive: SafeZip) -> Listing:
         else:
             files.append(File(rel, partial(archive.read, m, cap)))
     return Listing(files, folders)
+
+
+def posix_name(name: str) -> str:
+    """A zip entry's name as the loaders use it: `train\\cat//1.png` → `train/cat/1.png`."""
+    # Names are only used as labels and for sorting, never as paths on disk. Windows tools
+    # sometimes write "\" separators; empty parts come from a leading "/" or "a//b".
+    return "/".join(p for p in name.replace("\\", "/").split("/") if p)
 
 
 def strip_single_top(listing: Listing) -> Listing:
@@ -277,7 +283,7 @@ def strip_single_top(listing: Listing) -> Listing:
         return listing
     prefix = tops.pop() + "/"
     files = [replace(f, rel=f.rel[len(prefix) :]) for f in listing.files if f.rel.startswith(prefix)]
-    return Listing(files, {d[len(prefix) :] for d in listing.folders if d.startswith(prefix)})
+    return Listing(files, {d[len(prefix) :] for d in listing.folders if d.startswith(prefix)}, prefix[:-1])
 
 
 def image_files(files: list[File], root: Path, layout: str) -> list[File]:

@@ -22,6 +22,8 @@ class ImageSet:
     labels:  int64 tensor (N,) or None for unlabelled sets.
     class_names: names of the classes, index = label.
     sources: per-image origin (file name inside a folder/zip), or None for built-in data.
+    top:     the one top folder of a zip that sources are relative to (`train` for a zip of
+             `train/cat/1.png`, source `cat/1.png`), else "".
     """
 
     images: torch.Tensor
@@ -30,6 +32,7 @@ class ImageSet:
     sources: tuple[str, ...] | None = None
     name: str = ""
     skipped: tuple[str, ...] = field(default=())  # files that could not be read, for reporting
+    top: str = ""
 
     def __post_init__(self) -> None:
         x = self.images
@@ -68,14 +71,15 @@ class ImageSet:
             class_names=self.class_names,
             sources=None if self.sources is None else tuple(self.sources[i] for i in idx.tolist()),
             name=self.name if name is None else name,
+            top=self.top,
         )
 
     def unlabeled(self) -> ImageSet:
         """The same images with labels dropped (what a defender holds as clean data)."""
-        return ImageSet(self.images, None, self.class_names, self.sources, self.name)
+        return ImageSet(self.images, None, self.class_names, self.sources, self.name, top=self.top)
 
     def with_labels(self, labels: torch.Tensor) -> ImageSet:
-        return ImageSet(self.images, labels, self.class_names, self.sources, self.name)
+        return ImageSet(self.images, labels, self.class_names, self.sources, self.name, top=self.top)
 
     def require_labels(self, what: str) -> torch.Tensor:
         if self.labels is None:

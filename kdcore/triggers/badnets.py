@@ -16,12 +16,20 @@ from kdcore.triggers.base import Trigger
 LOCATIONS = ("bottom-right", "bottom-center", "bottom-left", "top-right", "top-left", "center")
 
 
-def corner(h: int, w: int, ph: int, pw: int, location: str, margin: int, what: str) -> tuple[int, int]:
+def corner(
+    h: int, w: int, ph: int, pw: int, location: str, margin: int, what: str, larger: str = ""
+) -> tuple[int, int]:
     """Top-left corner (row, col) of a ph×pw patch `margin` pixels from the edges at `location` in an
-    h×w image (shared by BadNets and image patches); ConfigError naming `what` if it does not fit."""
+    h×w image (shared by BadNets and image patches). ConfigError naming `what` if it does not fit,
+    saying the margin that fits, or, for a patch larger than the image, `larger` (what to give instead)."""
     m = margin
     if ph + m > h or pw + m > w:
-        raise ConfigError(f"A {what} with margin {m} does not fit in a {h}×{w} image")
+        if ph > h or pw > w:
+            fix = larger or f"it is larger than the image; give one of at most {h}×{w}"
+        else:
+            fits = min(h - ph, w - pw)
+            fix = f"a margin of at most {fits} fits (margin={fits})"
+        raise ConfigError(f"A {what} with margin {m} does not fit in a {h}×{w} image: {fix}")
     vertical, _, horizontal = location.partition("-")
     row = {"bottom": h - m - ph, "top": m, "center": (h - ph) // 2}[vertical]
     col = {"right": w - m - pw, "left": m, "center": (w - pw) // 2, "": (w - pw) // 2}[horizontal]
@@ -53,7 +61,8 @@ class BadNets(Trigger):
 
     def box(self, h: int, w: int) -> tuple[int, int]:
         """Top-left corner (row, col) of the patch in an h×w image."""
-        return corner(h, w, self.size, self.size, self.location, self.margin, f"{self.size}px patch")
+        larger = f"it is larger than the image; give a size of at most {min(h, w)}"
+        return corner(h, w, self.size, self.size, self.location, self.margin, f"{self.size}px patch", larger)
 
     def stamp(self, images: torch.Tensor) -> torch.Tensor:
         out = images.clone()

@@ -2,7 +2,9 @@
 
     patch:image=P.png[,mask=M.png][,location=bottom-right|x=,y=][,margin=1][,alpha=1][,target=T]
 
-The pattern is stamped at its own size (it must fit in the input; it is never resized). Its
+The pattern is stamped at its own size (it must fit in the input; it is never resized). A pattern
+as large as the input goes at the origin, whatever the location and margin: attack toolkits give a
+trigger as a full-size pattern, zero except the patch, with a full-size mask. Its
 weight per pixel is w = alpha · m / 255 (`kdcore.triggers.pattern.apply`), where m is
 - the grey level of the mask image when `mask` is given (same size as the pattern; white = patch),
 - else the pattern's alpha channel (a transparent PNG is its own mask),
@@ -90,14 +92,27 @@ class Patch(Trigger):
         """float32 (h, w): alpha · mask / 255, each pixel's share of the pattern."""
         return self._weight  # type: ignore[attr-defined]
 
+    def fills(self, h: int, w: int) -> bool:
+        """True when the pattern is as large as an h×w image and placed by location: it goes at the
+        origin, and the location and margin do not apply (a toolkit's full-size pattern + mask)."""
+        return self.x is None and self.pattern.size == (h, w)
+
     def box(self, h: int, w: int) -> tuple[int, int]:
         """Top-left corner (row, col) of the patch in an h×w image."""
         ph, pw = self.pattern.size
         what = f"{ph}×{pw} patch ({Path(self.image).name})"
+        larger = f"it is larger than the image and is never resized; give a pattern of at most {h}×{w}"
+        if self.fills(h, w):
+            return 0, 0
         if self.x is None:
-            return corner(h, w, ph, pw, self.location, self.margin, what)
+            return corner(h, w, ph, pw, self.location, self.margin, what, larger)
         if self.y + ph > h or self.x + pw > w:
-            raise ConfigError(f"A {what} at x={self.x}, y={self.y} does not fit in a {h}×{w} image")
+            if ph > h or pw > w:
+                fix = larger
+            else:
+                x, y = min(self.x, w - pw), min(self.y, h - ph)
+                fix = f"its top-left corner fits at x ≤ {w - pw} and y ≤ {h - ph} (e.g. x={x},y={y})"
+            raise ConfigError(f"A {what} at x={self.x}, y={self.y} does not fit in a {h}×{w} image: {fix}")
         return self.y, self.x
 
     def stamp(self, images: torch.Tensor) -> torch.Tensor:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import struct
 import zipfile
 import zlib
 from pathlib import Path
 
 import pytest
+import torch
 
-from kdcore.archive import CorruptMemberError, open_zip
-from kdcore.errors import InputError
+from kdcore.archive import CorruptMemberError, Member, SafeZip, open_zip
+from kdcore.errors import InputError, ModelLoadError
+from kdcore.models.loading import read_state_dict
 from tests.hostile.corpus import RawEntry, deflate_zeros, write_raw_zip
 
 
@@ -88,3 +92,66 @@ def test_encrypted_member_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="password-protected"):
         with open_zip(path):
             pass
+
+
+# --- entries zipfile cannot read: a one-line refusal, never its NotImplementedError ------------------
+
+
+def _mutated_pt(path: Path, entry: str, *, flags: int = 0, method: int | None = None, version: int | None = None):
+    """A real torch.save file whose entry ending in `entry` is edited in place, in its local header and
+    its central directory record alike: flag bits ORed in, the compression method or the version
+    needed to extract replaced."""
+    torch.save({"w": torch.arange(6.0).reshape(2, 3)}, path)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        infos, pos = zf.infolist(), zf.start_dir
+    target = next(i for i in infos if i.filename.endswith(entry))
+    local = target.header_offset
+    assert data[local : local + 4] == b"PK\3\4"
+    for info in infos:
+        assert data[pos : pos + 4] == b"PK\1\2"
+        if info is target:  # local header: version at 4, flags at 6, method at 8; central: 6, 8, 10
+            for flag_at, method_at, version_at in ((local + 6, local + 8, local + 4), (pos + 8, pos + 10, pos + 6)):
+                struct.pack_into("<H", data, flag_at, struct.unpack_from("<H", data, flag_at)[0] | flags)
+                if method is not None:
+                    struct.pack_into("<H", data, method_at, method)
+                if version is not None:
+                    data[version_at] = version
+        pos += 46 + sum(struct.unpack_from("<3H", data, pos + 28))  # + name, extra and comment lengths
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("entry", "edit", "message"),
+    [
+        ("data.pkl", {"flags": 0x20}, "'m/data.pkl' in m.pt uses compressed patched data (flag bit 5)"),
+        ("data/0", {"flags": 0x20}, "'m/data/0' in m.pt uses compressed patched data (flag bit 5)"),
+        ("data.pkl", {"flags": 0x40}, "uses strong encryption (flag bit 6)"),
+        ("data/0", {"flags": 0x41}, "'m/data/0' in m.pt is password-protected"),
+        ("data.pkl", {"method": 99}, "'m/data.pkl' in m.pt is compressed with method 99"),
+        ("data.pkl", {"method": 9}, "is compressed with deflate64"),
+        ("data.pkl", {"version": 99}, "not a readable zip archive (zip file version 9.9)"),
+    ],
+)
+def test_a_pt_whose_entry_zipfile_cannot_read_is_a_one_line_refusal(tmp_path: Path, entry, edit, message) -> None:
+    path = _mutated_pt(tmp_path / "m.pt", entry, **edit)
+    with pytest.raises(ModelLoadError, match=re.escape(message)) as caught:
+        read_state_dict(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_image_zip_with_flag_bit_5_is_refused_by_open_zip(tmp_path: Path) -> None:
+    path = write_raw_zip(tmp_path / "p.zip", [RawEntry(b"a/x.png", b"x", 0, zlib.crc32(b"x"), 1, flags=0x20)])
+    with pytest.raises(InputError, match=r"'a/x\.png' in 'p\.zip' uses compressed patched data"):
+        with open_zip(path):
+            pass
+
+
+def test_a_read_never_lets_zipfiles_not_implemented_error_out(tmp_path: Path) -> None:
+    """The net under `open_zip`'s checks: a member it did not foresee is still a refusal."""
+    path = write_raw_zip(tmp_path / "p.zip", [RawEntry(b"x", b"x", 0, zlib.crc32(b"x"), 1, flags=0x20)])
+    with zipfile.ZipFile(path) as zf:
+        info = zf.infolist()[0]
+        with pytest.raises(InputError, match=r"'x' in 'p\.zip' uses a zip feature that is not read \(compressed"):
+            SafeZip(zf, "'p.zip'", ()).read(Member("x", False, 1, False, info), 10)

@@ -224,3 +224,55 @@ def test_unreadable_and_truncated_files_are_one_line_errors(trigger_files, tmp_p
     monkeypatch.setattr("kdcore.triggers.pattern.os.open", denied)  # root reads any file: simulate a 0600 one
     with pytest.raises(ConfigError, match=r"Cannot read the trigger patch image .*: Permission denied$"):
         Patch(image=str(trigger_files["rgb"]))
+
+
+# --- a full-size pattern with a mask (the form attack toolkits give), and what to write instead ---
+
+
+def _full_size(tmp_path, h: int = 28, w: int = 28) -> tuple[str, str, np.ndarray, np.ndarray]:
+    """An h×w pattern, zero except a 3×3 patch of 200 at rows 20..22, cols 23..25, and its h×w mask."""
+    pattern, mask = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
+    pattern[20:23, 23:26], mask[20:23, 23:26] = 200, 255
+    return (
+        str(save_png(tmp_path / "pattern.png", pattern, "L")),
+        str(save_png(tmp_path / "mask.png", mask, "L")),
+        pattern,
+        mask,
+    )
+
+
+@pytest.mark.parametrize("where", ["", ",location=top-left,margin=3", ",margin=1", ",x=0,y=0"])
+def test_a_full_size_pattern_with_a_mask_goes_at_the_origin_unasked(tmp_path, where: str) -> None:
+    image, mask, pattern, m = _full_size(tmp_path)
+    trig = parse_trigger(f"patch:image={image},mask={mask},target=1{where}")
+    x = _images(4, 1, 28, 28)
+    trig.check_input((1, 28, 28))
+    want = np.where(m == 255, pattern, x.numpy())  # the pattern where the mask is white, the input elsewhere
+    assert np.array_equal(trig.stamp(x).numpy(), want)
+    assert trig.fills(28, 28) == ("x=" not in where)
+    rgb = trig.stamp(_images(2, 3, 28, 28))  # colour inputs get the pattern's grey on each channel
+    assert rgb[:, :, 20:23, 23:26].eq(200).all()
+
+
+def test_a_pattern_that_does_not_fit_says_what_to_write_instead(tmp_path, trigger_files) -> None:
+    """Each message names a setting that fits, and writing it makes the trigger fit."""
+    seven = str(save_png(tmp_path / "seven.png", np.full((7, 7), 255), "L"))
+    with pytest.raises(
+        ConfigError, match=r"7×7 patch \(seven.png\) with margin 2 .* a margin of at most 1 fits \(margin=1\)"
+    ):
+        parse_trigger(f"patch:image={seven},margin=2").check_input((1, 8, 8))
+    parse_trigger(f"patch:image={seven},margin=1").check_input((1, 8, 8))
+    rgb = trigger_files["rgb"]  # 4×5 (rows × cols)
+    with pytest.raises(
+        ConfigError, match=r"at x=6, y=0 does not fit in a 8×8 image: .* x ≤ 3 and y ≤ 4 \(e\.g\. x=3,y=0\)"
+    ):
+        parse_trigger(f"patch:image={rgb},x=6,y=0").check_input((3, 8, 8))
+    parse_trigger(f"patch:image={rgb},x=3,y=0").check_input((3, 8, 8))
+    image, mask, _, _ = _full_size(tmp_path, 28, 28)
+    for where in ("", ",x=1,y=0"):  # a full-size pattern on a smaller input: nothing to place, say so
+        with pytest.raises(ConfigError, match=r"28×28 patch .* larger than the image .* at most 8×8"):
+            parse_trigger(f"patch:image={image},mask={mask}{where}").check_input((1, 8, 8))
+    with pytest.raises(
+        ConfigError, match=r"at x=1, y=0 does not fit in a 28×28 image: .* x ≤ 0 and y ≤ 0 \(e\.g\. x=0,y=0\)"
+    ):
+        parse_trigger(f"patch:image={image},mask={mask},x=1,y=0").check_input((1, 28, 28))

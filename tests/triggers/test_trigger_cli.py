@@ -136,3 +136,34 @@ def test_tiny_audit_measures_asr_on_a_triggered_test_set(digits_files, tmp_path,
     assert rep["teacher"]["poison_acc"] == want.poison_acc and rep["teacher"]["n_poison"] == want.n_poison
     assert rep["config"]["trigger"]["kind"] == "triggered" and rep["student"]["asr"] is not None
     assert any("labelled by folder" in n for n in rep["notes"]), rep["notes"]
+
+
+def test_a_full_size_pattern_with_a_mask_needs_no_x_y(digits_files, tmp_path, capsys) -> None:
+    """An attack toolkit's form of conftest's TRIGGER (a 2×2 white square in the bottom-right corner):
+    an 8×8 pattern, zero except the square, and an 8×8 mask. Given without x=/y= it is put at the
+    origin, so it stamps what TRIGGER stamps and the teacher's asr is TRIGGER's."""
+    from kdcore.models.loading import load_model
+    from kdcore.sandbox import load_labeled
+
+    pattern, mask = np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8)
+    pattern[6:, 6:], mask[6:, 6:] = 255, 255
+    image, mask_file = save_png(tmp_path / "pattern.png", pattern, "L"), save_png(tmp_path / "mask.png", mask, "L")
+    out = tmp_path / "run"
+    argv = ["audit", "--model", str(digits_files["model"]), "--unlabeled", str(digits_files["unlabeled"])]
+    argv += ["--test", str(digits_files["test"]), "--trigger", f"patch:image={image},mask={mask_file},target=7"]
+    argv += ["--out", str(out), "--device", "cpu", "--no-progress", "--kd-epochs", "1", "--max-unlabeled", "100"]
+    assert main(argv) == 0, capsys.readouterr().err
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["config"]["trigger"]["x"] is None and rep["config"]["trigger"]["mask"] == str(mask_file)
+    test = load_labeled(digits_files["test"], (1, 8, 8), name="test")
+    teacher, spec = load_model(digits_files["model"], None, torch.device("cpu"))
+    want = evaluate_model(teacher, spec, test, torch.device("cpu"), TRIGGER)
+    assert rep["teacher"]["asr"] == want.asr >= 0.6 and rep["teacher"]["poison_acc"] == want.poison_acc
+
+
+def test_a_pattern_that_does_not_fit_says_what_to_write(digits_files, tmp_path, capsys) -> None:
+    seven = save_png(tmp_path / "seven.png", np.full((7, 7), 255), "L")
+    argv = ["audit", "--model", str(digits_files["model"]), "--unlabeled", str(digits_files["unlabeled"])]
+    argv += ["--trigger", f"patch:image={seven},margin=2,target=7", "--out", str(tmp_path / "run")]
+    line = _one_line_error(capsys, [*argv, "--device", "cpu", "--no-progress"])
+    assert "7×7 patch (seven.png) with margin 2 does not fit in a 8×8 image: a margin of at most 1 fits" in line
