@@ -1,35 +1,37 @@
 """Form sections of the New-audit page: what the image uploads hold and what cannot be right about them,
-trigger, hyperparameters (the model: `app.model_form`). Each returns values."""
+trigger, hyperparameters (the model: `app.model_form`). Each returns a `Section`: its value, and what
+to fix when the user's input cannot be used (the page starts no audit while one is left)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 
 import streamlit as st
 
 from app.config_form import config_form_ui, values_from
+from app.section import Section
 from app.state import show_error
 from app.trigger_form import colour_ui, file_trigger_fields_ui, make_trigger, trigger_preview_ui
 from app.uploads import image_summary_of
+from kdcore.config import from_dict
 from kdcore.data.summary import ImageSetSummary, check_uploads
 from kdcore.errors import KDCoreError
 from kdcore.models.spec import ModelSpec
+from kdcore.pipeline import KDConfig
 from kdcore.runs.configs import AuditConfig
 from kdcore.triggers import TRIGGERS, Trigger
 from kdcore.triggers.badnets import LOCATIONS
 
 
-def image_set_ui(path: str | None) -> tuple[ImageSetSummary | None, bool]:
-    """What the uploaded set at `path` holds, shown under its uploader: (summary, readable).
-    A set that cannot be read at all is shown as an error and is not readable."""
+def image_set_ui(path: str | None) -> Section[ImageSetSummary | None]:
+    """What the uploaded set at `path` holds, shown under its uploader. A set that cannot be read at
+    all is shown as an error: the section's problem."""
     if not path:
-        return None, True
+        return Section(None)
     try:
         s = image_summary_of(str(path))
     except KDCoreError as e:
-        show_error(e)
-        return None, False
+        return Section(None, show_error(e))
     counts = ", ".join(f"{name}: {n:,}" for name, n in s.folders[:12]) + (" …" if len(s.folders) > 12 else "")
     where = (
         f"{len(s.folders)} class folders ({counts})"
@@ -44,34 +46,40 @@ def image_set_ui(path: str | None) -> tuple[ImageSetSummary | None, bool]:
     if s.skipped_total:
         with st.expander(f"Skipped files in {s.name} ({s.skipped_total:,})"):
             st.text("\n".join(s.skipped) + ("\n…" if s.skipped_total > len(s.skipped) else ""))
-    return s, True
+    return Section(s)
 
 
-def upload_checks_ui(sets: dict[str, ImageSetSummary | None], spec: ModelSpec | None) -> bool:
-    """Errors and warnings about the image sets together (and against the model); True when nothing
-    is an error, so the audit may be submitted."""
+def upload_checks_ui(sets: dict[str, ImageSetSummary | None], spec: ModelSpec | None) -> Section[None]:
+    """Errors and warnings about the image sets together (and against the model); the first error
+    is the problem (warnings do not stop the audit)."""
     found = {slot: s for slot, s in sets.items() if s is not None}
     n, names = (spec.num_classes, tuple(spec.class_names)) if spec is not None else (None, ())
     findings = check_uploads(found, n, names)
     for f in findings:
         (st.error if f.level == "error" else st.warning)(f.message, icon="🚫" if f.level == "error" else "⚠️")
-    return not any(f.level == "error" for f in findings)
+    errors = [f.message for f in findings if f.level == "error"]
+    more = f" (and {len(errors) - 1} more marked 🚫 above)" if len(errors) > 1 else ""
+    return Section(None, errors[0] + more if errors else "")
 
 
 FILE_FIELDS = {"patch": "image", "blend": "image", "triggered": "path", "recovered": "run"}  # kind → its required file
 
 
+NO_TRIGGER_FILE = "Give the trigger's file to use it."
+
+
 def trigger_ui(
     num_classes: int | None, input_shape: tuple[int, int, int] | None = None, unlabeled: list | None = None
-) -> Trigger | None:
-    """The known trigger (None when the user knows none, or it is not complete or valid yet), with a
-    preview of a stamped image for the model's `input_shape` (on the first of the `unlabeled` uploads)."""
+) -> Section[Trigger | None]:
+    """The known trigger (None when the user knows none), with a preview of a stamped image for the
+    model's `input_shape` (on the first of the `unlabeled` uploads). A trigger that is not complete or
+    cannot be used is the section's problem, never "no trigger"."""
     if not st.toggle("I know the trigger (measures poison_acc and asr)", key="know_trigger"):
         st.caption(
             "Without a known trigger the audit still removes the backdoor and flags candidates; "
             "it cannot measure the attack success rate."
         )
-        return None
+        return Section(None)
     kinds = sorted(TRIGGERS)
     c1, c2, c3 = st.columns(3)
     kind = c1.selectbox("Trigger kind", kinds, key="trigger_kind")
@@ -109,19 +117,19 @@ def trigger_ui(
     elif kind in FILE_FIELDS:
         file_trigger_fields_ui(kind, d)
         if not d[FILE_FIELDS[kind]]:
-            st.caption("Give the trigger's file to use it.")
-            return None
+            st.caption(NO_TRIGGER_FILE)
+            return Section(None, f"{NO_TRIGGER_FILE} Or turn off “I know the trigger” to audit without one.")
     try:
         trigger = make_trigger(json.dumps(d))
     except KDCoreError as e:
-        show_error(e)
-        return None
-    return trigger if trigger_preview_ui(trigger, input_shape, unlabeled) else None
+        return Section(None, show_error(e))
+    problem = trigger_preview_ui(trigger, input_shape, unlabeled)
+    return Section(None, problem) if problem else Section(trigger)
 
 
 def blind_ui(trigger: Trigger | None) -> dict:
     """{"blind": bool} for the audit config: judge the model as if the trigger were unknown (the
-    trigger then only measures asr, for comparison). {} on an AuditConfig without the field."""
+    trigger then only measures asr, for comparison). {} without a trigger."""
     if trigger is None:
         return {}
     blind = st.checkbox(
@@ -129,8 +137,6 @@ def blind_ui(trigger: Trigger | None) -> dict:
         key="blind",
         help="The verdict is reached from label-free evidence only; the trigger still measures asr and poison_acc.",
     )
-    if "blind" not in {f.name for f in fields(AuditConfig)}:
-        return {}
     return {"blind": bool(blind)}
 
 
@@ -149,8 +155,9 @@ HYPERPARAMETERS = {
 }
 
 
-def hyperparameters_ui() -> tuple[dict, dict]:
-    """(kd config dict, top-level extras), starting from AuditConfig's defaults."""
+def hyperparameters_ui() -> Section[tuple[dict, dict] | None]:
+    """(kd config dict, top-level extras), starting from AuditConfig's defaults; values the job's
+    config would refuse are refused here, under the fields."""
     with st.expander("Hyperparameters (defaults follow the paper where it says)"):
         raw = config_form_ui(
             AuditConfig,
@@ -160,5 +167,9 @@ def hyperparameters_ui() -> tuple[dict, dict]:
             keys={k: key for k, (_, key) in HYPERPARAMETERS.items()},
             columns=4,
         )
-    d = values_from(AuditConfig, raw)
-    return d.pop("kd"), d
+    try:
+        d = values_from(AuditConfig, raw)
+        from_dict(KDConfig, d["kd"])  # the checks the store makes of these values when the job is submitted
+    except KDCoreError as e:
+        return Section(None, show_error(e))
+    return Section((d.pop("kd"), d))

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import streamlit as st
+
 from app.state import reviews, store
+from app.words import in_words
 from kdcore.config import to_dict
-from kdcore.jobs.store import Job
+from kdcore.errors import KDCoreError
+from kdcore.jobs.store import Job, validate_config
 from kdcore.runs import DemoConfig
 
 
@@ -18,6 +23,23 @@ def submit_demo(quick: bool, seed: int = 0) -> Job:
 
 def submit_audit(config: dict, label: str = "") -> Job:
     return store().submit("audit", config, label=label)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _accepted(config_json: str) -> bool:
+    validate_config("audit", json.loads(config_json))  # a refusal raises, and Streamlit does not cache it
+    return True
+
+
+def audit_refusal(config: dict) -> str:
+    """Why the store would refuse this audit config when it is submitted (its own validation, in the
+    page's words), or "" when it takes it. Cached by the config, whose files are named by content
+    hash: a trigger's file is decoded once per config, not on every rerun."""
+    try:
+        _accepted(json.dumps(config, sort_keys=True))
+    except KDCoreError as e:
+        return in_words(" ".join(str(e).split()))
+    return ""
 
 
 def submit_refine(source: Job, finetune: dict | None = None) -> Job:

@@ -8,8 +8,9 @@ Where the architecture comes from:
   (`plugins.trusted()`) — a class in an uploaded Python file. That file is stored under its full
   SHA-256 (`save_upload(..., full_hash=True)`), so the job's `arch_file` names exactly the file checked.
 
-`model_spec_ui` returns a `ModelChoice`: the spec the model check loads the upload as, and the
-AuditConfig fields that tell the job the same. `layers_ui` shows the check's `layer_report` and
+`model_ui` is the section (`app.section.Section`): a `ModelInput` or what to fix. Inside it
+`model_spec_ui` gives a `ModelChoice`: the spec the model check loads the upload as, and the
+AuditConfig fields that tell the job the same; `layers_ui` shows the check's `layer_report` and
 returns the user's layer overrides (AuditConfig `layers`, "role=name").
 """
 
@@ -22,8 +23,9 @@ from pathlib import Path
 
 import streamlit as st
 
+from app.section import Section
 from app.state import show_error
-from app.uploads import ModelCheck, save_upload, stored_spec
+from app.uploads import ModelCheck, check_model, save_upload, stored_spec
 from kdcore.errors import ConfigError, KDCoreError
 from kdcore.io import file_sha256
 from kdcore.models import plugins
@@ -59,6 +61,13 @@ ROLE_LABELS = {
 class ModelChoice:
     spec: ModelSpec  # what the model check loads the upload as
     config: dict  # the AuditConfig fields that say the same to the job
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    path: Path  # the stored upload
+    choice: ModelChoice
+    layers: list[str]  # AuditConfig `layers`: the roles the user moved off the automatic choice
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -112,12 +121,32 @@ def _new_upload(model_path: Path) -> None:
             st.session_state.pop(key, None)
 
 
-def stored_spec_ui(model_path: Path) -> tuple[bool, ModelSpec | None]:
-    """(readable, the spec the upload carries). A graph whose image size is symbolic (an ONNX export
-    with dynamic axes) cannot say its input shape: where reading it without one fails, ask for one."""
+def model_ui(model_path: Path | None) -> Section[ModelInput | None]:
+    """The model section for the stored upload at `model_path` (None: nothing uploaded): its spec,
+    the check that loads it with a test batch, and the layers the methods use."""
+    if model_path is None:
+        return Section(None)
+    stored = stored_spec_ui(model_path)
+    if stored.problem:
+        return Section(None, stored.problem)
+    choice = model_spec_ui(stored.value, model_path)
+    if choice.value is None:
+        return Section(None, choice.problem)
+    try:
+        check = check_model(str(model_path), json.dumps(choice.value.spec.to_dict()))
+    except KDCoreError as e:
+        return Section(None, show_error(e))
+    model_check_ui(check, model_path)
+    return Section(ModelInput(model_path, choice.value, layer_config(layers_ui(check.layers))))
+
+
+def stored_spec_ui(model_path: Path) -> Section[ModelSpec | None]:
+    """The spec the upload carries (None when it carries none), or why the file cannot be read. A
+    graph whose image size is symbolic (an ONNX export with dynamic axes) cannot say its input shape:
+    where reading it without one fails, ask for one."""
     _new_upload(model_path)
     try:
-        return True, stored_spec(str(model_path))
+        return Section(stored_spec(str(model_path)))
     except KDCoreError as e:  # a malformed or hostile file: say why, and no audit with it
         refusal = e
     slot = st.empty()  # the refusal, above the input shape that may answer it
@@ -129,19 +158,19 @@ def stored_spec_ui(model_path: Path) -> tuple[bool, ModelSpec | None]:
         ).replace(" ", "")
     if hint:
         try:
-            return True, stored_spec(str(model_path), tuple(int(v) for v in hint.split(",")))
+            return Section(stored_spec(str(model_path), tuple(int(v) for v in hint.split(","))))
         except ValueError:
             refusal = ConfigError(f"Input shape must be three integers like 3,224,224; got {hint!r}")
         except KDCoreError as e:
             refusal = e
     with slot.container():
-        show_error(refusal)
-    return False, None
+        return Section(None, show_error(refusal))
 
 
-def model_spec_ui(stored: ModelSpec | None, model_path: Path) -> ModelChoice | None:
+def model_spec_ui(stored: ModelSpec | None, model_path: Path) -> Section[ModelChoice | None]:
     """Architecture, classes, input shape, normalisation, class names; prefilled from the file's spec
-    (from the file's own values again whenever another file is uploaded)."""
+    (from the file's own values again whenever another file is uploaded). None with why, when the
+    fields do not make a model spec."""
     _new_upload(model_path)
     graph = graph_format(model_path)
     options = arch_options()
@@ -150,8 +179,9 @@ def model_spec_ui(stored: ModelSpec | None, model_path: Path) -> ModelChoice | N
     extra: dict = {}
     if fixed:  # the file defines the graph (or its spec names one the picker cannot offer)
         if stored is None and not graph[0]:
-            st.error(f"{model_path.name} names no architecture; upload a zip with config.json + model.safetensors")
-            return None
+            why = f"{model_path.name} names no architecture; upload a zip with config.json + model.safetensors"
+            st.error(why, icon="🚫")
+            return Section(None, why)
         arch = stored.arch if stored else graph[0]
         words = graph[1] if graph else "the file's spec"
         c1.markdown(f"**Architecture:** from the file ({words}) · `{arch}`")
@@ -179,9 +209,9 @@ def model_spec_ui(stored: ModelSpec | None, model_path: Path) -> ModelChoice | N
                 arch = prefix + c1.text_input(f"{prefix[:-1]} model name", value=carried, key=key).strip()
         if choice == PY_FILE:
             source = _python_file_ui(c1)
-            if source is None:
-                return None
-            arch, extra = source
+            if source.value is None:
+                return Section(None, source.problem)
+            arch, extra = source.value
     num_classes = c2.number_input(
         "Classes",
         2,
@@ -221,14 +251,14 @@ def model_spec_ui(stored: ModelSpec | None, model_path: Path) -> ModelChoice | N
             "class_names": tuple(n.strip() for n in names.split(",") if n.strip()),
         }
         if fixed and stored is not None:  # the job reads the rest from the file, as the check does
-            return ModelChoice(stored.replace(**edits), edits)
+            return Section(ModelChoice(stored.replace(**edits), edits))
         spec = ModelSpec(arch, int(num_classes), **edits, **extra)
     except ValueError:
-        st.error(f"Input shape must be three integers like 1,28,28 and mean/std numbers; got {shape_text!r}")
-        return None
+        why = f"Input shape must be three integers like 1,28,28 and mean/std numbers; got {shape_text!r}"
+        st.error(why, icon="🚫")
+        return Section(None, why)
     except KDCoreError as e:
-        show_error(e)
-        return None
+        return Section(None, show_error(e))
     config = {"num_classes": spec.num_classes, **edits}
     if spec.arch.startswith("file:"):
         config["arch_file"] = f"{spec.source}:{spec.arch.removeprefix('file:')}"
@@ -236,11 +266,11 @@ def model_spec_ui(stored: ModelSpec | None, model_path: Path) -> ModelChoice | N
         config["arch_kwargs"] = dict(spec.extra)
     else:
         config["arch"] = spec.arch
-    return ModelChoice(spec, config)
+    return Section(ModelChoice(spec, config))
 
 
-def _python_file_ui(col) -> tuple[str, dict] | None:
-    """Upload model.py + class name + kwargs JSON → ("file:<Class>", spec fields), or None (with why)."""
+def _python_file_ui(col) -> Section[tuple[str, dict] | None]:
+    """Upload model.py + class name + kwargs JSON → ("file:<Class>", spec fields), or None with why."""
     up = col.file_uploader("Python file that defines the architecture", type=["py"], key="arch_source")
     cls = col.text_input("Class (or function returning the nn.Module)", key="arch_class").strip()
     kwargs_text = col.text_input("Keyword arguments (JSON object, optional)", value="{}", key="arch_kwargs")
@@ -250,19 +280,21 @@ def _python_file_ui(col) -> tuple[str, dict] | None:
     )
     if up is None or not cls:
         col.caption("Upload the file and name the class.")
-        return None
+        return Section(None, "Upload the Python file that defines the architecture and name its class")
     try:
         kwargs = json.loads(kwargs_text or "{}")
     except ValueError:
         kwargs = None
+    why = ""
     if not isinstance(kwargs, dict):
-        st.error(f'Keyword arguments must be a JSON object like {{"width": 32}}; got {kwargs_text!r}')
-        return None
-    if not cls.isidentifier():
-        st.error(f"{cls!r} is not a Python class name")
-        return None
+        why = f'Keyword arguments must be a JSON object like {{"width": 32}}; got {kwargs_text!r}'
+    elif not cls.isidentifier():
+        why = f"{cls!r} is not a Python class name"
+    if why:
+        st.error(why, icon="🚫")
+        return Section(None, why)
     path = save_upload(up.getvalue(), up.name, full_hash=True)
-    return f"file:{cls}", {"extra": kwargs, "source": str(path), "source_sha256": file_sha256(path)}
+    return Section((f"file:{cls}", {"extra": kwargs, "source": str(path), "source_sha256": file_sha256(path)}))
 
 
 def model_check_ui(check: ModelCheck, model_path: Path) -> None:

@@ -72,13 +72,16 @@ DETAIL_LISTS = {
 }
 
 
-def show_error(e: KDCoreError) -> None:
+def show_error(e: KDCoreError) -> str:
     """A KDCoreError in the user's words (`app.words`): fields of the page, not CLI flags. The lists
-    behind a summarised message (e.g. every tensor a model file lacks) go in an expander."""
-    st.error(in_words(" ".join(str(e).split())), icon="🚫")
+    behind a summarised message (e.g. every tensor a model file lacks) go in an expander. Returns the
+    line shown (a form section's problem, `app.section`)."""
+    line = in_words(" ".join(str(e).split()))
+    st.error(line, icon="🚫")
     lists = {title: e.details[key] for key, title in DETAIL_LISTS.items() if e.details.get(key)}
     if lists:
         with st.expander("The full lists"):
             for title, items in lists.items():
                 st.markdown(f"**{title}** ({len(items)})")
                 st.code("\n".join(items), language=None)
+    return line

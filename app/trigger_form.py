@@ -138,25 +138,24 @@ def _shown(x: torch.Tensor) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize(size, Image.Resampling.NEAREST))
 
 
-def trigger_preview_ui(trigger: Trigger, input_shape: tuple[int, int, int] | None, files: list | None) -> bool:
-    """A clean image and the same image with the trigger, side by side. False (and one st.error
-    line) when the trigger cannot be put on the model's inputs."""
+def trigger_preview_ui(trigger: Trigger, input_shape: tuple[int, int, int] | None, files: list | None) -> str:
+    """A clean image and the same image with the trigger, side by side. Why not (shown as one
+    st.error line, and returned) when the trigger cannot be put on the model's inputs; "" otherwise."""
     if trigger.kind == "triggered":
         st.caption("A triggered test set brings its own images: there is nothing to stamp.")
-        return True
+        return ""
     if input_shape is None:
         st.caption("Upload a model to see a preview of the stamped image.")
-        return True
+        return ""
     try:
         clean = clean_example(preview_source(files), tuple(input_shape))
         stamped = trigger.stamp(clean[None])[0]
     except KDCoreError as e:
-        show_error(e)
-        return False
+        return show_error(e)
     where = "the first unlabelled image" if files else f"a grey {'×'.join(map(str, input_shape))} image"
     c1, c2, _ = st.columns([1, 1, 2])
     c1.image(_shown(clean), caption=f"clean ({where})")
     c2.image(_shown(stamped), caption=f"+ trigger → class {trigger.target}")
     if isinstance(trigger, Patch) and trigger.fills(*input_shape[1:]):
         st.caption(FULL_SIZE)  # a toolkit's full-size pattern + mask: placed at the origin by the engine
-    return True
+    return ""

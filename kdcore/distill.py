@@ -43,7 +43,10 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError(f"distillation needs epochs ≥ 1, batch_size ≥ 1, lr > 0; got {self}")
+            raise ConfigError(
+                "distillation needs epochs ≥ 1, batch_size ≥ 1 and lr > 0; got "
+                f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr:g}"
+            )
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0; got {self.temperature}")
         if not 0.0 <= self.holdout_fraction < 0.5:

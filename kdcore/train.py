@@ -37,7 +37,10 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError(f"epochs ≥ 0, batch_size ≥ 1 and lr > 0 are required; got {self}")
+            raise ConfigError(
+                "training needs epochs ≥ 0, batch_size ≥ 1 and lr > 0; got "
+                f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr:g}"
+            )
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer must be adam or sgd; got {self.optimizer!r}")
         if not 0.0 <= self.val_fraction < 0.5:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from kdcore.errors import InputError
+from app import jobs_client
 from kdcore.jobs.store import JobStore
 from kdcore.jobs.worker import run_job
 from tests.conftest import audit_config
@@ -144,14 +144,18 @@ def defenses_env(defenses_home, tmp_path, monkeypatch):
 
 @pytest.fixture()
 def submitted(monkeypatch):
-    """The configs the New audit page submits; the submission itself stops with a refusal the page shows."""
+    """The configs the New audit page submits, each one queued by the real job store of the test's data
+    directory (`JobStore.submit` validates it as it would for a user): a config the store refuses is
+    not recorded, and the page shows the refusal."""
     got: list[dict] = []
+    submit = jobs_client.submit_audit
 
-    def fake_submit(config: dict, label: str = ""):
+    def recorded_submit(config: dict, label: str = ""):
+        job = submit(config, label=label)
         got.append(config)
-        raise InputError("captured by the test")
+        return job
 
-    monkeypatch.setattr("app.jobs_client.submit_audit", fake_submit)
+    monkeypatch.setattr("app.jobs_client.submit_audit", recorded_submit)
     return got
 
 

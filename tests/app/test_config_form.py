@@ -15,8 +15,9 @@ def _audit_form() -> None:
 
     from app.audit_form import hyperparameters_ui
 
-    kd, extra = hyperparameters_ui()
-    st.session_state["result"] = (kd, extra)
+    hyper = hyperparameters_ui()
+    st.session_state["result"] = hyper.value
+    st.session_state["problem"] = hyper.problem
 
 
 def test_audit_form_defaults_are_the_dataclass_defaults():
@@ -26,6 +27,7 @@ def test_audit_form_defaults_are_the_dataclass_defaults():
     widgets = {w.key: w.value for kind in ("number_input", "checkbox") for w in at.get(kind)}
     for name, (_, key) in HYPERPARAMETERS.items():
         assert widgets[key] == defaults[name], (name, widgets[key], defaults[name])
+    assert at.session_state["problem"] == ""
     kd, extra = at.session_state["result"]
     cfg = from_dict(AuditConfig, {"model": "m.pt", "unlabeled": "u", "kd": kd, **extra})
     assert cfg == AuditConfig(model="m.pt", unlabeled="u")  # the form's values resolve to the defaults

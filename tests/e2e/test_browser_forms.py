@@ -1,5 +1,6 @@
 """The New-audit form in a real browser (issue 14): a wrong zip is flagged before submit, a failed job
-reopens in the form, and no CLI flag name reaches a page (a failing model upload, a failed job)."""
+reopens in the form, and no CLI flag name reaches a page (a failing model upload, a failed job); a
+section in error (the trigger's) cannot start a job without its input (issue 22)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ import zipfile
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from kdcore.jobs.store import JobStore
 from kdcore.models.loading import save_model
 from kdcore.models.registry import build_model
 from kdcore.models.spec import ModelSpec
+from tests.e2e.conftest import choose
 
 try:  # the shared fixtures move to tests/e2e/conftest.py; until then they live in test_browser
     from tests.e2e.test_browser import SHOTS, page, server  # noqa: F401
@@ -123,3 +126,31 @@ def test_a_failing_model_upload_names_fields_not_flags(server, page, tmp_path):
     page.get_by_text("it looks like tv:resnet18").scroll_into_view_if_needed()
     page.screenshot(path=SHOTS / "new_audit_model_mismatch.png", full_page=True)
     assert not _flags_on(page), _flags_on(page)
+
+
+def test_a_trigger_section_in_error_cannot_start_an_audit_without_its_trigger(server, page, digits_files, tmp_path):
+    """Issue 22: with the trigger section showing 🚫, Start the audit stayed enabled and the job ran with no
+    trigger. Now the button is disabled, the reason is named under it, and no job reaches the store."""
+    page.goto(f"{server['url']}/new_audit")
+    page.locator(".st-key-model_file input[type=file]").set_input_files(str(_model(tmp_path)))
+    page.get_by_text("Model loads").wait_for(timeout=120_000)
+    _upload(page, "unlabeled_files", _flat_zip(digits_files, tmp_path / "unlabeled.zip"))
+    page.get_by_text("Found in unlabeled.zip").wait_for(timeout=60_000)
+    _submit_button(page).to_be_enabled(timeout=60_000)  # model and images: ready
+    page.get_by_text("I know the trigger").click()
+    choose(page, "trigger_kind", "patch")
+    page.get_by_text("Give the trigger's file to use it.", exact=True).wait_for(timeout=60_000)
+    _submit_button(page).to_be_disabled(timeout=60_000)  # a pattern trigger without its file
+    page.get_by_text("Fix the trigger section: Give the trigger's file").wait_for(timeout=60_000)
+    pattern = tmp_path / "pattern10.png"  # 10×10: larger than the model's 8×8 input, wherever it is placed
+    Image.new("L", (10, 10), 255).save(pattern)
+    _upload(page, "trigger_patch_image", pattern)
+    _submit_button(page).to_be_disabled(timeout=60_000)
+    reason = page.get_by_text(re.compile(r"Fix the trigger section: .*does not fit"))
+    reason.wait_for(timeout=60_000)  # the reason under the button, once the rerun with the pattern ends
+    _submit_button(page).to_be_disabled()
+    page.get_by_role("button", name="Start the audit").click(force=True)  # a disabled button does nothing
+    page.wait_for_timeout(3000)
+    reason.scroll_into_view_if_needed()
+    page.screenshot(path=SHOTS / "new_audit_trigger_blocks_start.png", full_page=True)
+    assert not JobStore(server["data"]).list()  # nothing was queued, with or without the trigger
