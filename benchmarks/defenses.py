@@ -28,6 +28,9 @@ on a cluster, a shared mount), and kd's stages go to the job's own run directory
 JSON are built from the jobs' report.json files the same way; each row also names its job and node,
 and a job that did not succeed is a row with its state and error in place of metrics.
 
+`--smoke` (benchmarks/common.py): BadNets × kd, seed 0, in process, on the smallest demo
+(`SMOKE_SETUP`), its teacher and stages in a temporary folder.
+
 Default: the quick demo setup (10,000 training images, 2 % poisoned, 2,000 clean images, 5,000
 test images); --setup merges DemoConfig settings into it. Prints a markdown table and writes
 benchmarks/results/defenses[_full].json (with `executor`: in-process, local or ray).
@@ -40,6 +43,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,7 +54,7 @@ from statistics import fmean  # noqa: E402
 
 import torch  # noqa: E402
 
-from benchmarks.common import log, sgemm_gflops, throttled, write_result  # noqa: E402
+from benchmarks.common import SMOKE_SETUP, log, sgemm_gflops, smoke_args, throttled, write_result  # noqa: E402
 from kdcore.config import to_dict  # noqa: E402
 from kdcore.defenses import DEFENSES, get_defense  # noqa: E402
 from kdcore.device import describe, resolve_device  # noqa: E402
@@ -344,7 +348,16 @@ def main() -> None:
     ap.add_argument("--executor", choices=("local", "ray"), default="local", help="with --jobs: who runs them")
     ap.add_argument("--workers", type=int, default=1, help="with --jobs --executor local: worker processes")
     ap.add_argument("--ray-address", default="", help="with --executor ray: the cluster (default: a local one)")
+    smoke_args(ap)
     a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kdaudit-defenses-smoke-") as tmp:
+        if a.smoke:
+            a.full, a.triggers, a.methods, a.seeds, a.setup, a.out = False, "badnets", "kd", "0", SMOKE_SETUP, Path(tmp)
+            a.jobs = None
+        run(a)
+
+
+def run(a: argparse.Namespace) -> None:
     methods = [m for m in a.methods.split(",") if m] or sorted(DEFENSES)
     for m in methods:
         get_defense(m)
@@ -362,7 +375,7 @@ def main() -> None:
     seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
     out = a.out.resolve()  # workers run elsewhere (another cwd, another node): the cache path must be absolute
     device = resolve_device(a.device)
-    gemm = sgemm_gflops(device)
+    gemm = sgemm_gflops(device, smoke=a.smoke)
     t0 = time.perf_counter()
 
     def save(rows: list[dict], executor: str) -> float:
@@ -370,7 +383,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
         result = {"wall_s": round(wall, 1), "seeds": seeds, "sgemm_gflops": round(gemm, 1), "executor": executor}
         name = "defenses_full" if a.full else "defenses"
-        write_result(name, "defenses.py", device, result | {"rows": rows, "table": table(rows)})
+        write_result(name, "defenses.py", device, result | {"rows": rows, "table": table(rows)}, a.results)
         return wall
 
     if a.jobs:

@@ -1,12 +1,13 @@
 """The long fuzz run: tests/hostile/test_fuzz.py with many more inputs, and what it found.
 
-    .venv/bin/python benchmarks/fuzz.py [--examples 100000]
+    .venv/bin/python benchmarks/fuzz.py [--examples 100000] [--out PATH] [--smoke]
 
 Runs pytest on the fuzz tests with KDAUDIT_FUZZ_EXAMPLES (split across the targets in the
 proportions of the default run) and KDAUDIT_FUZZ_SUMMARY, then writes benchmarks/results/fuzz.json:
 inputs and reader calls per target, seconds per target, wall time, pytest's outcome and the
 failures it reported. `FIXED` lists the bugs earlier runs found, each fixed in its reader and kept
-as a regression case (tests/hostile/test_fuzz.py::test_found_by_the_fuzzer).
+as a regression case (tests/hostile/test_fuzz.py::test_found_by_the_fuzzer). `--smoke`
+(benchmarks/common.py): one input per fuzz target, without the corpus and regression cases.
 """
 
 from __future__ import annotations
@@ -80,13 +81,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--examples", type=int, default=100_000, help="inputs in total, across the targets")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fuzz.json")
+    ap.add_argument("--smoke", action="store_true", help="the smallest run: checks that the script starts")
     args = ap.parse_args()
+    if args.smoke:
+        args.examples = 1  # one input per target
     with tempfile.TemporaryDirectory(prefix="kdaudit-fuzz-") as tmp:
         summary = Path(tmp) / "summary.json"
         env = {**os.environ, "KDAUDIT_FUZZ_EXAMPLES": str(args.examples), "KDAUDIT_FUZZ_SUMMARY": str(summary)}
         env["PYTHONPATH"] = str(ROOT)
         cmd = [sys.executable, "-m", "pytest", "tests/hostile/test_fuzz.py", "-q", "-p", "no:cacheprovider"]
         cmd += ["--tb=line", "-o", "timeout=0"]
+        if args.smoke:
+            cmd += ["-k", "not corpus_case and not found_by_the_fuzzer"]
         t0, c0 = time.perf_counter(), os.times()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         wall, c1 = time.perf_counter() - t0, os.times()

@@ -6,7 +6,9 @@ directly, another through `kdcore.sandbox` (the dashboard's and jobs' path), mea
 `tests/hostile/measure.py`: the idle RSS (the process, or the sandbox's fork server), the peak RSS
 above it while refusing, the wall time and the message. Target: ≤ 1.5 GiB above idle and ≤ 30 s.
 
-    .venv/bin/python benchmarks/hostile.py [--case NAME ...] [--via reader sandbox]
+    .venv/bin/python benchmarks/hostile.py [--case NAME ...] [--via reader sandbox] [--out PATH] [--smoke]
+
+`--smoke` (benchmarks/common.py): one small case that is not a bomb, through the reader only.
 
 Prints a markdown table and writes benchmarks/results/hostile.json.
 """
@@ -31,6 +33,7 @@ MAX_PEAK_BYTES = 1.5 * 2**30
 MAX_SECONDS = 30.0
 EXTRA = ("fifo_folder",)  # not a bomb by size, but it used to hang the loader
 BOMBS = [name for name, case in CASES.items() if case.bomb] + list(EXTRA)
+SMOKE_CASE = "oversized_claim_zip"  # small and quick to refuse
 
 
 def run(names: list[str], vias: list[str]) -> list[dict]:
@@ -86,7 +89,10 @@ def main() -> None:
     ap.add_argument("--case", nargs="*", default=BOMBS, choices=list(CASES), help="cases to measure")
     ap.add_argument("--via", nargs="*", default=["reader", "sandbox"], choices=["reader", "sandbox"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "hostile.json")
+    ap.add_argument("--smoke", action="store_true", help="the smallest run: checks that the script starts")
     args = ap.parse_args()
+    if args.smoke:
+        args.case, args.via = [SMOKE_CASE], ["reader"]
     print(HEADER, flush=True)
     rows = run(args.case, args.via)
     atomic_write_json(

@@ -3,7 +3,7 @@ every batch), and our training FLOP/s as a fraction of the machine's sgemm rate.
 
 Same data, same models, same process, interleaved repeats; medians reported.
 
-    .venv/bin/python benchmarks/kd_speed.py [--images 5000] [--epochs 5] [--repeats 3] [--device auto]
+    .venv/bin/python benchmarks/kd_speed.py [--images 5000] [--epochs 5] [--repeats 3] [--device auto] [--smoke]
 
 Writes benchmarks/results/kd_speed.json.
 """
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from benchmarks.common import sgemm_gflops, write_result  # noqa: E402
+from benchmarks.common import sgemm_gflops, smoke_args, write_result  # noqa: E402
 from kdcore.data.builtin import load_fashion_mnist  # noqa: E402
 from kdcore.device import describe, resolve_device  # noqa: E402
 from kdcore.distill import DistillConfig, distill, kd_loss  # noqa: E402
@@ -47,7 +47,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
+    smoke_args(ap)
     a = ap.parse_args()
+    if a.smoke:
+        a.images, a.epochs, a.repeats = 64, 1, 1
     device = resolve_device(a.device)
     torch.manual_seed(0)
     unl = load_fashion_mnist("train").subset(list(range(a.images))).unlabeled()
@@ -66,7 +69,7 @@ def main() -> None:
                 torch.cuda.synchronize()
             walls[name].append(time.perf_counter() - t0)  # includes the one-off teacher pass
             rates[name].append(a.images * a.epochs / walls[name][-1])
-    gemm = sgemm_gflops(device)
+    gemm = sgemm_gflops(device, smoke=a.smoke)
     fpi = train_flops_per_image()
     med = {k: statistics.median(v) for k, v in rates.items()}
     ours_gflops = med["cached"] * fpi / 1e9
@@ -90,7 +93,7 @@ def main() -> None:
     print(f"| our training GFLOP/s ({fpi / 1e6:.1f} MFLOP/image fwd+bwd) | {ours_gflops:.0f} |")
     print(f"| fraction of sgemm | {ours_gflops / gemm:.2f} |")
     print(f"\n{describe(device)}; {a.images} Fashion-MNIST images × {a.epochs} epochs × {a.repeats} repeats; medians")
-    write_result("kd_speed", "kd_speed.py", device, result)
+    write_result("kd_speed", "kd_speed.py", device, result, a.results)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ Render time of a page: from the click on its sidebar link (or `page.goto` for th
 Streamlit reports the script as not running (`data-test-script-state="notRunning"`, the state its
 "Running…" indicator shows), no element is stale, and the page's main element is present.
 
-    .venv/bin/python benchmarks/load.py [--sessions 5] [--jobs 10] [--workers 2] [--budget 480]
+    .venv/bin/python benchmarks/load.py [--sessions 5] [--jobs 10] [--workers 2] [--budget 480] [--smoke]
+
+`--smoke` (benchmarks/common.py) stops after the first real step: the dashboard up, with no worker
+and no job, and one session's first page (Home) measured.
 
 Prints a markdown table and writes benchmarks/results/load.json. Exits 1 if a session saw another
 session's data or a job did not succeed.
@@ -37,7 +40,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from dataclasses import field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +49,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.common import sgemm_gflops, smoke_args  # noqa: E402
 from benchmarks.dashboard import CHROMIUM, FLAGS, start_dashboard, stop_dashboard  # noqa: E402
-from benchmarks.kd_speed import sgemm_gflops  # noqa: E402
 from kdcore.data.builtin import load_digits  # noqa: E402
 from kdcore.io import atomic_write_json  # noqa: E402
 from kdcore.jobs.store import JobStore  # noqa: E402
@@ -104,15 +107,16 @@ def _zip(src: Path, dest: Path) -> Path:
     return dest
 
 
-def make_inputs(root: Path) -> dict:
-    """Digits: 1000 training images (60 poisoned) / 500 unlabelled / 297 test; a poisoned teacher."""
+def make_inputs(root: Path, epochs: int = 15) -> dict:
+    """Digits: 1000 training images (60 poisoned) / 500 unlabelled / 297 test; a poisoned teacher
+    (trained for `epochs`)."""
     digits = load_digits()
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(digits), generator=g)
     train, unl, test = digits.subset(perm[:1000]), digits.subset(perm[1000:1500]), digits.subset(perm[1500:])
     poisoned, _ = poison_dataset(train, TRIGGER, 60, g)
     teacher = seeded_model(lambda: build_model(SPEC), 0)
-    teacher, _ = fit(teacher, SPEC, poisoned, TrainConfig(epochs=15, batch_size=50), torch.device("cpu"))
+    teacher, _ = fit(teacher, SPEC, poisoned, TrainConfig(epochs=epochs, batch_size=50), torch.device("cpu"))
     for name, ds in (("train", poisoned), ("test", test)):
         for i in range(len(ds)):
             _png(root / name / str(int(ds.labels[i])) / f"{name[:2]}{i:04d}.png", ds.images[i])
@@ -153,6 +157,7 @@ def wait_jobs(store: JobStore, ids: list[int], deadline: float) -> None:
 # ----------------------------------------------------------------------------- the dashboard
 
 
+@dataclass
 class Session:
     """One browser context = one Streamlit session, with values no other session uses."""
 
@@ -330,6 +335,20 @@ async def warm_up(url: str) -> None:
             await browser.close()
 
 
+async def first_page(url: str, s: Session, everyone: list[Session], store: JobStore) -> None:
+    """A smoke run's one step: session `s` opens Home, timed and checked as in a walk."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            page = await browser.new_page()
+            page.set_default_timeout(PAGE_TIMEOUT_MS)
+            await Walker(s, page, url, [o for o in everyone if o is not s], store, "baseline").visit("home", 0, True)
+        finally:
+            await browser.close()
+
+
 async def run_sessions(
     url: str, sessions: list[Session], everyone: list[Session], store: JobStore, phase: str, rounds, job_ids: list[int]
 ) -> None:
@@ -391,14 +410,17 @@ def main() -> int:
     ap.add_argument("--kd-epochs", type=int, default=150, help="distillation epochs of each job (500 images)")
     ap.add_argument("--max-rounds", type=int, default=4, help="walks per session under load, at most")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds the jobs may take, at most")
+    smoke_args(ap)
     a = ap.parse_args()
     assert Path(CHROMIUM).exists(), "Chromium is missing: ./scripts/setup.sh installs Debian's chromium"
+    if a.smoke:
+        a.sessions, a.jobs, a.workers = 0, 0, 0
     t_start = time.perf_counter()
-    gemm = sgemm_gflops(torch.device("cpu"))
+    gemm = sgemm_gflops(torch.device("cpu"), smoke=a.smoke)
     with tempfile.TemporaryDirectory(prefix="kdaudit-load-") as tmp:
         root, home = Path(tmp), Path(tmp) / "home"
         home.mkdir()
-        files = make_inputs(root)
+        files = make_inputs(root, epochs=1 if a.smoke else 15)
         base = Session("base", 0, root)
         load = [Session(f"sess{i}", i, root) for i in range(1, a.sessions + 1)]
         everyone = [base, *load]
@@ -407,24 +429,29 @@ def main() -> int:
         store = JobStore(home)
         # one thread per process: the workers and the dashboard share the machine's cores
         proc, url = start_dashboard(home, home / "server.log", workers=a.workers, threads=1)
+        ids: list[int] = []
+        t_base = t_load = 0.0
         try:
-            seed = store.submit("audit", audit_config(files, 0, 1), label="seed audit").id
-            wait_jobs(store, [seed], time.monotonic() + a.budget)
-            asyncio.run(warm_up(url))
-            t_base = time.perf_counter()
-            asyncio.run(run_sessions(url, [base], everyone, store, "baseline", (2, 2), []))
-            t_base = time.perf_counter() - t_base
-            t_load = time.perf_counter()
-            ids = [
-                store.submit("audit", audit_config(files, i, a.kd_epochs), label=f"load job {i}").id
-                for i in range(1, a.jobs + 1)
-            ]
-            asyncio.run(run_sessions(url, load, everyone, store, "load", (1, a.max_rounds), ids))
-            wait_jobs(store, ids, time.monotonic() + a.budget)
-            t_load = time.perf_counter() - t_load
+            if a.smoke:
+                asyncio.run(first_page(url, base, everyone, store))
+            else:
+                ids.append(store.submit("audit", audit_config(files, 0, 1), label="seed audit").id)
+                wait_jobs(store, ids, time.monotonic() + a.budget)
+                asyncio.run(warm_up(url))
+                t_base = time.perf_counter()
+                asyncio.run(run_sessions(url, [base], everyone, store, "baseline", (2, 2), []))
+                t_base = time.perf_counter() - t_base
+                t_load = time.perf_counter()
+                ids += [
+                    store.submit("audit", audit_config(files, i, a.kd_epochs), label=f"load job {i}").id
+                    for i in range(1, a.jobs + 1)
+                ]
+                asyncio.run(run_sessions(url, load, everyone, store, "load", (1, a.max_rounds), ids[1:]))
+                wait_jobs(store, ids, time.monotonic() + a.budget)
+                t_load = time.perf_counter() - t_load
         finally:
             stop_dashboard(proc)
-        jobs = [store.get(i) for i in [seed, *ids]]
+        jobs = [store.get(i) for i in ids]  # the seed audit first
     walls = [j.finished_at - j.started_at for j in jobs if j.finished_at and j.started_at]
     failed = [f"#{j.id} {j.state}: {(j.error or '').strip()[-200:]}" for j in jobs if j.state != "succeeded"]
     violations = [v for s in everyone for v in s.violations]
@@ -439,7 +466,7 @@ def main() -> int:
         "sessions": a.sessions,
         "workers": a.workers,
         "jobs": {
-            "count": len(ids),
+            "count": len(jobs[1:]),
             "each": f"audit of 500 unlabelled digits, {a.kd_epochs} distillation + 2 fine-tuning epochs",
             "states": {j.id: j.state for j in jobs},
             "all_succeeded": not failed,
@@ -447,7 +474,9 @@ def main() -> int:
             "job_wall_s_median": round(statistics.median(walls), 1) if walls else None,
             "first_start_to_last_finish_s": round(
                 max(j.finished_at or 0 for j in jobs[1:]) - min(j.started_at or 0 for j in jobs[1:]), 1
-            ),
+            )
+            if jobs[1:]
+            else None,
         },
         "render_s": {"baseline_one_session_no_jobs": base_sum, "load": load_sum},
         "share_of_load_measurements_with_a_job_running": round(
@@ -473,14 +502,14 @@ def main() -> int:
                 f"| {key} | " + " | ".join(f"{v:.2f}" for v in cells) + f" | {u['n']} ({u['n_with_a_job_running']}) |"
             )
     print(
-        f"\n{a.sessions} sessions, {a.workers} workers, {len(ids)} jobs + 1 seed job: "
+        f"\n{a.sessions} sessions, {a.workers} workers, {len(jobs[1:])} jobs + {len(jobs[:1])} seed job: "
         f"{sum(j.state == 'succeeded' for j in jobs)}/{len(jobs)} succeeded; "
         f"isolation violations: {len(violations)} ({result['isolation']['own_value_checks']} own-value checks); "
         f"sgemm {gemm:.0f} GFLOP/s; wall {result['wall_s']['total']:.0f} s"
     )
     for line in [*failed, *violations]:
         print("  " + line)
-    atomic_write_json(ROOT / "benchmarks" / "results" / "load.json", result)
+    atomic_write_json(a.results / "load.json", result)
     return 1 if failed or violations else 0
 
 

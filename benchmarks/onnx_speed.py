@@ -6,7 +6,7 @@ fresh student) and distilled exactly as the native model is: same data, same con
 process, repeats interleaved (native, onnx, native, onnx, ...), medians reported. The machine's
 sgemm rate (`benchmarks/kd_speed.py`) is printed beside it. Target: onnx ≥ 0.8 × native.
 
-    .venv/bin/python benchmarks/onnx_speed.py [--images 5000] [--epochs 3] [--repeats 3] [--device auto]
+    .venv/bin/python benchmarks/onnx_speed.py [--images 5000] [--epochs 3] [--repeats 3] [--device auto] [--smoke]
 
 Writes benchmarks/results/onnx_speed.json.
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.common import sgemm_gflops, write_result  # noqa: E402
+from benchmarks.common import sgemm_gflops, smoke_args, write_result  # noqa: E402
 from kdcore.data.builtin import load_fashion_mnist  # noqa: E402
 from kdcore.device import describe, resolve_device  # noqa: E402
 from kdcore.distill import DistillConfig, distill  # noqa: E402
@@ -54,7 +54,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
+    smoke_args(ap)
     a = ap.parse_args()
+    if a.smoke:
+        a.images, a.epochs, a.repeats = 64, 1, 1
     device = resolve_device(a.device)
     torch.manual_seed(0)
     unl = load_fashion_mnist("train").subset(list(range(a.images))).unlabeled()
@@ -77,7 +80,7 @@ def main() -> None:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 rates[name].append(a.images * a.epochs / (time.perf_counter() - t0))
-    gemm = sgemm_gflops(device)
+    gemm = sgemm_gflops(device, smoke=a.smoke)
     med = {k: statistics.median(v) for k, v in rates.items()}
     ratio = med["onnx"] / med["native"]
     result = {
@@ -96,7 +99,7 @@ def main() -> None:
     print(f"| ratio onnx / native (target ≥ 0.8) | {ratio:.2f} |")
     print(f"| sgemm GFLOP/s (2048², fp32) | {gemm:.0f} |")
     print(f"\n{describe(device)}; {a.images} Fashion-MNIST images × {a.epochs} epochs × {a.repeats} repeats; medians")
-    write_result("onnx_speed", "onnx_speed.py", device, result)
+    write_result("onnx_speed", "onnx_speed.py", device, result, a.results)
 
 
 if __name__ == "__main__":

@@ -37,11 +37,15 @@ of waiting) and the page is fully drawn again. Trees, jobs and pages are interle
 repeat; medians are reported.
 
     .venv/bin/python benchmarks/page_speed.py [--tree /work/wt/speed-base] [--repeats 5]
-        [--browser warm|fresh] [--data-dir /tmp/kdaudit-page-speed]
+        [--browser warm|fresh] [--data-dir /tmp/kdaudit-page-speed] [--smoke]
         [--pages results,candidates,explain,defenses,jobs] [--jobs demo,audit] [--cold] [--out PATH]
 
+`--smoke` (benchmarks/common.py) stops after the first real step: a server on the data folder, with
+no job made, and Home fully drawn once in a fresh browser (its JSON: <data-dir>/page_speed_smoke.json
+unless --out says).
+
 Prints a markdown table and writes benchmarks/results/page_speed.json (`--browser fresh`:
-page_speed_fresh.json) with the browser mode, the sgemm rate (`kd_speed.sgemm_gflops`, measured in
+page_speed_fresh.json) with the browser mode, the sgemm rate (`common.sgemm_gflops`, measured in
 the same run) and the load average.
 """
 
@@ -64,12 +68,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
-from kd_speed import sgemm_gflops  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.common import sgemm_gflops, smoke_args  # noqa: E402
 from benchmarks.dashboard import CHROMIUM, FLAGS, free_port, start_dashboard, stop_dashboard  # noqa: E402
 from kdcore.config import to_dict  # noqa: E402
 from kdcore.data.imageset import ImageSet  # noqa: E402
@@ -356,12 +359,18 @@ def main() -> None:
     ap.add_argument(
         "--out", help="the JSON (default: benchmarks/results/page_speed.json, page_speed_fresh.json if fresh)"
     )
+    smoke_args(ap, results=False)
     a = ap.parse_args()
-    if a.out is None:  # a fresh-browser run does not overwrite the warm one's results
+    if a.out is None and a.smoke:  # a smoke run never writes over benchmarks/results
+        a.out = str(Path(a.data_dir) / "page_speed_smoke.json")
+    elif a.out is None:  # a fresh-browser run does not overwrite the warm one's results
         a.out = str(ROOT / "benchmarks" / "results" / f"page_speed{'' if a.browser == 'warm' else '_fresh'}.json")
     trees = {"this": ROOT, **{Path(t).name: Path(t).resolve() for t in a.tree}}
     data = Path(a.data_dir)
     data.mkdir(parents=True, exist_ok=True)
+    if a.smoke:
+        smoke(a, data)
+        return
     t0 = time.perf_counter()
     job_ids = make_jobs(data, ROOT)
     setup_s = time.perf_counter() - t0
@@ -408,6 +417,26 @@ def main() -> None:
             # after every repeat, so a run stopped early still leaves its medians so far
             report(a, trees, kinds, pages, times, gflops, load_before, job_ids, setup_s, views_s, warm_s, rep + 1)
         browser.close()
+
+
+def smoke(a, data: Path) -> None:
+    """The first real step only: a server on `data` (no job made) and Home fully drawn once, in a
+    fresh browser; reported as a page `home` of a job `none`."""
+    from playwright.sync_api import sync_playwright
+
+    a.browser, a.repeats = "fresh", 1
+    gflops, load_before = sgemm_gflops(torch.device("cpu"), smoke=True), os.getloadavg()
+    proc, url = start_dashboard(data, data / "server-smoke.log", workers=0)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            with new_tab(browser, warm=False) as page:
+                home = open_home(page, url)
+            browser.close()
+    finally:
+        stop_dashboard(proc)
+    times = {("this", "none", "home"): {"first": [home], "widget": [], "home": []}}
+    report(a, {"this": ROOT}, ["none"], ["home"], times, gflops, load_before, {}, 0.0, {}, None, 1)
 
 
 def report(a, trees, kinds, pages, times, gflops, load_before, job_ids, setup_s, views_s, warm_s, done: int) -> None:

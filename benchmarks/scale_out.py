@@ -7,7 +7,10 @@ in a fresh data directory with a fresh stage cache, so every configuration train
 All nodes are processes on this one machine: the figures are about the executors' overhead and
 the parallelism two cores allow, not about a real cluster.
 
-    .venv/bin/python benchmarks/scale_out.py [--repeats 1]
+    .venv/bin/python benchmarks/scale_out.py [--repeats 1] [--smoke]
+
+`--smoke` (benchmarks/common.py): the local executor with one worker only, once, on a sweep of one
+part (seed 0, one budget, the smallest demo `SMOKE_SETUP`).
 
 Prints a table and writes benchmarks/results/scale_out.json (median wall time per configuration over
 `--repeats` interleaved runs, its ratio to one local worker, the Ray cluster's start-up time apart,
@@ -30,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.common import log, sgemm_gflops, write_result  # noqa: E402
+from benchmarks.common import SMOKE_SETUP, log, sgemm_gflops, smoke_args, write_result  # noqa: E402
 from kdcore.jobs.store import JobStore  # noqa: E402
 
 SETUP = {
@@ -42,6 +45,8 @@ SETUP = {
     "kd": {"distill": {"epochs": 3}, "finetune": {"epochs": 1}},
 }
 SWEEP = {"budgets": [300, 600], "scenarios": ["attack"], "seeds": [0, 1, 2]}
+SMOKE_SWEEP = {"budgets": [100], "scenarios": ["attack"], "seeds": [0]}
+HOWS = ("local, 1 worker", "local, 2 workers", "ray, 2-node cluster")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core per job, as the Ray tasks get (num_cpus=1)
 
 
@@ -50,14 +55,14 @@ def worker(data: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
-def one_sweep(how: str) -> tuple[float, dict]:
+def one_sweep(how: str, setup: dict = SETUP, sweep: dict = SWEEP) -> tuple[float, dict]:
     """Submit the sweep in a fresh data dir and run it to the end the way `how` says: (wall s from
     the workers' start to the last job's end, facts). Starting the Ray cluster is timed apart
     (`cluster_start_s`): a real cluster is up before the work arrives."""
     with tempfile.TemporaryDirectory(prefix="kdaudit-scale-") as tmp:
         data = Path(tmp)
         store = JobStore(data)
-        job = store.submit("sweep", {"setup": {**SETUP, "cache_dir": str(data / "cache")}, **SWEEP})
+        job = store.submit("sweep", {"setup": {**setup, "cache_dir": str(data / "cache")}, **sweep})
         cluster, facts = None, {}
         if how == "ray, 2-node cluster":
             from ray.cluster_utils import Cluster
@@ -109,15 +114,18 @@ def table_of(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3, help="runs of each configuration (median reported)")
+    smoke_args(ap)
     a = ap.parse_args()
-    gemm = sgemm_gflops(torch.device("cpu"))
-    hows = ("local, 1 worker", "local, 2 workers", "ray, 2-node cluster")
+    setup, sweep, hows = (SMOKE_SETUP, SMOKE_SWEEP, HOWS[:1]) if a.smoke else (SETUP, SWEEP, HOWS)
+    if a.smoke:
+        a.repeats = 1
+    gemm = sgemm_gflops(torch.device("cpu"), smoke=a.smoke)
     walls: dict[str, list[float]] = {h: [] for h in hows}
     facts: dict[str, dict] = {}
     for r in range(a.repeats):
         for how in hows:  # interleaved, so a change in machine load touches every configuration
             log(f"run {r + 1}/{a.repeats}: {how}")
-            wall, facts[how] = one_sweep(how)
+            wall, facts[how] = one_sweep(how, setup, sweep)
             walls[how].append(wall)
             log(f"  {wall:.1f} s")
     base = statistics.median(walls[hows[0]])
@@ -138,7 +146,8 @@ def main() -> None:
         "scale_out",
         "scale_out.py",
         torch.device("cpu"),
-        {"sgemm_gflops": round(gemm, 1), "setup": SETUP, "sweep": SWEEP, "rows": rows, "table": table},
+        {"sgemm_gflops": round(gemm, 1), "setup": setup, "sweep": sweep, "rows": rows, "table": table},
+        a.results,
     )
 
 

@@ -5,7 +5,10 @@ budgets of 3,000 / 6,500 / 10,000 unlabelled images (6 / 13 / 20 % of the traini
 "under attack" and "no attack". Teacher/baseline: 8 epochs (paper: 50); KD: 30 epochs (paper: 50),
 T = 20; fine-tuning ≤ 5 epochs at 1e-4 with early stopping on a slice of the detoxified set.
 
-    .venv/bin/python benchmarks/table5.py [--seeds 0,1,2] [--device auto] [--quick]
+    .venv/bin/python benchmarks/table5.py [--seeds 0,1,2] [--device auto] [--quick] [--smoke]
+
+`--smoke` (benchmarks/common.py): seed 0, one budget of 100 images, under attack only, on the
+smallest demo (`SMOKE_SETUP`); its stages and cache in a temporary folder.
 
 Prints the table and writes benchmarks/results/table5.json (rows, table, wall time, device).
 """
@@ -14,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import SMOKE_SETUP, smoke_args  # noqa: E402
 from kdcore.config import to_dict  # noqa: E402
 from kdcore.io import atomic_write_json  # noqa: E402
 from kdcore.runs.configs import DemoConfig  # noqa: E402
@@ -33,10 +38,20 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the quick demo setup (minutes, not an hour)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "table5")
     ap.add_argument("--cache-dir", default=str(ROOT / "benchmarks" / "out" / "cache"))
+    smoke_args(ap)
     a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kdaudit-table5-smoke-") as tmp:
+        if a.smoke:
+            a.seeds, a.out, a.cache_dir = "0", Path(tmp) / "table5", str(Path(tmp) / "cache")
+        run(a)
+
+
+def run(a: argparse.Namespace) -> None:
     seeds = tuple(int(s) for s in a.seeds.split(","))
-    setup = {**to_dict(DemoConfig.preset(a.quick)), "device": a.device, "cache_dir": a.cache_dir}
-    cfg = SweepConfig.preset(a.quick, seeds=seeds, setup=setup)
+    sizes = SMOKE_SETUP if a.smoke else {}
+    setup = {**to_dict(DemoConfig.preset(a.quick, **sizes)), "device": a.device, "cache_dir": a.cache_dir}
+    smallest = {"budgets": (100,), "scenarios": ("attack",)} if a.smoke else {}
+    cfg = SweepConfig.preset(a.quick, seeds=seeds, setup=setup, **smallest)
     last = [0.0]
 
     def progress(stage, step, total, metrics):
@@ -52,7 +67,7 @@ def main() -> None:
     print(f"\nwall time {wall:.0f} s on {report['device']}")
     name = "table5_quick.json" if a.quick else "table5.json"
     atomic_write_json(
-        ROOT / "benchmarks" / "results" / name,
+        a.results / name,
         {
             "command": " ".join(["python", "benchmarks/table5.py", *sys.argv[1:]]),
             "wall_s": round(wall, 1),

@@ -26,7 +26,10 @@ benchmarks/results/verdict.json keeps that row and is not re-run either: the que
 constants of kdcore/verdict/ (`kdcore.verdict.rescore`), which is how the constants are calibrated;
 rows kept without their report are not re-scored (`--rerun-missing` trains them again).
 
-    .venv/bin/python benchmarks/verdict.py [--rescore] [--limit N] [--only badnets,clean] [--device auto]
+    .venv/bin/python benchmarks/verdict.py [--rescore] [--limit N] [--only badnets,clean] [--device auto] [--smoke]
+
+`--smoke` (benchmarks/common.py): one clean model (clean-s0) on the smallest demo (`SMOKE_SETUP`,
+`SMOKE_NC`), its run in a temporary folder, no stored rows read.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.common import log, sgemm_gflops, throttled, write_result  # noqa: E402
+from benchmarks.common import SMOKE_NC, SMOKE_SETUP, log, sgemm_gflops, smoke_args, throttled, write_result  # noqa: E402
 from benchmarks.defenses import ATTACKS  # noqa: E402
 from kdcore.defenses import get_defense  # noqa: E402
 from kdcore.device import describe, resolve_device  # noqa: E402
@@ -122,18 +126,18 @@ def trigger_images(folder: Path) -> dict[str, Path]:
     return paths
 
 
-def run_job(job: Job, images: dict[str, Path], device: str) -> dict:
-    run_dir = OUT / "runs" / job.name
+def run_job(job: Job, images: dict[str, Path], device: str, out: Path = OUT, sizes: dict | None = None) -> dict:
+    """The blind quick demo of `job` in <out>/runs/<name>/; `sizes`: DemoConfig settings merged last."""
+    run_dir = out / "runs" / job.name
     cfg = DemoConfig.preset(
         quick=True,
         blind=True,
         seed=job.seed,
         scenario="no_attack" if job.attack == "clean" else "attack",
         trigger=job.trigger(images),
-        n_poison=job.n_poison or None,
         device=device,
-        cache_dir=str(OUT / "cache"),
-        **CUTS,
+        cache_dir=str(out / "cache"),
+        **{"n_poison": job.n_poison or None, **CUTS, **(sizes or {})},
     )
     return run_demo(cfg, run_dir, throttled())
 
@@ -242,18 +246,29 @@ def main() -> None:
     ap.add_argument("--only", default="", help="attacks to run, e.g. badnets,clean (default: all)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--rerun-missing", action="store_true", help="re-run models whose run dir is gone")
+    smoke_args(ap)
     a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kdaudit-verdict-smoke-") as tmp:
+        if a.smoke:
+            a.only, a.limit, a.rerun_missing, a.rescore = "clean", 1, True, False
+            run(a, Path(tmp), {**SMOKE_SETUP, "neural_cleanse": SMOKE_NC})
+        else:
+            run(a, OUT, {})
+
+
+def run(a: argparse.Namespace, out: Path, sizes: dict) -> None:
+    """The queue (or `--only` of it) under `out`, the result JSON rewritten after every model."""
     device = resolve_device(a.device)
-    images = trigger_images(OUT / "triggers")
+    images = trigger_images(out / "triggers")
     only = {x for x in a.only.split(",") if x}
     jobs = [j for j in queue() if not only or j.attack in only]
     t0 = time.perf_counter()
     rows: list[dict] = []
     new = 0
-    gemm = sgemm_gflops(device)
+    gemm = sgemm_gflops(device, smoke=a.smoke)
     stored = {r["name"]: r for r in (stored_rows() if not a.rerun_missing else [])}
     for i, job in enumerate(jobs):
-        path = OUT / "runs" / job.name / "report.json"
+        path = out / "runs" / job.name / "report.json"
         if not path.is_file() and job.name in stored:
             rows.append(stored[job.name])
             log(f"  {job.name}: kept from results/verdict.json (its run dir is not here)")
@@ -262,7 +277,7 @@ def main() -> None:
             if a.rescore or (a.limit and new >= a.limit):
                 continue
             log(f"[{i + 1}/{len(jobs)}] {job.name}: target {job.target}, {job.n_poison} poisons")
-            run_job(job, images, a.device)
+            run_job(job, images, a.device, out, sizes)
             new += 1
         rows.append(row_of(job, json.loads(path.read_text())))
         log(f"  {job.name}: {rows[-1]['status']} {rows[-1]['target_classes']} ({rows[-1]['outcome']})")
@@ -280,6 +295,7 @@ def main() -> None:
                 "rows": rows,
                 "table": tables(rows),
             },
+            a.results,
         )
     print(tables(rows), flush=True)
     total = sum(r["wall_s"] or 0 for r in rows)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from kdcore.data.builtin import load_digits
+from kdcore.data.builtin import fashion_mnist_dir, load_digits
 from kdcore.models.loading import save_model
 from kdcore.models.registry import build_model
 from kdcore.models.spec import ModelSpec
@@ -18,6 +18,13 @@ from kdcore.triggers import BadNets, poison_dataset
 
 TRIGGER = BadNets(target=7, size=2, margin=0)
 DIGITS_SPEC = ModelSpec("paper-cnn", 10, (1, 8, 8), (0.3,), (0.4,))
+# Fashion-MNIST where kdcore looks for it (KDCORE_FASHION_MNIST, else Debian's folder): the one skip
+# for the tests that need it, so a folder given through the variable is used, not skipped.
+needs_fashion_mnist = pytest.mark.skipif(
+    not fashion_mnist_dir().is_dir(),
+    reason=f"needs Fashion-MNIST in {fashion_mnist_dir()} (apt-get install dataset-fashion-mnist, "
+    "or set KDCORE_FASHION_MNIST)",
+)
 
 
 @pytest.fixture(scope="session")

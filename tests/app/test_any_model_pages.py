@@ -4,7 +4,6 @@ the file the architecture is defined by."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import zipfile
@@ -111,7 +110,6 @@ def onnx_env(onnx_home, monkeypatch):
     return onnx_home
 
 
-@pytest.mark.skipif(importlib.util.find_spec("kdcore.models.onnxfile") is None, reason="ONNX lands on branch onnx")
 @pytest.mark.parametrize("page", ["results", "candidates", "explain", "defenses"])
 def test_every_page_works_on_an_audit_of_an_onnx_model(onnx_env, page):
     from tests.app.conftest import open_page

@@ -14,8 +14,7 @@ import torch
 from kdcore.data.builtin import FASHION_MNIST_CLASSES, MNIST_CLASSES, load_digits, load_fashion_mnist, read_idx
 from kdcore.data.imageset import ImageSet
 from kdcore.errors import InputError
-
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+from tests.conftest import needs_fashion_mnist
 
 
 def _idx_bytes(arr: np.ndarray, type_code: int = 0x08) -> bytes:
@@ -99,7 +98,7 @@ def test_load_digits(digits: ImageSet) -> None:
     assert torch.equal(big.images[:, :, ::2, ::2], d.images)  # nearest-neighbour upscaling
 
 
-@pytest.mark.skipif(not FASHION_DIR.exists(), reason="needs apt-get install dataset-fashion-mnist")
+@needs_fashion_mnist
 def test_load_fashion_mnist_test_split() -> None:
     test = load_fashion_mnist("t10k")
     assert test.images.shape == (10_000, 1, 28, 28) and test.images.dtype == torch.uint8

@@ -1,7 +1,7 @@
 """Every case of the hostile corpus is refused by its reader with one clear KDCoreError.
 
 The bombs run in a subprocess each (tests/hostile/measure.py): refusing one may take at most
-1.5 GiB above the process's idle size and 30 s, and the process must survive (the deep-tuple .pt
+1.5 GiB above the process's idle size, and the process must survive (the deep-tuple .pt
 used to kill it with SIGSEGV). No message may ever suggest torch's `weights_only=False`.
 """
 
@@ -19,7 +19,6 @@ from tests.hostile.measure import measure
 BOMBS = [name for name, case in CASES.items() if case.bomb]
 OTHERS = [name for name, case in CASES.items() if not case.bomb]
 MAX_PEAK_BYTES = 1.5 * 2**30
-MAX_SECONDS = 30
 
 
 def check_outcome(case: Case, error: str | None, message: str, skipped: tuple[str, ...]) -> None:
@@ -44,12 +43,11 @@ def test_refused_with_a_clear_message(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BOMBS)
-def test_bomb_refused_within_memory_and_time(name: str, tmp_path: Path) -> None:
+def test_bomb_refused_within_memory(name: str, tmp_path: Path) -> None:
     case = CASES[name]
     m = measure(name, case.make(tmp_path))
     check_outcome(case, m.error, m.message, m.skipped)
     assert m.peak_bytes <= MAX_PEAK_BYTES, f"{m.peak_bytes / 2**20:.0f} MiB above idle"
-    assert m.seconds <= MAX_SECONDS
 
 
 def test_every_kdcore_error_class_is_expected_somewhere() -> None:

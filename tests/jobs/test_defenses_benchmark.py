@@ -5,21 +5,17 @@ that did not succeed is a row that says so."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
-import pytest
 
 from benchmarks.defenses import SUSPECT, demo_config, job_rows, run_jobs, table
 from kdcore.config import to_dict
 from kdcore.defenses import get_defense
 from kdcore.jobs.store import JobStore
-from tests.conftest import TINY_DEMO
+from tests.conftest import TINY_DEMO, needs_fashion_mnist
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 METHODS = ["linf-pruning", "activation-clustering"]  # seconds each on 600 images, with their defaults
 
 
-@pytest.mark.skipif(not FASHION.exists(), reason="needs dataset-fashion-mnist")
+@needs_fashion_mnist
 def test_the_comparison_runs_as_jobs_on_two_local_workers(tmp_path):
     data = tmp_path / "store"
     rows = run_jobs(data, ["badnets"], METHODS, [1], False, tmp_path, workers=2, device="cpu", setup=TINY_DEMO)

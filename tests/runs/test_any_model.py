@@ -21,18 +21,16 @@ import pytest
 import torch
 from PIL import Image
 
-from kdcore.data.builtin import fashion_mnist_dir, load_fashion_mnist
+from kdcore.data.builtin import load_fashion_mnist
 from kdcore.models.spec import ModelSpec
 from kdcore.train import TrainConfig, fit, seeded_model
 from kdcore.triggers import BadNets, poison_dataset
+from tests.conftest import needs_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[2]
 TRIGGER = BadNets(target=7, size=3)
 SPEC = ModelSpec("tiny", 10, (1, 28, 28), (0.286,), (0.353,))
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not fashion_mnist_dir().exists(), reason="needs apt-get install dataset-fashion-mnist"),
-]
+pytestmark = [pytest.mark.slow, needs_fashion_mnist]
 
 MODEL_PY = '''
 import torch

@@ -5,7 +5,6 @@ scenarios (issue 10's done-when) on a smaller-than-quick setup."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -79,7 +78,6 @@ SMALL = {
 def test_blind_demo(tmp_path, tmp_path_factory, scenario):
     cache = tmp_path_factory.getbasetemp() / "blind-demo-cache"  # the baseline trains once for both
     cfg = DemoConfig.preset(quick=True, **SMALL, scenario=scenario, blind=True, device="cpu", cache_dir=str(cache))
-    t0 = time.perf_counter()
     report = run_demo(cfg, tmp_path / "run")
     v = report["verdict"]
     if scenario == "attack":
@@ -88,4 +86,3 @@ def test_blind_demo(tmp_path, tmp_path_factory, scenario):
     else:
         assert v["status"] != "backdoor", v
     assert report["evaluation_only"] == ["asr", "poison_acc"]  # the true trigger, for comparison only
-    assert time.perf_counter() - t0 < 600

@@ -23,6 +23,7 @@ from kdcore.models.loading import load_model
 from kdcore.report import ROLES, models_of
 from kdcore.runs.defend import DefendConfig, run_defend
 from kdcore.triggers import BadNets
+from tests.conftest import needs_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -185,7 +186,7 @@ def test_cli_bad_input_exits_2_with_one_line(args, expected, tmp_path):
     assert expected in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").exists(), reason="needs dataset-fashion-mnist")
+@needs_fashion_mnist
 def test_demo_inputs_follow_the_scenario(tmp_path):
     """`defend --demo` with scenario no_attack defends the clean baseline on clean data, as the demo audits it."""
     from kdcore.runs.configs import DemoConfig

@@ -20,15 +20,16 @@ from PIL import Image
 from timm.models import save_for_hf
 
 from kdcore.config import from_dict
-from kdcore.data.builtin import fashion_mnist_dir, load_fashion_mnist
+from kdcore.data.builtin import load_fashion_mnist
 from kdcore.errors import ConfigError
 from kdcore.explain.gradcam import gradcam
 from kdcore.models.layers import choose_layer
 from kdcore.models.loading import load_model
 from kdcore.runs.audit import run_audit
 from kdcore.runs.configs import AuditConfig
+from tests.conftest import needs_fashion_mnist
 
-pytestmark = pytest.mark.skipif(not fashion_mnist_dir().exists(), reason="needs Fashion-MNIST")
+pytestmark = needs_fashion_mnist
 
 TINY_VIT = {"patch_size": 7, "embed_dim": 32, "depth": 1, "num_heads": 2}
 
