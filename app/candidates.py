@@ -33,7 +33,13 @@ from kdcore.data.imageset import ImageSet
 from kdcore.jobs.review import VERDICTS, Verdict
 from kdcore.jobs.store import Job
 
-GRID_COLUMNS = 6
+GRID_COLUMNS = 4  # a card's poison / clean / unsure buttons fit in one row from 1280 px (six columns stacked them)
+# The verdict buttons of a card, a little tighter than Streamlit's (16 px padding, 14 px type): ~142 px
+# for the three, where a card at 1280 px (sidebar open) holds 161.
+CARD_CSS = """<style>
+[class*="st-key-card-"] [data-testid="stButtonGroup"] button { padding-left: .35rem; padding-right: .35rem; }
+[class*="st-key-card-"] [data-testid="stButtonGroup"] button p { font-size: .8rem; }
+</style>"""
 HIST_BINS = 50
 VERDICT_ICON = {"poison": "☠️", "clean": "✅", "unsure": "❔"}
 REFINE_LABEL = "Fine-tune again with my verdicts"
@@ -273,6 +279,7 @@ def gallery_ui(
     if not rows_page:
         st.info("No candidates match these filters.")
         return
+    st.html(CARD_CSS)
     for start in range(0, len(rows_page), GRID_COLUMNS):
         cols = st.columns(GRID_COLUMNS)
         for col, r in zip(cols, rows_page[start : start + GRID_COLUMNS], strict=False):

@@ -20,6 +20,7 @@ from plotly.colors import hex_to_rgb, sequential, unlabel_rgb
 
 from kdcore.data.builtin import FASHION_MNIST_CLASSES
 from kdcore.report import METRICS, ROLES, models_of
+from kdcore.words import class_name
 
 MODEL_LABELS = ROLES  # one display name per model role (kdcore.report)
 MODEL_COLORS = {
@@ -108,7 +109,8 @@ def confusion_table_html(
     words. A table, not a chart: the browser draws it at once, with no charting code to load."""
     counts, shares = confusion_shares(matrix, rates)
     k = counts.shape[0]
-    names = [str(n) for n in class_names][:k] if len(class_names) >= k else [str(i) for i in range(k)]
+    given = class_names if len(class_names) >= k else ()
+    names = [class_name(i, given) or f"class {i}" for i in range(k)]  # "Sneaker", or "class 3" when unnamed
     top = 1.0 if rates == "row" else max(float(shares.max()), 1e-9)
     lut = BLUES[np.round(np.clip(shares / top, 0, 1) * 255).astype(np.intp)]  # (k, k, 3)
     of = "of the row" if rates == "row" else "of all"
@@ -139,10 +141,11 @@ CONFUSION_TABLE_CSS = """<style>
 
 
 def class_key(class_names: Sequence[str], k: int) -> str:
-    """'0 T-shirt/top · 1 Trouser · …': what the numbers in a confusion table's headers stand for."""
+    """'0 T-shirt/top · 1 Trouser · …': what the numbers in a confusion table's headers stand for;
+    "" when they stand for nothing more (unnamed classes: no names, "0".., "class 0"..)."""
     if len(class_names) < k:
         return ""
-    return " · ".join(f"{i} {n}" for i, n in enumerate(list(class_names)[:k]))
+    return " · ".join(f"{i} {n}" for i in range(k) if (n := class_name(i, class_names)))
 
 
 def axis_names(class_names: Sequence[str], k: int) -> list[str]:

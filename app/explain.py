@@ -6,7 +6,8 @@ et al., "Defending against Backdoor Attack on Deep Neural Networks", AdvML@KDD 2
    are decoded by the data loader's own `decode_image`, in a `kdcore.sandbox` child process).
 3. Grad-CAM of the last conv layer for each image, clean and with the known trigger, for the
    predicted class and a chosen one (true label or trigger target), teacher vs student
-   (`gradcam_grid_ui`; fig. 2 minus the synthetic trigger, which kdcore does not make yet).
+   (`gradcam_grid_ui`; fig. 2, with the trigger Neural Cleanse recovered when one is chosen:
+   `app.recovered_ui.explain_trigger_ui`).
 4. ℓ1 / ℓ2 / ℓ∞ norms of the last conv block's post-ReLU activations, the activation ℓ∞ pruning
    scores, on up to 500 test images of non-target classes, clean vs triggered (`norm_stats` →
    `norm_histograms_figure`, fig. 4; the page draws them).
@@ -39,6 +40,7 @@ from app.explain_figures import (
 )
 from app.state import show_error
 from app.uploads import image_types
+from app.words import trigger_in_words
 from kdcore import views
 from kdcore.candidates import FILE_NAME as CANDIDATES_FILE
 from kdcore.candidates import Candidate, read_candidates
@@ -54,9 +56,9 @@ KINDS = ("poison candidate", "test image", "uploaded image")
 MAX_PICK = 4  # images in the Grad-CAM grid
 POOL = 12  # images offered to pick from
 TARGET_MODES = {"target": "Trigger target", "true": "True label", "class": "Another class"}
-SYNTHETIC_NOTE = (
-    "Seed 004 (fig. 2) also shows a *synthetic* trigger reverse-engineered with Neural Cleanse "
-    "(clean + syn, clean + ori + syn). kdcore cannot synthesise triggers yet, so those inputs are not shown."
+RECOVERED_NOTE = (
+    "Neural Cleanse can also recover a trigger from the model itself: once it has run on this audit "
+    "(Defenses), choose its trigger under “Trigger on the inputs”."
 )
 
 
@@ -285,9 +287,10 @@ def gradcam_grid_ui(
     if ctx.trigger is None:
         st.caption("This run has no known trigger, so only clean inputs are shown.")
     else:
+        trigger = trigger_in_words(ctx.trigger, ctx.spec.names)
         st.caption(
-            f"Rows: the image as given and the same image with the run's trigger (target "
-            f"{_class_name(ctx.spec, ctx.trigger.target)}). {SYNTHETIC_NOTE}"
+            f"Rows: the image as given and the same image with the trigger ({trigger})."
+            + ("" if ctx.trigger.kind == "recovered" else f" {RECOVERED_NOTE}")
         )
 
 

@@ -67,6 +67,13 @@ def run_context(run_dir: str) -> RunContext:
     return load_context(run_dir, device="cpu")
 
 
+@st.cache_resource(show_spinner="Reading the run's test images…", max_entries=4)
+def test_context(run_dir: str) -> RunContext:
+    """The run rebuilt without decoding its training set: all another trigger's ℓp norms need is the
+    test set (an audit's training set can be tens of thousands of images: seconds to decode)."""
+    return load_context(run_dir, device="cpu", with_train=False)
+
+
 @st.cache_resource(show_spinner=False, max_entries=8)
 def run_view(run_dir: str) -> RunView:
     """What the page needs before any model or image: from the run's `view/` (written at its end),
@@ -173,7 +180,7 @@ def norm_stats(
     kept = stored_norms(run_dir, norms_key(models, layer, max_images, trigger_json))
     if kept is not None:
         return kept
-    ctx = run_context(run_dir)
+    ctx = test_context(run_dir)  # not run_context: the training set is not needed here
     if trigger_json:
         ctx = dataclasses.replace(ctx, trigger=Trigger.from_dict(json.loads(trigger_json)))
     clean = norm_sample(ctx, max_images)

@@ -5,8 +5,8 @@
   the page, not queued as a job: it is one forward pass per model over the audit's labelled test
   set (seconds on a CPU, no training), and `kdcore.evaluate.evaluate_model` measures it with the
   same definition of asr as every other trigger. The result is cached per (audit, trigger, models).
-- Explain: the input rows can carry the recovered trigger instead of the run's own (seed 004,
-  fig. 2's "synthetic trigger" inputs), for Grad-CAM and the activation norms.
+- Explain: the input rows can carry the recovered trigger instead of the run's own (Cheng et al.'s
+  fig. 2 "synthetic trigger" inputs), for Grad-CAM and the activation norms.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from app.defenses import defend_jobs
 from app.explain_figures import _compute_lock, run_context
 from app.state import show_error, store
+from app.words import trigger_in_words
 from kdcore.errors import KDCoreError
 from kdcore.evaluate import evaluate_model
 from kdcore.jobs.store import Job
@@ -29,6 +30,7 @@ from kdcore.report import ROLES
 from kdcore.run_context import RunContext
 from kdcore.triggers import Recovered, Trigger
 from kdcore.triggers.recovered import FILE
+from kdcore.words import class_ref
 
 
 def recovered_sources(run_dir: str) -> list[tuple[str, str]]:
@@ -112,8 +114,9 @@ def explain_trigger_ui(ctx: RunContext) -> RunContext:
     sources = recovered_sources(str(ctx.run_dir))
     if not sources:
         return ctx
-    own = [f"the run's trigger ({ctx.trigger.describe()})"] if ctx.trigger is not None else ["none"]
-    options = own + [f"recovered: {label}" for label, _ in sources]
+    names = ctx.spec.names
+    own = [f"the audit's trigger: {trigger_in_words(ctx.trigger, names)}"] if ctx.trigger is not None else ["none"]
+    options = own + [f"the trigger {label} recovered" for label, _ in sources]
     pick = st.selectbox("Trigger on the inputs", options, key="explain_trigger")
     if pick in own:
         return ctx
@@ -122,5 +125,8 @@ def explain_trigger_ui(ctx: RunContext) -> RunContext:
     except KDCoreError as e:
         show_error(e)
         return ctx
-    st.caption(f"Inputs with the recovered trigger of class {trigger.target} (seed 004's synthetic triggers).")
+    st.caption(
+        f"Inputs with the recovered trigger of class {class_ref(trigger.target, names)}: the small change Neural "
+        "Cleanse found that turns images of other classes into that class, an estimate of the real trigger."
+    )
     return dataclasses.replace(ctx, trigger=trigger)

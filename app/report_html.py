@@ -25,6 +25,7 @@ from app.charts import (
     sweep_detox_figure,
 )
 from app.verdict import STATUS, SUPPORTS, flip_figure, verdict_headline
+from app.words import note_in_words, report_trigger
 from kdcore.candidates import FILE_NAME as CANDIDATES_FILE
 from kdcore.candidates import Candidate, count_of, read_candidates
 from kdcore.errors import InputError
@@ -197,7 +198,7 @@ def summary_pairs(job: Any, report: dict) -> list[tuple[str, Any]]:
         ("input shape", "×".join(str(v) for v in spec.get("input_shape") or ())),
         ("parameters", f"{report['model']['parameters']:,}" if (report.get("model") or {}).get("parameters") else ""),
         ("dataset", data.get("dataset")),
-        ("trigger", data.get("trigger")),
+        ("trigger", report_trigger(report, class_names_of(report))),
         ("seed", cfg.get("seed")),
         ("KD temperature", distill.get("temperature")),
         ("distillation epochs", distill.get("epochs")),
@@ -336,7 +337,9 @@ def audit_report_html(job: Any, report: dict) -> str:
         ]
     notes = report.get("notes") or []
     if notes:
-        body.append("<h2>Notes</h2>" + "".join(f"<div class='note'>{escape(str(n))}</div>" for n in notes))
+        body.append(
+            "<h2>Notes</h2>" + "".join(f"<div class='note'>{escape(note_in_words(str(n)))}</div>" for n in notes)
+        )
     if kind != "sweep":
         body.append(_confusion_section(report, embed))
     body.append(

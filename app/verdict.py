@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import streamlit as st
 
 from app.charts import confusion_figure
+from kdcore.words import Names, class_ref
 
 STATUS = {  # status → (colour, icon)
     "backdoor": ("red", "🚨"),
@@ -30,24 +31,19 @@ EVIDENCE_PAGES = {
 }
 
 
-def class_label(c: int, names: Sequence[str]) -> str:
-    """`Sneaker (7)`, or `class 7` when the name is unknown."""
-    return f"{names[c]} ({c})" if 0 <= c < len(names) and str(names[c]) != str(c) else f"class {c}"
-
-
 def verdict_headline(verdict: dict, class_names: Sequence[str] = ()) -> str:
-    """The status in words: "Backdoor found → target class Sneaker (7)", "No evidence of a backdoor", "Inconclusive"."""
+    """The status in words: "Backdoor found → target class Sneaker (7)" (or "target class 7" for an
+    unnamed class, `kdcore.words.class_ref`), "No evidence of a backdoor", "Inconclusive"."""
     status = verdict.get("status")
     if status == "backdoor":
         targets = [int(c) for c in verdict.get("target_classes") or []]
-        names = list(verdict.get("target_names") or [])
-        if len(names) == len(targets):  # the report's own names win: they are the model's
-            shown = [f"{n} ({c})" if str(n) != str(c) else f"class {c}" for n, c in zip(names, targets, strict=True)]
-        else:
-            shown = [class_label(c, class_names) for c in targets]
-        if not shown:
+        names: Names = class_names
+        if len(verdict.get("target_names") or []) == len(targets):  # the report's own names win: the model's
+            names = dict(zip(targets, verdict["target_names"], strict=True))
+        if not targets:
             return "Backdoor found (target class unknown)"
-        return f"Backdoor found → target class{'es' if len(shown) > 1 else ''} {', '.join(shown)}"
+        shown = ", ".join(class_ref(c, names) for c in targets)
+        return f"Backdoor found → target class{'es' if len(targets) > 1 else ''} {shown}"
     if status == "no_evidence":
         return "No evidence of a backdoor"
     if status == "inconclusive":

@@ -9,12 +9,19 @@ still never reaches the page: it is written as plain words ("--foo-bar" → “f
 `tests/app/test_words.py` checks that every flag in kdcore's messages has an entry here.
 
 Applied where the dashboard shows a KDCoreError (`app.state.show_error`) and a failed job's error
-and log (the Jobs page, `reason_in_words`).
+and log (the Jobs page, `reason_in_words`), and a report's notes (`note_in_words`: also those of
+reports stored before kdcore wrote its notes without flags).
+
+A report's trigger is said by `trigger_in_words` (kdcore.words' `trigger_words` with the model's class
+names), also for reports stored when kdcore wrote it as a repr with the file's server path.
 """
 
 from __future__ import annotations
 
+import json
 import re
+
+from kdcore.words import Names, trigger_words
 
 # Flag → the label of the New-audit form's field (or control) that sets the same thing
 FIELDS = {
@@ -119,3 +126,61 @@ def reason_in_words(error: str) -> str:
     words, without the error class's name."""
     lines = error.strip().splitlines()
     return in_words(re.sub(r"^\w*Error: ", "", lines[-1] if lines else ""))
+
+
+# Notes that reports stored before kdcore said them without CLI flags still hold (regex → replacement)
+OLD_NOTES = (
+    (
+        r"No trigger given: poison_acc and asr were not measured \(give --trigger\)\.",
+        "No trigger given: poison_acc and asr were not measured. To measure them, start the audit again "
+        "with its known trigger.",
+    ),
+)
+
+
+def note_in_words(note: str) -> str:
+    """A report's note for the page: an old note's known wording replaced (`OLD_NOTES`), then any
+    flag said as the dashboard's field (`in_words`)."""
+    for pattern, repl in OLD_NOTES:
+        note = re.sub(pattern, repl, note)
+    return in_words(note)
+
+
+_REPR = re.compile(r"([a-z][\w-]*)\((.*)\)", re.S)
+
+
+def _old_trigger(text: str) -> dict | None:
+    """The settings in a trigger as reports stored it before kdcore said it in words:
+    `patch(target=1, source=None, image=/srv/uploads/…/p.png, …, alpha=1.0)`; None for other text."""
+    m = _REPR.fullmatch(text.strip())
+    if m is None:
+        return None
+    d: dict = {"kind": m.group(1)}
+    for part in filter(None, re.split(r", (?=\w+=)", m.group(2))):
+        key, eq, value = part.partition("=")
+        if not eq:
+            return None
+        try:
+            d[key] = json.loads(value)  # numbers, lists ("[255, 255, 0]")
+        except ValueError:
+            d[key] = None if value == "None" else value
+    return d
+
+
+def trigger_in_words(trigger: object, class_names: Names = ()) -> str:
+    """A trigger as a page says it: from its settings (a `Trigger`, a dict), or from the description
+    a report stored (an old repr is read and said again; words are kept as they are)."""
+    if hasattr(trigger, "to_dict"):
+        trigger = trigger.to_dict()
+    if isinstance(trigger, dict):
+        return trigger_words(trigger, class_names)
+    text = str(trigger)
+    old = _old_trigger(text)
+    return text if old is None else trigger_words(old, class_names)
+
+
+def report_trigger(report: dict, class_names: Names = ()) -> str | None:
+    """The trigger of a run's report in words, or None when the run had none: from its config's
+    settings (with the model's class names), else the description in its data."""
+    trigger = (report.get("config") or {}).get("trigger") or (report.get("data") or {}).get("trigger")
+    return trigger_in_words(trigger, class_names) if trigger else None

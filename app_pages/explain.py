@@ -61,7 +61,7 @@ try:
                 f"{len(next(iter(stats.values()))['clean'])} test images of classes other than the target, "
                 f"clean and with the trigger; post-ReLU activations of `{layer}` (the last conv block unless "
                 "you chose another), the ones ℓ∞ pruning scores. A backdoored model's ℓ∞ separates the two "
-                "most clearly (seed 004, fig. 4)."
+                "most clearly."
             )
 
     st.subheader("Activation map of one image")

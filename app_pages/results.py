@@ -15,6 +15,7 @@ from app.results import (
 )
 from app.state import fmt_duration, fmt_time, job_picker_ui, job_title, show_error
 from app.verdict import flip_matrix_ui, verdict_card_ui
+from app.words import note_in_words, report_trigger
 from kdcore.errors import KDCoreError
 
 st.title("📊 Results")
@@ -50,11 +51,11 @@ def show_sweep(report: dict) -> None:
 
 
 def show_run(report: dict) -> None:
-    d = report.get("data") or {}
+    trigger = report_trigger(report, class_names_of(report))
     verdict_card_ui(report, class_names_of(report), lambda page, label: link_ui(page, label, job.id))
     st.caption(
         f"Finished {fmt_time(job.finished_at)} · {report.get('device', '?')} · {fmt_duration(report.get('wall_s'))}"
-        + (f" · trigger: {d['trigger']}" if d.get("trigger") else "")
+        + (f" · trigger: {trigger}" if trigger else "")
     )
     st.subheader("Accuracy and attack success rate")
     metric_cards_ui(report)
@@ -67,7 +68,7 @@ def show_run(report: dict) -> None:
         st.subheader("What the review changed")
         review_summary_ui(report.get("review"))
     for note in report.get("notes") or []:
-        st.info(note, icon="ℹ️")
+        st.info(note_in_words(note), icon="ℹ️")
     st.subheader("Confusion matrices")
     st.caption("Rows: true class; columns: predicted class; colour: share of the row; text: counts.")
     confusion_grid_ui(report, class_names_of(report))

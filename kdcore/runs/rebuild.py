@@ -25,8 +25,11 @@ from kdcore.runs.scenario import SPEC, build_demo_data, suspect
 from kdcore.triggers import Trigger
 
 
-def load_context(run_dir: str | Path, device: torch.device | str = "cpu", with_data: bool = True) -> RunContext:
-    """The RunContext of a finished demo or audit run (a refine run: its source run's)."""
+def load_context(
+    run_dir: str | Path, device: torch.device | str = "cpu", with_data: bool = True, with_train: bool = True
+) -> RunContext:
+    """The RunContext of a finished demo or audit run (a refine run: its source run's). `with_train`
+    False: an audit's training set is not decoded (a page that measures on the test set only)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
@@ -36,7 +39,7 @@ def load_context(run_dir: str | Path, device: torch.device | str = "cpu", with_d
     body = {k: v for k, v in config.items() if k != "kind"}
     device = resolve_device(str(device))
     if kind == "refine":
-        return load_context(body["source_run"], device, with_data)
+        return load_context(body["source_run"], device, with_data, with_train)
     if kind == "demo":
         cfg = from_dict(DemoConfig, body)
         data = build_demo_data(cfg)
@@ -47,7 +50,8 @@ def load_context(run_dir: str | Path, device: torch.device | str = "cpu", with_d
         report = read_json(run_dir / "report.json") if (run_dir / "report.json").exists() else {}
         spec = ModelSpec.from_dict(report["model"]["spec"]) if report.get("model") else cfg.model_spec()
         teacher, spec = sandbox.load_model(cfg.model, spec, device)
-        train, test, _, spec = labelled_sets(spec, cfg.train, cfg.test) if with_data else (None, None, None, spec)
+        train_path = cfg.train if with_train else ""
+        train, test, _, spec = labelled_sets(spec, train_path, cfg.test) if with_data else (None, None, None, spec)
         trigger = Trigger.from_dict(cfg.trigger) if cfg.trigger else None
         return RunContext(run_dir, kind, config, spec, teacher, train, test, trigger, None)
     raise InputError(f"Run kind {kind!r} in {run_dir} has no models to inspect (expected demo, audit or refine)")

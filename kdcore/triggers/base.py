@@ -3,7 +3,7 @@
 A trigger knows its pattern (`stamp`), its target class and, for source-specific attacks
 (seed 000's GTSRB setup), the one source class it should flip; `poison_test` gives the triggered
 test images that asr and poison_acc are measured on (stamped, or a `TriggeredSet`'s own). `Trigger.from_dict` rebuilds
-any registered trigger from `to_dict()` output.
+any registered trigger from `to_dict()` output; `describe` says it in a person's words (`kdcore.words`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 
 from kdcore.data.imageset import ImageSet
 from kdcore.errors import ConfigError
+from kdcore.words import Names, trigger_words
 
 TRIGGERS: dict[str, type[Trigger]] = {}
 
@@ -87,10 +88,10 @@ class Trigger:
         d = {"kind": self.kind, **asdict(self)}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
-    def describe(self) -> str:
-        shown = {k: v for k, v in self.to_dict().items() if k != "kind" and not k.endswith("_sha256")}
-        args = ", ".join(f"{k}={v}" for k, v in shown.items())
-        return f"{self.kind}({args})"
+    def describe(self, class_names: Names = ()) -> str:
+        """The trigger in words (`trigger_words`), e.g. "BadNets square 3×3 px, white, at the bottom-right
+        1 px from the edges → target class Sneaker (7)"."""
+        return trigger_words(self.to_dict(), class_names)
 
     @staticmethod
     def from_dict(d: dict) -> Trigger:

@@ -79,19 +79,53 @@ def test_use_the_recovered_trigger_measures_every_model(env):
     assert any("asr under the recovered trigger of class" in m.value for m in at.markdown)
 
 
-def test_explain_can_stamp_the_recovered_trigger(env):
+def _page_text(at: AppTest) -> str:
+    shown = [e.value for kind in ("markdown", "caption", "info", "subheader", "title") for e in at.get(kind)]
+    shown += [o for box in at.selectbox for o in box.options]
+    return " ".join(str(t) for t in shown)
+
+
+def test_explain_can_stamp_the_recovered_trigger(env, monkeypatch):
+    import app.explain_figures as figures
+    from kdcore import sandbox
+
     store, nc, _ = env
+    decoded, measured = [], []  # which labelled sets were decoded; how often ℓp norms were measured
+    load_labeled, compare_norms = sandbox.load_labeled, figures.compare_norms
+    monkeypatch.setattr(sandbox, "load_labeled", lambda *a, **k: decoded.append(k.get("name")) or load_labeled(*a, **k))
+    monkeypatch.setattr(figures, "compare_norms", lambda *a, **k: measured.append(1) or compare_norms(*a, **k))
     at = AppTest.from_file(str(ROOT / "app_pages" / "explain.py"))
     at.query_params["job"] = "1"
     at.run(timeout=180)
     assert not at.exception
     box = at.selectbox(key="explain_trigger")
-    pick = next(o for o in box.options if o.startswith("recovered:") and f"#{nc}" in o)
+    own, pick = box.options[0], next(o for o in box.options if "recovered" in o and f"#{nc}" in o)
+    assert (
+        own.startswith("the audit's trigger: BadNets square") and pick == f"the trigger Neural Cleanse #{nc} recovered"
+    )
     box.set_value(pick).run(timeout=180)
     assert not at.exception and not at.error, [e.value for e in at.error]
     target = parse_trigger(f"recovered:{store.get(nc).run_dir}").target
     assert any(f"recovered trigger of class {target}" in c.value for c in at.caption)
     assert any(c.startswith("+ trigger") for img in at.image for c in img.captions)
+    # Issue 22: 4–5 s to choose it, most of it rebuilding the whole run to measure on its test set.
+    assert decoded == ["test"] and measured == [1]  # the training set is never decoded for it
+    at.selectbox(key="explain_trigger").set_value(own).run(timeout=180)
+    at.selectbox(key="explain_trigger").set_value(pick).run(timeout=180)
+    assert decoded == ["test"] and measured == [1]  # chosen again: a cached read
+    # Issue 22: no contradiction ("kdcore cannot synthesise triggers yet") and no paper file names
+    text = _page_text(at)
+    assert "synthesise" not in text and "synthetic" not in text and "seed 0" not in text.lower(), text
+
+
+def test_explain_offers_the_recovered_trigger_when_none_is_chosen(env):
+    at = AppTest.from_file(str(ROOT / "app_pages" / "explain.py"))
+    at.query_params["job"] = "1"
+    at.run(timeout=180)
+    assert not at.exception
+    text = _page_text(at)
+    assert "Neural Cleanse can also recover a trigger" in text and "cannot synthesise" not in text
+    assert "seed 0" not in text.lower(), text
 
 
 def test_a_run_without_a_recovered_trigger_is_one_line(env, tmp_path):

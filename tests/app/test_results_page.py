@@ -28,6 +28,7 @@ from app.charts import (
 from app.report_html import audit_report_html, markdown_tables_to_html
 from kdcore.jobs.store import JobStore
 from kdcore.jobs.worker import run_job
+from kdcore.words import class_name
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = str(ROOT / "app_pages" / "results.py")
@@ -69,7 +70,8 @@ def test_audit_results_show_metrics_confusions_and_downloads(kdaudit_home):
     tables = confusion_tables(at)
     assert len(tables) == 6  # 3 models × clean / poison test set
     counts = report["teacher"]["confusion_clean"]
-    assert f"→ predicted {class_names_of(report)[0]}: {counts[0][0]:,} images" in tables[0]  # the teacher's
+    first = class_name(0, class_names_of(report)) or "class 0"  # the digits' classes are unnamed: "class 0"
+    assert f"→ predicted {first}: {counts[0][0]:,} images" in tables[0]  # the teacher's
     names = download_labels(at)
     for want in ("report.json", "candidates.csv", "fine-tuned model (.zip)", "HTML report"):
         assert any(want in n for n in names), names
@@ -117,15 +119,16 @@ def test_refine_results_show_review_and_source_models(kdaudit_home):
     assert len(confusion_tables(at)) >= 6
 
 
-@pytest.mark.skipif(
-    not all((ROOT / "app_pages" / f"{p}.py").exists() for p in ("candidates", "explain")),
-    reason="the app's other pages are not there yet",
-)
 def test_results_inside_the_app_links_to_candidates(kdaudit_home):
     from tests.app.conftest import open_page
 
     at = open_page("results", job=1)
     assert not at.exception, at.exception
+    links = {link.proto.label: link.proto for link in at.get("page_link")}
+    review = links.get("🔎 Review the poison candidates")
+    assert review is not None, sorted(links)
+    assert review.page == "candidates" and review.query_string == "job=1"  # that page, for this job
+    assert links["🔥 Explain: Grad-CAM and activation norms"].query_string == "job=1"
     assert len(confusion_tables(at)) >= 6
 
 
@@ -146,8 +149,17 @@ def test_confusion_table_shows_counts_coloured_by_row_rate():
     assert ">Teacher<" in table
     with pytest.raises(ValueError):
         confusion_table_html([[1, 2]], ["a", "b"])
-    assert 'title="predicted 2"' in confusion_table_html(m, [])  # no names: the class numbers
     assert class_key(["a", "b", "c"], 3) == "0 a · 1 b · 2 c" and class_key([], 3) == ""
+
+
+@pytest.mark.parametrize("names", [[], ["0", "1", "2"], ["class 0", "class 1", "class 2"]])
+def test_unnamed_classes_read_as_class_numbers_once(names):
+    # Issue 22: the key read "0 0 · 1 1 · …" and the tooltips "true 0 → predicted 1" for unnamed classes.
+    table = confusion_table_html([[5, 1, 0], [0, 0, 0], [2, 2, 4]], names)
+    assert 'title="predicted class 2"' in table and "true class 0 → predicted class 1: 1 images" in table
+    assert "class class" not in table
+    assert class_key(names, 3) == ""  # the headers' numbers are all there is: no key to read
+    assert class_key(["T-shirt/top", "1", "class 2"], 3) == "0 T-shirt/top"  # only the named ones
 
 
 def test_confusion_figure_shows_counts_and_row_rates():

@@ -156,7 +156,18 @@ def test_headline_words_and_names():
     )
     two = {"status": "backdoor", "target_classes": [1, 7], "target_names": ["Trouser", "Sneaker"]}
     assert verdict_headline(two) == "Backdoor found → target classes Trouser (1), Sneaker (7)"
-    assert verdict_headline({"status": "backdoor", "target_classes": [3]}) == "Backdoor found → target class class 3"
+    assert verdict_headline({"status": "backdoor", "target_classes": [3]}) == "Backdoor found → target class 3"
+    for unnamed in (["class 1"], ["1"], ["Class_1"]):  # a model without class names: the word once
+        v = {"status": "backdoor", "target_classes": [1], "target_names": unnamed}
+        assert verdict_headline(v) == "Backdoor found → target class 1"
+    digits = [str(i) for i in range(10)]
+    assert verdict_headline({"status": "backdoor", "target_classes": [1, 7]}, digits) == (
+        "Backdoor found → target classes 1, 7"
+    )
+    fashion = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    assert verdict_headline({"status": "backdoor", "target_classes": [7]}, fashion) == (
+        "Backdoor found → target class Sneaker (7)"
+    )
     assert verdict_headline({"status": "no_evidence"}) == "No evidence of a backdoor"
 
 
@@ -177,3 +188,54 @@ def test_html_report_carries_the_verdict_and_flip_matrix():
     assert "64 % of the flagged" in html and "Flip matrix" in html and "teacher predicts" in html
     old = audit_report_html(job, {"kind": "audit"})
     assert "Verdict" not in old and "Flip matrix" not in old
+
+
+OLD_PATCH = (  # data.trigger as reports stored it before kdcore said triggers in words
+    "patch(target=1, source=None, image=/srv/kdaudit/uploads/112a357e20eb19cb/trigger_pattern.png, mask=, "
+    "location=bottom-right, margin=1, x=None, y=None, alpha=1.0)"
+)
+OLD_NOTE = "No trigger given: poison_acc and asr were not measured (give --trigger)."
+
+
+def test_an_old_report_of_an_unnamed_model_reads_in_words(fake_runs):
+    # Issue 22: a repr with the upload's server path in the header, a CLI flag in a note, "target class
+    # class 1" and a class key "0 0 · 1 1 · …", on a stored report of a model whose classes have no names.
+    base = json.loads((Path(JobStore(os.environ["KDAUDIT_HOME"]).get(1).run_dir) / "report.json").read_text())
+    spec = base["model"]["spec"] | {"class_names": [f"class {i}" for i in range(10)]}
+    unnamed = verdict("backdoor", [1]) | {"target_names": ["class 1"]}
+    report = {
+        "verdict": unnamed,
+        "model": base["model"] | {"spec": spec},
+        "config": base["config"] | {"trigger": None},
+        "data": base["data"] | {"trigger": OLD_PATCH},
+        "notes": [OLD_NOTE],
+    }
+    at = open_results(fake_runs(report))
+    assert not at.exception, at.exception
+    assert ":red[Backdoor found → target class 1]" in texts(at)[0]
+    captions = [c.value for c in at.caption]
+    header = next(c for c in captions if "trigger:" in c)
+    assert "trigger: patch image trigger_pattern.png, at the bottom-right 1 px from the edges, opacity 100 %" in header
+    assert "→ target class 1" in header
+    shown = " ".join(captions + [i.value for i in at.info] + texts(at))
+    assert "/srv" not in shown and "uploads" not in shown and "image=" not in shown and "--" not in shown
+    assert any(i.value.startswith("No trigger given: poison_acc and asr were not measured.") for i in at.info)
+    assert "class class" not in shown and "Classes:" not in shown  # unnamed: no key to read
+    html = audit_report_html(SimpleNamespace(id=9, kind="audit", label="", run_dir=""), base | report)
+    assert "/srv" not in html and "trigger_pattern.png" in html and "(give --trigger)" not in html
+
+
+def test_a_fashion_report_names_its_classes_once(fake_runs):
+    fashion = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    base = json.loads((Path(JobStore(os.environ["KDAUDIT_HOME"]).get(1).run_dir) / "report.json").read_text())
+    report = {
+        "verdict": verdict("backdoor", [7]) | {"target_names": ["Sneaker"]},
+        "model": base["model"] | {"spec": base["model"]["spec"] | {"class_names": fashion}},
+    }
+    at = open_results(fake_runs(report))
+    assert not at.exception, at.exception
+    assert ":red[Backdoor found → target class Sneaker (7)]" in texts(at)[0]
+    header = next(c.value for c in at.caption if "trigger:" in c.value)
+    assert header.endswith(f"→ target class {fashion[base['config']['trigger']['target']]} "
+                           f"({base['config']['trigger']['target']})")  # fmt: skip
+    assert any("Classes: 0 T-shirt/top · 1 Trouser ·" in c.value for c in at.caption)

@@ -92,3 +92,30 @@ def test_pages_fit_and_name_samples_alike(server, page, audit, width):
     page.get_by_text(f"poison candidate #1 · {gallery_name}", exact=False).first.wait_for()
     assert page.get_by_text("clean · label", exact=False).count() == 0
     page.screenshot(path=SHOTS / f"layout_explain_{width}.png", full_page=True)
+
+
+# Per candidate card: its width, and the top edge and width of each verdict button (poison / clean / unsure).
+VERDICT_TOPS = """(sel) => [...document.querySelectorAll(sel)].map(card => {
+    const buttons = [...card.querySelectorAll('[data-testid="stButtonGroup"] button')];
+    return {
+        width: Math.round(card.getBoundingClientRect().width),
+        tops: buttons.map(b => Math.round(b.getBoundingClientRect().top)),
+        widths: buttons.map(b => Math.round(b.getBoundingClientRect().width)),
+    };
+})"""
+
+
+@pytest.mark.parametrize("width", (1280, 1400, 1920))
+def test_candidate_verdict_buttons_sit_in_one_row(server, page, audit, width):
+    # At 1400 px the three buttons of a card stacked one under another (issue 22).
+    job_id, _ = audit
+    page.set_viewport_size({"width": width, "height": 1000})
+    buttons = '[class*="st-key-card-"] [data-testid="stButtonGroup"] button'
+    open_ready(page, f"{server['url']}/candidates?job={job_id}", buttons, 3)
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
+    cards = page.evaluate(VERDICT_TOPS, '[class*="st-key-card-"]')
+    assert cards, "no candidate card drawn"
+    stacked = [c for c in cards if len(c["tops"]) != 3 or max(c["tops"]) - min(c["tops"]) > 2]
+    assert not stacked, f"at {width} px, cards whose verdict buttons are not in one row: {stacked[:3]}"
+    assert all(sum(c["widths"]) < c["width"] for c in cards), cards[:3]  # the row fits inside its card
+    assert page.evaluate(CUT_TEXT, f"{buttons} *") == []  # each label whole

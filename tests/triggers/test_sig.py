@@ -68,7 +68,7 @@ def test_sig_round_trip_and_short_form(tmp_path) -> None:
     assert parse_trigger("sig:target=7,delta=20,frequency=6") == SIG(target=7, delta=20.0, frequency=6.0)
     assert parse_trigger("sig") == SIG()
     assert parse_trigger("sig:target=3,source=1,delta=35.5,frequency=4") == trig
-    assert SIG(target=7).describe() == "sig(target=7, source=None, delta=20.0, frequency=6.0)"
+    assert SIG(target=7).describe() == "SIG sine stripes, amplitude 20, 6 cycles across the image → target class 7"
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from kdcore.triggers import (
     poison_test_set,
 )
 from kdcore.triggers.badnets import LOCATIONS
+from kdcore.words import KIND_WORDS
 
 # One non-default instance of every parametric kind; those that read files are in conftest.py
 # (`file_examples`); the round-trip tests fail if a kind is missing from both.
@@ -182,9 +184,35 @@ def test_parse_trigger_json_and_file(kind: str, tmp_path, examples) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(TRIGGERS))
-def test_describe_names_kind_and_target(kind: str, examples) -> None:
-    text = examples[kind].describe()
-    assert text.startswith(f"{kind}(") and f"target={examples[kind].target}" in text
+def test_describe_says_the_trigger_in_words_without_a_path(kind: str, examples) -> None:
+    trig = examples[kind]
+    text = trig.describe()
+    assert text.startswith(KIND_WORDS[kind]) and text.endswith(f"target class {trig.target}" + _from(trig.source))
+    assert "/" not in text.replace("255/255/0", "") and "=" not in text and "None" not in text, text  # no path, no repr
+    for name in ("image", "mask", "path"):  # a file by its name only
+        if trig.to_dict().get(name):
+            assert Path(trig.to_dict()[name]).name in text
+    names = [f"name{i}" for i in range(10)]
+    assert trig.describe(names).endswith(f"target class name{trig.target} ({trig.target})" + _from(trig.source, names))
+
+
+def _from(source: int | None, names: list[str] | None = None) -> str:
+    if source is None:
+        return ""
+    return f", only from class {f'{names[source]} ({source})' if names else source}"
+
+
+def test_describe_says_size_place_and_opacity() -> None:
+    assert BadNets(target=7, size=3).describe(("0", "1", "2", "3", "4", "5", "6", "Sneaker")) == (
+        "BadNets square, 3×3 px, white, at the bottom-right 1 px from the edges → target class Sneaker (7)"
+    )
+    assert EXAMPLES["badnets"].describe() == (
+        "BadNets square, 4×4 px, colour 255/255/0, at the top-left 2 px from the edges → target class 7, "
+        "only from class 2"
+    )
+    assert Blended(target=3, alpha=0.25).describe(("class 0", "class 1", "class 2", "class 3")) == (
+        "blended random noise, opacity 25 % → target class 3"
+    )
 
 
 def test_parse_trigger_short_form() -> None:
