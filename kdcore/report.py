@@ -11,8 +11,8 @@ Every run that evaluates models writes them by *role*, each an `EvalResult.to_di
 and beside them `detection` (flagged / precision / recall of the samples a method flagged; a
 demo or audit writes it as `detox`), `headline` (one line of what a method found), `evidence`
 (method-specific) and `timings` (seconds per stage). A blind audit adds `verdict`, `flip_matrix`,
-`neural_cleanse`, `activation_clustering` and `evaluation_only` (kdcore.blind). Consumers read a report through the
-functions below, never by its keys, so the audit / demo / refine shape and the defend shape
+`neural_cleanse`, `activation_clustering` and `evaluation_only` (kdcore.verdict.gather). Consumers read a
+report through the functions below, never by its keys, so the audit / demo / refine shape and the defend shape
 (and reports written by older versions) read the same.
 """
 

@@ -6,9 +6,10 @@ writes config.json first and report.json last.
 
 from __future__ import annotations
 
-from kdcore.runs.audit import AuditConfig, run_audit
+from kdcore.runs.audit import run_audit
+from kdcore.runs.configs import AuditConfig, DemoConfig
 from kdcore.runs.defend import DefendConfig, run_defend
-from kdcore.runs.demo import DemoConfig, run_demo
+from kdcore.runs.demo import run_demo
 from kdcore.runs.refine import RefineConfig, run_refine
 from kdcore.runs.sweep import SweepConfig, run_sweep, sweep_parts
 

@@ -23,8 +23,6 @@ from kdcore.triggers import Trigger
 from kdcore.verdict.gather import add_to_report, blind_audit
 from kdcore.views import write_views
 
-__all__ = ["AuditConfig", "run_audit"]  # AuditConfig: the kind's config, defined with the shared ones
-
 
 def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = no_progress) -> dict:
     with start_run(run_dir, "audit", cfg, cfg.device) as (run_dir, device, resolved, t0):

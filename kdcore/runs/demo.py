@@ -24,8 +24,6 @@ from kdcore.stages import Stages
 from kdcore.verdict.gather import add_to_report, blind_audit
 from kdcore.views import write_views
 
-__all__ = ["DemoConfig", "run_demo"]  # DemoConfig: the kind's config, defined with the shared ones
-
 
 def run_demo(cfg: DemoConfig, run_dir: str | Path, on_progress: ProgressFn = no_progress) -> dict:
     with start_run(run_dir, "demo", cfg, cfg.device) as (run_dir, device, resolved, t0):

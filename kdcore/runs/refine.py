@@ -1,6 +1,6 @@
 """Fine-tune again with a reviewer's verdicts (the human-in-the-loop step after seed 000's detox).
 
-1. Rebuild the source run's training set, models and trigger (kdcore.runs.context).
+1. Rebuild the source run's training set, models and trigger (kdcore.runs.rebuild).
 2. Removal set = flagged candidates, minus samples the reviewer cleared (`clean`),
    plus samples the reviewer marked `poison` that were not flagged. `unsure` changes nothing.
 3. Fine-tune the source run's distilled student on what is left; evaluate; report what the
