@@ -35,6 +35,7 @@ from kdcore.config import from_dict
 from kdcore.device import resolve_device
 from kdcore.errors import Cancelled, KDCoreError
 from kdcore.jobs.store import Job, JobStore
+from kdcore.runs import KINDS
 
 log = logging.getLogger("kdcore.worker")
 
@@ -123,8 +124,6 @@ class _JobContext:
 
 def run_job(store: JobStore, job: Job, device: str) -> str:
     """Run a claimed job to a terminal state; returns that state. Never raises for job errors."""
-    from kdcore.runs import KINDS
-
     cls, run = KINDS[job.kind]
     ctx = _JobContext(store, job, timeout_s=job_timeout_s(job.kind))
     beat = threading.Thread(target=ctx.heartbeat_loop, name=f"heartbeat-{job.id}", daemon=True)
