@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     label TEXT NOT NULL DEFAULT '',
     stage_times TEXT NOT NULL DEFAULT '[]',
     node TEXT NOT NULL DEFAULT '',
-    group_id INTEGER REFERENCES jobs(id)
+    group_id INTEGER REFERENCES jobs(id),
+    stage_sizes TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 """
@@ -57,6 +58,7 @@ ADDED_COLUMNS = (
     ("stage_times", "TEXT NOT NULL DEFAULT '[]'"),
     ("node", "TEXT NOT NULL DEFAULT ''"),
     ("group_id", "INTEGER REFERENCES jobs(id)"),
+    ("stage_sizes", "TEXT NOT NULL DEFAULT '[]'"),
 )
 
 
@@ -86,6 +88,7 @@ class Job:
     stage_times: Profile = ()  # (stage, seconds) of each finished stage, in run order
     node: str = ""  # where it ran, under a cluster executor (e.g. the Ray node); "" for a local worker
     group_id: int | None = None  # the fan-out job this one is a part of (it waits for its parts)
+    stage_sizes: Profile = ()  # (stage, image passes) it will do, in run order (kdcore.runs.sizes)
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -93,6 +96,7 @@ class Job:
         d["config"] = json.loads(d["config"])
         d["cancel_requested"] = bool(d["cancel_requested"])
         d["stage_times"] = read_times(d.get("stage_times"))
+        d["stage_sizes"] = read_times(d.get("stage_sizes"))
         return cls(**d)
 
     @property
@@ -118,12 +122,13 @@ class Job:
 
     def eta(self, now: float | None = None, profile: Profile = ()) -> float | None:
         """Seconds left in the whole job, given its kind's `profile` (`JobStore.stage_profile`; the
-        formula is in `kdcore.jobs.eta`); without one, the current stage's. None when unknown."""
+        formula is in `kdcore.jobs.eta`); without one, from its `stage_sizes`; without those, the
+        current stage's. None when unknown."""
         if self.state != "running":
             return None
         now = now or time.time()
         in_stage = None if self.stage_started_at is None else now - self.stage_started_at
-        return job_eta(self.stage, in_stage, self.stage_eta(now), self.stage_times, profile)
+        return job_eta(self.stage, in_stage, self.stage_eta(now), self.stage_times, profile, self.stage_sizes)
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -132,7 +137,7 @@ class Job:
 
 
 def read_times(text: str | None) -> Profile:
-    """The (stage, seconds) pairs of a `stage_times` column."""
+    """The (stage, number) pairs of a `stage_times` or `stage_sizes` column."""
     return tuple((str(n), float(t)) for n, t in json.loads(text or "[]"))
 
 

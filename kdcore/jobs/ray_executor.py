@@ -72,6 +72,9 @@ class Relay:
     def progress(self, job_id: int, stage: str, step: int, total: int, message: str = "") -> bool:
         return self.store.progress(job_id, stage, step, total, message)
 
+    def set_stage_sizes(self, job_id: int, sizes: tuple) -> None:
+        self.store.set_stage_sizes(job_id, sizes)
+
     def heartbeat(self, job_id: int) -> bool:
         return self.store.heartbeat(job_id)
 
@@ -87,6 +90,9 @@ class _RelayStore:
 
     def progress(self, job_id: int, stage: str, step: int, total: int, message: str = "") -> bool:
         return ray.get(self.relay.progress.remote(job_id, stage, step, total, message))
+
+    def set_stage_sizes(self, job_id: int, sizes: tuple) -> None:
+        ray.get(self.relay.set_stage_sizes.remote(job_id, sizes))
 
     def heartbeat(self, job_id: int) -> bool:
         return ray.get(self.relay.heartbeat.remote(job_id))

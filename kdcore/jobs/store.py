@@ -168,6 +168,15 @@ class JobStore(Database):
             row = c.execute("SELECT cancel_requested FROM jobs WHERE id=?", (job_id,)).fetchone()
         return bool(row and row[0])
 
+    def set_stage_sizes(self, job_id: int, sizes: Profile) -> None:
+        """Record the work each stage of a running job will do (`kdcore.runs.sizes`): its ETA goes by
+        them while no earlier job of its kind has timed its stages."""
+        with self.transaction(immediate=True) as c:
+            c.execute(
+                "UPDATE jobs SET stage_sizes=? WHERE id=? AND state='running'",
+                (json.dumps([[n, float(u)] for n, u in sizes]), job_id),
+            )
+
     def heartbeat(self, job_id: int) -> bool:
         with self.transaction() as c:
             c.execute("UPDATE jobs SET heartbeat_at=? WHERE id=? AND state='running'", (time.time(), job_id))
