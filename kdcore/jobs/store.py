@@ -7,7 +7,8 @@ connection `kdcore.jobs.db`'s; reviewers' verdicts (`kdcore.jobs.review`) share 
 Each job records how long each of its stages took (`stage_times`, written when the stage changes
 and when the job finishes). The ETA is the whole job's: the current stage's rest plus the stages
 still to come, timed by the recent succeeded jobs of the same kind (`JobStore.stage_profile`) and
-scaled by how fast this job's finished stages ran compared with theirs (`Job.eta`).
+scaled by how fast this job's finished stages ran compared with theirs (`Job.eta`); for the first
+job of a kind, its stages' sizes (`set_stage_sizes`) timed by its own measured rate.
 """
 
 from __future__ import annotations

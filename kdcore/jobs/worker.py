@@ -10,6 +10,9 @@ The same entry runs one job under a cluster scheduler, e.g. Ray Jobs:
 
 Inside a job:
 - progress goes to the store at most every `PROGRESS_EVERY_S` seconds (plus stage changes);
+- each stage change goes to the job's log (<run_dir>/log.txt, the Jobs page's log): the stage that
+  ended, with its time, and the one that began;
+- the stage sizes (`kdcore.runs.sizes`) go to the store once known: a kind's first job's ETA goes by them;
 - a heartbeat thread writes every `HEARTBEAT_S` seconds even while a stage is silent;
 - cancel is cooperative: the progress callback raises `Cancelled`; if a stage makes no callback
   for `CANCEL_GRACE_S` seconds after the request, the heartbeat thread interrupts the main thread;
@@ -118,8 +121,8 @@ class _JobContext:
         """Say in the job's log that its stage changed: the one that ended, with its time, and the new
         one. Every stage any run kind, pipeline step or verdict piece reports through `on_progress`
         is named here, so no module logs its own start."""
-        log.info("job %s: %s ended after %.1f s", self.job.id, self.logged_stage, now - self.stage_entered)
-        log.info("job %s: %s started", self.job.id, stage)
+        log.info("job %s: stage %s ended after %.1f s", self.job.id, self.logged_stage, now - self.stage_entered)
+        log.info("job %s: stage %s started", self.job.id, stage)
         self.logged_stage, self.stage_entered = stage, now
 
     def size_stages(self, reported: dict) -> None:
@@ -134,7 +137,7 @@ class _JobContext:
     def log_end(self, state: str) -> None:
         """The last stage's end, with its time and how the job ended."""
         took = time.monotonic() - self.stage_entered
-        log.info("job %s: %s ended after %.1f s; the job %s", self.job.id, self.logged_stage, took, state)
+        log.info("job %s: stage %s ended after %.1f s; the job %s", self.job.id, self.logged_stage, took, state)
 
     def heartbeat_loop(self) -> None:
         while not self.done.wait(min(HEARTBEAT_S, max(0.05, self.timeout_s / 4))):
@@ -163,7 +166,7 @@ def run_job(store: JobStore, job: Job, device: str) -> str:
     state, error = "failed", ""
     try:
         with run_logging(Path(job.run_dir)):
-            log.info("job %s (%s) on %s: %s", job.id, job.kind, device, ctx.logged_stage)
+            log.info("job %s (%s) on %s: stage %s", job.id, job.kind, device, ctx.logged_stage)
             state, error = _attempt(ctx, device)
             ctx.log_end(state)
     except OSError as e:  # the run directory cannot be written: the job fails with the reason

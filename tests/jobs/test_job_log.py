@@ -24,14 +24,15 @@ def test_the_job_log_names_every_stage_when_it_starts_and_ends(digits_files, tmp
     assert run_job(store, store.claim("cpu", pid=1, job_id=job.id), "cpu") == "succeeded"
     job = store.get(job.id)
     text = (Path(job.run_dir) / "log.txt").read_text()
-    started = re.findall(rf"job {job.id}: ([\w-]+) started", text)
-    ended = re.findall(rf"job {job.id}: ([\w-]+) ended after (\d+\.\d) s", text)
+    started = re.findall(rf"job {job.id}: stage ([\w-]+) started", text)
+    ended = re.findall(rf"job {job.id}: stage ([\w-]+) ended after (\d+\.\d) s", text)
     assert [n for n, _ in job.stage_times] == list(AUDIT_STAGES)  # the stages the store saw, in order
     assert started == list(AUDIT_STAGES[1:]), text  # each one's start ('starting' opens the log)
     assert [n for n, _ in ended] == list(AUDIT_STAGES), text  # and its end, with its time
-    # the times in the log are the store's (both measured by the worker), to the log's 0.1 s
+    # the times in the log are the store's (both taken by the worker, a database write apart)
     for (name, logged), (_, stored) in zip(ended, job.stage_times, strict=True):
-        assert abs(float(logged) - stored) < 0.2, (name, logged, stored)
+        assert abs(float(logged) - stored) < 0.5, (name, logged, stored)
     assert text.rstrip().endswith("the job succeeded")
-    assert text.index(f"job {job.id} (audit) on cpu: starting") < text.index(f"job {job.id}: prepare started")
+    first, prepare = f"job {job.id} (audit) on cpu: stage starting", f"job {job.id}: stage prepare started"
+    assert text.index(first) < text.index(prepare)
     assert len(re.findall("stage distill: running", text)) == 1  # the worker's log is not added twice
