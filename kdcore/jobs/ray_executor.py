@@ -34,12 +34,16 @@ import threading
 import time
 from dataclasses import dataclass
 
+# Ray is an optional extra (requirements-ray.txt): this module is imported only by `kdcore worker
+# --executor ray` (kdcore.cli.jobs, lazily, with the install hint when Ray is missing).
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from kdcore.device import resolve_device
 from kdcore.errors import InputError
+from kdcore.io import atomic_write_json
 from kdcore.jobs.store import Job, JobStore
-from kdcore.jobs.worker import CANCEL_GRACE_S, HEARTBEAT_S, POLL_S, _raise_stop, _Stop
+from kdcore.jobs.worker import CANCEL_GRACE_S, HEARTBEAT_S, POLL_S, _raise_stop, _Stop, run_job
 
 log = logging.getLogger("kdcore.worker")
 
@@ -68,6 +72,9 @@ class Relay:
     def progress(self, job_id: int, stage: str, step: int, total: int, message: str = "") -> bool:
         return self.store.progress(job_id, stage, step, total, message)
 
+    def set_stage_sizes(self, job_id: int, sizes: tuple) -> None:
+        self.store.set_stage_sizes(job_id, sizes)
+
     def heartbeat(self, job_id: int) -> bool:
         return self.store.heartbeat(job_id)
 
@@ -83,6 +90,9 @@ class _RelayStore:
 
     def progress(self, job_id: int, stage: str, step: int, total: int, message: str = "") -> bool:
         return ray.get(self.relay.progress.remote(job_id, stage, step, total, message))
+
+    def set_stage_sizes(self, job_id: int, sizes: tuple) -> None:
+        ray.get(self.relay.set_stage_sizes.remote(job_id, sizes))
 
     def heartbeat(self, job_id: int) -> bool:
         return ray.get(self.relay.heartbeat.remote(job_id))
@@ -108,9 +118,6 @@ _STANDARD = {"CPU", "GPU", "memory", "object_store_memory", "accelerator_type", 
 
 @ray.remote(max_retries=0)
 def _run_remote(relay, job: Job, device: str) -> str:
-    from kdcore.device import resolve_device
-    from kdcore.jobs.worker import run_job
-
     dev = str(resolve_device(device))  # under num_gpus=1 Ray sets CUDA_VISIBLE_DEVICES: cuda is cuda:0
     node = ray.get_runtime_context().get_node_id()
     ray.get(relay.placed.remote(job.id, node_label(node), socket.gethostname(), os.getpid(), dev))
@@ -269,8 +276,6 @@ def _watch(store: JobStore, running: dict[object, _Running]) -> None:
 
 
 def _write_status(path, address: str | None) -> None:
-    from kdcore.io import atomic_write_json
-
     try:
         atomic_write_json(path, {"address": address or "local", **cluster_resources()})
     except Exception:  # the Jobs page's panel is a convenience; never stop dispatching for it

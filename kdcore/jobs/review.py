@@ -3,7 +3,7 @@
 A person judges flagged training samples as `poison`, `clean` or `unsure`. The current verdict
 per (run, sample) is in `verdicts`; every change is appended to `verdict_log` (never updated or
 deleted), so who decided what, when, and what it replaced can always be shown. Verdicts live in
-the job store's database so they survive restarts and can be read by any process.
+the job store's database file (`kdcore.jobs.db`) so they survive restarts and can be read by any process.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdcore.errors import InputError
-from kdcore.jobs.store import JobStore
+from kdcore.jobs.db import Database
 
 VERDICTS = ("poison", "clean", "unsure")
 
@@ -54,7 +54,8 @@ class Verdict:
 
 
 class Reviews:
-    def __init__(self, store: JobStore):
+    def __init__(self, store: Database):
+        """`store`: the database to keep verdicts in (a `JobStore`, which is one)."""
         self.store = store
         store.ensure_schema(_SCHEMA)
 

@@ -1,17 +1,14 @@
-"""The job store: one SQLite database (WAL mode) in the data directory, one row per job.
+"""The job store: one SQLite database (WAL mode) in the data directory, one row per job, and the
+jobs' life cycle (submit, claim, progress, finish, cancel, retry, reap) over it.
 
-    queued ──claim──▶ running ──▶ succeeded | failed | cancelled | interrupted
-       └──cancel──▶ cancelled                      interrupted/failed/cancelled ──retry──▶ new queued job
-
-A job = a kind (`kdcore.runs.KINDS`) + its typed config (validated at submit; an invalid one is
-never queued) + a run directory. Artefacts live in the run directory, not in the database.
+The job row and its states are `kdcore.jobs.job`'s, fan-out groups `kdcore.jobs.groups`', the
+connection `kdcore.jobs.db`'s; reviewers' verdicts (`kdcore.jobs.review`) share the database file.
 
 Each job records how long each of its stages took (`stage_times`, written when the stage changes
 and when the job finishes). The ETA is the whole job's: the current stage's rest plus the stages
 still to come, timed by the recent succeeded jobs of the same kind (`JobStore.stage_profile`) and
-scaled by how fast this job's finished stages ran compared with theirs (`Job.eta`).
-Every connection is short-lived, so worker processes, CLI calls and the dashboard can all use
-the store at once; SQLite's WAL lets readers proceed while a writer commits.
+scaled by how fast this job's finished stages ran compared with theirs (`Job.eta`); for the first
+job of a kind, its stages' sizes (`set_stage_sizes`) timed by its own measured rate.
 """
 
 from __future__ import annotations
@@ -21,118 +18,26 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from kdcore.config import from_dict, to_dict
 from kdcore.errors import ConfigError, InputError
-from kdcore.jobs.eta import Profile, job_eta, median_profile
+from kdcore.jobs.db import Database
+from kdcore.jobs.eta import Profile, median_profile
+from kdcore.jobs.groups import READY, fan_out, group_parts, insert_group
+from kdcore.jobs.job import ADDED_COLUMNS, SCHEMA, STATES, TERMINAL, Job, insert_job, read_times
 from kdcore.paths import data_home
 
-STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
-TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
+__all__ = ["STATES", "TERMINAL", "Job", "JobStore", "validate_config"]
+
 STALE_AFTER_S = 30.0  # a running job whose heartbeat is older than this is interrupted
 PROFILE_JOBS = 5  # succeeded jobs of a kind whose stage times make its profile (median per stage)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    config TEXT NOT NULL,
-    state TEXT NOT NULL DEFAULT 'queued',
-    stage TEXT NOT NULL DEFAULT '',
-    step INTEGER NOT NULL DEFAULT 0,
-    total INTEGER NOT NULL DEFAULT 0,
-    message TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    heartbeat_at REAL,
-    stage_started_at REAL,
-    device TEXT NOT NULL DEFAULT '',
-    worker_pid INTEGER,
-    worker_host TEXT NOT NULL DEFAULT '',
-    error TEXT NOT NULL DEFAULT '',
-    run_dir TEXT NOT NULL DEFAULT '',
-    parent_id INTEGER REFERENCES jobs(id),
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    label TEXT NOT NULL DEFAULT '',
-    stage_times TEXT NOT NULL DEFAULT '[]',
-    node TEXT NOT NULL DEFAULT '',
-    group_id INTEGER REFERENCES jobs(id)
-);
-CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
-"""
-
-
-@dataclass(frozen=True)
-class Job:
-    id: int
-    kind: str
-    config: dict
-    state: str
-    stage: str
-    step: int
-    total: int
-    message: str
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    heartbeat_at: float | None
-    stage_started_at: float | None
-    device: str
-    worker_pid: int | None
-    worker_host: str
-    error: str
-    run_dir: str
-    parent_id: int | None
-    cancel_requested: bool
-    label: str
-    stage_times: Profile = ()  # (stage, seconds) of each finished stage, in run order
-    node: str = ""  # where it ran, under a cluster executor (e.g. the Ray node); "" for a local worker
-    group_id: int | None = None  # the fan-out job this one is a part of (it waits for its parts)
-
-    @property
-    def report_path(self) -> Path | None:
-        p = Path(self.run_dir) / "report.json"
-        return p if self.run_dir and p.exists() else None
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL
-
-    def elapsed(self, now: float | None = None) -> float | None:
-        if self.started_at is None:
-            return None
-        return (self.finished_at or now or time.time()) - self.started_at
-
-    def stage_eta(self, now: float | None = None) -> float | None:
-        """Seconds left in the current stage, from its rate so far (None when unknown)."""
-        if self.state != "running" or not self.total or not self.step or self.stage_started_at is None:
-            return None
-        el = (now or time.time()) - self.stage_started_at
-        return el / self.step * (self.total - self.step) if self.step < self.total else 0.0
-
-    def eta(self, now: float | None = None, profile: Profile = ()) -> float | None:
-        """Seconds left in the whole job, given its kind's `profile` (`JobStore.stage_profile`; the
-        formula is in `kdcore.jobs.eta`); without one, the current stage's. None when unknown."""
-        if self.state != "running":
-            return None
-        now = now or time.time()
-        in_stage = None if self.stage_started_at is None else now - self.stage_started_at
-        return job_eta(self.stage, in_stage, self.stage_eta(now), self.stage_times, profile)
-
-    def to_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
-        d["report_path"] = str(self.report_path) if self.report_path else None
-        return d
 
 
 def validate_config(kind: str, config: dict | Any) -> dict:
     """Build the typed config of `kind` (raising ConfigError/InputError) and return it as a dict."""
+    # kdcore.runs imports torch and every run kind (≈1.7 s against 0.03 s for this module): only a
+    # submit pays for it, not a light client of the store (the CLI's `jobs list`, the dashboard's reads).
     from kdcore.runs import KINDS
 
     if kind not in KINDS:
@@ -145,50 +50,15 @@ def validate_config(kind: str, config: dict | Any) -> dict:
     return to_dict(cfg)
 
 
-class JobStore:
+class JobStore(Database):
+    """The jobs' database in `data_dir` (default: `kdcore.paths.data_home`), runs under `data_dir/runs`."""
+
     def __init__(self, data_dir: str | os.PathLike | None = None):
         self.data_dir = data_home(data_dir).resolve()
-        self.path = self.data_dir / "jobs.sqlite3"
         self.runs_dir = self.data_dir / "runs"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.ensure_schema(_SCHEMA, migrate=True)
-
-    def ensure_schema(self, script: str, migrate: bool = False) -> None:
-        """Create tables (idempotent). executescript commits on its own, so it runs outside
-        `transaction()`; WAL mode persists in the database file once set."""
-        c = sqlite3.connect(self.path, timeout=30.0)
-        try:
-            c.execute("PRAGMA journal_mode=WAL")
-            c.executescript(script)
-            if migrate:
-                _migrate(c)
-        finally:
-            c.close()
-
-    @contextmanager
-    def transaction(self, immediate: bool = False) -> Iterator[sqlite3.Connection]:
-        c = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        try:
-            c.row_factory = sqlite3.Row
-            c.execute("PRAGMA busy_timeout=30000")
-            c.execute("PRAGMA synchronous=NORMAL")
-            c.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-            try:
-                yield c
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-        finally:
-            c.close()
-
-    @staticmethod
-    def _job(row: sqlite3.Row) -> Job:
-        d = dict(row)
-        d["config"] = json.loads(d["config"])
-        d["cancel_requested"] = bool(d["cancel_requested"])
-        d["stage_times"] = _times(d.get("stage_times"))
-        return Job(**d)
+        super().__init__(self.data_dir / "jobs.sqlite3")
+        self.ensure_schema(SCHEMA, "jobs", ADDED_COLUMNS)
 
     # ---- submitting and reading -------------------------------------------------------------
     def submit(
@@ -205,11 +75,11 @@ class JobStore:
         (`submit_group`) and the gathering job is returned; a retry or a part never fans out."""
         resolved = validate_config(kind, config)
         if parent_id is None and group_id is None:
-            split = _fan_out(kind, resolved)
+            split = fan_out(kind, resolved)
             if split is not None:
                 return self.submit_group(kind, split[0], split[1], label=label, run_dir=run_dir)[0]
         with self.transaction(immediate=True) as c:
-            job_id = _insert(c, self.runs_dir, kind, resolved, label, parent_id, run_dir, group_id)
+            job_id = insert_job(c, self.runs_dir, kind, resolved, label, parent_id, run_dir, group_id)
         return self.get(job_id)
 
     def submit_group(
@@ -227,26 +97,20 @@ class JobStore:
         resolved = validate_config(kind, config)
         checked = [(k, validate_config(k, cfg), rel) for k, cfg, rel in parts]
         with self.transaction(immediate=True) as c:
-            gid = _insert(c, self.runs_dir, kind, resolved, label, None, run_dir, None)
-            root = Path(c.execute("SELECT run_dir FROM jobs WHERE id=?", (gid,)).fetchone()[0])
-            ids = [
-                _insert(c, self.runs_dir, k, cfg, _part_label(label, rel), None, str(root / rel), gid)
-                for k, cfg, rel in checked
-            ]
+            gid, ids = insert_group(c, self.runs_dir, kind, resolved, checked, label, run_dir)
         return self.get(gid), [self.get(i) for i in ids]
 
     def group(self, group_id: int) -> list[Job]:
         """The parts of a fan-out job (retries included), oldest first."""
         with self.transaction() as c:
-            rows = c.execute("SELECT * FROM jobs WHERE group_id=? ORDER BY id", (int(group_id),)).fetchall()
-        return [self._job(r) for r in rows]
+            return group_parts(c, group_id)
 
     def get(self, job_id: int) -> Job:
         with self.transaction() as c:
             row = c.execute("SELECT * FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
         if row is None:
             raise InputError(f"No job {job_id} in {self.path}")
-        return self._job(row)
+        return Job.from_row(row)
 
     def list(self, states: tuple[str, ...] | None = None, limit: int = 500) -> list[Job]:
         q, args = "SELECT * FROM jobs", []
@@ -255,7 +119,7 @@ class JobStore:
             args = list(states)
         with self.transaction() as c:
             rows = c.execute(q + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
-        return [self._job(r) for r in rows]
+        return [Job.from_row(r) for r in rows]
 
     # ---- the worker's side -----------------------------------------------------------------
     def claim(self, device: str, pid: int, job_id: int | None = None) -> Job | None:
@@ -266,15 +130,10 @@ class JobStore:
                 busy = c.execute("SELECT 1 FROM jobs WHERE state='running' AND device=?", (device,)).fetchone()
                 if busy:
                     return None
-            # a fan-out job waits for its parts (those of a job it retries too: a retry keeps the run dir)
-            ready = (
-                "state='queued' AND NOT EXISTS (SELECT 1 FROM jobs p JOIN jobs g ON p.group_id = g.id "
-                f"WHERE g.run_dir = jobs.run_dir AND p.state NOT IN {TERMINAL!r})"
-            )
-            if job_id is None:
-                row = c.execute(f"SELECT id FROM jobs WHERE {ready} ORDER BY id LIMIT 1").fetchone()
+            if job_id is None:  # READY: a fan-out job waits for its parts
+                row = c.execute(f"SELECT id FROM jobs WHERE {READY} ORDER BY id LIMIT 1").fetchone()
             else:
-                row = c.execute(f"SELECT id FROM jobs WHERE {ready} AND id=?", (job_id,)).fetchone()
+                row = c.execute(f"SELECT id FROM jobs WHERE {READY} AND id=?", (job_id,)).fetchone()
             if row is None:
                 return None
             c.execute(
@@ -309,6 +168,15 @@ class JobStore:
             )
             row = c.execute("SELECT cancel_requested FROM jobs WHERE id=?", (job_id,)).fetchone()
         return bool(row and row[0])
+
+    def set_stage_sizes(self, job_id: int, sizes: Profile) -> None:
+        """Record the work each stage of a running job will do (`kdcore.runs.sizes`): its ETA goes by
+        them while no earlier job of its kind has timed its stages."""
+        with self.transaction(immediate=True) as c:
+            c.execute(
+                "UPDATE jobs SET stage_sizes=? WHERE id=? AND state='running'",
+                (json.dumps([[n, float(u)] for n, u in sizes]), job_id),
+            )
 
     def heartbeat(self, job_id: int) -> bool:
         with self.transaction() as c:
@@ -365,7 +233,7 @@ class JobStore:
                 "ORDER BY id DESC LIMIT ?",
                 (kind, int(jobs)),
             ).fetchall()
-        return median_profile(_times(r[0]) for r in rows)
+        return median_profile(read_times(r[0]) for r in rows)
 
     def eta(self, job: Job, now: float | None = None) -> float | None:
         """The whole job's seconds left (`Job.eta` with its kind's `stage_profile`)."""
@@ -396,51 +264,6 @@ class JobStore:
         return [self.get(i) for i in marked]
 
 
-# Columns added after the first release: (name, SQL type with default). Older stores get them on open.
-_ADDED_COLUMNS = (
-    ("stage_started_at", "REAL"),
-    ("stage_times", "TEXT NOT NULL DEFAULT '[]'"),
-    ("node", "TEXT NOT NULL DEFAULT ''"),
-    ("group_id", "INTEGER REFERENCES jobs(id)"),
-)
-
-
-def _part_label(label: str, rel: str) -> str:
-    return f"{label} · part {Path(rel).name}" if label else f"part {Path(rel).name}"
-
-
-def _fan_out(kind: str, resolved: dict) -> tuple[Any, list] | None:
-    from kdcore.runs import KINDS, PARTS
-
-    if kind not in PARTS:
-        return None
-    return PARTS[kind](from_dict(KINDS[kind][0], resolved))
-
-
-def _insert(
-    c: sqlite3.Connection,
-    runs_dir: Path,
-    kind: str,
-    resolved: dict,
-    label: str,
-    parent_id: int | None,
-    run_dir: str | None,
-    group_id: int | None,
-) -> int:
-    cur = c.execute(
-        "INSERT INTO jobs (kind, config, created_at, label, parent_id, group_id) VALUES (?, ?, ?, ?, ?, ?)",
-        (kind, json.dumps(resolved), time.time(), label, parent_id, group_id),
-    )
-    job_id = int(cur.lastrowid)
-    rd = run_dir or str(runs_dir / f"job-{job_id:05d}-{kind}")
-    c.execute("UPDATE jobs SET run_dir = ? WHERE id = ?", (rd, job_id))
-    return job_id
-
-
-def _times(text: str | None) -> Profile:
-    return tuple((str(n), float(t)) for n, t in json.loads(text or "[]"))
-
-
 def _closed_stage(c: sqlite3.Connection, job_id: int, now: float, unless: str | None = None) -> str | None:
     """The job's stage_times JSON with its current stage closed at `now`; None (nothing to record)
     when the job is not running, its stage has no start time, or its stage is still `unless`."""
@@ -452,14 +275,6 @@ def _closed_stage(c: sqlite3.Connection, job_id: int, now: float, unless: str | 
     times = json.loads(row["stage_times"] or "[]")
     times.append([row["stage"], round(now - row["stage_started_at"], 3)])
     return json.dumps(times)
-
-
-def _migrate(c: sqlite3.Connection) -> None:
-    have = {r[1] for r in c.execute("PRAGMA table_info(jobs)")}
-    for name, decl in _ADDED_COLUMNS:
-        if name not in have:
-            c.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
-    c.commit()
 
 
 def _pid_alive(pid: int) -> bool:

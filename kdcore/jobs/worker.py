@@ -10,6 +10,9 @@ The same entry runs one job under a cluster scheduler, e.g. Ray Jobs:
 
 Inside a job:
 - progress goes to the store at most every `PROGRESS_EVERY_S` seconds (plus stage changes);
+- each stage change goes to the job's log (<run_dir>/log.txt, the Jobs page's log): the stage that
+  ended, with its time, and the one that began;
+- the stage sizes (`kdcore.runs.sizes`) go to the store once known: a kind's first job's ETA goes by them;
 - a heartbeat thread writes every `HEARTBEAT_S` seconds even while a stage is silent;
 - cancel is cooperative: the progress callback raises `Cancelled`; if a stage makes no callback
   for `CANCEL_GRACE_S` seconds after the request, the heartbeat thread interrupts the main thread;
@@ -29,12 +32,16 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kdcore import limits
 from kdcore.config import from_dict
 from kdcore.device import resolve_device
 from kdcore.errors import Cancelled, KDCoreError
 from kdcore.jobs.store import Job, JobStore
+from kdcore.runs import KINDS
+from kdcore.runs.common import run_logging
+from kdcore.runs.sizes import stage_sizes
 
 log = logging.getLogger("kdcore.worker")
 
@@ -88,6 +95,9 @@ class _JobContext:
     started: float = field(default_factory=time.monotonic)
     timeout_s: float = float("inf")
     interrupted_for_timeout: bool = False
+    sized: bool = False  # the job's stage sizes are known and recorded (kdcore.runs.sizes)
+    logged_stage: str = "starting"  # the stage the job's log last said began ('starting': the claim)
+    stage_entered: float = field(default_factory=time.monotonic)
 
     def past_deadline(self, now: float, grace: float = 0.0) -> bool:
         return now - self.started > self.timeout_s + grace
@@ -96,12 +106,38 @@ class _JobContext:
         now = time.monotonic()
         if self.past_deadline(now):
             raise _TimedOut(_timeout_reason(self.job.kind, self.timeout_s, now - self.started))
+        if stage != self.logged_stage:
+            self.log_stage(stage, now)
+        if not self.sized:
+            self.size_stages(metrics)
         if stage == self.last_stage and now - self.last_write < PROGRESS_EVERY_S and step < total:
             return
         self.last_write, self.last_stage = now, stage
         msg = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
         if self.store.progress(self.job.id, stage, step, total, msg):
             raise Cancelled(f"job {self.job.id} was cancelled during stage '{stage}'")
+
+    def log_stage(self, stage: str, now: float) -> None:
+        """Say in the job's log that its stage changed: the one that ended, with its time, and the new
+        one. Every stage any run kind, pipeline step or verdict piece reports through `on_progress`
+        is named here, so no module logs its own start."""
+        log.info("job %s: stage %s ended after %.1f s", self.job.id, self.logged_stage, now - self.stage_entered)
+        log.info("job %s: stage %s started", self.job.id, stage)
+        self.logged_stage, self.stage_entered = stage, now
+
+    def size_stages(self, reported: dict) -> None:
+        """Record the stage sizes once they are known (a demo's from its config; an audit's when its
+        'prepare' reports its set sizes): the first job of a kind has a whole-job ETA by them."""
+        sizes = stage_sizes(self.job.kind, self.job.config, reported)
+        if sizes is not None:
+            self.sized = True
+            if sizes:
+                self.store.set_stage_sizes(self.job.id, sizes)
+
+    def log_end(self, state: str) -> None:
+        """The last stage's end, with its time and how the job ended."""
+        took = time.monotonic() - self.stage_entered
+        log.info("job %s: stage %s ended after %.1f s; the job %s", self.job.id, self.logged_stage, took, state)
 
     def heartbeat_loop(self) -> None:
         while not self.done.wait(min(HEARTBEAT_S, max(0.05, self.timeout_s / 4))):
@@ -122,41 +158,49 @@ class _JobContext:
 
 
 def run_job(store: JobStore, job: Job, device: str) -> str:
-    """Run a claimed job to a terminal state; returns that state. Never raises for job errors."""
-    from kdcore.runs import KINDS
-
-    cls, run = KINDS[job.kind]
+    """Run a claimed job to a terminal state; returns that state. Never raises for job errors.
+    The job's log (<run_dir>/log.txt) gets a line when each of its stages starts and ends."""
     ctx = _JobContext(store, job, timeout_s=job_timeout_s(job.kind))
     beat = threading.Thread(target=ctx.heartbeat_loop, name=f"heartbeat-{job.id}", daemon=True)
     beat.start()
     state, error = "failed", ""
     try:
-        cfg = from_dict(cls, _with_device(job.kind, job.config, device))
-        run(cfg, job.run_dir, ctx.on_progress)
-        state = "succeeded"
-    except Cancelled as e:
-        state, error = "cancelled", f"{e}; finished stages are kept in {job.run_dir}/stages"
-    except _TimedOut as e:
-        state, error = "failed", str(e)
-    except KeyboardInterrupt:
-        if ctx.interrupted_for_timeout:
-            elapsed = time.monotonic() - ctx.started
-            state, error = "failed", _timeout_reason(job.kind, ctx.timeout_s, elapsed)
-        elif ctx.interrupted_for_cancel:
-            state, error = "cancelled", f"cancelled (interrupted after {CANCEL_GRACE_S:.0f} s without a callback)"
-        else:
-            state, error = "interrupted", "the worker was interrupted; `jobs retry` resumes from finished stages"
-    except _Stop:
-        state, error = "interrupted", "the worker was stopped; `jobs retry` resumes from finished stages"
-    except KDCoreError as e:
-        state, error = "failed", f"{type(e).__name__}: {e}"
-    except Exception:  # a bug: keep the whole traceback with the job so it can be reported
-        state, error = "failed", traceback.format_exc()
+        with run_logging(Path(job.run_dir)):
+            log.info("job %s (%s) on %s: stage %s", job.id, job.kind, device, ctx.logged_stage)
+            state, error = _attempt(ctx, device)
+            ctx.log_end(state)
+    except OSError as e:  # the run directory cannot be written: the job fails with the reason
+        error = f"{type(e).__name__}: {e}"
     finally:
         ctx.done.set()
         beat.join(timeout=HEARTBEAT_S + 1)
         store.finish(job.id, state, error)
     return state
+
+
+def _attempt(ctx: _JobContext, device: str) -> tuple[str, str]:
+    """Run the job's kind; its terminal state and the reason, from how it ended."""
+    job = ctx.job
+    cls, run = KINDS[job.kind]
+    try:
+        run(from_dict(cls, _with_device(job.kind, job.config, device)), job.run_dir, ctx.on_progress)
+        return "succeeded", ""
+    except Cancelled as e:
+        return "cancelled", f"{e}; finished stages are kept in {job.run_dir}/stages"
+    except _TimedOut as e:
+        return "failed", str(e)
+    except KeyboardInterrupt:
+        if ctx.interrupted_for_timeout:
+            return "failed", _timeout_reason(job.kind, ctx.timeout_s, time.monotonic() - ctx.started)
+        if ctx.interrupted_for_cancel:
+            return "cancelled", f"cancelled (interrupted after {CANCEL_GRACE_S:.0f} s without a callback)"
+        return "interrupted", "the worker was interrupted; `jobs retry` resumes from finished stages"
+    except _Stop:
+        return "interrupted", "the worker was stopped; `jobs retry` resumes from finished stages"
+    except KDCoreError as e:
+        return "failed", f"{type(e).__name__}: {e}"
+    except Exception:  # a bug: keep the whole traceback with the job so it can be reported
+        return "failed", traceback.format_exc()
 
 
 def _raise_stop(signum, frame) -> None:

@@ -38,7 +38,8 @@ def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = n
         on_progress("prepare", 2, 4, {"message": "loading labelled images"})
         train, test, _, spec = labelled_sets(spec, cfg.train, cfg.test)
         poison_idx = read_known_poisons(cfg.known_poisons, train) if cfg.known_poisons and train is not None else None
-        on_progress("prepare", 4, 4, {})
+        sizes = {"unlabeled": len(unlabeled), "train": len(train or ()), "test": len(test or ())}
+        on_progress("prepare", 4, 4, {**sizes, "classes": spec.num_classes})  # the first job's ETA goes by them
         out = run_kd_pipeline(
             teacher,
             spec,
@@ -63,6 +64,7 @@ def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = n
                 on_progress=on_progress, nc_params=cfg.neural_cleanse,
             )  # fmt: skip
             add_to_report(report, blind, run_dir, trigger_given=trigger is not None)
+        on_progress("view", 0, 1, {})  # a stage of its own in the job log and the ETA
         views_s = write_views(RunContext(run_dir, "audit", resolved, spec, teacher, train, test, trigger, poison_idx))
         report.update(
             kind="audit",

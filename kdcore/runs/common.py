@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import platform
 import time
 from collections.abc import Iterator
@@ -35,22 +36,28 @@ log = logging.getLogger("kdcore")
 
 @contextlib.contextmanager
 def run_logging(run_dir: Path) -> Iterator[None]:
-    """Send kdcore's log to <run_dir>/log.txt for the duration of a run."""
+    """Send kdcore's log to <run_dir>/log.txt for the duration of a run. Nested in one for the same
+    file (the job worker opens it around the run, so that its lines on the job's stages land there
+    too), it adds no second handler, so no line is written twice."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
+    path = os.path.abspath(run_dir / "log.txt")
+    nested = any(isinstance(h, logging.FileHandler) and h.baseFilename == path for h in log.handlers)
+    handler = None if nested else logging.FileHandler(path, encoding="utf-8")
     old = log.level
-    log.setLevel(logging.INFO)
+    if handler is not None:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     try:
         yield
     except BaseException as e:
         log.error("run stopped: %s: %s", type(e).__name__, e)
         raise
     finally:
-        log.removeHandler(handler)
-        handler.close()
-        log.setLevel(old)
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+            log.setLevel(old)
 
 
 class Run(NamedTuple):

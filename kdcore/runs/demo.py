@@ -64,6 +64,7 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, on_progress: ProgressFn = no_
                 on_progress=on_progress, nc_params=cfg.neural_cleanse,
             )  # fmt: skip
             add_to_report(report, blind, run_dir, trigger_given=True)
+        on_progress("view", 0, 1, {})  # a stage of its own in the job log and the ETA
         views_s = write_views(
             RunContext(run_dir, "demo", resolved, SPEC, teacher, train, data.test, cfg.trigger_value, poison_idx),
             teacher_file=t_st.dir / "model.safetensors",

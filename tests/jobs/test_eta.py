@@ -8,12 +8,13 @@ import sqlite3
 import pytest
 
 import kdcore.jobs.store as store_module
+from kdcore.jobs import job as job_module
 from kdcore.jobs.eta import job_eta, median_profile, speed
 from kdcore.jobs.store import JobStore
 
 
 class Clock:
-    """A stand-in for the store's `time` module: `time()` returns what the test set."""
+    """A stand-in for the store's and the job's `time` module: `time()` returns what the test set."""
 
     def __init__(self, t: float = 1000.0) -> None:
         self.t = t
@@ -25,7 +26,8 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     c = Clock()
-    monkeypatch.setattr(store_module, "time", c)
+    monkeypatch.setattr(store_module, "time", c)  # the store's writes
+    monkeypatch.setattr(job_module, "time", c)  # the Job's "now"
     return c
 
 
@@ -103,7 +105,7 @@ def test_eta_formula_oracle():
 def test_a_store_from_before_stage_times_opens_and_reads(tmp_path):
     db = tmp_path / "jobs.sqlite3"
     c = sqlite3.connect(db)
-    old_schema = store_module._SCHEMA.replace(",\n    stage_times TEXT NOT NULL DEFAULT '[]'", "")
+    old_schema = job_module.SCHEMA.replace(",\n    stage_times TEXT NOT NULL DEFAULT '[]'", "")
     assert "stage_times" not in old_schema
     c.executescript(old_schema.replace("    stage_started_at REAL,\n", ""))
     c.execute("INSERT INTO jobs (kind, config, created_at) VALUES ('demo', '{}', 1.0)")
