@@ -143,11 +143,13 @@ def blind_audit(
         timings["activation-clustering"] = ac.wall_s
 
     t0 = time.perf_counter()
+    on_progress("recovered-trigger", 0, 1, {})  # its own stage in the job log and the ETA
     candidates = candidate_classes(kd, nc_ev, ac_ev)
     pool = unlabeled.images[:TRIGGER_IMAGES]
     triggers = {c: _nc_trigger(nc.images, c) for c in range(k)}  # every class: the rows re-score (docstring)
     rt = recovered_trigger_evidence(teacher, student, spec, student_spec or spec, pool, triggers, device, candidates)
     timings["recovered-trigger"] = time.perf_counter() - t0
+    on_progress("recovered-trigger", 1, 1, {})
 
     evidence = [kd, nc_ev, rt] + ([ac_ev] if ac_ev else [])
     return BlindOutput(
