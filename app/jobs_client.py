@@ -16,7 +16,9 @@ from kdcore.runs import DemoConfig
 
 
 def submit_demo(quick: bool, seed: int = 0) -> Job:
-    cfg = to_dict(DemoConfig.preset(quick, seed=seed))
+    """The built-in demo as a job, audited blind: its verdict comes from label-free evidence, as a user's
+    audit without a trigger would, and the known trigger only measures asr and poison_acc."""
+    cfg = to_dict(DemoConfig.preset(quick, seed=seed, blind=True))
     cfg["cache_dir"] = str(store().data_dir / "cache")
     return store().submit("demo", cfg, label=("quick demo" if quick else "full demo"))
 

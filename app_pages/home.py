@@ -17,11 +17,12 @@ st.markdown(
 st.subheader("Try it on the built-in demo")
 st.caption(
     "Fashion-MNIST with the paper's CNN. The attacker stamps a small white patch in the lower-right corner of "
-    "training images and relabels them *Sneaker*; the audit finds and removes them."
+    "training images and relabels them *Sneaker*; the audit finds and removes them, and judges the model as "
+    "if the trigger were unknown (the verdict)."
 )
 c1, c2, _ = st.columns([1, 1, 2])
 clicked = None
-if c1.button("▶ Run the demo audit (quick, ~2 min)", type="primary", key="demo_quick"):
+if c1.button("▶ Run the demo audit (quick, ~4 min)", type="primary", key="demo_quick"):
     clicked = True
 if c2.button("▶ Run the full demo (50k images, ~30 min on CPU)", key="demo_full"):
     clicked = False

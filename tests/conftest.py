@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 
@@ -170,3 +171,10 @@ def digits_backdoor(digits, digits_spec):
 
     make.state = state
     return make
+
+
+def screenshot_name(title: str, variant: str = "") -> str:
+    """A page's screenshot file: its navigation title in lower case, words joined by "_" ("Poison
+    candidates" → poison_candidates.png); a variant of the page adds "_<variant>"."""
+    stem = re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_")
+    return f"{stem}_{variant}.png" if variant else f"{stem}.png"

@@ -18,6 +18,7 @@ def test_home_lists_audits_and_demo_button_queues_a_job(kdaudit_home):
     at.button(key="demo_quick").click().run(timeout=30)
     jobs = JobStore(kdaudit_home).list()
     assert len(jobs) == before + 1 and jobs[0].kind == "demo" and jobs[0].config["quick"] is True
+    assert jobs[0].config["blind"] is True  # the demo is judged as a user's audit without a trigger would be
     store = JobStore(kdaudit_home)
     store.cancel(jobs[0].id)  # keep the fixture's store free of queued work
 

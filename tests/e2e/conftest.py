@@ -15,9 +15,16 @@ import pytest
 
 from benchmarks.dashboard import CHROMIUM, FLAGS, start_dashboard, stop_dashboard
 from kdcore.jobs.store import JobStore
+from tests.conftest import screenshot_name
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = Path(os.environ.get("KDAUDIT_SCREENSHOTS", ROOT / "build" / "screenshots"))
+
+
+def shot(page, title: str, variant: str = "") -> None:
+    """A full-page screenshot named after the page's title in the navigation (`screenshot_name`): the
+    README's screenshots are these files, and tests/test_screenshots.py checks the names still match."""
+    page.screenshot(path=SHOTS / screenshot_name(title, variant), full_page=True)
 
 
 @pytest.fixture(scope="module")

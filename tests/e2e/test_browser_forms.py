@@ -16,12 +16,7 @@ from kdcore.jobs.store import JobStore
 from kdcore.models.loading import save_model
 from kdcore.models.registry import build_model
 from kdcore.models.spec import ModelSpec
-from tests.e2e.conftest import choose
-
-try:  # the shared fixtures move to tests/e2e/conftest.py; until then they live in test_browser
-    from tests.e2e.test_browser import SHOTS, page, server  # noqa: F401
-except ImportError:
-    from tests.e2e.conftest import SHOTS
+from tests.e2e.conftest import SHOTS, choose
 
 SPEC = ModelSpec("paper-cnn", 10, (1, 8, 8), (0.3,), (0.4,))
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")

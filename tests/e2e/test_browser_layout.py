@@ -13,11 +13,7 @@ import pytest
 from kdcore.candidates import read_candidates
 from kdcore.jobs.store import JobStore
 from tests.conftest import audit_config
-
-try:  # the shared browser fixtures live in tests/e2e/conftest.py, or still in the first browser test
-    from tests.e2e.conftest import SHOTS, open_ready, page, server, wait_job
-except ImportError:
-    from tests.e2e.test_browser import SHOTS, open_ready, page, server, wait_job  # noqa: F401
+from tests.e2e.conftest import SHOTS, open_ready, wait_job
 
 WIDTHS = (1280, 1920)
 

@@ -8,7 +8,7 @@ import json
 
 from app.verdict import verdict_headline
 from kdcore.jobs.store import JobStore
-from tests.e2e.conftest import SHOTS, digits_trigger, open_ready, upload_digits, wait_job
+from tests.e2e.conftest import digits_trigger, open_ready, shot, upload_digits, wait_job
 
 
 def test_blind_audit_shows_the_verdict_card(server, page, digits_files, tmp_path):
@@ -41,4 +41,4 @@ def test_blind_audit_shows_the_verdict_card(server, page, digits_files, tmp_path
     assert "confidence" in text and "evaluation only" in text
     for ev in verdict["evidence"]:  # every piece of evidence has its row
         assert ev["method"] in text, (ev["method"], text)
-    page.screenshot(path=SHOTS / "results_verdict.png", full_page=True)
+    shot(page, "Results", "digits_blind")
