@@ -97,7 +97,7 @@ def train_images(run_dir: str, indices: Sequence[int]) -> tuple[list[torch.Tenso
         return [torch.from_numpy(kept[i][0]) for i in indices], [kept[i][1] for i in indices]
     train = run_context(run_dir).train
     if train is None:
-        raise InputError(f"The run in {run_dir} has no training set to show")
+        raise InputError("This audit was run without a training set: there are no training samples to show")
     labels = [None if train.labels is None else int(train.labels[i]) for i in indices]
     return [train.images[i] for i in indices], labels
 

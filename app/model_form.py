@@ -48,7 +48,7 @@ ARCH_HELP = (
     "paper-vgg11: a VGG-11 for 32×32 colour images · resnet18-small: a ResNet-18 for 32×32 colour images · "
     "plugins: architectures installed on the server · timm / torchvision: the named model, built without "
     "pretrained weights, with your weights loaded on top.\n\n"
-    "From the papers: paper-cnn is Table 7 and paper-vgg11 Table 8 of the seed paper; "
+    "From the papers: paper-cnn and paper-vgg11 are the networks of Yoshida & Fujino (AISec 2020), Tables 7 and 8; "
     "resnet18-small is BCU's ResNet-18."
 )
 ROLE_LABELS = {

@@ -192,7 +192,7 @@ def summary_pairs(job: Any, report: dict) -> list[tuple[str, Any]]:
     pairs: list[tuple[str, Any]] = [
         ("job", f"#{job.id} {job.kind}"),
         ("label", getattr(job, "label", "")),
-        ("run directory", getattr(job, "run_dir", "")),
+        ("run", Path(getattr(job, "run_dir", "") or "").name),  # its folder's name, not the server's path
         ("architecture", _architecture(spec, report)),
         ("classes", spec.get("num_classes")),
         ("input shape", "×".join(str(v) for v in spec.get("input_shape") or ())),
@@ -205,7 +205,7 @@ def summary_pairs(job: Any, report: dict) -> list[tuple[str, Any]]:
         ("device", report.get("device")),
         ("kdcore / torch", f"{report.get('kdcore', '?')} / {report.get('torch', '?')}" if report.get("kdcore") else ""),
         ("wall time", f"{report['wall_s']:.0f} s" if isinstance(report.get("wall_s"), int | float) else ""),
-        ("source run", report.get("source_run")),
+        ("source run", Path(report["source_run"]).name if report.get("source_run") else ""),
     ]
     for name in ("train", "test", "unlabeled", "clean_unlabeled", "poisons"):
         d = data.get(name)

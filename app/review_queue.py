@@ -95,7 +95,7 @@ def full_train_images(run_dir: str) -> ImageSet:
 
     train = load_context(run_dir, device="cpu").train
     if train is None:
-        raise InputError(f"The run in {run_dir} has no training set to show")
+        raise InputError("This audit was run without a training set: there are no training samples to show")
     return train
 
 

@@ -78,7 +78,7 @@ def show_run(report: dict) -> None:
 try:
     raw = load_report(job.run_dir)
     if raw is None:
-        st.warning(f"Job #{job.id} has no report.json in {job.run_dir or '(no run directory)'}.")
+        st.warning(f"Job #{job.id} finished without a report: its log on the Jobs page says why.")
         st.stop()
     st.subheader(job_title(job))
     if job.kind == "sweep":

@@ -162,7 +162,7 @@ class ActivationClustering(Detector):
     name = "activation-clustering"
     config_class = ActivationClusteringConfig
     needs = ("train",)
-    summary = "Activation clustering: per-class 2-means on penultimate activations (Chen et al. 2018; seed 002)"
+    summary = "Activation clustering: per-class 2-means on penultimate activations (Chen et al. 2018)"
     paper = (
         "Chen et al., Detecting Backdoor Attacks on Deep Neural Networks by Activation Clustering, "
         "SafeAI@AAAI 2019 (arXiv:1811.03728)"

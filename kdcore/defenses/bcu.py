@@ -277,7 +277,7 @@ class BCU(Repairer):
     config_class = BCUConfig
     needs = ("unlabeled",)
     summary = "Backdoor Cleansing with Unlabeled data: layer-wise re-initialisation + KD on unlabelled images"
-    paper = "Pang et al., Backdoor Cleansing with Unlabeled Data, CVPR 2023 (seed 003; github.com/luluppang/BCU)"
+    paper = "Pang et al., Backdoor Cleansing with Unlabeled Data, CVPR 2023 (github.com/luluppang/BCU)"
 
     def repair(self, inputs: DefenseInputs) -> tuple[nn.Module, dict, dict[str, torch.Tensor]]:
         cfg = self.config

@@ -85,7 +85,7 @@ class LinfPruning(Repairer):
     name = "linf-pruning"
     config_class = LinfPruningConfig
     needs = ("unlabeled",)
-    summary = "ℓ∞ neuron pruning of the last conv layer, with a threshold sweep (seed 004)"
+    summary = "ℓ∞ neuron pruning of the last conv layer, with a threshold sweep (Cheng et al. 2019)"
     paper = "Cheng et al., Defending against Backdoor Attack on Deep Neural Networks, AdvML@KDD 2019"
 
     def thresholds(self, top: float) -> list[float]:
