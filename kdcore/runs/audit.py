@@ -80,7 +80,7 @@ def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = n
             wall_s=round(time.perf_counter() - t0, 2),
             views_s=round(views_s, 2),
         )
-        report["data"]["trigger"] = trigger.describe() if trigger else None
+        report["data"]["trigger"] = trigger.describe(spec.names) if trigger else None
         report["notes"] += trigger.notes() if trigger else []
         write_report(run_dir, report)
         return report

@@ -180,7 +180,7 @@ def run_defend(cfg: DefendConfig, run_dir: str | Path, on_progress: ProgressFn =
                     ("test", inputs.test),
                 )
             }
-            | {"trigger": inputs.trigger.describe() if inputs.trigger else None},
+            | {"trigger": inputs.trigger.describe(inputs.spec.names) if inputs.trigger else None},
             wall_s=round(time.perf_counter() - t0, 2),
         )
         write_report(run_dir, report)

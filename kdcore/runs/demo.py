@@ -79,7 +79,7 @@ def run_demo(cfg: DemoConfig, run_dir: str | Path, on_progress: ProgressFn = no_
                 "poisons": len(poison_idx),
                 "clean_unlabeled": len(data.clean_pool),
                 "test": len(data.test),
-                "trigger": cfg.trigger_value.describe(),
+                "trigger": cfg.trigger_value.describe(SPEC.names),
                 "dataset": "Fashion-MNIST (IDX)",
             },
             wall_s=round(time.perf_counter() - t0, 2),
