@@ -121,7 +121,7 @@ def _is_table(v: Any, *keys: str) -> bool:
     return isinstance(v, list) and bool(v) and all(isinstance(r, dict) for r in v) and all(k in v[0] for k in keys)
 
 
-def neural_cleanse_ui(ev: dict, images: dict[str, Path]) -> None:
+def neural_cleanse_ui(ev: dict, images: dict[str, Path], key: str = "nc-norms") -> None:
     classes = ev["classes"]
     top = ev.get("most_anomalous") or {}
     c = st.columns(3)
@@ -133,7 +133,7 @@ def neural_cleanse_ui(ev: dict, images: dict[str, Path]) -> None:
         help=f"|median − ℓ1| / (1.4826 · MAD); flagged above {_fmt(ev.get('threshold'))} (Neural Cleanse).",
         border=True,
     )
-    st.plotly_chart(mask_norms_figure(classes, ev.get("threshold")), key="nc-norms", config={"displaylogo": False})
+    st.plotly_chart(mask_norms_figure(classes, ev.get("threshold")), key=key, config={"displaylogo": False})
     triggers = [(r, images.get(f"trigger_{r.get('class')}")) for r in classes]
     triggers = [(r, p) for r, p in triggers if p is not None]
     if triggers:
@@ -277,3 +277,23 @@ def evidence_ui(job: Job, report: dict) -> None:
     else:
         st.caption("This defense reported no evidence.")
     downloads_ui(job)
+
+
+def audit_evidence_ui(job: Job, report: dict | None) -> bool:
+    """The evidence an audit gathered for its own verdict (kdcore.verdict.gather: Neural Cleanse on its
+    teacher, activation clustering on its training set), drawn as a defense's is; False when it has none."""
+    report = report or {}
+    nc, ac = report.get("neural_cleanse") or {}, report.get("activation_clustering") or {}
+    has_nc, has_ac = _is_table(nc.get("classes"), "l1", "anomaly_index"), _is_table(ac.get("classes"), "silhouette")
+    if not (has_nc or has_ac):
+        return False
+    st.markdown("**Gathered by the audit itself for its verdict**")
+    if has_nc:
+        st.markdown("###### Neural Cleanse on the suspect model")
+        if nc.get("headline"):
+            st.caption(nc["headline"])
+        neural_cleanse_ui(nc, {p.stem: p for p in evidence_images(job.run_dir)}, key="audit-nc-norms")
+    if has_ac:
+        st.markdown("###### Activation clustering on the training set")
+        activation_clustering_ui(ac)
+    return True

@@ -7,7 +7,7 @@ Each runs as a `defend` job on the audit's model and data; its evidence is shown
 
 import streamlit as st
 
-from app.defense_evidence import evidence_ui, pick_defense_ui
+from app.defense_evidence import audit_evidence_ui, evidence_ui, pick_defense_ui
 from app.defenses import (
     active_jobs_ui,
     compare_rows,
@@ -49,12 +49,13 @@ try:
         st.warning(f"Job #{source.id} has no report.json: only the defenses are listed.")
     compare_ui(compare_rows(source_report, done))
     if not done:
-        st.info("No finished defense on this audit yet: run one above.")
+        st.info("No other defense has run on this audit yet: run one above.")
     link_ui("app_pages/results.py", "📊 The core method's full results", source.id)
 
     st.subheader("Evidence")
+    own = audit_evidence_ui(source, source_report)
     picked = pick_defense_ui(done, focus)
-    if picked is None:
+    if picked is None and not own:
         st.caption("The evidence of a finished defense appears here.")
     else:
         evidence_ui(*picked)

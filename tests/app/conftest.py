@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -169,3 +170,30 @@ def empty_home(tmp_path, monkeypatch):
     st.cache_resource.clear()
     st.cache_data.clear()
     return tmp_path
+
+
+@pytest.fixture()
+def fake_runs(app_home, tmp_path, monkeypatch):
+    """KDAUDIT_HOME = a private copy of app_home's jobs; `make(extra)` queues a finished audit whose
+    run folder holds job 1's report.json with `extra` keys set (None deletes a key). Returns make."""
+    _copy_jobs_db(app_home, tmp_path)
+    monkeypatch.setenv("KDAUDIT_HOME", str(tmp_path))
+    import streamlit as st
+
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    store = JobStore(tmp_path)
+    source = store.get(1)
+    base = json.loads((Path(source.run_dir) / "report.json").read_text())
+
+    def make(extra: dict) -> int:
+        run = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
+        run.mkdir()
+        report = {k: v for k, v in (base | extra).items() if v is not None}
+        (run / "report.json").write_text(json.dumps(report))
+        job = store.submit("audit", source.config, label="hand-written", run_dir=str(run))
+        assert store.claim("cpu", os.getpid(), job.id) is not None
+        store.finish(job.id, "succeeded")
+        return job.id
+
+    return make

@@ -16,7 +16,6 @@ from streamlit.testing.v1 import AppTest
 from app.report_html import audit_report_html
 from app.verdict import flip_figure, verdict_headline
 from kdcore.jobs.store import JobStore
-from tests.app.conftest import _copy_jobs_db
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -66,33 +65,6 @@ def flip_matrix() -> dict:
     counts = [[0] * 10 for _ in range(10)]
     counts[7][1], counts[7][3], counts[2][5] = 40, 25, 3
     return {"classes": NAMES, "counts": counts}
-
-
-@pytest.fixture()
-def fake_runs(app_home, tmp_path, monkeypatch):
-    """KDAUDIT_HOME = a private copy of app_home's jobs; `make(extra)` queues a finished audit whose
-    run folder holds job 1's report.json with `extra` keys set (None deletes a key). Returns make."""
-    _copy_jobs_db(app_home, tmp_path)
-    monkeypatch.setenv("KDAUDIT_HOME", str(tmp_path))
-    import streamlit as st
-
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    store = JobStore(tmp_path)
-    source = store.get(1)
-    base = json.loads((Path(source.run_dir) / "report.json").read_text())
-
-    def make(extra: dict) -> int:
-        run = tmp_path / f"run-{len(list(tmp_path.glob('run-*')))}"
-        run.mkdir()
-        report = {k: v for k, v in (base | extra).items() if v is not None}
-        (run / "report.json").write_text(json.dumps(report))
-        job = store.submit("audit", source.config, label="hand-written", run_dir=str(run))
-        assert store.claim("cpu", os.getpid(), job.id) is not None
-        store.finish(job.id, "succeeded")
-        return job.id
-
-    return make
 
 
 def open_results(job: int) -> AppTest:

@@ -16,7 +16,7 @@ from kdcore.jobs.store import JobStore
 from tests.e2e.conftest import choose, digits_trigger, open_ready, shot, upload_digits, wait_job
 
 
-@pytest.mark.timeout(1200)  # a whole quick-demo job (≈ 3 min alone) shares 2 cores with the other test process
+@pytest.mark.timeout(2400)  # a whole blind quick-demo job (≈ 5 min alone) shares 2 cores with the other test process
 def test_demo_audit_from_home_to_evidence(server, page):
     url, data = server["url"], server["data"]
     page.goto(url)
@@ -24,7 +24,7 @@ def test_demo_audit_from_home_to_evidence(server, page):
     page.wait_for_url("**/jobs?job=*")
     shot(page, "Jobs")
     page.wait_for_selector("text=Jobs")
-    wait_job(data, 1)
+    wait_job(data, 1, timeout=1800)
     page.goto(url)
     page.get_by_text("quick demo").first.wait_for()
     shot(page, "Home")
