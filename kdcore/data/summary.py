@@ -26,6 +26,7 @@ sends the summary back as `to_dict()` and rebuilds it with `from_dict`, which ch
 from __future__ import annotations
 
 import io
+import statistics
 from collections import Counter
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -213,6 +214,10 @@ def check_uploads(
             )
         if names is None:
             names, first = s.classes, slot
+    train = sets.get("train")
+    if train is not None and not train.labelled:
+        for name, n, median in class_count_outliers(dict(train.folders)):
+            out.append(Finding("warning", "train", count_note(name, n, median, SLOTS["train"])))
     for slot, s in sets.items():
         if s.skipped_total:
             out.append(
@@ -237,3 +242,26 @@ def _diff(got: tuple[str, ...], wanted: tuple[str, ...]) -> str:
     parts = [f"folders not among them: {_few(extra)}"] if extra else []
     parts += [f"no folder for: {_few(missing)}"] if missing else []
     return "; ".join(parts)
+
+
+BULGE = 1.25  # a class this many times the median class's size stands out (a 5 % poison rate into one class
+#              of ten adds ~50 %; a 2 % rate ~20 %, which natural imbalance hides, so it is not flagged)
+MAX_BULGES = 2  # more classes than this above the cut: the set is imbalanced by nature, and nothing stands out
+
+
+def class_count_outliers(counts: dict[str, int]) -> list[tuple[str, int, float]]:
+    """(class, count, median count) of the classes holding ≥ BULGE × the median class's images, when
+    at most MAX_BULGES do: an all-to-one poisoning adds its images to the target class."""
+    if len(counts) < 3:
+        return []
+    median = statistics.median(counts.values())
+    big = [(c, n, median) for c, n in sorted(counts.items(), key=lambda kv: -kv[1]) if median and n >= BULGE * median]
+    return big if len(big) <= MAX_BULGES else []
+
+
+def count_note(name: str, n: int, median: float, what: str = "The training set") -> str:
+    """A class-count bulge in words."""
+    return (
+        f"{what}: class {name} holds {n:,} images, {n / median:.1f}× the median class ({median:,.0f}). Attacks "
+        "that relabel poisoned images to one target class leave such a bulge; it may also be how the data is."
+    )

@@ -11,7 +11,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
+from kdcore.data.imageset import ImageSet
+from kdcore.data.summary import class_count_outliers, count_note
 from kdcore.detox import read_known_poisons
+from kdcore.models.spec import ModelSpec
 from kdcore.pipeline import run_kd_pipeline
 from kdcore.progress import ProgressFn, no_progress
 from kdcore.run_context import RunContext
@@ -82,5 +87,15 @@ def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = n
         )
         report["data"]["trigger"] = trigger.describe(spec.names) if trigger else None
         report["notes"] += trigger.notes() if trigger else []
+        report["notes"] += count_notes(train, spec)
         write_report(run_dir, report)
         return report
+
+
+def count_notes(train: ImageSet | None, spec: ModelSpec) -> list[str]:
+    """A note per class that stands out by its number of training images (`class_count_outliers`)."""
+    if train is None or train.labels is None:
+        return []
+    counts = torch.bincount(train.labels.long(), minlength=spec.num_classes).tolist()
+    names = spec.names
+    return [count_note(c, n, m) for c, n, m in class_count_outliers({names[i]: n for i, n in enumerate(counts)})]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from kdcore import sandbox
-from kdcore.data.summary import HEADER_SAMPLE, ImageSetSummary, check_uploads, summarize
+from kdcore.data.summary import HEADER_SAMPLE, ImageSetSummary, check_uploads, class_count_outliers, summarize
 from kdcore.errors import InputError
 from kdcore.sandbox.image_summary import summarize as summarize_sandboxed
 
@@ -123,3 +123,20 @@ def test_classes_against_the_model() -> None:
 def test_skipped_files_are_a_warning() -> None:
     f = check_uploads({"train": _s(("a", "b"), skipped=2)}, 2)
     assert _levels(f) == [("warning", "train")] and "2 file(s) will be skipped" in f[0].message
+
+
+def test_a_class_that_bulges_in_the_training_set_is_a_warning() -> None:
+    """The peer toolkit's BadNets zip: 2,905 images in the target class against 1,858–1,968 in the others."""
+    counts = dict(zip("0123456789", (1858, 2905, 1900, 1968, 1880, 1930, 1870, 1950, 1890, 1920), strict=True))
+    s = ImageSetSummary("train.zip", 20_000, 20_000, tuple(counts.items()), 0, (), 200, (), 0, "")
+    f = check_uploads({"train": s}, 10)
+    assert _levels(f) == [("warning", "train")]
+    assert "class 1 holds 2,905 images, 1.5× the median class (1,910)" in f[0].message
+    assert check_uploads({"test": s}, 10) == []  # a test set's balance is not the attacker's doing
+
+
+def test_class_count_outliers_only_when_few_stand_out() -> None:
+    assert class_count_outliers({"a": 100, "b": 104, "c": 98, "d": 121}) == []  # +21 %: natural spread
+    assert class_count_outliers({"a": 100, "b": 104, "c": 98, "d": 150}) == [("d", 150, 102.0)]
+    assert class_count_outliers({"a": 100, "b": 200, "c": 210, "d": 220, "e": 99, "f": 101, "g": 98}) == []
+    assert class_count_outliers({"a": 5, "b": 50}) == []  # two classes: no median to stand out from

@@ -37,6 +37,8 @@ def test_audit_without_a_trigger_writes_a_verdict_and_scores_known_poisons(tmp_p
     assert report["activation_clustering"]["detection"]["n_poison"] == n
     assert {"neural-cleanse", "activation-clustering", "recovered-trigger", "kd-disagreement"} <= set(report["timings"])
     assert "evaluation_only" not in report
+    # the 60 poisons relabelled 7 make class 7 ~1.5× the median class: the report remarks on it
+    assert [n for n in report["notes"] if "holds" in n] == [next(n for n in report["notes"] if "class 7 holds" in n)]
     assert (tmp_path / "run" / "evidence" / "trigger_7.png").is_file()
     assert json.loads((tmp_path / "run" / "report.json").read_text())["verdict"] == v
     assert rescore(report) == v  # the stored numbers rebuild the same verdict (benchmarks/verdict.py --rescore)
