@@ -128,14 +128,17 @@ def trigger_ui(
 
 
 def blind_ui(trigger: Trigger | None) -> dict:
-    """{"blind": bool} for the audit config: judge the model as if the trigger were unknown (the
-    trigger then only measures asr, for comparison). {} without a trigger."""
+    """{"blind": bool} for the audit config: also judge the model from label-free evidence, as if the trigger
+    were unknown (the verdict; the trigger then only measures asr and poison_acc). {} without a trigger: an
+    audit without one is always judged."""
     if trigger is None:
         return {}
     blind = st.checkbox(
-        "Blind audit (ignore the trigger when judging)",
+        "Also judge the model without the trigger (the verdict)",
         key="blind",
-        help="The verdict is reached from label-free evidence only; the trigger still measures asr and poison_acc.",
+        help="Neural Cleanse and activation clustering look for a backdoor as if the trigger were unknown, and the "
+        "Results page opens with their verdict; the trigger you gave only measures asr and poison_acc. It takes "
+        "longer: Neural Cleanse optimises a trigger for every class. Without a trigger every audit is judged.",
     )
     return {"blind": bool(blind)}
 

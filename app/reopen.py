@@ -61,6 +61,7 @@ def form_values(config: dict, label: str = "") -> dict:
         role, _, name = pair.partition("=")
         v[f"layer_{role.strip()}"] = name.strip()
     v.update(_trigger_values(config.get("trigger")))
+    v["blind"] = bool(config.get("blind"))  # the job's choice of a verdict beside its trigger
     kinds = {s.name: s.kind for s in settings_of(AuditConfig)}
     for name, (_, key) in HYPERPARAMETERS.items():
         value = _get(config, name)

@@ -42,7 +42,7 @@ FIELDS = {
     "--trigger": "Known trigger",
     "--target": "Target class",
     "--triggered-test": "Triggered test images",
-    "--blind": "Blind audit",
+    "--blind": "Also judge the model without the trigger",
     "--seed": "Seed",
     "--kd-epochs": "Distillation epochs",
     "--batch-size": "Batch size",

@@ -117,6 +117,7 @@ def _failed_audit(home: Path, digits, tmp_path: Path) -> tuple[int, dict]:
         "trigger": {"kind": "badnets", "target": 7, "size": 2, "margin": 0, "location": "top-left"},
         "kd": {"distill": {"epochs": 3, "temperature": 4.0}},
         "seed": 5,
+        "blind": True,
     }
     store = JobStore(home)
     job = store.submit("audit", cfg, label="first try")
@@ -147,6 +148,7 @@ def test_a_failed_job_reopens_in_the_form_filled_in_and_resubmits_changed(empty_
     assert at.number_input(key="kd_epochs").value == 3 and at.number_input(key="seed").value == 5
     assert at.text_input(key="audit_label").value == "first try"
     assert at.checkbox(key="reopen_use_test").value and at.checkbox(key="reopen_use_model").value
+    assert at.checkbox(key="blind").value  # the job asked for a verdict beside its trigger
     at.text_input(key="audit_label").set_value("second try").run()
     at.number_input(key="seed").set_value(6).run()
     assert not at.button(key="submit_audit").disabled, [e.value for e in at.error]
@@ -156,7 +158,7 @@ def test_a_failed_job_reopens_in_the_form_filled_in_and_resubmits_changed(empty_
     for key in ("model", "unlabeled", "test"):
         assert got[key] == cfg[key]
     assert got["seed"] == 6 and got["trigger"]["target"] == 7 and got["trigger"]["location"] == "top-left"
-    assert got["kd"]["distill"]["epochs"] == 3 and got["arch"] == "paper-cnn"
+    assert got["kd"]["distill"]["epochs"] == 3 and got["arch"] == "paper-cnn" and got["blind"] is True
 
 
 def test_a_model_that_does_not_fit_is_explained_in_the_pages_words(empty_home, tmp_path):
