@@ -144,8 +144,7 @@ def _num(v, fmt: str) -> str:
 
 def table_markdown(rows: list[dict]) -> str:
     """The table, each model linking to its Results page (a finished audit) or its Jobs entry."""
-    head = "| # | model | P(backdoor) | verdict | target | clean acc | time | state |\n|---|---|---|---|---|---|---|---|"
-    lines = [head]
+    lines = ["| # | model | P(backdoor) | verdict | target | clean acc | time | state |", "|---" * 8 + "|"]
     for r in rows:
         page = "results" if r["state"] == "succeeded" else "jobs"
         link = f"[{r['model']}](/{page}?job={r['job']})"

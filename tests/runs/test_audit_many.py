@@ -33,8 +33,8 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def assert_backdoored_first(rows: list[dict]) -> None:
-    assert [r["model"] for r in rows][0] == "backdoored.safetensors", rows
     first = rows[0]
+    assert first["model"] == "backdoored.safetensors", rows
     assert first["status"] == "backdoor" and first["target"] == "7", first
     assert all(r["status"] != "backdoor" for r in rows[1:]), rows  # the clean models raise no alarm
     p = [float(r["p_backdoor"]) for r in rows]
@@ -69,7 +69,7 @@ def test_p_backdoor_prefers_the_verdicts_own_and_else_ranks_by_status():
     assert p_backdoor(None) == (None, "")
 
 
-def kdcore(*args: str, data: Path) -> subprocess.CompletedProcess:
+def kdcore(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "kdcore", *args],
         capture_output=True,
@@ -94,7 +94,7 @@ def test_audit_many_as_jobs_fans_out_and_a_failed_model_is_a_row(digits_models, 
     shutil.copytree(digits_models, models)
     data = tmp_path / "home"
     submit = ("jobs", "submit", "audit-many", str(models), *shared(digits_files), *QUICK, "--json")
-    r = kdcore(*submit, "--data-dir", str(data), data=data)
+    r = kdcore(*submit, "--data-dir", str(data))
     assert r.returncode == 0, r.stderr
     job = json.loads(r.stdout)
     store = JobStore(data)
@@ -134,7 +134,8 @@ def test_audit_many_refuses_what_it_cannot_audit_before_anything_runs(digits_mod
         (broken, ["1 of 4 model(s) cannot be audited", "garbage.onnx (", "nothing was run"]),
         (digits_models / "clean-1.safetensors", ["is a model, not a folder or a list"]),
     ):
-        r = kdcore("jobs", "submit", "audit-many", str(source), *shared(digits_files), "--data-dir", str(data), data=data)
+        submit = ("jobs", "submit", "audit-many", str(source), *shared(digits_files))
+        r = kdcore(*submit, "--data-dir", str(data))
         assert r.returncode == 2, (source, r.stdout, r.stderr)
         err = " ".join(r.stderr.split())
         assert all(w in err for w in words), (words, err)
