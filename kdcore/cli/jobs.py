@@ -48,14 +48,14 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("jobs", help="submit, list, show, cancel, retry jobs and read their logs")
     jsub = p.add_subparsers(dest="jobs_command", required=True)
-    kinds = sorted({*KINDS, *(k.replace("_", "-") for k in KINDS)})  # audit-many or audit_many
+    commands = sorted(k.replace("_", "-") for k in KINDS)  # the kind audit_many is the command audit-many
     s = jsub.add_parser(
         "submit",
         help="jobs submit KIND [options of `kdcore KIND`] [--json] [--label L] [--data-dir D]",
-        description=f"Validate and queue a job. KIND is one of {', '.join(kinds)}; its options are "
+        description=f"Validate and queue a job. KIND is one of {', '.join(commands)}; its options are "
         "those of `kdcore KIND --help`. --data-dir here is the job store's folder.",
     )
-    s.add_argument("kind", choices=kinds)
+    s.add_argument("kind", choices=sorted({*commands, *KINDS}))  # audit-many, or its kind's name audit_many
     s.add_argument("options", nargs=argparse.REMAINDER, help="options of the kind, as for `kdcore KIND`")
     for name, h in (
         ("list", "all jobs, newest first"),
