@@ -9,6 +9,7 @@ st.set_page_config(page_title="kdaudit — backdoor audits", page_icon="🛡️"
 PAGES = [
     st.Page("app_pages/home.py", title="Home", icon="🏠", url_path="home", default=True),
     st.Page("app_pages/new_audit.py", title="New audit", icon="➕", url_path="new_audit"),
+    st.Page("app_pages/models.py", title="Models", icon="🗂️", url_path="models"),
     st.Page("app_pages/jobs.py", title="Jobs", icon="⏱️", url_path="jobs"),
     st.Page("app_pages/results.py", title="Results", icon="📊", url_path="results"),
     st.Page("app_pages/defenses.py", title="Defenses", icon="🧪", url_path="defenses"),

@@ -28,20 +28,24 @@ def submit_audit(config: dict, label: str = "") -> Job:
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _accepted(config_json: str) -> bool:
-    validate_config("audit", json.loads(config_json))  # a refusal raises, and Streamlit does not cache it
+def _accepted(kind: str, config_json: str) -> bool:
+    validate_config(kind, json.loads(config_json))  # a refusal raises, and Streamlit does not cache it
     return True
 
 
-def audit_refusal(config: dict) -> str:
-    """Why the store would refuse this audit config when it is submitted (its own validation, in the
+def refusal(kind: str, config: dict) -> str:
+    """Why the store would refuse this `kind` config when it is submitted (its own validation, in the
     page's words), or "" when it takes it. Cached by the config, whose files are named by content
-    hash: a trigger's file is decoded once per config, not on every rerun."""
+    hash: a trigger's file is decoded once per config (each model of many checked once), not on every rerun."""
     try:
-        _accepted(json.dumps(config, sort_keys=True))
+        _accepted(kind, json.dumps(config, sort_keys=True))
     except KDCoreError as e:
         return in_words(" ".join(str(e).split()))
     return ""
+
+
+def audit_refusal(config: dict) -> str:
+    return refusal("audit", config)
 
 
 def submit_refine(source: Job, finetune: dict | None = None) -> Job:

@@ -62,7 +62,9 @@ def job_list() -> None:
             if j.kind == "audit" and j.terminal:
                 act[2].page_link("app_pages/new_audit.py", label="Reopen in the form", query_params={"from": str(j.id)})
             if j.state == "succeeded":
-                page, label = ("defenses", "Defenses →") if j.kind == "defend" else ("results", "Results →")
+                page, label = {"defend": ("defenses", "Defenses →"), "audit_many": ("models", "Models →")}.get(
+                    j.kind, ("results", "Results →")
+                )
                 act[1].page_link(f"app_pages/{page}.py", label=label, query_params={"job": str(j.id)})
             with st.expander("Log", expanded=(str(j.id) == st.query_params.get("job") and j.state != "succeeded")):
                 st.code(in_words(log_tail(j)) or "(no log yet)", language=None)

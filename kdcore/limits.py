@@ -58,6 +58,9 @@ class Limits:
     job_timeout_sweep_s: float = setting(24 * 3_600.0, "seconds a sweep job may run", min=1)
     job_timeout_defend_s: float = setting(3 * 3_600.0, "seconds a defend job may run", min=1)
     job_timeout_refine_s: float = setting(3_600.0, "seconds a refine job may run", min=1)
+    job_timeout_audit_many_s: float = setting(
+        24 * 3_600.0, "seconds an audit of many models may run in one job (its parts: each an audit's)", min=1
+    )
 
     def to_env(self) -> dict[str, str]:
         """The non-default limits as environment variables, for a child process."""

@@ -61,13 +61,13 @@ def _zip_dir(src: Path, dest: Path, top: str) -> Path:
     return dest
 
 
-def _train_digits_teacher(spec, poisoned):
+def _train_digits_teacher(spec, poisoned, seed: int = 0):
     # Session fixtures are set up before the autouse one-thread fixture; one thread here too, so
     # parallel pytest processes on CI's 2 cores do not oversubscribe.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        teacher = seeded_model(lambda: build_model(spec), 0)
+        teacher = seeded_model(lambda: build_model(spec), seed)
         teacher, _ = fit(teacher, spec, poisoned, TrainConfig(epochs=25, batch_size=50), torch.device("cpu"))
     finally:
         torch.set_num_threads(threads)
@@ -105,6 +105,20 @@ def digits_files(tmp_path_factory, digits, digits_spec):
         "clean_labeled": root / "clean",
         "poisons": {f"{int(poisoned.labels[i])}/p{i:04d}.png" for i in poison_set},
     }
+
+
+@pytest.fixture(scope="session")
+def digits_models(tmp_path_factory, digits_files, digits, digits_spec):
+    """A folder of three digits models for audits of many: `backdoored.safetensors` (digits_files'
+    teacher: BadNets, target 7) and `clean-1`, `clean-2` (the same split's clean training images,
+    other seeds). Each carries its spec; the shared data are digits_files'."""
+    root = tmp_path_factory.mktemp("models")
+    (root / "backdoored.safetensors").write_bytes(Path(digits_files["model"]).read_bytes())
+    g = torch.Generator().manual_seed(0)
+    train = digits.subset(torch.randperm(len(digits), generator=g)[:1000])
+    for seed in (1, 2):
+        save_model(_train_digits_teacher(digits_spec, train, seed), digits_spec, root / f"clean-{seed}.safetensors")
+    return root
 
 
 # The Fashion-MNIST demo scenario at its smallest (seconds per run): for tests of the job system's

@@ -11,7 +11,7 @@ from kdcore.config import from_dict, merge, nest, settings, to_dict
 from kdcore.distill import DistillConfig
 from kdcore.errors import ConfigError
 from kdcore.pipeline import KDConfig
-from kdcore.runs import KINDS, AuditConfig, DefendConfig, DemoConfig, RefineConfig, SweepConfig
+from kdcore.runs import KINDS, AuditConfig, AuditManyConfig, DefendConfig, DemoConfig, RefineConfig, SweepConfig
 from kdcore.train import TrainConfig
 from kdcore.triggers import SIG, Blended
 
@@ -29,6 +29,9 @@ EXAMPLES = {
         std=(0.25,),
         trigger=Blended(target=2, alpha=0.2).to_dict(),
         kd=KDConfig(student_arch="paper-vgg11"),
+    ),
+    "audit_many": AuditManyConfig(
+        models=("a.onnx", "b.pt2"), audit={"unlabeled": "clean.zip", "test": "test.zip", "seed": 3}, device="cpu"
     ),
     "sweep": SweepConfig(setup=DemoConfig(n_train=30_000), budgets=(100, 200), scenarios=("attack",), seeds=(1, 2)),
     "refine": RefineConfig(
@@ -92,6 +95,7 @@ def test_to_dict_round_trip(kind: str) -> None:
     assert to_dict(again) == d
     required = {
         "audit": AUDIT,
+        "audit_many": {"models": ("a.onnx",), "audit": {"unlabeled": "clean.zip"}},
         "refine": {"source_run": "runs/job-00001-audit"},
         "defend": {"method": "bcu", "source_run": "runs/job-00001-audit"},
     }

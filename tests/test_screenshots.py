@@ -32,8 +32,9 @@ def readme_shots() -> list[tuple[str, str]]:
     return re.findall(r"!\[([^\]]+)\]\(docs/screenshots/([^)]+)\)", (ROOT / "README.md").read_text())
 
 
-def test_the_navigation_has_the_seven_pages():
-    assert page_titles() == ["Home", "New audit", "Jobs", "Results", "Defenses", "Poison candidates", "Explain"]
+def test_the_navigation_has_the_eight_pages():
+    titles = ["Home", "New audit", "Models", "Jobs", "Results", "Defenses", "Poison candidates", "Explain"]
+    assert page_titles() == titles
 
 
 def test_every_page_has_its_screenshot_under_its_title():

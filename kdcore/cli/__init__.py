@@ -28,13 +28,23 @@ from kdcore.errors import KDCoreError
 from kdcore.limits import Limits
 
 EXIT_OK, EXIT_BUG, EXIT_INPUT = 0, 1, 2
-COMMANDS = ("demo", "audit", "defend", "sweep", "refine")  # the run kinds, in the order --help lists them
+OUTPUTS = "report.json, candidates.csv, models/, confusion/, log.txt"  # what a run writes (a kind's module may say)
+COMMANDS = ("demo", "audit", "audit-many", "defend", "sweep", "refine")  # the run kinds, in the order --help lists them
 
 __all__ = ["EXIT_BUG", "EXIT_INPUT", "EXIT_OK", "BarProgress", "build_parser", "main", "resolve_config"]
 
 
+def kind_of(command: str) -> str:
+    """A command's run kind: `audit-many` → `audit_many` (kinds are identifiers; commands use hyphens)."""
+    return command.replace("-", "_")
+
+
+def command_of(kind: str) -> str:
+    return kind.replace("_", "-")
+
+
 def kind_module(kind: str) -> ModuleType:
-    return importlib.import_module(f"kdcore.cli.{kind}")
+    return importlib.import_module(f"kdcore.cli.{kind_of(kind)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,10 +99,10 @@ def run_command(a: argparse.Namespace, bar: BarProgress) -> int:
         check()
     torch.manual_seed(getattr(module, "seed", lambda c: c.seed)(cfg))
     out = a.out or _default_out(a.command)
-    report = KINDS[a.command][1](cfg, out, bar)
+    report = KINDS[kind_of(a.command)][1](cfg, out, bar)
     bar.close()
     print(module.summary(cfg, report))
-    print(f"\nRun directory: {out}  (report.json, candidates.csv, models/, confusion/, log.txt)")
+    print(f"\nRun directory: {out}  ({getattr(module, 'OUTPUTS', OUTPUTS)})")
     return EXIT_OK
 
 

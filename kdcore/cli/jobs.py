@@ -48,14 +48,14 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("jobs", help="submit, list, show, cancel, retry jobs and read their logs")
     jsub = p.add_subparsers(dest="jobs_command", required=True)
-    kinds = sorted(KINDS)
+    commands = sorted(k.replace("_", "-") for k in KINDS)  # the kind audit_many is the command audit-many
     s = jsub.add_parser(
         "submit",
         help="jobs submit KIND [options of `kdcore KIND`] [--json] [--label L] [--data-dir D]",
-        description=f"Validate and queue a job. KIND is one of {', '.join(kinds)}; its options are "
+        description=f"Validate and queue a job. KIND is one of {', '.join(commands)}; its options are "
         "those of `kdcore KIND --help`. --data-dir here is the job store's folder.",
     )
-    s.add_argument("kind", choices=kinds)
+    s.add_argument("kind", choices=sorted({*commands, *KINDS}))  # audit-many, or its kind's name audit_many
     s.add_argument("options", nargs=argparse.REMAINDER, help="options of the kind, as for `kdcore KIND`")
     for name, h in (
         ("list", "all jobs, newest first"),
@@ -83,7 +83,7 @@ def _submit_options() -> argparse.ArgumentParser:
 
 
 def submit(a: argparse.Namespace) -> int:
-    from kdcore.cli import build_parser, kind_module  # kdcore.cli imports this module lazily; the parser is its own
+    from kdcore.cli import build_parser, command_of, kind_module, kind_of  # kdcore.cli imports this lazily
 
     # lazy: the engine and torch load only when a command runs (`kdcore --help` stays light)
     from kdcore.config import to_dict
@@ -91,7 +91,8 @@ def submit(a: argparse.Namespace) -> int:
 
     own, opts = _submit_options().parse_known_args(list(a.options))
     store = JobStore(own.data_dir)
-    kind_args = build_parser().parse_args([a.kind, *opts])
+    kind = kind_of(a.kind)
+    kind_args = build_parser().parse_args([command_of(kind), *opts])
     if getattr(kind_args, "trust_code", False):  # the check before queueing builds the --arch-file's model
         # lazy: the engine and torch load only when a command runs (`kdcore --help` stays light)
         from kdcore.models.plugins import trust_code
@@ -106,7 +107,7 @@ def submit(a: argparse.Namespace) -> int:
             node = node.get(key) or {}
         if node and not node.get(leaf):
             node[leaf] = str(store.data_dir / "cache")
-    job = store.submit(a.kind, d, label=own.label, run_dir=str(kind_args.out) if kind_args.out else None)
+    job = store.submit(kind, d, label=own.label, run_dir=str(kind_args.out) if kind_args.out else None)
     parts = store.group(job.id)
     if own.json:
         print(json.dumps({**job.to_dict(), "parts": [p.id for p in parts]}))

@@ -10,6 +10,7 @@ The same entry runs one job under a cluster scheduler, e.g. Ray Jobs:
 
 Inside a job:
 - progress goes to the store at most every `PROGRESS_EVERY_S` seconds (plus stage changes);
+- how the job ended (state, and why) goes to <run_dir>/outcome.json, for a fan-out's gathering job;
 - each stage change goes to the job's log (<run_dir>/log.txt, the Jobs page's log): the stage that
   ended, with its time, and the one that began;
 - the stage sizes (`kdcore.runs.sizes`) go to the store once known: a kind's first job's ETA goes by them;
@@ -17,7 +18,7 @@ Inside a job:
 - cancel is cooperative: the progress callback raises `Cancelled`; if a stage makes no callback
   for `CANCEL_GRACE_S` seconds after the request, the heartbeat thread interrupts the main thread;
 - a job that runs longer than its kind's timeout (`job_timeout_<kind>_s` in `kdcore.limits`:
-  demo 1 h, audit 6 h, sweep 24 h, defend 3 h, refine 1 h; `kdcore --limit NAME=SECONDS worker`
+  demo 1 h, audit 6 h, sweep 24 h, defend 3 h, refine 1 h, audit_many 24 h; `kdcore --limit NAME=SECONDS worker`
   or KDAUDIT_LIMIT_JOB_TIMEOUT_<KIND>_S) is stopped the same two ways and ends `failed` with the
   reason. Finished stages stay in the run directory, so `jobs retry` resumes from them.
 """
@@ -40,7 +41,7 @@ from kdcore.device import resolve_device
 from kdcore.errors import Cancelled, KDCoreError
 from kdcore.jobs.store import Job, JobStore
 from kdcore.runs import KINDS
-from kdcore.runs.common import run_logging
+from kdcore.runs.common import run_logging, write_outcome
 from kdcore.runs.sizes import stage_sizes
 
 log = logging.getLogger("kdcore.worker")
@@ -169,6 +170,7 @@ def run_job(store: JobStore, job: Job, device: str) -> str:
             log.info("job %s (%s) on %s: stage %s", job.id, job.kind, device, ctx.logged_stage)
             state, error = _attempt(ctx, device)
             ctx.log_end(state)
+            write_outcome(Path(job.run_dir), state, error)  # a fan-out's gathering job reads it (audit_many)
     except OSError as e:  # the run directory cannot be written: the job fails with the reason
         error = f"{type(e).__name__}: {e}"
     finally:

@@ -8,6 +8,7 @@
 <run_dir>/confusion/     confusion matrices as CSV
 <run_dir>/view/          what the dashboard's first visit needs (kdcore.views; demo and audit)
 <run_dir>/report.json    the result (written last)
+<run_dir>/outcome.json   how a job (or one model of an audit of many) ended: state and error
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from kdcore.config import to_dict
 from kdcore.data.imageset import ImageSet
 from kdcore.device import describe, resolve_device
 from kdcore.errors import InputError
-from kdcore.io import atomic_write_json
+from kdcore.io import atomic_write_json, read_json
 from kdcore.models.spec import ModelSpec
 
 log = logging.getLogger("kdcore")
@@ -98,6 +99,24 @@ def environment(device: torch.device) -> dict:
 
 def write_report(run_dir: Path, report: dict) -> Path:
     return atomic_write_json(run_dir / "report.json", report)
+
+
+OUTCOME = "outcome.json"
+
+
+def write_outcome(run_dir: Path, state: str, error: str = "") -> None:
+    """How the run in `run_dir` ended (a job's terminal state, and why when it did not succeed), for
+    whoever gathers it later without the job store (an audit of many models: kdcore.runs.audit_many)."""
+    atomic_write_json(Path(run_dir) / OUTCOME, {"state": state, "error": error})
+
+
+def read_outcome(run_dir: Path) -> dict | None:
+    """{"state", "error"} as `write_outcome` left it; None when the run never ended (or never started)."""
+    path = Path(run_dir) / OUTCOME
+    if not path.is_file():
+        return None
+    d = read_json(path)
+    return {"state": str(d.get("state", "")), "error": str(d.get("error", ""))}
 
 
 def labelled_sets(

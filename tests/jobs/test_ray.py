@@ -138,3 +138,31 @@ def test_a_sweep_over_three_seeds_fans_out_and_reports_mean_and_spread(cluster, 
     assert student["n"] == 3 and student["clean_acc_mean"] == pytest.approx(sum(per_seed) / 3)
     assert student["clean_acc_std"] == pytest.approx(statistics.stdev(per_seed))
     assert "Mean ± standard deviation over 3 seeds" in report["table"] and " ± " in report["table"]
+
+
+def test_an_audit_of_many_models_fans_out_on_the_cluster_and_gathers_one_table(
+    cluster, digits_models, digits_files, tmp_path
+):
+    store = JobStore(tmp_path)
+    shared = {
+        "unlabeled": str(digits_files["unlabeled"]),
+        "test": str(digits_files["test"]),
+        "max_unlabeled": 200,
+        "kd": {"distill": {"epochs": 1}, "finetune": {"epochs": 1}},
+        "neural_cleanse": {"steps": 20, "n_images": 64, "n_holdout": 32, "batch_size": 16},
+    }
+    models = sorted(str(p) for p in digits_models.glob("*.safetensors"))
+    job = store.submit("audit_many", {"models": models, "audit": shared})
+    assert [p.kind for p in store.group(job.id)] == ["audit"] * 3
+    d = dispatcher(tmp_path, cluster.address, "--drain")
+    out, _ = d.communicate(timeout=600)
+    done = store.get(job.id)
+    assert done.state == "succeeded", (done.error, out)
+    parts = store.group(job.id)
+    assert all(p.state == "succeeded" and p.node for p in parts), [(p.id, p.state, p.error) for p in parts]
+    assert {p.node.split()[-1] for p in parts} == {"node_a", "node_b"}  # the parts ran side by side
+    report = json.loads(done.report_path.read_text())
+    assert sorted(r["model"] for r in report["rows"]) == [Path(m).name for m in models]
+    assert {r["run_dir"] for r in report["rows"]} == {p.run_dir for p in parts}
+    assert all(r["state"] == "succeeded" and r["status"] and r["clean_acc"] for r in report["rows"])
+    assert (Path(done.run_dir) / "models.csv").read_text().count("\n") == 4  # a header and three rows
