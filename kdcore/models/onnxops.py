@@ -7,9 +7,9 @@ architectures and onnx2torch lacks:
 
 - `Gelu` (opset 20; approximate "none" and "tanh") → nn.GELU: ViT, ConvNeXt, Swin, MLP-Mixer.
 - `Mish` (opset 18, 22) → nn.Mish.
-- `GroupNormalization` (opset 18: scale and bias per group; 21: per channel) → nn.GroupNorm, with
-  constant scale and bias as its parameters (torch's exporter decomposes nn.GroupNorm into
-  InstanceNormalization; other exporters write the operator).
+- `GroupNormalization` (opset 21) → nn.GroupNorm, constant scale and bias its parameters (torch's
+  exporter decomposes nn.GroupNorm into InstanceNormalization; other exporters write the operator).
+  Version 18, whose scale is per group, is refused by `onnx.checker` as deprecated before this.
 - A dense layer on any rank: MatMul(X, W) [+ Add(·, b)] with W a constant matrix and b a constant
   vector of its width → nn.Linear (`dense_as_linear`). nn.Linear on (B, tokens, C) or channels-last
   (B, H, W, C) is what ViT, Mixer and ConvNeXt blocks export as; left a MatMul on a constant, its
@@ -41,14 +41,13 @@ from onnx2torch.utils.common import (
     OnnxMapping,
     OnnxToTorchModule,
     OperationConverterResult,
-    get_shape_from_value_info,
     onnx_mapping_from_node,
 )
 from torch import nn
 
 DOMAIN = "kdcore"  # never in a file (refused there); only in the copy handed to onnx2torch (no dot: a module name)
 # Operators (at the version the graph's opset gives them) that convert the same at any opset, so they
-# travel in DOMAIN while the graph is brought down; GroupNormalization 18 does not (its scale is per group).
+# travel in DOMAIN while the graph is brought down.
 _PORTABLE = {("Gelu", 20), ("Mish", 18), ("Mish", 22), ("GroupNormalization", 21), ("LayerNormalization", 17)}
 
 
@@ -72,45 +71,31 @@ def _mish(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
 
 
 class OnnxGroupNorm(nn.Module, OnnxToTorchModule):
-    """GroupNormalization whose scale and bias are computed, not constants; `per_group` for opset 18."""
+    """GroupNormalization whose scale and bias (C,) are computed, not constants."""
 
-    def __init__(self, groups: int, eps: float, per_group: bool):
+    def __init__(self, groups: int, eps: float):
         super().__init__()
-        self.groups, self.eps, self.per_group = groups, eps, per_group
+        self.groups, self.eps = groups, eps
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        if self.per_group:  # (G,) → (C,): channel c belongs to group c // (C / G)
-            scale, bias = (t.repeat_interleave(x.shape[1] // self.groups) for t in (scale, bias))
         return F.group_norm(x, self.groups, scale, bias, self.eps)
-
-
-def _group_norm(node: OnnxNode, graph: OnnxGraph, per_group: bool) -> OperationConverterResult:
-    groups, eps = node.attributes["num_groups"], node.attributes.get("epsilon", 1e-5)
-    x, scale, bias = node.input_values
-    if not (scale in graph.initializers and bias in graph.initializers):
-        return OperationConverterResult(OnnxGroupNorm(groups, eps, per_group), onnx_mapping_from_node(node))
-    w, b = graph.initializers[scale].to_torch(), graph.initializers[bias].to_torch()
-    channels = get_shape_from_value_info(graph.value_info[x])[1] if per_group else w.numel()
-    if channels <= 0 or channels % groups:
-        raise NotImplementedError(f"GroupNormalization of {channels} channels in {groups} groups")
-    if per_group:
-        w, b = w.repeat_interleave(channels // groups), b.repeat_interleave(channels // groups)
-    layer = nn.GroupNorm(groups, channels, eps=eps)
-    with torch.no_grad():
-        layer.weight.copy_(w)
-        layer.bias.copy_(b)
-    return OperationConverterResult(layer, OnnxMapping(inputs=(x,), outputs=node.output_values))
-
-
-@add_converter(operation_type="GroupNormalization", version=18)
-def _group_norm_18(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
-    return _group_norm(node, graph, per_group=True)
 
 
 @add_converter(operation_type="GroupNormalization", version=21)
 @add_converter(operation_type="GroupNormalization", version=1, domain=DOMAIN)
-def _group_norm_21(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
-    return _group_norm(node, graph, per_group=False)
+def _group_norm(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    groups, eps = node.attributes["num_groups"], node.attributes.get("epsilon", 1e-5)
+    x, scale, bias = node.input_values
+    if not (scale in graph.initializers and bias in graph.initializers):
+        return OperationConverterResult(OnnxGroupNorm(groups, eps), onnx_mapping_from_node(node))
+    w, b = graph.initializers[scale].to_torch(), graph.initializers[bias].to_torch()
+    if w.numel() % groups:
+        raise NotImplementedError(f"GroupNormalization of {w.numel()} channels in {groups} groups")
+    layer = nn.GroupNorm(groups, w.numel(), eps=eps)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+        layer.bias.copy_(b)
+    return OperationConverterResult(layer, OnnxMapping(inputs=(x,), outputs=node.output_values))
 
 
 @add_converter(operation_type="Linear", version=1, domain=DOMAIN)
