@@ -1,20 +1,26 @@
 """An ONNX graph (already checked by `kdcore.models.onnxfile`) made into a trainable PyTorch module.
 
-1. Normalised so that onnx2torch converts it: 'ai.onnx' spelled ''; `Constant` nodes and `Identity`
-   copies of a weight become weights of their own (the TorchScript exporter shares one zero bias
-   between convolutions through Identity); Reshape's allowzero=1 dropped where the shape is a
-   constant without a 0 (it changes nothing then; the dynamo exporter always sets it); the batch
-   dimension made symbolic; a dense layer written as MatMul + Add (tf2onnx's Keras Dense,
-   skl2onnx's MLP) made a Gemm, which becomes an nn.Linear. An opset newer than onnx2torch 1.5.15
-   converts (PyTorch's default `dynamo=True` exporter writes opset 18+: Reshape 19, ReduceMean 18)
-   is brought down with `onnx.version_converter` to the newest opset at which every operator
-   converts; an operator that converts at no opset is refused by name.
-2. onnx2torch gives an `fx.GraphModule` of real torch layers named after the ONNX nodes
-   (`features/features/0/Conv`): Conv → nn.Conv2d, Gemm → nn.Linear, BatchNormalization →
-   nn.BatchNorm2d — all with `reset_parameters`, so `build` re-initialises every parameter. A
-   float weight that stayed a constant buffer (a MatMul's or Einsum's weight, a BatchNorm fed by
-   computed tensors) is refused: a student could neither re-initialise nor learn it. Other float
-   constants (a baked-in normalisation, a ViT's position embedding) stay constants, as in the file.
+1. Normalised (what onnxruntime then checks against): 'ai.onnx' spelled ''; `Constant` nodes and
+   `Identity` copies of a weight become weights of their own (the TorchScript exporter shares one
+   zero bias between convolutions through Identity); Reshape's allowzero=1 dropped where the shape
+   is a constant without a 0 (it changes nothing then; the dynamo exporter always sets it); the
+   batch dimension made symbolic.
+2. A private copy for onnx2torch, with the operators kdcore adds (`kdcore.models.onnxops`: Gelu,
+   Mish, GroupNormalization, dense layers): its shapes inferred while every node is still standard;
+   a dense layer written as MatMul + Add (nn.Linear on any rank as the dynamo exporter writes it,
+   tf2onnx's Keras Dense, skl2onnx's MLP) made one `Linear` node, which becomes an nn.Linear. An
+   opset newer than onnx2torch 1.5.15 converts (PyTorch's default `dynamo=True` exporter writes
+   opset 20: Reshape 19, ReduceMean 18) is brought down with `onnx.version_converter` to the newest
+   opset at which every operator converts, operators that have no earlier version (Gelu 20) kept
+   out of its way in kdcore's domain; an operator that converts at no opset is refused by name.
+3. onnx2torch gives an `fx.GraphModule` of real torch layers named after the ONNX nodes
+   (`features/features/0/Conv`): Conv → nn.Conv2d, Gemm and dense layers → nn.Linear,
+   BatchNormalization → nn.BatchNorm2d, LayerNormalization → nn.LayerNorm — all with
+   `reset_parameters`, so `build` re-initialises every parameter. A float weight that stayed a
+   constant buffer (a MatMul's weight on the left, an Einsum's, a BatchNorm fed by computed tensors)
+   is refused: a student could neither re-initialise nor learn it. Other float constants (a baked-in
+   normalisation, a ViT's position embedding, the affine of a GroupNorm torch decomposes) stay
+   constants, as in the file.
 """
 
 from __future__ import annotations
@@ -32,7 +38,15 @@ EXPORT_HINT = (
     "export it again with `torch.onnx.export(model.eval(), (torch.zeros(1, C, H, W),), 'model.onnx', "
     "dynamic_shapes=({0: torch.export.Dim('batch')},), external_data=False)`"
 )
-_WEIGHT_OPS = ("OnnxMatMul", "OnnxGemm", "OnnxBatchNorm", "OnnxInstanceNorm", "OnnxLayerNorm", "OnnxEinsum")
+_WEIGHT_OPS = (
+    "OnnxMatMul",
+    "OnnxGemm",
+    "OnnxBatchNorm",
+    "OnnxInstanceNorm",
+    "OnnxLayerNorm",
+    "OnnxGroupNorm",
+    "OnnxEinsum",
+)
 _MIN_OPSET = 7  # the oldest opset tried when bringing a graph down for onnx2torch
 
 
@@ -41,10 +55,13 @@ def convert(proto, name: str) -> tuple[object, nn.Module]:
     Returns the normalised graph at its own opset (what onnxruntime checks against) and the module."""
     import onnx2torch  # heavy: onnx2torch, only for .onnx files
 
+    from kdcore.models import onnxops  # heavy: imports onnx2torch; registers kdcore's converters
+
     proto = _normalised(proto)
-    convertible = _at_convertible_opset(proto, name)
+    convertible = _at_convertible_opset(_for_onnx2torch(proto), name)
     try:
         module = onnx2torch.convert(convertible)
+        onnxops.without_domain(module)
     except Exception as e:  # onnx2torch's NotImplementedError/KeyError/ValueError on what it cannot map
         raise ModelLoadError(
             f"{name} could not be converted to PyTorch (onnx2torch: {type(e).__name__}: {str(e)[:300]}); {EXPORT_HINT}"
@@ -99,61 +116,35 @@ def _normalised(proto):
         if dims:
             dims[0].Clear()
             dims[0].dim_param = "batch"
-    del graph.value_info[:]  # inferred again by onnx2torch, now with a symbolic batch
-    _dense_as_gemm(proto)
+    del graph.value_info[:]  # inferred again (`_for_onnx2torch`), now with a symbolic batch
     return proto
 
 
-def _dense_as_gemm(proto) -> None:
-    """MatMul(X, W) + Add(·, b) with X of rank 2, W a 2-D weight and b a 1-D one (a dense layer as
-    tf2onnx writes Keras' Dense and skl2onnx an MLP) becomes Gemm(X, W, b), which onnx2torch makes an
-    nn.Linear; left as they are, W and b would be constants a student can neither reset nor learn."""
+def _for_onnx2torch(proto):
+    """Step 2's copy: shapes inferred on the standard graph (onnx2torch's LayerNormalization and
+    GroupNormalization read them, and no shape is inferred through a node of kdcore's domain), then
+    dense layers made `Linear` nodes."""
     import onnx  # heavy: onnx, only for .onnx files
 
+    from kdcore.models import onnxops  # heavy: imports onnx2torch; registers kdcore's converters
+
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto)
-    except Exception:  # no shapes, no rewrite: the constant-weight check still refuses
-        return
-    graph = proto.graph
-    values = [*inferred.graph.value_info, *inferred.graph.input]
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in values if v.type.tensor_type.HasField("shape")}
-    consts = {t.name: t for t in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
-    outputs = {o.name for o in graph.output}
-    opset = next(op.version for op in proto.opset_import if op.domain == "")
-    adds = {n.input[0]: n for n in graph.node if n.op_type == "Add" and len(n.input) == 2}
-    adds.update({n.input[1]: n for n in graph.node if n.op_type == "Add" and len(n.input) == 2})
-    dropped = set()
-    for node in graph.node:
-        w = consts.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if w is None or len(w.dims) != 2 or ranks.get(node.input[0]) != 2:
-            continue
-        add, out = adds.get(node.output[0]), node.output[0]
-        bias = None
-        if add is not None and uses.get(out) == 1 and out not in outputs:
-            other = add.input[1] if add.input[0] == out else add.input[0]
-            b = consts.get(other)
-            bias = other if b is not None and list(b.dims) == [w.dims[1]] else None
-        if bias is None and opset < 11:
-            continue  # Gemm's bias is optional from opset 11 only
-        node.op_type = "Gemm"
-        if bias is not None:
-            node.input.append(bias)
-            node.output[0] = add.output[0]
-            dropped.add(out)  # the Add that read it is gone; nothing else did
-    if dropped:
-        kept = [n for n in graph.node if not (n.op_type == "Add" and dropped & set(n.input))]
-        del graph.node[:]
-        graph.node.extend(kept)
+        proto = onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # no shapes: onnx2torch infers what it can, and a converter needing one refuses
+        proto = copy.deepcopy(proto)
+    onnxops.dense_as_linear(proto)
+    return proto
 
 
 def _at_convertible_opset(proto, name: str):
     from onnx import version_converter  # heavy: onnx
 
+    from kdcore.models import onnxops  # heavy: imports onnx2torch; registers kdcore's converters
+
     opset = next(op.version for op in proto.opset_import if op.domain == "")
+    if not _unconvertible(proto, opset):
+        return proto
+    proto, moved = onnxops.portable(proto)  # Gelu & co. have no earlier version to be brought to
     for target in range(opset, _MIN_OPSET - 1, -1):
         if not _unconvertible(proto, target):
             break
@@ -173,7 +164,7 @@ def _at_convertible_opset(proto, name: str):
             f"{name} is at ONNX opset {opset}, which onnx2torch converts only from opset {target}, and onnx's "
             f"version converter failed ({str(e).strip()[:200]}); export with opset_version={target}"
         ) from e
-    log.info("onnx: %s converted from opset %d to %d for onnx2torch", name, opset, target)
+    log.info("onnx: %s converted from opset %d to %d for onnx2torch (kept: %s)", name, opset, target, moved)
     return converted
 
 
@@ -183,7 +174,7 @@ def _unconvertible(proto, opset: int) -> list[str]:
     missing = set()
     for node in proto.graph.node:
         try:
-            get_converter(operation_type=node.op_type, version=opset, domain=node.domain)
+            get_converter(operation_type=node.op_type, version=opset if node.domain == "" else 1, domain=node.domain)
         except NotImplementedError:
             missing.add(node.op_type)
     return sorted(missing)

@@ -17,8 +17,9 @@ operators and its weights. Reading it runs no code, but it is untrusted (limits 
      more than one output; H and W left symbolic when no `input_shape` hint was given.
 3. Normalised and converted by `kdcore.models.onnxconvert` into an `fx.GraphModule` of real torch
    layers (nn.Conv2d, nn.Linear, nn.BatchNorm2d, named after the ONNX nodes, e.g.
-   `features/features/0/Conv`), an opset newer than onnx2torch converts brought down first; an
-   operator that converts at no opset, and a weight left as a constant, are refused there.
+   `features/features/0/Conv`; the operators kdcore adds to onnx2torch in `kdcore.models.onnxops`),
+   an opset newer than onnx2torch converts brought down first; an operator that converts at no
+   opset, and a weight left as a constant, are refused there.
 4. Fidelity: the converted module and onnxruntime (CPU, one thread) run the same 4 random images
    (own generator: no global random draws), and logits differing by more than
    `ATOL + RTOL · max|logit|` are refused. Why this tolerance: both compute in float32 with

@@ -36,7 +36,14 @@ PRELOAD = [
 # ONNX reading (kdcore.models.onnxfile) imports these (onnx2torch ~2.5 s, onnx ~1 s, onnxruntime 0.05 s).
 # Measured on 2 cores: a paper-cnn .onnx spec read takes 0.39 s with the preload, 2.5 s without; the
 # server's own start grows from 1.5 to 3.6 s, once per process. Optional: skipped where not installed.
-PRELOAD_OPTIONAL = ["onnx", "onnx.version_converter", "onnx2torch", "onnxruntime", "kdcore.models.onnxfile"]
+PRELOAD_OPTIONAL = [
+    "onnx",
+    "onnx.version_converter",
+    "onnx2torch",
+    "onnxruntime",
+    "kdcore.models.onnxfile",
+    "kdcore.models.onnxops",
+]
 
 
 def _serve() -> None:

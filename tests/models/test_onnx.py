@@ -290,8 +290,8 @@ REFUSED = {
     "integer weights": (dict(inits=[numpy_helper.from_array(np.ones((3, 16), np.int64), "W"),
                                     numpy_helper.from_array(np.zeros(3, np.int64), "b")], check=False),
                         "not floating point|onnxruntime cannot run"),
-    "matmul weights on images": (
-        dict(nodes=[helper.make_node("MatMul", ["x", "M"], ["m"]), helper.make_node("Flatten", ["m"], ["f"]),
+    "matmul weights on the left of images": (  # on the right, X @ M is a dense layer (nn.Linear) on any rank
+        dict(nodes=[helper.make_node("MatMul", ["M", "x"], ["m"]), helper.make_node("Flatten", ["m"], ["f"]),
                     helper.make_node("Gemm", ["f", "W", "b"], ["y"], transB=1)],
              inits=[numpy_helper.from_array(np.ones((4, 4), np.float32), "M"),
                     numpy_helper.from_array(np.ones((3, 16), np.float32), "W"),
