@@ -47,7 +47,7 @@ def _read(path: str, mtime_ns: int) -> tuple[Candidate, ...]:
     # mtime_ns is part of the cache key only: a re-run that rewrites the file is re-read. A cached
     # resource, not data: the rows are a tuple of frozen dataclasses, safe to share, and cache_data
     # would pickle 10,000 of them on the first visit and unpickle them on every rerun.
-    from kdcore.views import candidates  # heavy: torch; the page's first draw may not need it
+    from kdcore.views import candidates  # heavy: views loads Explain and the model readers
 
     rows = candidates(Path(path).parent)  # None when the view is missing or older than the CSV
     return read_candidates(path) if rows is None else rows
@@ -79,7 +79,7 @@ class TrainImages:
 @st.cache_resource(max_entries=4, show_spinner=False)
 def train_images(run_dir: str) -> ImageSet | TrainImages:
     """The run's training images: what its view kept (`TrainImages`) when it has one, else the whole set."""
-    from kdcore.views import read_view, top_images  # heavy: torch, only once the gallery draws
+    from kdcore.views import read_view, top_images  # heavy: views loads Explain and the model readers
 
     view = read_view(run_dir)
     if view is None or not view.has_train:
