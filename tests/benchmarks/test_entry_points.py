@@ -40,6 +40,7 @@ SMOKE: dict[str, tuple[list[str], str, set[str], bool]] = {
     "scale_out.py": (["--results", "{tmp}"], "scale_out.json", {"rows", "table", "setup", "sweep"}, True),
     "table5.py": (["--results", "{tmp}"], "table5.json", {"rows", "table", "config", "wall_s"}, True),
     "verdict.py": (["--results", "{tmp}"], "verdict.json", {"rows", "table", "models"}, True),
+    "zoo.py": (["--results", "{tmp}"], "zoo.json", {"rows", "table", "models", "setup"}, True),
 }
 
 

@@ -1,0 +1,182 @@
+"""Every model of the zoo, as a recipe, and the split into a calibration and a held-out part.
+
+A recipe says how one model is made: its architecture, its attack (the trigger and how many
+training images are poisoned, or "clean") or, for a clean model, what makes it hard, its seed and its
+training. The split is fixed in benchmarks/zoo_split.json before anything is scored (written once by
+`python benchmarks/zoo.py --write-split`; tests/benchmarks/test_zoo.py checks that the recipes here
+still match it, so a recipe cannot move between parts after the fact).
+
+- calibration (44 models, half clean): seeds 0–21, four architectures (paper-cnn, paper-vgg11,
+  resnet18-small, mobilenet-onnx), attacks BadNets (sizes 1–5 at five positions), Blended, SIG,
+  WaNet, an image patch, source-specific BadNets and Blended, poison rates 0.5–10 %;
+- held-out (72 models, 36 clean): seeds 100 and up, the same four architectures plus one calibration
+  never sees (groupnorm-pt2, a .pt2 file), the same attack families with other sizes, positions,
+  targets and rates, plus one attack calibration never sees (`blend`: a picture blended over the
+  whole image, as with Hello Kitty).
+
+Clean models are hard on purpose: plain, label noise (20 % of labels uniformly wrong), class imbalance
+(one class with 50 % more images, like a target class inflated by poisons), short training (1 epoch),
+`shirt` (a quarter of T-shirt/Pullover/Coat labelled Shirt: the confusions concentrate on one class)
+and `merge` (30 % of classes 0/2/4/6 relabelled among themselves).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+N_TRAIN, EPOCHS = 8000, 3  # training images and epochs of every model but ResNet-18's
+SLOW = {"resnet18-small": (6000, 2)}  # ~10× the paper CNN's compute per image: fewer images and epochs
+CALIBRATION_ARCHS = ("paper-cnn", "paper-vgg11", "resnet18-small", "mobilenet-onnx")
+HELDOUT_ARCHS = (*CALIBRATION_ARCHS, "groupnorm-pt2")  # groupnorm-pt2: never seen by calibration
+HELDOUT_ONLY_ATTACKS = ("blend",)
+HARD = ("", "label-noise", "imbalance", "short", "shirt", "merge")  # "" = plainly trained
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str  # the model's folder under the zoo's out folder
+    part: str  # "calibration" or "heldout"
+    arch: str  # an archs.ARCHS key
+    attack: str  # "clean" or the trigger's kind
+    trigger: dict | None  # Trigger.to_dict() fields (a patch/blend image by file name, in <out>/triggers)
+    n_poison: int
+    seed: int
+    hard: str = ""  # clean models only: one of HARD
+    n_train: int = N_TRAIN
+    epochs: int = EPOCHS
+
+    @property
+    def rate(self) -> float:
+        return self.n_poison / self.n_train
+
+    @property
+    def target(self) -> int | None:
+        return None if self.trigger is None else self.trigger["target"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# (kind, trigger settings without the target, poison rate); a `source` setting makes it source-specific
+CALIBRATION_ATTACKS = [
+    ("badnets", {"size": 3, "location": "bottom-right"}, 0.025),
+    ("badnets", {"size": 1, "location": "top-left"}, 0.05),
+    ("badnets", {"size": 2, "location": "center"}, 0.025),
+    ("badnets", {"size": 4, "location": "bottom-left"}, 0.01),
+    ("badnets", {"size": 5, "location": "top-right"}, 0.025),
+    ("badnets", {"size": 3, "location": "bottom-right"}, 0.005),
+    ("badnets", {"size": 3, "location": "top-left"}, 0.10),
+    ("badnets", {"size": 2, "location": "bottom-right"}, 0.005),
+    ("blended", {"alpha": 0.1}, 0.025),
+    ("blended", {"alpha": 0.2}, 0.05),
+    ("blended", {"alpha": 0.15}, 0.01),
+    ("blended", {"alpha": 0.1}, 0.10),
+    ("sig", {}, 0.025),
+    ("sig", {}, 0.05),
+    ("sig", {}, 0.01),
+    ("wanet", {}, 0.05),
+    ("wanet", {}, 0.10),
+    ("patch", {"image": "patch.png", "location": "top-left"}, 0.025),
+    ("patch", {"image": "patch.png", "location": "bottom-right"}, 0.01),
+    ("patch", {"image": "patch.png", "location": "center"}, 0.05),
+    ("badnets", {"size": 3, "location": "bottom-right", "source": 0}, 0.02),
+    ("blended", {"alpha": 0.15, "source": 9}, 0.02),
+]
+HELDOUT_ATTACKS = [
+    ("badnets", {"size": 1, "location": "bottom-right"}, 0.05),
+    ("badnets", {"size": 2, "location": "top-right"}, 0.025),
+    ("badnets", {"size": 3, "location": "center"}, 0.025),
+    ("badnets", {"size": 4, "location": "top-left"}, 0.01),
+    ("badnets", {"size": 5, "location": "bottom-left"}, 0.025),
+    ("badnets", {"size": 3, "location": "bottom-right", "margin": 3}, 0.005),
+    ("badnets", {"size": 2, "location": "bottom-left"}, 0.01),
+    ("badnets", {"size": 4, "location": "center"}, 0.10),
+    ("badnets", {"size": 3, "location": "top-right", "color": [128, 128, 128]}, 0.025),
+    ("badnets", {"size": 5, "location": "top-left"}, 0.005),
+    ("blended", {"alpha": 0.1, "pattern_seed": 1}, 0.025),
+    ("blended", {"alpha": 0.2, "pattern_seed": 2}, 0.01),
+    ("blended", {"alpha": 0.15, "pattern_seed": 3}, 0.05),
+    ("blended", {"alpha": 0.1, "pattern_seed": 4}, 0.005),
+    ("sig", {"frequency": 4.0}, 0.025),
+    ("sig", {"delta": 30.0}, 0.01),
+    ("sig", {}, 0.05),
+    ("wanet", {"grid_seed": 1}, 0.05),
+    ("wanet", {"grid_seed": 2, "strength": 1.5}, 0.10),
+    ("wanet", {"grid_seed": 3}, 0.025),
+    ("patch", {"image": "patch.png", "location": "bottom-left"}, 0.025),
+    ("patch", {"image": "patch.png", "location": "top-right"}, 0.005),
+    ("patch", {"image": "patch.png", "location": "bottom-right"}, 0.05),
+    ("patch", {"image": "patch.png", "location": "center"}, 0.01),
+    ("badnets", {"size": 3, "location": "top-left", "source": 2}, 0.02),
+    ("badnets", {"size": 4, "location": "bottom-right", "source": 5}, 0.01),
+    ("blended", {"alpha": 0.2, "source": 3}, 0.02),
+    ("sig", {"source": 8}, 0.02),
+    ("badnets", {"size": 2, "location": "center"}, 0.05),
+    ("blended", {"alpha": 0.15}, 0.10),
+    ("blend", {"image": "blend.png", "alpha": 0.2}, 0.025),
+    ("blend", {"image": "blend.png", "alpha": 0.15}, 0.05),
+    ("blend", {"image": "blend.png", "alpha": 0.1}, 0.10),
+    ("blend", {"image": "blend.png", "alpha": 0.2}, 0.01),
+    ("blend", {"image": "blend.png", "alpha": 0.25}, 0.005),
+    ("blend", {"image": "blend.png", "alpha": 0.15, "source": 4}, 0.02),
+]
+# how many clean models of each kind, per part
+CALIBRATION_CLEAN = {"": 6, "label-noise": 4, "imbalance": 4, "short": 4, "shirt": 2, "merge": 2}
+HELDOUT_CLEAN = {"": 11, "label-noise": 6, "imbalance": 6, "short": 6, "shirt": 4, "merge": 3}
+
+
+def _target(i: int, source: int | None) -> int:
+    """Targets cycle through the classes (3 apart, so neighbours differ), never the source class."""
+    t = (7 + 3 * i) % 10
+    return (t + 1) % 10 if t == source else t
+
+
+def _sizes(arch: str) -> tuple[int, int]:
+    return SLOW.get(arch, (N_TRAIN, EPOCHS))
+
+
+def _part(part: str, attacks: list, clean: dict[str, int], archs: tuple[str, ...], seed0: int) -> list[Recipe]:
+    """One part: backdoored and clean models alternate (a partial run is balanced), architectures cycle."""
+    bad, good = [], []
+    for i, (kind, settings, rate) in enumerate(attacks):
+        arch = archs[i % len(archs)]
+        n_train, epochs = _sizes(arch)
+        trigger = {"kind": kind, **settings, "target": _target(i, settings.get("source"))}
+        n = max(1, round(rate * n_train))
+        seed = seed0 + i
+        bad.append(Recipe(f"{part[:3]}-{kind}-{arch}-s{seed}", part, arch, kind, trigger, n, seed, "", n_train, epochs))
+    kinds = [k for k, n in clean.items() for _ in range(n)]
+    for i, hard in enumerate(kinds):
+        arch = archs[(i + 1) % len(archs)]  # shifted: each hard kind meets several architectures
+        n_train, epochs = _sizes(arch)
+        epochs = 1 if hard == "short" else epochs
+        seed = seed0 + 50 + i
+        name = f"{part[:3]}-clean{'-' + hard if hard else ''}-{arch}-s{seed}"
+        good.append(Recipe(name, part, arch, "clean", None, 0, seed, hard, n_train, epochs))
+    out = []
+    for i in range(max(len(bad), len(good))):
+        out += bad[i : i + 1] + good[i : i + 1]
+    return out
+
+
+def recipes() -> list[Recipe]:
+    """The whole zoo: the calibration part, then the held-out part."""
+    return [
+        *_part("calibration", CALIBRATION_ATTACKS, CALIBRATION_CLEAN, CALIBRATION_ARCHS, 0),
+        *_part("heldout", HELDOUT_ATTACKS, HELDOUT_CLEAN, HELDOUT_ARCHS, 100),
+    ]
+
+
+def split_json(rs: list[Recipe]) -> dict:
+    """What benchmarks/zoo_split.json holds: every recipe with its part."""
+    return {
+        "about": "The model zoo's split, fixed before any scoring: calibration fits the verdict, heldout scores it. "
+        "Written by `python benchmarks/zoo.py --write-split`; see benchmarks/zoo/recipes.py.",
+        "models": [r.to_dict() for r in rs],
+    }
+
+
+def read_split(path: Path) -> list[Recipe]:
+    return [Recipe(**d) for d in json.loads(Path(path).read_text())["models"]]

@@ -1,0 +1,67 @@
+"""The model zoo (benchmarks/zoo.py): the split fixed in benchmarks/zoo_split.json is the one the
+recipes make, it has the sizes issue 20 asks for, and a made model is reused, its truth kept apart
+from what the audit is given."""
+
+from __future__ import annotations
+
+import json
+import sys
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.zoo.archs import ARCHS  # noqa: E402
+from benchmarks.zoo.build import Sizes, make  # noqa: E402
+from benchmarks.zoo.jobs import AUDIT_KD, audit_config  # noqa: E402
+from benchmarks.zoo.recipes import read_split, recipes  # noqa: E402
+from kdcore.config import to_dict  # noqa: E402
+from tests.conftest import needs_fashion_mnist  # noqa: E402
+
+SPLIT = ROOT / "benchmarks" / "zoo_split.json"
+
+
+def test_the_split_file_holds_exactly_the_recipes():
+    assert read_split(SPLIT) == recipes(), "recipes changed after the split was fixed: see benchmarks/zoo/recipes.py"
+
+
+def test_the_split_has_the_sizes_and_the_unseen_architecture_and_attack():
+    rs = recipes()
+    assert len({r.name for r in rs}) == len(rs)
+    cal = [r for r in rs if r.part == "calibration"]
+    held = [r for r in rs if r.part == "heldout"]
+    assert len(cal) + len(held) == len(rs)
+    clean_cal = sum(r.attack == "clean" for r in cal)
+    assert len(cal) >= 40 and 0.4 <= clean_cal / len(cal) <= 0.6
+    assert len(held) >= 60 and sum(r.attack == "clean" for r in held) >= 30
+    assert sum(r.attack != "clean" for r in held) <= sum(r.attack == "clean" for r in held)
+    archs = {r.arch for r in held}
+    assert len(archs) >= 5 and sum(ARCHS[a][0] != "registry" for a in archs) >= 2
+    assert archs - {r.arch for r in cal}, "no architecture that calibration never sees"
+    assert {r.attack for r in held} - {r.attack for r in cal} - {"clean"}, "no attack that calibration never sees"
+    assert not {r.seed for r in cal} & {r.seed for r in held}, "held-out models need other seeds"
+    rates = [r.rate for r in rs if r.attack != "clean"]
+    assert min(rates) <= 0.005 and max(rates) >= 0.10
+    assert {r.trigger["size"] for r in rs if r.attack == "badnets"} >= {1, 2, 3, 4, 5}
+    assert any(r.trigger and r.trigger.get("source") is not None for r in cal)
+    assert {"label-noise", "imbalance", "short", "shirt", "merge"} <= {r.hard for r in cal} & {r.hard for r in held}
+
+
+@needs_fashion_mnist
+def test_a_made_model_is_reused_and_its_truth_is_not_given_to_the_audit(tmp_path: Path):
+    recipe = next(r for r in recipes() if r.attack == "badnets" and r.arch == "paper-cnn")
+    sizes = Sizes(n_clean=50, n_test=50, n_train=200, epochs=1)
+    first = make(recipe, tmp_path, sizes)
+    again = make(replace(recipe, name="renamed", part="heldout"), tmp_path, sizes)  # same content, other name
+    assert not first.reused and again.reused and again.model == first.model
+    truth = json.loads((tmp_path / recipe.name / "truth.json").read_text())
+    assert truth["backdoored"] and truth["target"] == recipe.target and truth["n_poison"] == 5  # 2.5 % of 200
+    with zipfile.ZipFile(first.file("train.zip")) as z:
+        names = z.namelist()
+    assert len(names) == 200 and all(f in names for f in truth["poison_files"])
+    assert all(f.startswith(("Sneaker/",)) for f in truth["poison_files"])  # relabelled to the target, 7
+    cfg = to_dict(audit_config(recipe, first, "cpu", AUDIT_KD, {}))
+    assert cfg["blind"] and cfg["trigger"] is None and not cfg["known_poisons"]
+    assert str(tmp_path / recipe.name) not in json.dumps(cfg)  # the truth's folder is not among its inputs
