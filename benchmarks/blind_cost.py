@@ -126,9 +126,32 @@ def tables(summary: dict, found: dict, names: list[str], target: int) -> str:
     return "\n".join(lines)
 
 
+def payload(rows: list[dict], found: dict, gemm: list[float], nc_extra: dict, target: int) -> dict:
+    """The result file's content from the repeats run so far (medians per variant, ratios, tables)."""
+    summary = {
+        name: {
+            "nc_s": statistics.median(r["neural-cleanse"] for r in rows if r["variant"] == name),
+            "audit_s": statistics.median(r["audit_s"] for r in rows if r["variant"] == name),
+        }
+        for name in VARIANTS
+    }
+    return {
+        "sgemm_gflops": [round(g, 1) for g in gemm],  # before the audits, then after each repeat
+        "repeats": max(r["repeat"] for r in rows) + 1,
+        "variants": VARIANTS,
+        "nc_settings": nc_extra,
+        "rows": rows,
+        "summary": summary,
+        "ratio_nc": round(summary[BEFORE]["nc_s"] / summary["early-stop"]["nc_s"], 3),
+        "ratio_audit": round(summary[BEFORE]["audit_s"] / summary["early-stop"]["audit_s"], 3),
+        "findings": found,
+        "table": tables(summary, found, list(SPEC.names), target),
+    }
+
+
 def run(a: argparse.Namespace, out: Path, sizes: dict, nc_extra: dict) -> None:
     device = resolve_device(a.device)
-    gemm_before = sgemm_gflops(device, smoke=a.smoke)
+    gemm = [sgemm_gflops(device, smoke=a.smoke)]
     s = setup(out, a.device, sizes)
     target = s[0].trigger_value.target
     rows, found = [], {}
@@ -138,32 +161,13 @@ def run(a: argparse.Namespace, out: Path, sizes: dict, nc_extra: dict) -> None:
             rows.append({"variant": name, "repeat": rep, "audit_s": round(wall, 2), **blind.timings})
             found.setdefault(name, findings(blind, target))
             log(f"repeat {rep} {name}: blind audit {wall:.1f} s, NC {blind.timings['neural-cleanse']:.1f} s")
-    gemm_after = sgemm_gflops(device, smoke=a.smoke)
-    summary = {
-        name: {
-            "nc_s": statistics.median(r["neural-cleanse"] for r in rows if r["variant"] == name),
-            "audit_s": statistics.median(r["audit_s"] for r in rows if r["variant"] == name),
-        }
-        for name in VARIANTS
-    }
-    text = tables(summary, found, list(SPEC.names), target)
-    payload = {
-        "sgemm_gflops": {"before": round(gemm_before, 1), "after": round(gemm_after, 1)},
-        "repeats": a.repeats,
-        "variants": VARIANTS,
-        "nc_settings": nc_extra,
-        "rows": rows,
-        "summary": summary,
-        "ratio_nc": round(summary[BEFORE]["nc_s"] / summary["early-stop"]["nc_s"], 3),
-        "ratio_audit": round(summary[BEFORE]["audit_s"] / summary["early-stop"]["audit_s"], 3),
-        "findings": found,
-        "table": text,
-    }
-    write_result("blind_cost", "blind_cost.py", device, payload, a.results)
-    print(text)
+        gemm.append(sgemm_gflops(device, smoke=a.smoke))
+        result = payload(rows, found, gemm, nc_extra, target)
+        write_result("blind_cost", "blind_cost.py", device, result, a.results)  # after every repeat
+    print(result["table"])
     print(
-        f"\nmedians of {a.repeats} on {describe(device)}; sgemm {gemm_before:.0f} GFLOP/s before the audits, "
-        f"{gemm_after:.0f} after"
+        f"\nmedians of {a.repeats} on {describe(device)}; sgemm {', '.join(f'{g:.0f}' for g in gemm)} GFLOP/s "
+        "(before the audits, then after each repeat)"
     )
 
 
