@@ -232,7 +232,7 @@ def reverse_engineer(
             progress_l1[i] = torch.where(gained, best_l1[i], progress_l1[i])
             stall[i] = torch.where(gained, 0, stall[i] + 1)
             if on_step is not None:
-                on_step(step, {"success": succ.mean().item(), "mean_l1": mean_l1.mean().item(), "classes": a})
+                on_step(step, {"success": succ.mean().item(), "mean_l1": mean_l1.mean().item(), "classes_running": a})
             if cfg.early_stop_patience:
                 done = torch.isfinite(best_l1[i]) & (stall[i] >= cfg.early_stop_patience)
                 active = i[~done]
@@ -240,7 +240,7 @@ def reverse_engineer(
             round_l1.zero_()
         if len(active) == 0:
             if on_step is not None and step < cfg.steps:
-                on_step(cfg.steps, {"stopped_at": step})  # every class stopped: this pass is done
+                on_step(cfg.steps, {"classes_running": 0, "stopped_at_step": step})  # this pass is done
             break
     with torch.no_grad():
         reached = torch.isfinite(best_l1)

@@ -9,7 +9,8 @@ step on one image 3 (forward, and a backward of about twice its cost). Per stage
     detox                  train × 2                                       (teacher and student)
     finetune               finetune.epochs × train × (1 − val) × 3
     evaluate               models × test × (2 with a trigger: clean and stamped)
-    neural-cleanse         steps × batch × classes × 3                     (a mask per class, all at once)
+    neural-cleanse         steps × batch × classes × 3                     (a mask per class, all at once;
+                                                                           the most: classes stop early)
     activation-clustering  train                                           (one forward pass; k-means aside)
     view                   NORM_IMAGES × 3                                 (the ℓp-norm sample of three models)
 

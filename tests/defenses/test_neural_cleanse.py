@@ -159,13 +159,16 @@ def test_batched_with_early_stop_finds_what_the_per_class_loop_finds(digits_back
 
 def test_early_stop_stops_converged_classes_and_leaves_the_others_alone(digits_backdoor):
     cfg = replace(FAST, steps=400)
-    stopping = NeuralCleanse(cfg).run(digits_backdoor())
+    reports = []
+    stopping = NeuralCleanse(cfg).run(digits_backdoor(on_progress=lambda *a: reports.append(a)))
     _, _, l1, steps = _found(stopping)
     rows = stopping.evidence["classes"]
     stopped = [c for c in range(10) if steps[c] < cfg.steps]
     assert len(stopped) >= 5, steps  # on digits most classes converge well within 400 steps
     for c in stopped:  # a class stops at the end of a round, and only once it has a trigger
         assert steps[c] % cfg.round_steps == 0 and rows[c]["reached_success_threshold"]
+    assert reports[-1][1:3] == (400, 400)  # the progress bar ends full though the steps ran out early
+    assert reports[-1][3]["classes_running"] == 0 and reports[-1][3]["stopped_at_step"] == max(steps)
 
     # The classes are independent: the class that ran longest, optimised beside every class for
     # just as many steps with no early stop, ends with the same mask (the others left the batch).
