@@ -9,8 +9,10 @@ step on one image 3 (forward, and a backward of about twice its cost). Per stage
     detox                  train × 2                                       (teacher and student)
     finetune               finetune.epochs × train × (1 − val) × 3
     evaluate               models × test × (2 with a trigger: clean and stamped)
-    neural-cleanse         steps × batch × classes × 3                     (a mask per class, all at once)
+    neural-cleanse         steps × batch × classes × 3                     (a mask per class, all at once;
+                                                                           the most: classes stop early)
     activation-clustering  train                                           (one forward pass; k-means aside)
+    recovered-trigger      TRIGGER_IMAGES × (classes + 1) × 2              (teacher and student, clean + stamped)
     view                   NORM_IMAGES × 3                                 (the ℓp-norm sample of three models)
 
 'prepare' (reading files) and 'starting' (the worker's process) are not sized: their time says
@@ -23,8 +25,8 @@ from __future__ import annotations
 from kdcore.config import from_dict
 from kdcore.defenses.neural_cleanse import NeuralCleanseConfig
 from kdcore.pipeline import KDConfig
-from kdcore.runs.audit import AuditConfig
-from kdcore.runs.demo import DemoConfig
+from kdcore.runs.configs import AuditConfig, DemoConfig
+from kdcore.verdict.recovered_trigger import TRIGGER_IMAGES
 from kdcore.views import NORM_IMAGES
 
 Sizes = tuple[tuple[str, float], ...]  # (stage, image passes), in run order
@@ -48,7 +50,9 @@ def _kd(kd: KDConfig, unlabeled: int, train: int, test: int, models: int, trigge
 def _verdict(nc_params: dict, classes: int, train: int) -> list:
     nc = from_dict(NeuralCleanseConfig, dict(nc_params))
     sizes = [("neural-cleanse", nc.steps * nc.batch_size * classes * TRAIN)]
-    return sizes + ([("activation-clustering", train * FORWARD)] if train else [])
+    sizes += [("activation-clustering", train * FORWARD)] if train else []
+    # the recovered trigger: teacher and student on the clean images, then on them stamped with each class's
+    return [*sizes, ("recovered-trigger", TRIGGER_IMAGES * (classes + 1) * 2 * FORWARD)]
 
 
 def demo_sizes(cfg: DemoConfig) -> Sizes:

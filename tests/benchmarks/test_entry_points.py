@@ -24,6 +24,7 @@ BENCHMARKS = ROOT / "benchmarks"
 # Script → (arguments after --smoke, {tmp} for the test's folder; its JSON under {tmp}; keys it must
 # hold; whether it reads Fashion-MNIST).
 SMOKE: dict[str, tuple[list[str], str, set[str], bool]] = {
+    "blind_cost.py": (["--results", "{tmp}"], "blind_cost.json", {"rows", "table", "findings", "sgemm_gflops"}, True),
     "defenses.py": (["--results", "{tmp}"], "defenses.json", {"rows", "table", "executor", "sgemm_gflops"}, True),
     "fuzz.py": (["--out", "{tmp}/fuzz.json"], "fuzz.json", {"inputs_total", "pytest_exit_code", "inputs"}, False),
     "hostile.py": (["--out", "{tmp}/hostile.json"], "hostile.json", {"rows", "all_within_target"}, False),

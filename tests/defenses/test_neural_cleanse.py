@@ -4,6 +4,7 @@ found on the digits teacher (BadNets 2×2 bottom-right → 7)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -125,9 +126,55 @@ def test_registered():
         {"cost_multiplier": 1.0},
         {"success_threshold": 1.5},
         {"classes_per_pass": 0},
+        {"early_stop_patience": -1},
+        {"early_stop_patience": 1.5},
+        {"early_stop_delta": 1.0},
         {"mask_size": 3},
     ],
 )
 def test_bad_settings(bad):
     with pytest.raises(ConfigError):
         NeuralCleanse.from_params(bad)
+
+
+def _found(result) -> tuple[list[int], int, list[float], list[int]]:
+    ev = result.evidence
+    rows = ev["classes"]
+    return ev["flagged"], ev["most_anomalous"]["class"], [r["l1"] for r in rows], [r["steps"] for r in rows]
+
+
+def test_batched_with_early_stop_finds_what_the_per_class_loop_finds(digits_backdoor):
+    # The default (every class in one batch, early stop) against the authors' loop: one class after
+    # another, every step. 300 steps: long enough for most classes to stop early on digits.
+    batched = replace(FAST, steps=300)
+    per_class = replace(batched, classes_per_pass=1, early_stop_patience=0)
+    flagged_b, top_b, l1_b, steps_b = _found(NeuralCleanse(batched).run(digits_backdoor()))
+    flagged_p, top_p, l1_p, steps_p = _found(NeuralCleanse(per_class).run(digits_backdoor()))
+    assert flagged_b == flagged_p == [7]
+    assert top_b == top_p == 7
+    assert l1_b[7] < 8 and l1_p[7] < 8  # the 2×2 trigger (ℓ1 4), found both ways
+    assert steps_p == [300] * 10
+    assert sum(steps_b) < sum(steps_p)  # the batched run did less work
+
+
+def test_early_stop_stops_converged_classes_and_leaves_the_others_alone(digits_backdoor):
+    cfg = replace(FAST, steps=400)
+    reports = []
+    stopping = NeuralCleanse(cfg).run(digits_backdoor(on_progress=lambda *a: reports.append(a)))
+    _, _, l1, steps = _found(stopping)
+    rows = stopping.evidence["classes"]
+    stopped = [c for c in range(10) if steps[c] < cfg.steps]
+    assert len(stopped) >= 5, steps  # on digits most classes converge well within 400 steps
+    for c in stopped:  # a class stops at the end of a round, and only once it has a trigger
+        assert steps[c] % cfg.round_steps == 0 and rows[c]["reached_success_threshold"]
+    assert reports[-1][1:3] == (400, 400)  # the progress bar ends full though the steps ran out early
+    assert reports[-1][3]["classes_running"] == 0 and reports[-1][3]["stopped_at_step"] == max(steps)
+
+    # The classes are independent: the class that ran longest, optimised beside every class for
+    # just as many steps with no early stop, ends with the same mask (the others left the batch).
+    last = max(range(10), key=lambda c: steps[c])
+    full = NeuralCleanse(replace(cfg, steps=steps[last], early_stop_patience=0)).run(digits_backdoor())
+    _, _, l1_full, steps_full = _found(full)
+    assert steps_full == [steps[last]] * 10
+    assert l1_full[last] == pytest.approx(l1[last], abs=1e-3)
+    torch.testing.assert_close(full.images[f"mask_{last}"], stopping.images[f"mask_{last}"], atol=1, rtol=0)
