@@ -14,6 +14,7 @@ from kdcore.jobs.eta import job_eta, sized_eta
 from kdcore.jobs.store import JobStore
 from kdcore.jobs.worker import run_job
 from kdcore.runs.sizes import stage_sizes
+from kdcore.verdict.recovered_trigger import TRIGGER_IMAGES
 from kdcore.views import NORM_IMAGES
 from tests.conftest import TINY_DEMO, audit_config
 
@@ -52,12 +53,13 @@ def test_stage_sizes_from_the_config_and_the_sets():
         ("evaluate", 4 * test * 2),  # baseline, teacher, student, finetuned on clean and stamped images
         ("neural-cleanse", 300 * 32 * 10 * 3),
         ("activation-clustering", n),
+        ("recovered-trigger", TRIGGER_IMAGES * 11 * 2),  # teacher and student, clean and with 10 triggers
         ("view", NORM_IMAGES * 3),
     )
     cfg = {"model": "m.safetensors", "unlabeled": "u", "train": "t", "test": "s", "trigger": None}
     assert stage_sizes("audit", cfg, {}) is None  # not known before 'prepare' has read the sets
     audit = dict(stage_sizes("audit", cfg, {"unlabeled": 500, "train": 0, "test": 297, "classes": 10}))
-    assert set(audit) == {"distill", "evaluate", "neural-cleanse", "view"}  # no training set: no detox
+    assert set(audit) == {"distill", "evaluate", "neural-cleanse", "recovered-trigger", "view"}  # no detox
     assert audit["evaluate"] == 2 * 297  # teacher and student, clean images only (no trigger)
     assert stage_sizes("defend", {}, {}) == ()  # a kind without sizes
 
