@@ -55,11 +55,11 @@ try:
     st.subheader("Evidence")
     own = audit_evidence_ui(source, source_report)
     picked = pick_defense_ui(done, focus)
-    if picked is None and not own:
-        st.caption("The evidence of a finished defense appears here.")
-    else:
+    if picked is not None:
         evidence_ui(*picked)
         if picked[1].get("method") == "neural-cleanse":
             use_recovered_ui(source, picked[0])
+    elif not own:
+        st.caption("The evidence of a finished defense appears here.")
 except KDCoreError as e:
     show_error(e)
