@@ -59,7 +59,7 @@ def test_a_wrong_zip_in_the_test_slot_is_flagged_before_submit(server, page, dig
     page.get_by_text("Found in unlabeled.zip").wait_for(timeout=60_000)
     _submit_button(page).to_be_enabled(timeout=60_000)
     _upload(page, "test_file", _flat_zip(digits_files, tmp_path / "wrong-test.zip"))
-    flagged = page.get_by_text("The test set is not a labelled set")
+    flagged = page.get_by_text("The test set is not a labelled set").first  # also in the reason under Start
     flagged.wait_for(timeout=60_000)
     _submit_button(page).to_be_disabled(timeout=60_000)  # waits for the rerun to end
     flagged.scroll_into_view_if_needed()
@@ -115,10 +115,10 @@ def test_a_failing_model_upload_names_fields_not_flags(server, page, tmp_path):
     torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), path)
     page.goto(f"{server['url']}/new_audit")
     page.locator(".st-key-model_file input[type=file]").set_input_files(str(path))
-    page.get_by_text("it looks like tv:resnet18").wait_for(timeout=120_000)
+    page.get_by_text("it looks like tv:resnet18").first.wait_for(timeout=120_000)  # also under Start
     page.get_by_text("The full lists").click()
     page.get_by_text("layer4.1.bn2.running_var").wait_for()
-    page.get_by_text("it looks like tv:resnet18").scroll_into_view_if_needed()
+    page.get_by_text("it looks like tv:resnet18").first.scroll_into_view_if_needed()
     page.screenshot(path=SHOTS / "new_audit_model_mismatch.png", full_page=True)
     assert not _flags_on(page), _flags_on(page)
 
@@ -126,6 +126,7 @@ def test_a_failing_model_upload_names_fields_not_flags(server, page, tmp_path):
 def test_a_trigger_section_in_error_cannot_start_an_audit_without_its_trigger(server, page, digits_files, tmp_path):
     """Issue 22: with the trigger section showing 🚫, Start the audit stayed enabled and the job ran with no
     trigger. Now the button is disabled, the reason is named under it, and no job reaches the store."""
+    before = len(JobStore(server["data"]).list())  # the module's earlier tests queue jobs of their own
     page.goto(f"{server['url']}/new_audit")
     page.locator(".st-key-model_file input[type=file]").set_input_files(str(_model(tmp_path)))
     page.get_by_text("Model loads").wait_for(timeout=120_000)
@@ -148,4 +149,4 @@ def test_a_trigger_section_in_error_cannot_start_an_audit_without_its_trigger(se
     page.wait_for_timeout(3000)
     reason.scroll_into_view_if_needed()
     page.screenshot(path=SHOTS / "new_audit_trigger_blocks_start.png", full_page=True)
-    assert not JobStore(server["data"]).list()  # nothing was queued, with or without the trigger
+    assert len(JobStore(server["data"]).list()) == before  # nothing was queued, with or without the trigger

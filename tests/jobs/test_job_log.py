@@ -11,10 +11,10 @@ from kdcore.jobs.worker import run_job
 from tests.conftest import audit_config
 
 # What a blind audit with a training and a test set goes through (kdcore.runs.audit, kdcore.pipeline, the
-# verdict's pieces in kdcore.blind, the views); 'starting' is the worker's, from the claim to the first report.
+# verdict's pieces in kdcore.verdict.gather, the views); 'starting' is the worker's, from the claim to the first report.
 AUDIT_STAGES = (
     "starting", "prepare", "distill", "detox", "finetune", "evaluate",
-    "neural-cleanse", "activation-clustering", "view",
+    "neural-cleanse", "activation-clustering", "recovered-trigger", "view",
 )  # fmt: skip
 
 
