@@ -22,8 +22,9 @@ def test_demo_audit_from_home_to_evidence(server, page):
     page.goto(url)
     page.get_by_role("button", name="Run the demo audit (quick").click()
     page.wait_for_url("**/jobs?job=*")
+    page.get_by_text("quick demo").first.wait_for()  # the job's row has drawn, with its progress
+    page.get_by_text("running").first.wait_for(timeout=120_000)
     shot(page, "Jobs")
-    page.wait_for_selector("text=Jobs")
     wait_job(data, 1, timeout=1800)
     page.goto(url)
     page.get_by_text("quick demo").first.wait_for()
