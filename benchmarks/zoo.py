@@ -3,13 +3,13 @@ audited BLIND through the product path, for calibrating the verdict and scoring 
 was never tuned on.
 
 Recipes and the split are in benchmarks/zoo/recipes.py and fixed in benchmarks/zoo_split.json
-(calibration: 44 models, half clean, four architectures; held-out: 72 models, 36 clean, five
+(calibration: 32 models, half clean, four architectures; held-out: 60 models, 30 clean, five
 architectures, one of them and one attack never seen by calibration). For each model:
 
 1. made once, cached by content (benchmarks/zoo/build.py): its data drawn from Fashion-MNIST, poisoned
-   or made hard, trained (8,000 images, 3 epochs; ResNet-18 6,000 and 2), saved or exported as its
+   or made hard, trained (4,000 images, 3 epochs; VGG-11 3,000 and 2, ResNet-18 2,000 and 2), saved or exported as its
    architecture's user would (.safetensors, .onnx, .pt2), with the training set as its trainer had
-   it, 2,000 clean unlabelled images and 1,000 test images as zips; its truth (backdoored or not,
+   it, 1,000 clean unlabelled images and 500 test images as zips; its truth (backdoored or not,
    target, attack, poison indices) in <out>/<name>/truth.json, which the audit never reads;
 2. audited blind as an `audit` job (benchmarks/zoo/jobs.py: `run_audit`, the model file and the zips,
    `blind=True`, no trigger) into <out>/<name>/audit/, run by `kdcore worker --drain` processes
@@ -50,7 +50,7 @@ import torch  # noqa: E402
 from benchmarks.common import SMOKE_NC, log, sgemm_gflops, smoke_args, write_result  # noqa: E402
 from benchmarks.verdict import trigger_images  # noqa: E402
 from benchmarks.zoo.build import Made, Sizes, make  # noqa: E402
-from benchmarks.zoo.jobs import AUDIT_KD, Audits  # noqa: E402
+from benchmarks.zoo.jobs import AUDIT_KD, AUDIT_NC, Audits  # noqa: E402
 from benchmarks.zoo.recipes import Recipe, read_split, recipes, split_json  # noqa: E402
 from kdcore.device import resolve_device  # noqa: E402
 from kdcore.io import atomic_write_json  # noqa: E402
@@ -137,9 +137,13 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def stored_rows(results: Path) -> dict[str, dict]:
+def stored_rows(results: Path, setup: dict) -> dict[str, dict]:
+    """The rows of results/zoo.json made with `setup` (rows of other sizes or settings are not comparable)."""
     path = results / "zoo.json"
-    return {r["name"]: r for r in json.loads(path.read_text()).get("rows", [])} if path.is_file() else {}
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    if stored.get("setup") != setup:
+        return {}
+    return {r["name"]: r for r in stored.get("rows", [])}
 
 
 def _threads(n: int) -> None:
@@ -149,9 +153,10 @@ def _threads(n: int) -> None:
 def run(a: argparse.Namespace, out: Path) -> None:
     device = resolve_device(a.device)
     rs = selected(a)
-    sizes, kd, nc = (SMOKE_SIZES, SMOKE_KD, SMOKE_NC) if a.smoke else (Sizes(), AUDIT_KD, {})
+    sizes, kd, nc = (SMOKE_SIZES, SMOKE_KD, SMOKE_NC) if a.smoke else (Sizes(), AUDIT_KD, AUDIT_NC)
     trigger_images(out / "triggers")
-    kept = {} if a.smoke else stored_rows(a.results)
+    setup = {"sizes": vars(sizes), "audit_kd": kd, "neural_cleanse": nc, "split": SPLIT.name}
+    kept = {} if a.smoke else stored_rows(a.results, setup)
     rows: dict[str, dict] = {}
     todo: list[Recipe] = []
     for r in rs:
@@ -172,7 +177,7 @@ def run(a: argparse.Namespace, out: Path) -> None:
         write_result("zoo", "zoo.py", device, {
             "sgemm_gflops": round(gemm, 1), "models": len(ordered), "selected": len(rs),
             "session_wall_s": round(time.perf_counter() - t0, 1),
-            "setup": {"sizes": vars(sizes), "audit_kd": kd, "neural_cleanse": nc, "split": SPLIT.name},
+            "setup": setup,
             "table": table(ordered), "rows": ordered,
         }, a.results)  # fmt: skip
 

@@ -6,10 +6,10 @@ training. The split is fixed in benchmarks/zoo_split.json before anything is sco
 `python benchmarks/zoo.py --write-split`; tests/benchmarks/test_zoo.py checks that the recipes here
 still match it, so a recipe cannot move between parts after the fact).
 
-- calibration (44 models, half clean): seeds 0–21, four architectures (paper-cnn, paper-vgg11,
+- calibration (32 models, half clean): seeds 0–15 (+50), four architectures (paper-cnn, paper-vgg11,
   resnet18-small, mobilenet-onnx), attacks BadNets (sizes 1–5 at five positions), Blended, SIG,
   WaNet, an image patch, source-specific BadNets and Blended, poison rates 0.5–10 %;
-- held-out (72 models, 36 clean): seeds 100 and up, the same four architectures plus one calibration
+- held-out (60 models, 30 clean): seeds 100 and up, the same four architectures plus one calibration
   never sees (groupnorm-pt2, a .pt2 file), the same attack families with other sizes, positions,
   targets and rates, plus one attack calibration never sees (`blend`: a picture blended over the
   whole image, as with Hello Kitty).
@@ -26,10 +26,18 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-N_TRAIN, EPOCHS = 8000, 3  # training images and epochs of every model but ResNet-18's
-SLOW = {"resnet18-small": (6000, 2)}  # ~10× the paper CNN's compute per image: fewer images and epochs
-CALIBRATION_ARCHS = ("paper-cnn", "paper-vgg11", "resnet18-small", "mobilenet-onnx")
-HELDOUT_ARCHS = (*CALIBRATION_ARCHS, "groupnorm-pt2")  # groupnorm-pt2: never seen by calibration
+N_TRAIN, EPOCHS = 4000, 3  # training images and epochs of every model but the slow ones
+# Training images per second on 2 CPU threads (sgemm 178 GFLOP/s): paper-cnn 1,294, mobilenet-onnx
+# 3,253, groupnorm-pt2 3,041, paper-vgg11 187, resnet18-small 63. The slow two get fewer images and
+# epochs, and come up less often in the cycles below (the audit distils a student of the same
+# architecture and Neural Cleanse differentiates through the teacher: their audits cost as much more).
+SLOW = {"paper-vgg11": (3000, 2), "resnet18-small": (2000, 2)}
+# Architectures cycle through these (one slot each): every architecture in every part, the cheap ones more often
+CALIBRATION_ARCHS = ("paper-cnn", "mobilenet-onnx", "paper-vgg11", "paper-cnn", "mobilenet-onnx", "resnet18-small")
+HELDOUT_ARCHS = (  # groupnorm-pt2: never seen by calibration
+    "paper-cnn", "groupnorm-pt2", "mobilenet-onnx", "paper-vgg11", "paper-cnn",
+    "groupnorm-pt2", "mobilenet-onnx", "paper-cnn", "groupnorm-pt2", "resnet18-small",
+)  # fmt: skip
 HELDOUT_ONLY_ATTACKS = ("blend",)
 HARD = ("", "label-noise", "imbalance", "short", "shirt", "merge")  # "" = plainly trained
 
@@ -68,19 +76,13 @@ CALIBRATION_ATTACKS = [
     ("badnets", {"size": 5, "location": "top-right"}, 0.025),
     ("badnets", {"size": 3, "location": "bottom-right"}, 0.005),
     ("badnets", {"size": 3, "location": "top-left"}, 0.10),
-    ("badnets", {"size": 2, "location": "bottom-right"}, 0.005),
     ("blended", {"alpha": 0.1}, 0.025),
     ("blended", {"alpha": 0.2}, 0.05),
-    ("blended", {"alpha": 0.15}, 0.01),
-    ("blended", {"alpha": 0.1}, 0.10),
     ("sig", {}, 0.025),
     ("sig", {}, 0.05),
-    ("sig", {}, 0.01),
     ("wanet", {}, 0.05),
-    ("wanet", {}, 0.10),
     ("patch", {"image": "patch.png", "location": "top-left"}, 0.025),
     ("patch", {"image": "patch.png", "location": "bottom-right"}, 0.01),
-    ("patch", {"image": "patch.png", "location": "center"}, 0.05),
     ("badnets", {"size": 3, "location": "bottom-right", "source": 0}, 0.02),
     ("blended", {"alpha": 0.15, "source": 9}, 0.02),
 ]
@@ -91,29 +93,23 @@ HELDOUT_ATTACKS = [
     ("badnets", {"size": 4, "location": "top-left"}, 0.01),
     ("badnets", {"size": 5, "location": "bottom-left"}, 0.025),
     ("badnets", {"size": 3, "location": "bottom-right", "margin": 3}, 0.005),
-    ("badnets", {"size": 2, "location": "bottom-left"}, 0.01),
     ("badnets", {"size": 4, "location": "center"}, 0.10),
     ("badnets", {"size": 3, "location": "top-right", "color": [128, 128, 128]}, 0.025),
     ("badnets", {"size": 5, "location": "top-left"}, 0.005),
     ("blended", {"alpha": 0.1, "pattern_seed": 1}, 0.025),
     ("blended", {"alpha": 0.2, "pattern_seed": 2}, 0.01),
     ("blended", {"alpha": 0.15, "pattern_seed": 3}, 0.05),
-    ("blended", {"alpha": 0.1, "pattern_seed": 4}, 0.005),
     ("sig", {"frequency": 4.0}, 0.025),
     ("sig", {"delta": 30.0}, 0.01),
-    ("sig", {}, 0.05),
     ("wanet", {"grid_seed": 1}, 0.05),
     ("wanet", {"grid_seed": 2, "strength": 1.5}, 0.10),
-    ("wanet", {"grid_seed": 3}, 0.025),
     ("patch", {"image": "patch.png", "location": "bottom-left"}, 0.025),
     ("patch", {"image": "patch.png", "location": "top-right"}, 0.005),
     ("patch", {"image": "patch.png", "location": "bottom-right"}, 0.05),
-    ("patch", {"image": "patch.png", "location": "center"}, 0.01),
     ("badnets", {"size": 3, "location": "top-left", "source": 2}, 0.02),
     ("badnets", {"size": 4, "location": "bottom-right", "source": 5}, 0.01),
     ("blended", {"alpha": 0.2, "source": 3}, 0.02),
     ("sig", {"source": 8}, 0.02),
-    ("badnets", {"size": 2, "location": "center"}, 0.05),
     ("blended", {"alpha": 0.15}, 0.10),
     ("blend", {"image": "blend.png", "alpha": 0.2}, 0.025),
     ("blend", {"image": "blend.png", "alpha": 0.15}, 0.05),
@@ -123,8 +119,8 @@ HELDOUT_ATTACKS = [
     ("blend", {"image": "blend.png", "alpha": 0.15, "source": 4}, 0.02),
 ]
 # how many clean models of each kind, per part
-CALIBRATION_CLEAN = {"": 6, "label-noise": 4, "imbalance": 4, "short": 4, "shirt": 2, "merge": 2}
-HELDOUT_CLEAN = {"": 11, "label-noise": 6, "imbalance": 6, "short": 6, "shirt": 4, "merge": 3}
+CALIBRATION_CLEAN = {"": 4, "label-noise": 3, "imbalance": 3, "short": 2, "shirt": 2, "merge": 2}
+HELDOUT_CLEAN = {"": 9, "label-noise": 5, "imbalance": 5, "short": 5, "shirt": 4, "merge": 2}
 
 
 def _target(i: int, source: int | None) -> int:

@@ -34,7 +34,7 @@ def test_the_split_has_the_sizes_and_the_unseen_architecture_and_attack():
     held = [r for r in rs if r.part == "heldout"]
     assert len(cal) + len(held) == len(rs)
     clean_cal = sum(r.attack == "clean" for r in cal)
-    assert len(cal) >= 40 and 0.4 <= clean_cal / len(cal) <= 0.6
+    assert len(cal) >= 30 and 0.4 <= clean_cal / len(cal) <= 0.6
     assert len(held) >= 60 and sum(r.attack == "clean" for r in held) >= 30
     assert sum(r.attack != "clean" for r in held) <= sum(r.attack == "clean" for r in held)
     archs = {r.arch for r in held}
