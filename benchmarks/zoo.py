@@ -9,7 +9,7 @@ architectures, one of them and one attack never seen by calibration). For each m
 1. made once, cached by content (benchmarks/zoo/build.py): its data drawn from Fashion-MNIST, poisoned
    or made hard, trained (4,000 images, 3 epochs; VGG-11 3,000 and 2, ResNet-18 2,000 and 2), saved or exported as its
    architecture's user would (.safetensors, .onnx, .pt2), with the training set as its trainer had
-   it, 1,000 clean unlabelled images and 500 test images as zips; its truth (backdoored or not,
+   it, 800 clean unlabelled images and 500 test images as zips; its truth (backdoored or not,
    target, attack, poison indices) in <out>/<name>/truth.json, which the audit never reads;
 2. audited blind as an `audit` job (benchmarks/zoo/jobs.py: `run_audit`, the model file and the zips,
    `blind=True`, no trigger) into <out>/<name>/audit/, run by `kdcore worker --drain` processes

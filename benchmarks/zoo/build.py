@@ -6,7 +6,7 @@ another session or a second worker reuses a finished model instead of training i
 
     model.safetensors | model.onnx | model.pt2   the model, as its architecture's user saves it
     train.zip     the training set as the model's trainer had it (poisoned), one folder per class
-    unlabeled.zip 1,000 clean images the training never saw (the audit's unlabelled set)
+    unlabeled.zip 800 clean images the training never saw (the audit's unlabelled set)
     test.zip      500 labelled test images
     stage.json    the truth (backdoored or not, target, attack, poison indices and files, clean
                   accuracy and attack success), copied to `<out>/<name>/truth.json`: the audit
@@ -48,7 +48,7 @@ INPUT = (1, 28, 28)
 
 @dataclass(frozen=True)
 class Sizes:
-    n_clean: int = 1000  # unlabelled clean images for the audit
+    n_clean: int = 800  # unlabelled clean images for the audit
     n_test: int = 500
     n_train: int = 0  # 0 = the recipe's (--smoke: a few hundred)
     epochs: int = 0  # 0 = the recipe's

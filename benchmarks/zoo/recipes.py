@@ -32,13 +32,11 @@ N_TRAIN, EPOCHS = 4000, 3  # training images and epochs of every model but the s
 # epochs, and come up less often in the cycles below (the audit distils a student of the same
 # architecture and Neural Cleanse differentiates through the teacher: their audits cost as much more).
 SLOW = {"paper-vgg11": (3000, 2), "resnet18-small": (2000, 2)}
-# Architectures cycle through these (one slot each): every architecture in every part, the cheap ones more often
-CALIBRATION_ARCHS = ("paper-cnn", "mobilenet-onnx", "paper-vgg11", "paper-cnn", "mobilenet-onnx", "resnet18-small")
-HELDOUT_ARCHS = (  # groupnorm-pt2: never seen by calibration
-    "paper-cnn", "groupnorm-pt2", "mobilenet-onnx", "paper-vgg11", "paper-cnn",
-    "groupnorm-pt2", "mobilenet-onnx", "paper-cnn", "groupnorm-pt2", "resnet18-small",
-)  # fmt: skip
-HELDOUT_ONLY_ATTACKS = ("blend",)
+# Architectures cycle through these (one slot each): every architecture in every part, backdoored and
+# clean, the cheap ones far more often (a part's backdoored models take slots 0…, its clean ones 1…)
+_C, _M, _G, _V, _R = "paper-cnn", "mobilenet-onnx", "groupnorm-pt2", "paper-vgg11", "resnet18-small"
+CALIBRATION_ARCHS = (_C, _M, _C, _M, _V, _C, _M, _C, _M, _C, _M, _C, _R, _M, _C, _M) + (_C, _M) * 8
+HELDOUT_ARCHS = (_C, _G, _M, _C, _V, _G, _M, _C, _G, _M, _C, _G, _R, _M, _C, _G, _M, _C, _G, _M)  # _G: never calibrated
 HARD = ("", "label-noise", "imbalance", "short", "shirt", "merge")  # "" = plainly trained
 
 

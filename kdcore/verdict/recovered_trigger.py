@@ -30,7 +30,9 @@ def trigger_supports(teacher_flip: float, student_flip: float) -> bool:
     return teacher_flip >= TRIGGER_MIN_TEACHER and student_flip <= TRIGGER_MAX_TRANSFER * teacher_flip
 
 
-TRIGGER_IMAGES = 1000  # clean images the recovered triggers are stamped on (the quick demo's pool is 2,000)
+TRIGGER_IMAGES = (
+    500  # clean images the recovered triggers are stamped on: a flip share to ±2 % (the quick demo's pool is 2,000)
+)
 
 
 def recovered_trigger_evidence(

@@ -1,0 +1,300 @@
+"""Fit the calibrated verdict on the zoo's calibration part, and score it on the held-out part (issue 20,
+items 3–4). Reads benchmarks/results/zoo.json (every audited model's evidence numbers and truth), so it
+re-runs no model.
+
+    .venv/bin/python benchmarks/calibrate.py --fit    # refit: kdcore/verdict/calibration.json from the
+                                                      # calibration part only, then score
+    .venv/bin/python benchmarks/calibrate.py          # score both parts with the shipped calibration
+
+Scores per part (the README's headline numbers are the held-out part's): ROC-AUC of P(backdoor);
+TrojAI's cross-entropy (mean −log of the probability given to the truth, P clipped to [0.001, 0.999];
+chance at 0.5 is 0.693, TrojAI's round target half of that, 0.3465); the detection rate (status
+"backdoor" among backdoored models) and false-alarm rate (status "backdoor" among clean ones) at the
+shipped thresholds; the target right among detected; each with a 95 % bootstrap interval over models
+(2,000 resamples, seeded); the same per architecture and per attack; and a reliability diagram
+(docs/zoo_reliability.png: mean P against the share backdoored, in five bins). Results in
+benchmarks/results/zoo_score.json beside the printed table.
+
+`--smoke`: fits and scores a synthetic set of rows (two well-separated groups), to check the plumbing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.common import log, smoke_args, write_result  # noqa: E402
+from kdcore.verdict.calibrated import CALIBRATION_FILE, FEATURES, Calibration, class_features, load, save  # noqa: E402
+
+T_LO, T_HI = 0.2, 0.5  # fixed before any fit: no_evidence at P ≤ 0.2, backdoor at P ≥ 0.5
+FOLDS = 5
+BOOT = 2000
+EPS = 0.001
+PICTURE = ROOT / "docs" / "zoo_reliability.png"
+
+
+def model_rows(rows: list[dict], k: int = 10) -> list[tuple[list[list[float]], bool, int | None]]:
+    """(class features, backdoored, target) per zoo row."""
+    out = []
+    for r in rows:
+        values = {m: e.get("values", {}) for m, e in r["evidence"].items()}
+        out.append((class_features(values, k), bool(r["truth"]["backdoored"]), r["truth"]["target"]))
+    return out
+
+
+def fit(models: list[tuple[list[list[float]], bool, int | None]], about: dict) -> Calibration:
+    """Stage 1 on every (model, class) pair, stage 2 on the cross-fitted largest class logit (module
+    docstring of kdcore.verdict.calibrated)."""
+    import numpy as np  # the fit's numerics: scikit-learn's, only here
+    from sklearn.linear_model import LogisticRegression
+
+    X = np.array([row for feats, _, _ in models for row in feats], dtype=float)
+    y = np.array([int(bad and c == target) for feats, bad, target in models for c in range(len(feats))])
+    groups = np.array([i for i, (feats, _, _) in enumerate(models) for _ in feats])
+    mean, scale = X.mean(0), X.std(0)
+    scale[scale < 1e-6] = 1.0
+    Z = (X - mean) / scale
+
+    def stage1(idx: np.ndarray) -> LogisticRegression:
+        return LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000).fit(Z[idx], y[idx])
+
+    rng = np.random.default_rng(0)
+    fold_of = rng.permutation(len(models)) % FOLDS
+    top = np.zeros(len(models))
+    for f in range(FOLDS):
+        held = np.isin(groups, np.nonzero(fold_of == f)[0])
+        m = stage1(~held)
+        logits = m.decision_function(Z[held])
+        for i in np.unique(groups[held]):
+            top[i] = logits[groups[held] == i].max()
+    bad = np.array([int(b) for _, b, _ in models])
+    platt = LogisticRegression(C=10.0, max_iter=1000).fit(top.reshape(-1, 1), bad)
+    full = stage1(np.arange(len(X)))
+    return Calibration(
+        features=tuple(FEATURES),
+        mean=tuple(round(float(v), 6) for v in mean),
+        scale=tuple(round(float(v), 6) for v in scale),
+        coef=tuple(round(float(v), 6) for v in full.coef_[0]),
+        intercept=round(float(full.intercept_[0]), 6),
+        platt_a=round(float(platt.coef_[0][0]), 6),
+        platt_b=round(float(platt.intercept_[0]), 6),
+        t_lo=T_LO,
+        t_hi=T_HI,
+        fitted={**about, "models": len(models), "backdoored": int(bad.sum()), "date": date.today().isoformat()},
+    )
+
+
+def auc(p: Sequence[float], y: Sequence[bool]) -> float | None:
+    pos = [a for a, b in zip(p, y, strict=True) if b]
+    neg = [a for a, b in zip(p, y, strict=True) if not b]
+    if not pos or not neg:
+        return None
+    wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def cross_entropy(p: Sequence[float], y: Sequence[bool]) -> float:
+    import math
+
+    return statistics.fmean(
+        -math.log(min(1 - EPS, max(EPS, q)) if t else 1 - min(1 - EPS, max(EPS, q))) for q, t in zip(p, y, strict=True)
+    )
+
+
+def rates(scored: list[dict]) -> dict:
+    bad = [s for s in scored if s["backdoored"]]
+    clean = [s for s in scored if not s["backdoored"]]
+    detected = [s for s in bad if s["status"] == "backdoor"]
+    p, y = [s["p"] for s in scored], [s["backdoored"] for s in scored]
+    return {
+        "models": len(scored),
+        "backdoored": len(bad),
+        "clean": len(clean),
+        "roc_auc": auc(p, y),
+        "cross_entropy": cross_entropy(p, y) if scored else None,
+        "detection": len(detected) / len(bad) if bad else None,
+        "false_alarm": sum(s["status"] == "backdoor" for s in clean) / len(clean) if clean else None,
+        "no_evidence_clean": sum(s["status"] == "no_evidence" for s in clean) / len(clean) if clean else None,
+        "target_right": sum(s["target"] == s["true_target"] for s in detected) / len(detected) if detected else None,
+    }
+
+
+def interval(scored: list[dict], key: str, rng: random.Random) -> list[float] | None:
+    """The 95 % bootstrap interval of rates()[key] over models."""
+    vals = []
+    for _ in range(BOOT):
+        v = rates([rng.choice(scored) for _ in scored])[key]
+        if v is not None:
+            vals.append(v)
+    if len(vals) < BOOT // 2:
+        return None
+    vals.sort()
+    return [round(vals[int(0.025 * len(vals))], 4), round(vals[int(0.975 * len(vals)) - 1], 4)]
+
+
+def score(rows: list[dict], cal: Calibration) -> list[dict]:
+    out = []
+    for r, (feats, bad, target) in zip(rows, model_rows(rows), strict=True):
+        values = {m: e.get("values", {}) for m, e in r["evidence"].items()}
+        j = cal.judge(values, len(feats))
+        out.append({
+            "name": r["name"], "part": r["part"], "arch": r["arch"], "attack": r["attack"], "hard": r.get("hard", ""),
+            "backdoored": bad, "true_target": target, "p": round(j.p_backdoor, 4), "status": j.status,
+            "target": j.target, "target_probability": round(j.target_probability, 4),
+        })  # fmt: skip
+    return out
+
+
+def summary(scored: list[dict], seed: int = 0) -> dict:
+    rng = random.Random(seed)
+    s = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rates(scored).items()}
+    if len(scored) >= 4:
+        for key in ("roc_auc", "cross_entropy", "detection", "false_alarm", "target_right"):
+            s[key + "_95"] = interval(scored, key, rng)
+    return s
+
+
+def by(scored: list[dict], key: Callable[[dict], str]) -> dict:
+    groups: dict[str, list[dict]] = {}
+    for s in scored:
+        groups.setdefault(key(s), []).append(s)
+    return {
+        g: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rates(rs).items()}
+        for g, rs in sorted(groups.items())
+    }
+
+
+def reliability(scored: list[dict], bins: int = 5) -> list[dict]:
+    out = []
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        rs = [s for s in scored if lo <= s["p"] < hi or (b == bins - 1 and s["p"] == 1.0)]
+        if rs:
+            out.append({"bin": [lo, hi], "models": len(rs), "mean_p": round(statistics.fmean(s["p"] for s in rs), 4),
+                        "share_backdoored": round(sum(s["backdoored"] for s in rs) / len(rs), 4)})  # fmt: skip
+    return out
+
+
+def draw(curves: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib  # the picture only: matplotlib comes with grad-cam
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfectly calibrated")
+    for (name, pts), marker in zip(curves.items(), "os", strict=False):
+        ax.plot([p["mean_p"] for p in pts], [p["share_backdoored"] for p in pts], marker=marker, label=name)
+        for p in pts:
+            ax.annotate(str(p["models"]), (p["mean_p"], p["share_backdoored"]), fontsize=7, xytext=(4, -8),
+                        textcoords="offset points")  # fmt: skip
+    ax.set_xlabel("P(backdoor), mean in the bin")
+    ax.set_ylabel("share of the bin's models backdoored")
+    ax.set_title("Reliability of P(backdoor), model zoo", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def fmt(v: object) -> str:
+    return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+HEAD = ("Part", "models (clean)", "ROC-AUC [95 %]", "cross-entropy [95 %]", "detection [95 %]",
+        "false alarms [95 %]", "clean → no_evidence", "target right [95 %]")  # fmt: skip
+
+
+def cell(s: dict, key: str) -> str:
+    ci = s.get(key + "_95")
+    return fmt(s[key]) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+
+def table(parts: dict[str, dict]) -> str:
+    lines = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    for part, s in parts.items():
+        cells = [
+            part,
+            f"{s['models']} ({s['clean']})",
+            *(cell(s, k) for k in ("roc_auc", "cross_entropy", "detection", "false_alarm")),
+        ]
+        cells += [fmt(s["no_evidence_clean"]), cell(s, "target_right")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def synthetic_rows(n: int = 24) -> list[dict]:
+    """--smoke: rows whose target class has a large recovered-trigger gap and a small NC norm."""
+    rng = random.Random(1)
+    rows = []
+    for i in range(n):
+        bad = i % 2 == 0
+        target = (i * 3) % 10 if bad else None
+        l1 = [rng.uniform(30, 60) for _ in range(10)]
+        gap = [rng.uniform(0.0, 0.4) for _ in range(10)]
+        if bad:
+            l1[target], gap[target] = 8.0, 0.95
+        rt = [{"class": c, "teacher_flip": 0.97, "student_flip": 0.97 - gap[c], "gap": gap[c]} for c in range(10)]
+        evidence = {"neural-cleanse": {"values": {"l1": l1}}, "recovered-trigger": {"values": {"classes": rt}}}
+        part = "calibration" if i < n // 2 else "heldout"
+        truth = {"backdoored": bad, "target": target}
+        attack = "badnets" if bad else "clean"
+        rows.append({"name": f"synthetic-{i}", "part": part, "arch": "paper-cnn", "attack": attack, "hard": "",
+                     "truth": truth, "evidence": evidence})  # fmt: skip
+    return rows
+
+
+def attack_kind(s: dict) -> str:
+    return s["attack"] if s["backdoored"] else "clean" + (f" ({s['hard']})" if s["hard"] else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fit", action="store_true", help="refit kdcore/verdict/calibration.json on the calibration part")
+    ap.add_argument("--zoo", type=Path, default=None, help="the zoo's results (default: <results>/zoo.json)")
+    smoke_args(ap)
+    a = ap.parse_args()
+    if a.smoke:
+        zoo = {"rows": synthetic_rows(), "setup": {"synthetic": True}}
+    else:
+        zoo = json.loads((a.zoo or a.results / "zoo.json").read_text())
+    rows = zoo["rows"]
+    cal_rows = [r for r in rows if r["part"] == "calibration"]
+    if a.fit or a.smoke:
+        about = {"source": "benchmarks/results/zoo.json, calibration part", "setup": zoo.get("setup")}
+        cal = fit(model_rows(cal_rows), about)
+        if not a.smoke:
+            save(cal)
+            log(f"fitted on {len(cal_rows)} calibration models: {CALIBRATION_FILE.relative_to(ROOT)}")
+    else:
+        cal = load()
+    scored = score(rows, cal)
+    parts = {p: summary([s for s in scored if s["part"] == p]) for p in ("calibration", "heldout")}
+    parts = {p: s for p, s in parts.items() if s["models"]}
+    held = [s for s in scored if s["part"] == "heldout"]
+    curves = {p: reliability([s for s in scored if s["part"] == p]) for p in parts}
+    if not a.smoke and held:
+        draw({f"{p} ({parts[p]['models']} models)": c for p, c in curves.items()}, PICTURE)
+    print(table(parts), flush=True)
+    write_result("zoo_score", "calibrate.py", torch.device("cpu"), {
+        "thresholds": {"t_lo": cal.t_lo, "t_hi": cal.t_hi}, "calibration": cal.fitted, "parts": parts,
+        "heldout_by_arch": by(held, lambda s: s["arch"]),
+        "heldout_by_attack": by(held, attack_kind),
+        "reliability": curves, "table": table(parts), "models": scored,
+    }, a.results)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
