@@ -128,17 +128,20 @@ def trigger_ui(
 
 
 def blind_ui(trigger: Trigger | None) -> dict:
-    """{"blind": bool} for the audit config: also judge the model from label-free evidence, as if the trigger
-    were unknown (the verdict; the trigger then only measures asr and poison_acc). {} without a trigger: an
-    audit without one is always judged."""
+    """{"blind": bool} for the audit config. Every audit is judged (the verdict); with a trigger, the
+    trigger is by default one more piece of evidence (measured on teacher and student), or, ticked, the
+    model is judged as if the trigger were unknown (the trigger then only measures asr and poison_acc).
+    {} without a trigger."""
     if trigger is None:
         return {}
     blind = st.checkbox(
-        "Also judge the model without the trigger (the verdict)",
+        "Judge the model as if the trigger were unknown (blind)",
         key="blind",
-        help="Neural Cleanse and activation clustering look for a backdoor as if the trigger were unknown, and the "
-        "Results page opens with their verdict; the trigger you gave only measures asr and poison_acc. It takes "
-        "longer: Neural Cleanse optimises a trigger for every class. Without a trigger every audit is judged.",
+        help="Every audit ends with a verdict: is the model backdoored, towards which class? By default the trigger "
+        "you gave is one piece of its evidence: if it sends the teacher's images to the target but not the "
+        "distilled student's, the model is backdoored. Ticked, the verdict uses only evidence that needs no "
+        "trigger (Neural Cleanse, activation clustering, the disagreements), as it must for a model you "
+        "suspect of an unknown backdoor; your trigger then only measures asr and poison_acc.",
     )
     return {"blind": bool(blind)}
 

@@ -62,10 +62,17 @@ def verdict_card_ui(report: dict, class_names: Sequence[str], link: Callable[[st
         st.markdown(f"### {icon} :{colour}[{verdict_headline(verdict, class_names)}]")
         conf = verdict.get("confidence")
         parts = [f"confidence **{100 * conf:.0f} %**" if isinstance(conf, (int, float)) else "confidence —"]
+        p = verdict.get("p_backdoor")
+        if isinstance(p, (int, float)):
+            parts.insert(0, f"P(backdoor) **{p:.2f}**")
+            likely = verdict.get("likely_target")
+            if verdict.get("status") != "backdoor" and isinstance(likely, int):
+                tp = verdict.get("target_probability") or 0.0
+                parts.insert(1, f"most likely target, were it backdoored: {class_ref(likely, class_names)} ({tp:.0%})")
         if verdict.get("rule"):
             parts.append(f"rule: {verdict['rule']}")
         st.caption(" · ".join(parts))
-        if report.get("data", {}).get("trigger"):
+        if report.get("data", {}).get("trigger") and "asr" in (report.get("evaluation_only") or ()):
             st.caption("The given trigger was used only to measure asr (evaluation only), not to reach this verdict.")
         has_flip = isinstance(report.get("flip_matrix"), dict)
         for ev in verdict.get("evidence") or []:

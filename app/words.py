@@ -42,7 +42,7 @@ FIELDS = {
     "--trigger": "Known trigger",
     "--target": "Target class",
     "--triggered-test": "Triggered test images",
-    "--blind": "Also judge the model without the trigger",
+    "--blind": "Judge the model as if the trigger were unknown (blind)",
     "--seed": "Seed",
     "--kd-epochs": "Distillation epochs",
     "--batch-size": "Batch size",

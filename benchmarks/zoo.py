@@ -110,12 +110,24 @@ def row_of(recipe: Recipe, truth: dict, report: dict, job: int | None) -> dict:
         "confidence": v.get("confidence"),
         "outcome": outcome,
         "evidence": {
-            e["method"]: {"supports": e["supports"], "classes": e["classes"], "values": e.get("values", {})}
+            e["method"]: {"supports": e["supports"], "classes": e["classes"], "values": _values(e, report)}
             for e in v.get("evidence", [])
         },
+        "p_backdoor": v.get("p_backdoor"),
         "seconds": {"train": truth.get("train_s"), **(report.get("timings") or {}), "audit": report.get("wall_s")},
         "job": job,
     }
+
+
+def _values(e: dict, report: dict) -> dict:
+    """A piece's numbers as the calibrated verdict reads them: activation clustering's per-class
+    silhouettes from the report's table where the piece itself did not keep them (older reports)."""
+    values = dict(e.get("values") or {})
+    ac = report.get("activation_clustering") or {}
+    if e["method"] == "activation-clustering" and "silhouette" not in values and ac.get("classes"):
+        by_class = {int(r["class"]): r["silhouette"] for r in ac["classes"]}
+        values["silhouette"] = [by_class.get(c) for c in range(max(by_class) + 1)]
+    return values
 
 
 def table(rows: list[dict]) -> str:

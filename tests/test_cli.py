@@ -46,6 +46,7 @@ def _audit_args(s: dict, out: Path, *extra: str) -> list[str]:
         "--temperature",
         "20",
         "--no-progress",
+        "--no-verdict",  # the verdict's own tests judge; these check the pipeline
         *extra,
     ]
 

@@ -14,7 +14,7 @@ from kdcore.errors import InputError
 from kdcore.models.spec import ModelSpec
 from kdcore.report import evaluation_only_of, flip_matrix_of, verdict_of
 from kdcore.verdict.detectors import ac_evidence, nc_evidence
-from kdcore.verdict.evidence import Evidence
+from kdcore.verdict.evidence import METHODS, Evidence
 from kdcore.verdict.kd_disagreement import (
     KD_MIN_SPREAD,
     binomial_tail,
@@ -31,7 +31,7 @@ from kdcore.verdict.recovered_trigger import (
     trigger_supports,
 )
 from kdcore.verdict.rescore import rescore
-from kdcore.verdict.rule import WEIGHTS, combine, verdict_text
+from kdcore.verdict.rule import WEIGHTS, agree, verdict_text
 
 NAMES = tuple(f"c{i}" for i in range(10))
 
@@ -50,7 +50,7 @@ def test_backdoor_needs_two_pieces_on_a_class_one_of_them_the_recovered_trigger(
         ev("recovered-trigger", "backdoor", [7]),
         ev("activation-clustering", "no_evidence"),
     ]
-    v = combine(pieces, NAMES)
+    v = agree(pieces, NAMES)
     assert v.status == "backdoor" and v.target_classes == (7,) and v.target_names == ("c7",)
     assert v.confidence == pytest.approx((1 + 1 + 2) / (1 + 1 + 2 + 1))  # weight naming 7 / all weight
     assert "recovered trigger" in v.rule
@@ -63,21 +63,21 @@ def test_without_the_recovered_trigger_agreement_is_inconclusive():
         ev("activation-clustering", "backdoor", [7]),
         ev("recovered-trigger", "no_evidence"),
     ]
-    v = combine(pieces, NAMES)
+    v = agree(pieces, NAMES)
     assert v.status == "inconclusive" and v.target_classes == ()
     assert v.confidence == pytest.approx(1 - abs(3 - 2) / 5)  # balance of the two sides
 
 
 def test_the_recovered_trigger_alone_or_on_another_class_is_not_enough():
-    alone = combine([ev("recovered-trigger", "backdoor", [3]), ev("neural-cleanse", "no_evidence")], NAMES)
+    alone = agree([ev("recovered-trigger", "backdoor", [3]), ev("neural-cleanse", "no_evidence")], NAMES)
     assert alone.status == "inconclusive"
-    split = combine([ev("recovered-trigger", "backdoor", [3]), ev("neural-cleanse", "backdoor", [5])], NAMES)
+    split = agree([ev("recovered-trigger", "backdoor", [3]), ev("neural-cleanse", "backdoor", [5])], NAMES)
     assert split.status == "inconclusive" and split.target_classes == ()
 
 
 def test_two_targets_when_two_classes_each_pass():
     pieces = [ev("recovered-trigger", "backdoor", [2, 5]), ev("neural-cleanse", "backdoor", [2, 5])]
-    v = combine(pieces, NAMES)
+    v = agree(pieces, NAMES)
     assert v.status == "backdoor" and v.target_classes == (2, 5) and v.confidence == 1.0
 
 
@@ -87,19 +87,19 @@ def test_no_evidence_when_nothing_supports_a_backdoor():
         ev("neural-cleanse", "no_evidence"),
         ev("recovered-trigger", "no_evidence"),
     ]
-    v = combine(pieces, NAMES)
+    v = agree(pieces, NAMES)
     assert v.status == "no_evidence" and v.target_classes == ()
     assert v.confidence == pytest.approx(3 / 4)
 
 
 def test_inconclusive_when_nothing_could_decide():
-    v = combine([ev("kd-disagreement", "inconclusive")], NAMES)
+    v = agree([ev("kd-disagreement", "inconclusive")], NAMES)
     assert v.status == "inconclusive" and v.confidence == 1.0
-    assert combine([], NAMES).status == "inconclusive"
+    assert agree([], NAMES).status == "inconclusive"
 
 
 def test_report_schema_and_readers():
-    v = combine([ev("recovered-trigger", "backdoor", [7]), ev("kd-disagreement", "backdoor", [7])], NAMES).to_dict()
+    v = agree([ev("recovered-trigger", "backdoor", [7]), ev("kd-disagreement", "backdoor", [7])], NAMES).to_dict()
     assert set(v) == {"status", "target_classes", "target_names", "confidence", "rule", "evidence"}
     assert set(v["evidence"][0]) == {"method", "finding", "supports", "classes", "values"}
     assert 0 <= v["confidence"] <= 1 and v["target_classes"] == [7]
@@ -109,7 +109,11 @@ def test_report_schema_and_readers():
     assert "BACKDOOR → target c7" in verdict_text(v)
     with pytest.raises(ValueError):
         Evidence("strip", "x", "backdoor")
-    assert set(WEIGHTS) == {"kd-disagreement", "neural-cleanse", "recovered-trigger", "activation-clustering"}
+    assert (
+        set(WEIGHTS)
+        == set(METHODS)
+        == {"kd-disagreement", "neural-cleanse", "recovered-trigger", "activation-clustering", "known-trigger"}
+    )
 
 
 # --- statistics ---------------------------------------------------------------------------------

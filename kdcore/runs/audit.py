@@ -1,8 +1,9 @@
 """Audit of a user's model on a user's images (folders or zip archives): the `audit` run kind.
 
 Its inputs are an `AuditConfig` (kdcore.runs.configs: the model, its architecture, the image sets).
-Without a trigger (or with `--blind`) the audit gathers label-free evidence and writes a verdict
-(kdcore.verdict); a trigger given with --blind is then used for evaluation only.
+Every audit gathers label-free evidence and writes a verdict (kdcore.verdict) unless `--no-verdict`;
+a given trigger, measured on teacher and student, is one more piece of it (kdcore.verdict.known_trigger),
+or, with `--blind`, is used for evaluation only.
 `--known-poisons FILE` scores every detector (precision / recall); no method sees it.
 """
 
@@ -26,6 +27,7 @@ from kdcore.sandbox import load_model, load_unlabeled  # untrusted input: in a c
 from kdcore.stages import Stages
 from kdcore.triggers import Trigger
 from kdcore.verdict.gather import add_to_report, blind_audit
+from kdcore.verdict.known_trigger import known_trigger_evidence
 from kdcore.views import write_views
 
 
@@ -61,14 +63,19 @@ def run_audit(cfg: AuditConfig, run_dir: str | Path, on_progress: ProgressFn = n
             run_dir=run_dir,
         )
         report = out.report()
-        if cfg.blind or trigger is None:
+        if cfg.verdict or cfg.blind or trigger is None:
             student, s_spec = out.models["student"]
+            known = None
+            if trigger is not None and not cfg.blind and (report.get("teacher") or {}).get("asr") is not None:
+                known = known_trigger_evidence(
+                    report["teacher"]["asr"], report["student"]["asr"], trigger.target, spec.names
+                )
             blind = blind_audit(
                 teacher, student, spec, unlabeled, device,
                 table=out.table, train=train, poison_idx=poison_idx, student_spec=s_spec, seed=cfg.seed,
-                on_progress=on_progress, nc_params=cfg.neural_cleanse,
+                on_progress=on_progress, nc_params=cfg.neural_cleanse, known=known,
             )  # fmt: skip
-            add_to_report(report, blind, run_dir, trigger_given=trigger is not None)
+            add_to_report(report, blind, run_dir, trigger_given=trigger is not None and cfg.blind)
         on_progress("view", 0, 1, {})  # a stage of its own in the job log and the ETA
         views_s = write_views(RunContext(run_dir, "audit", resolved, spec, teacher, train, test, trigger, poison_idx))
         report.update(

@@ -46,7 +46,10 @@ class AuditConfig:
     train: str = setting("", "folder or zip, one sub-folder per class: enables detox + fine-tuning")
     test: str = setting("", "folder or zip, one sub-folder per class: enables clean_acc / poison_acc / asr")
     trigger: dict | None = setting(None, "a known trigger (Trigger.to_dict()): enables poison_acc and asr")
-    blind: bool = setting(False, "gather the verdict's evidence even when a trigger is given (it then only evaluates)")
+    verdict: bool = setting(
+        True, "judge the model (Neural Cleanse, clustering, the recovered trigger: the longest stage); off: quicker"
+    )
+    blind: bool = setting(False, "judge as if the trigger were unknown: a given trigger then only evaluates (asr)")
     known_poisons: str = setting("", "file of training-sample indices or file names that are poisons: precision/recall")
     neural_cleanse: dict = setting(factory=dict, help="the verdict's Neural Cleanse settings (kdcore defend --help)")
     max_unlabeled: int = setting(0, "use at most this many unlabelled images; 0 = all", min=0)

@@ -68,7 +68,7 @@ def demo_sizes(cfg: DemoConfig) -> Sizes:
 
 def audit_sizes(cfg: AuditConfig, unlabeled: int, train: int, test: int, classes: int) -> Sizes:
     sizes = _kd(cfg.kd, unlabeled, train, test, 2, trigger=cfg.trigger is not None)
-    if cfg.blind or cfg.trigger is None:
+    if cfg.verdict or cfg.blind or cfg.trigger is None:
         sizes += _verdict(cfg.neural_cleanse, classes, train)
     return (*sizes, ("view", NORM_IMAGES * 3 * FORWARD))
 

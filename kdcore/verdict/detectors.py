@@ -76,6 +76,9 @@ def ac_evidence(
         else "Activation clustering finds no class with a small, well-separated cluster"
     )
     values = {"poisoned_classes": poisoned, "flagged": n_flagged}
+    if rows:  # each class's silhouette, by class (the calibrated verdict reads it)
+        by_class = {int(r["class"]): r["silhouette"] for r in rows}
+        values["silhouette"] = [by_class.get(c) for c in range(max(by_class) + 1)]
     return Evidence(
         "activation-clustering", finding, "backdoor" if poisoned else "no_evidence", tuple(poisoned), values
     )

@@ -7,7 +7,7 @@ from typing import Literal
 
 Support = Literal["backdoor", "no_evidence", "inconclusive"]
 STATUSES = ("backdoor", "no_evidence", "inconclusive")
-METHODS = ("kd-disagreement", "neural-cleanse", "recovered-trigger", "activation-clustering")
+METHODS = ("kd-disagreement", "neural-cleanse", "recovered-trigger", "activation-clustering", "known-trigger")
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,23 @@ class Verdict:
     confidence: float
     rule: str  # one line: the rule that decided
     evidence: tuple[Evidence, ...]
+    # the calibrated verdict (kdcore.verdict.calibrated); None where no calibration is shipped
+    p_backdoor: float | None = None
+    target_probability: float | None = None  # P(the most likely target | backdoored)
+    likely_target: int | None = None  # the most likely target, whatever the status
+    class_probabilities: tuple[float, ...] = ()
+    rule_status: str | None = None  # what the pieces' agreement rule alone says (kdcore.verdict.rule)
 
     def to_dict(self) -> dict:
+        calibrated = {}
+        if self.p_backdoor is not None:
+            calibrated = {
+                "p_backdoor": round(self.p_backdoor, 4),
+                "likely_target": self.likely_target,
+                "target_probability": round(self.target_probability or 0.0, 4),
+                "class_probabilities": [round(p, 4) for p in self.class_probabilities],
+                "rule_status": self.rule_status,
+            }
         return {
             "status": self.status,
             "target_classes": list(self.target_classes),
@@ -51,4 +66,5 @@ class Verdict:
             "confidence": round(self.confidence, 4),
             "rule": self.rule,
             "evidence": [e.to_dict() for e in self.evidence],
+            **calibrated,
         }

@@ -83,10 +83,12 @@ def blind_audit(
     seed: int = 0,
     on_progress: ProgressFn = no_progress,
     nc_params: dict | None = None,
+    known: Evidence | None = None,
 ) -> BlindOutput:
     """Gather the four pieces of evidence and combine them (module docstring). `poison_idx` only
     scores activation clustering (precision / recall); no piece of evidence sees it. `nc_params`:
-    Neural Cleanse's settings (its config class; {} = its defaults)."""
+    Neural Cleanse's settings (its config class; {} = its defaults). `known`: the given trigger's piece
+    (kdcore.verdict.known_trigger), one more piece of evidence; None in a blind audit."""
     names: Sequence[str] = spec.names
     k = spec.num_classes
     timings: dict[str, float] = {}
@@ -151,7 +153,7 @@ def blind_audit(
     timings["recovered-trigger"] = time.perf_counter() - t0
     on_progress("recovered-trigger", 1, 1, {})
 
-    evidence = [kd, nc_ev, rt] + ([ac_ev] if ac_ev else [])
+    evidence = [kd, nc_ev, rt] + ([ac_ev] if ac_ev else []) + ([known] if known else [])
     return BlindOutput(
         verdict=combine(evidence, names),
         flip_matrix=out_flip,

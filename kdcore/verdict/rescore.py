@@ -7,6 +7,7 @@ from kdcore.defenses.base import get_defense
 from kdcore.verdict.detectors import AC_SILHOUETTE_THRESHOLD, AC_SIZE_THRESHOLD, ac_evidence, nc_evidence
 from kdcore.verdict.evidence import Evidence
 from kdcore.verdict.kd_disagreement import kd_evidence
+from kdcore.verdict.known_trigger import known_trigger_evidence
 from kdcore.verdict.recovered_trigger import trigger_evidence
 from kdcore.verdict.rule import combine
 
@@ -38,4 +39,8 @@ def rescore(report: dict) -> dict:
             ac = ac_evidence([], AC_SIZE_THRESHOLD, AC_SILHOUETTE_THRESHOLD, names, stored["poisoned_classes"])
     rt_v = old["recovered-trigger"]
     rt = trigger_evidence(rt_v.get("classes", []), rt_v.get("images", 0), candidate_classes(kd, nc, ac), names)
-    return combine([kd, nc, rt] + ([ac] if ac else []), names).to_dict()
+    known = []
+    if "known-trigger" in old:
+        k = old["known-trigger"]
+        known = [known_trigger_evidence(k["teacher_asr"], k["student_asr"], k["target"], names)]
+    return combine([kd, nc, rt] + ([ac] if ac else []) + known, names).to_dict()

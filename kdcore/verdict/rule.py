@@ -17,7 +17,13 @@ supports ("backdoor" naming classes, "no_evidence", or "inconclusive" when it co
                           (kdcore.defenses.activation_clustering; only with a training set)
 (each piece's module reads its method's numbers into an `Evidence`; kdcore.verdict.gather runs them)
 
-The rule (`combine`), deterministic:
+The status (`combine`) comes from the calibrated probability (kdcore.verdict.calibrated: P(backdoor)
+fitted on the model zoo's calibration part, shipped in calibration.json): backdoor at P ≥ t_hi,
+no_evidence at P ≤ t_lo, inconclusive between, the target being the most likely class; confidence is
+P for backdoor, 1 − P for no_evidence. The pieces' agreement rule below (`agree`) is kept beside it
+(`rule_status`), and decides alone where no calibration is shipped.
+
+The agreement rule (`agree`), deterministic:
   1. backdoor      when ≥ 2 pieces name the same class and one of them is the recovered trigger's
                    teacher/student gap; the target classes are every class that passes;
   2. no_evidence   else, when no piece supports a backdoor and at least one piece says no_evidence;
@@ -37,16 +43,90 @@ calibrated by the verdict benchmark (benchmarks/verdict.py --rescore).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from dataclasses import replace
 
 from kdcore.report import verdict_of
+from kdcore.verdict.calibrated import CALIBRATION_FILE, Calibration, load
 from kdcore.verdict.evidence import Evidence, Verdict
 
-WEIGHTS = {"kd-disagreement": 1.0, "neural-cleanse": 1.0, "recovered-trigger": 2.0, "activation-clustering": 1.0}
+WEIGHTS = {
+    "kd-disagreement": 1.0,
+    "neural-cleanse": 1.0,
+    "recovered-trigger": 2.0,
+    "activation-clustering": 1.0,
+    "known-trigger": 2.0,
+}
+KNOWN = "known-trigger"  # a measurement, not an inference: when it supports a backdoor, it decides
 REQUIRED = "recovered-trigger"  # the piece every backdoor verdict needs (see the rule above)
 
 
-def combine(evidence: Sequence[Evidence], class_names: Sequence[str] = ()) -> Verdict:
+@functools.cache
+def shipped_calibration() -> Calibration | None:
+    """The calibration fitted on the zoo (kdcore/verdict/calibration.json), None where none is shipped."""
+    return load() if CALIBRATION_FILE.is_file() else None
+
+
+def combine(
+    evidence: Sequence[Evidence], class_names: Sequence[str] = (), calibration: Calibration | None = None
+) -> Verdict:
+    """The verdict from the pieces of evidence: the calibrated probability's status (`calibrated`)
+    where a calibration is shipped (or given), the pieces' agreement rule (`agree`) otherwise."""
+    ruled = agree(evidence, class_names)
+    cal = calibration or shipped_calibration()
+    verdict = calibrated(ruled, cal, class_names) if cal else ruled
+    known = next((e for e in verdict.evidence if e.method == KNOWN and e.supports == "backdoor"), None)
+    if known is None:
+        return verdict
+    names = tuple(class_names[c] if c < len(class_names) else str(c) for c in known.classes)
+    t, s = known.values["teacher_asr"], known.values["student_asr"]
+    rule = f"the given trigger captures the teacher ({100 * t:.0f} %) but not the student ({100 * s:.0f} %)"
+    if verdict.p_backdoor is not None:
+        rule += f"; the other evidence alone: P(backdoor) = {verdict.p_backdoor:.2f}"
+    confidence = max(verdict.confidence if verdict.status == "backdoor" else 0.0, t - s)
+    return replace(
+        verdict, status="backdoor", target_classes=known.classes, target_names=names, confidence=confidence, rule=rule
+    )
+
+
+def calibrated(ruled: Verdict, cal: Calibration, class_names: Sequence[str]) -> Verdict:
+    """`ruled` with the calibrated P(backdoor) deciding the status (kdcore.verdict.calibrated)."""
+    values = {e.method: e.values for e in ruled.evidence if e.method != KNOWN}
+    nc_l1 = values.get("neural-cleanse", {}).get("l1") or []
+    k = len(class_names) or len(nc_l1)
+    if not k:
+        return ruled
+    j = cal.judge(values, k)
+    name = class_names[j.target] if j.target < len(class_names) else str(j.target)
+    targets = (j.target,) if j.status == "backdoor" else ()
+    confidence = {"backdoor": j.p_backdoor, "no_evidence": 1.0 - j.p_backdoor}.get(
+        j.status, max(j.p_backdoor, 1.0 - j.p_backdoor)
+    )
+    n = cal.fitted.get("models", "?")
+    cut = {"backdoor": f"≥ {cal.t_hi:g}", "no_evidence": f"≤ {cal.t_lo:g}"}.get(
+        j.status, f"between {cal.t_lo:g} and {cal.t_hi:g}"
+    )
+    rule = (
+        f"P(backdoor) = {j.p_backdoor:.2f} {cut} (calibrated on {n} models of the zoo); most likely target "
+        f"{name} ({100 * j.target_probability:.0f} % of the target probability)"
+    )
+    return replace(
+        ruled,
+        status=j.status,
+        target_classes=targets,
+        target_names=(name,) if targets else (),
+        confidence=confidence,
+        rule=rule,
+        p_backdoor=j.p_backdoor,
+        target_probability=j.target_probability,
+        likely_target=j.target,
+        class_probabilities=j.class_probabilities,
+        rule_status=ruled.status,
+    )
+
+
+def agree(evidence: Sequence[Evidence], class_names: Sequence[str] = ()) -> Verdict:
     """The verdict from the pieces of evidence (the rule of the module docstring)."""
     evidence = tuple(evidence)
     backing: dict[int, list[str]] = {}
@@ -89,7 +169,8 @@ def verdict_text(v: dict) -> str:
     """A report's verdict dict as a few lines for the terminal."""
     head = {"backdoor": "BACKDOOR", "no_evidence": "no evidence of a backdoor", "inconclusive": "inconclusive"}
     target = f" → target {', '.join(v['target_names'])}" if v.get("target_names") else ""
-    lines = [f"Verdict: {head.get(v['status'], v['status'])}{target} (confidence {v['confidence']:.2f})"]
+    p = f"P(backdoor) {v['p_backdoor']:.2f}, " if v.get("p_backdoor") is not None else ""
+    lines = [f"Verdict: {head.get(v['status'], v['status'])}{target} ({p}confidence {v['confidence']:.2f})"]
     lines.append(f"  rule: {v['rule']}")
     lines += [f"  [{e['supports']}] {e['method']}: {e['finding']}" for e in v.get("evidence", [])]
     return "\n".join(lines)

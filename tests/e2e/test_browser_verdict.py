@@ -15,7 +15,7 @@ def test_blind_audit_shows_the_verdict_card(server, page, digits_files, tmp_path
     url, data = server["url"], server["data"]
     upload_digits(page, url, digits_files, tmp_path)
     digits_trigger(page)
-    page.get_by_text("Also judge the model without the trigger (the verdict)").click()
+    page.get_by_text("Judge the model as if the trigger were unknown (blind)").click()
     page.wait_for_timeout(700)
     page.get_by_text("Hyperparameters").click()
     for key, value in (("kd_epochs", "3"), ("ft_epochs", "1")):  # a short audit: the card is what is tested

@@ -98,6 +98,7 @@ def _audit_args(files: dict, model: Path, out: Path, *extra: str) -> list[str]:
         "audit",
         *("--model", str(model), "--unlabeled", str(files["unlabeled"]), "--train", str(files["train"])),
         *("--test", str(files["test"]), "--trigger", "badnets:target=7,size=2,margin=0", "--max-unlabeled", "200"),
+        "--no-verdict",
         *("--kd-epochs", "1", "--ft-epochs", "1", "--device", "cpu", "--out", str(out), "--no-progress"),
         *extra,
     ]

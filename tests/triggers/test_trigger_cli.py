@@ -128,6 +128,7 @@ def test_tiny_audit_measures_asr_on_a_triggered_test_set(digits_files, tmp_path,
     argv = ["audit", "--model", str(digits_files["model"]), "--unlabeled", str(digits_files["unlabeled"])]
     argv += ["--test", str(digits_files["test"]), "--triggered-test", str(tmp_path / "trig"), "--target", "7"]
     argv += ["--out", str(out), "--device", "cpu", "--no-progress", "--kd-epochs", "1", "--max-unlabeled", "100"]
+    argv += ["--no-verdict"]
     assert main(argv) == 0, capsys.readouterr().err
     rep = json.loads((out / "report.json").read_text())
     teacher, spec = load_model(digits_files["model"], None, torch.device("cpu"))
@@ -152,6 +153,7 @@ def test_a_full_size_pattern_with_a_mask_needs_no_x_y(digits_files, tmp_path, ca
     argv = ["audit", "--model", str(digits_files["model"]), "--unlabeled", str(digits_files["unlabeled"])]
     argv += ["--test", str(digits_files["test"]), "--trigger", f"patch:image={image},mask={mask_file},target=7"]
     argv += ["--out", str(out), "--device", "cpu", "--no-progress", "--kd-epochs", "1", "--max-unlabeled", "100"]
+    argv += ["--no-verdict"]
     assert main(argv) == 0, capsys.readouterr().err
     rep = json.loads((out / "report.json").read_text())
     assert rep["config"]["trigger"]["x"] is None and rep["config"]["trigger"]["mask"] == str(mask_file)
