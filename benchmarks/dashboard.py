@@ -61,6 +61,7 @@ def start_dashboard(
     if secrets is not None:
         args += ["--secrets", str(secrets)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "KDAUDIT_HOME": str(data)}
+    env.pop("KDAUDIT_SECRETS", None)  # log-in only where `secrets` asks for it, not from the caller's shell
     if tree != ROOT:
         env["PYTHONPATH"] = str(tree)
     with open(log, "a") as out:
