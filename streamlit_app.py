@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app import warmup
+from app import login, warmup
 
 st.set_page_config(page_title="kdaudit — backdoor audits", page_icon="🛡️", layout="wide")
 
@@ -17,6 +17,7 @@ PAGES = [
     st.Page("app_pages/explain.py", title="Explain", icon="🔥", url_path="explain"),
 ]
 try:
+    login.require_login()  # with log-in configured, nothing below runs until the user has logged in
     st.navigation(PAGES).run()
 finally:  # after the first page's script (whose imports it then shares), once per process, in the background
     warmup.start()

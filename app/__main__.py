@@ -1,6 +1,7 @@
 """Start the product: the dashboard and the process(es) that run its jobs, stopped together.
 
     python -m app [--port 8501] [--workers N] [--device auto] [--data-dir DIR] [--limit NAME=VALUE ...]
+                  [--secrets FILE]
     python -m app --executor ray [--ray-address ADDR] [--ray-cpus N] [--ray-resource NAME=AMOUNT ...]
 
 `--executor local` (the default) runs `--workers N` worker processes on this machine, one job each
@@ -13,6 +14,10 @@ Both are fresh processes (`python -m kdcore worker`), never forked from this one
 restarted (its jobs are then reaped as `interrupted` and can be retried). Ctrl-C or SIGTERM stops
 the dashboard and them. `--limit` (as `kdcore --limit`) reaches the dashboard and the jobs as
 KDAUDIT_LIMIT_* environment variables (`kdcore.limits`).
+
+Log-in (OpenID Connect, `app.login`) is on when the secrets hold an `[auth]` table: `--secrets FILE`
+(or KDAUDIT_SECRETS) names the file, else Streamlit's own `.streamlit/secrets.toml`. A half-written
+`[auth]` table, or a `--secrets` file that is missing or not TOML, is refused before anything starts.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from app.login_settings import SECRETS_ENV, auth_table, secrets_files
 from kdcore import limits
 from kdcore.cli.jobs import ray_resources
 from kdcore.errors import KDCoreError
@@ -65,10 +71,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME=AMOUNT",
         help="with --executor ray: a custom resource each job asks for, repeatable",
     )
+    ap.add_argument(
+        "--secrets",
+        default=os.environ.get(SECRETS_ENV),
+        metavar="FILE",
+        help="the secrets file whose [auth] table turns log-in on (default: Streamlit's .streamlit/secrets.toml)",
+    )
     a = ap.parse_args(argv)
     try:
         a.lim = limits.with_overrides(limits.from_env(), a.limit)
         ray_resources(a.ray_resource)
+        a.login = auth_table(secrets_files(a.secrets)) is not None
     except KDCoreError as e:
         ap.error(str(e))
     if a.executor == "ray":
@@ -81,6 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if a.ray_cpus is not None and a.ray_cpus <= 0:
         ap.error(f"--ray-cpus must be > 0; got {a.ray_cpus}")
     a.data_dir = str(Path(a.data_dir).resolve())
+    a.secrets = str(Path(a.secrets).expanduser().resolve()) if a.secrets else None
     return a
 
 
@@ -124,12 +138,14 @@ def main(argv: list[str] | None = None) -> int:
             str(a.port),
             "--server.address",
             a.address,
+            *(["--secrets.files", a.secrets] if a.secrets else []),
         ],
         cwd=ROOT,
         env=env,
     )
     runs = f"{len(commands)} worker(s)" if a.executor == "local" else f"Ray ({a.ray_address or 'one-machine cluster'})"
-    print(f"kdaudit: dashboard on http://localhost:{a.port}  ·  {runs}  ·  data in {data_dir}", flush=True)
+    who = "log-in required" if a.login else "single-user mode"
+    print(f"kdaudit: dashboard on http://localhost:{a.port}  ·  {who}  ·  {runs}  ·  data in {data_dir}", flush=True)
     stopping = False
 
     def stop(signum, frame) -> None:

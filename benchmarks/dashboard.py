@@ -46,17 +46,22 @@ def start_dashboard(
     tree: Path = ROOT,
     timeout: float = 120,
     port: int | None = None,
+    secrets: Path | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """`python -m app` from checkout `tree` on data dir `data` (also its KDAUDIT_HOME), output appended
     to `log`, in its own process group; returns (process, URL) once Streamlit says it is healthy.
     `workers`: the launcher's worker count (None = its default); `threads`: OMP_NUM_THREADS; `port`:
     None = a free one (a browser's HTTP cache is keyed by URL, port included, so a benchmark that
-    reuses a browser's cache across servers gives them all the same port)."""
+    reuses a browser's cache across servers gives them all the same port); `secrets`: a secrets file whose
+    [auth] table turns log-in on (benchmarks/login.py writes one)."""
     port = port or free_port()
     args = ["--port", str(port), "--address", "127.0.0.1", "--data-dir", str(data), "--device", "cpu"]
     if workers is not None:
         args += ["--workers", str(workers)]
+    if secrets is not None:
+        args += ["--secrets", str(secrets)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "KDAUDIT_HOME": str(data)}
+    env.pop("KDAUDIT_SECRETS", None)  # log-in only where `secrets` asks for it, not from the caller's shell
     if tree != ROOT:
         env["PYTHONPATH"] = str(tree)
     with open(log, "a") as out:

@@ -46,7 +46,7 @@ SMOKE: dict[str, tuple[list[str], str, set[str], bool]] = {
 
 
 # Modules the scripts import, not run on their own
-HELPERS = {"common.py", "dashboard.py"}
+HELPERS = {"common.py", "dashboard.py", "login.py"}
 
 
 def scripts() -> list[str]:

@@ -1,10 +1,13 @@
 """The browser tests' shared pieces: the dashboard (`python -m app`, dashboard + worker) as a
-module-scoped server, one headless Chromium page per module, and the steps several tests repeat
+module-scoped server (`server`; `login_server`: with log-in through a real OpenID Connect provider on
+localhost, benchmarks/login.py), one headless Chromium page per module (`page`, `login_page`), and the
+steps several tests repeat
 (waiting for a job, opening a page once it has drawn, uploading the digits model and its data).
 Screenshots go to $KDAUDIT_SCREENSHOTS (default build/screenshots)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -13,12 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.dashboard import CHROMIUM, FLAGS, start_dashboard, stop_dashboard
+from benchmarks.dashboard import CHROMIUM, FLAGS, free_port, start_dashboard, stop_dashboard
+from benchmarks.login import start_provider, stop_provider, write_secrets
 from kdcore.jobs.store import JobStore
 from tests.conftest import screenshot_name
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = Path(os.environ.get("KDAUDIT_SCREENSHOTS", ROOT / "build" / "screenshots"))
+NAV_LINK = '[data-testid="stSidebarNavLink"]'  # one per page in the sidebar's navigation
 
 
 def shot(page, title: str, variant: str = "") -> None:
@@ -42,7 +47,28 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def login_server(tmp_path_factory):
+    """As `server`, with log-in on: npm's oidc-provider (tests/oidc/provider.js) on a free port with the
+    accounts of benchmarks/login.py's ACCOUNTS, and the dashboard started with a secrets file pointing at
+    it (outside the data directory). "url" is http://localhost:PORT, the host of its redirect URI (the
+    log-in cookie is the host's); "provider" is the running provider."""
+    data = tmp_path_factory.mktemp("e2e-login-home")
+    port = free_port()
+    provider = start_provider(port, data / "provider.log")
+    try:
+        secrets = write_secrets(tmp_path_factory.mktemp("e2e-secrets"), provider)
+        proc, _ = start_dashboard(data, data / "server.log", port=port, secrets=secrets)
+    except BaseException:
+        stop_provider(provider)
+        raise
+    yield {"url": f"http://localhost:{port}", "data": data, "provider": provider}
+    stop_dashboard(proc)
+    stop_provider(provider)
+
+
+@contextlib.contextmanager
+def chromium_page():
+    """One headless Chromium (Debian's) and one page in it, 1400 × 1000."""
     assert Path(CHROMIUM).exists(), "Chromium is missing: ./scripts/setup.sh installs Debian's chromium"
     from playwright.sync_api import sync_playwright
 
@@ -53,6 +79,18 @@ def page(server):
         pg.set_default_timeout(60_000)
         yield pg
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with chromium_page() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="module")
+def login_page(login_server):
+    with chromium_page() as pg:
+        yield pg
 
 
 def wait_job(data: Path, job_id: int, timeout: float = 900) -> None:
