@@ -10,7 +10,8 @@ Scores per part (the README's headline numbers are the held-out part's): ROC-AUC
 TrojAI's cross-entropy (mean −log of the probability given to the truth, P clipped to [0.001, 0.999];
 chance at 0.5 is 0.693, TrojAI's round target half of that, 0.3465); the detection rate (status
 "backdoor" among backdoored models) and false-alarm rate (status "backdoor" among clean ones) at the
-shipped thresholds; the target right among detected; each with a 95 % bootstrap interval over models
+shipped thresholds; the target right among detected (poisoned models whose trigger sends under half of
+the test images to the target, MIN_ASR, are left out of fit and scores and listed: no backdoor took); each with a 95 % bootstrap interval over models
 (2,000 resamples, seeded); the same per architecture and per attack; and a reliability diagram
 (docs/zoo_reliability.png: mean P against the share backdoored, in five bins). Results in
 benchmarks/results/zoo_score.json beside the printed table.
@@ -38,10 +39,20 @@ from benchmarks.common import log, smoke_args, write_result  # noqa: E402
 from kdcore.verdict.calibrated import CALIBRATION_FILE, FEATURES, Calibration, class_features, load, save  # noqa: E402
 
 T_LO, T_HI = 0.2, 0.5  # fixed before any fit: no_evidence at P ≤ 0.2, backdoor at P ≥ 0.5
+MIN_ASR = 0.5  # a poisoned model whose trigger sends fewer test images to the target has no backdoor to find
 FOLDS = 5
 BOOT = 2000
 EPS = 0.001
 PICTURE = ROOT / "docs" / "zoo_reliability.png"
+
+
+def implanted(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the rows to fit and score, the poisoned models whose backdoor did not take: attack success on the
+    test set < MIN_ASR). As in TrojAI, a model counts as backdoored when its trigger works; one poisoned
+    in vain is neither a backdoored model (nothing to find) nor a clean one (its training was poisoned)."""
+    failed = [r for r in rows if r["truth"]["backdoored"] and (r["truth"].get("asr") or 0.0) < MIN_ASR]
+    names = {r["name"] for r in failed}
+    return [r for r in rows if r["name"] not in names], failed
 
 
 def model_rows(rows: list[dict], k: int = 10) -> list[tuple[list[list[float]], bool, int | None]]:
@@ -249,7 +260,7 @@ def synthetic_rows(n: int = 24) -> list[dict]:
         rt = [{"class": c, "teacher_flip": 0.97, "student_flip": 0.97 - gap[c], "gap": gap[c]} for c in range(10)]
         evidence = {"neural-cleanse": {"values": {"l1": l1}}, "recovered-trigger": {"values": {"classes": rt}}}
         part = "calibration" if i < n // 2 else "heldout"
-        truth = {"backdoored": bad, "target": target}
+        truth = {"backdoored": bad, "target": target, "asr": 0.95 if bad else None}
         attack = "badnets" if bad else "clean"
         rows.append({"name": f"synthetic-{i}", "part": part, "arch": "paper-cnn", "attack": attack, "hard": "",
                      "truth": truth, "evidence": evidence})  # fmt: skip
@@ -270,7 +281,9 @@ def main() -> None:
         zoo = {"rows": synthetic_rows(), "setup": {"synthetic": True}}
     else:
         zoo = json.loads((a.zoo or a.results / "zoo.json").read_text())
-    rows = zoo["rows"]
+    rows, failed = implanted(zoo["rows"])
+    if failed:
+        log(f"left out, their backdoor did not take (asr < {MIN_ASR}): {', '.join(r['name'] for r in failed)}")
     cal_rows = [r for r in rows if r["part"] == "calibration"]
     if a.fit or a.smoke:
         about = {"source": "benchmarks/results/zoo.json, calibration part", "setup": zoo.get("setup")}
@@ -290,6 +303,7 @@ def main() -> None:
     print(table(parts), flush=True)
     write_result("zoo_score", "calibrate.py", torch.device("cpu"), {
         "thresholds": {"t_lo": cal.t_lo, "t_hi": cal.t_hi}, "calibration": cal.fitted, "parts": parts,
+        "implant_failed": [{"name": r["name"], "part": r["part"], "asr": r["truth"].get("asr")} for r in failed],
         "heldout_by_arch": by(held, lambda s: s["arch"]),
         "heldout_by_attack": by(held, attack_kind),
         "reliability": curves, "table": table(parts), "models": scored,

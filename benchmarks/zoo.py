@@ -195,8 +195,12 @@ def run(a: argparse.Namespace, out: Path) -> None:
 
     save()
     log(f"{len(rows)} of {len(rs)} models done; {len(todo)} to make and audit (out: {out})")
+    # training processes and audit workers run side by side: each gets its share of the cores (torch's
+    # threads spin-wait, so 4 threads on 2 cores made both ~15× slower than alone, measured)
+    threads = max(1, (os.cpu_count() or 1) // (2 * a.workers))
+    if a.executor == "local":
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # the audit workers' share (start_workers)
     audits = Audits(out, a.executor, a.workers, a.device, a.ray_address)
-    threads = max(1, (os.cpu_count() or 1) // a.workers)
     ctx = multiprocessing.get_context("spawn")  # no forked torch state in the training processes
     pending: dict[int, tuple[Recipe, Made]] = {}
     with ProcessPoolExecutor(a.workers, mp_context=ctx, initializer=_threads, initargs=(threads,)) as pool:

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.calibrate import fit, model_rows, synthetic_rows  # noqa: E402
+from benchmarks.calibrate import fit, implanted, model_rows, synthetic_rows  # noqa: E402
 from kdcore.verdict.calibrated import CALIBRATION_FILE, FEATURES, Calibration, class_features, load  # noqa: E402
 from kdcore.verdict.evidence import Evidence  # noqa: E402
 from kdcore.verdict.known_trigger import known_trigger_evidence  # noqa: E402
@@ -99,7 +99,7 @@ def test_combine_takes_the_status_from_the_probability_and_keeps_the_rule_beside
 def test_the_shipped_calibration_is_what_the_documented_command_fits_on_the_calibration_part():
     cal = load()
     zoo = json.loads((ROOT / "benchmarks" / "results" / "zoo.json").read_text())
-    calibration = [r for r in zoo["rows"] if r["part"] == "calibration"]
+    calibration = [r for r in implanted(zoo["rows"])[0] if r["part"] == "calibration"]
     assert cal.fitted["models"] == len(calibration) >= 30
     assert cal.fitted["backdoored"] == sum(r["truth"]["backdoored"] for r in calibration)
     refit = fit(model_rows(calibration), cal.fitted)
