@@ -10,10 +10,11 @@ Scores per part (the README's headline numbers are the held-out part's): ROC-AUC
 TrojAI's cross-entropy (mean −log of the probability given to the truth, P clipped to [0.001, 0.999];
 chance at 0.5 is 0.693, TrojAI's round target half of that, 0.3465); the detection rate (status
 "backdoor" among backdoored models) and false-alarm rate (status "backdoor" among clean ones) at the
-shipped thresholds; the target right among detected (poisoned models whose trigger sends under half of
-the test images to the target, MIN_ASR, are left out of fit and scores and listed: no backdoor took); each with a 95 % bootstrap interval over models
+shipped thresholds; the target right among detected; each with a 95 % bootstrap interval over models
 (2,000 resamples, seeded); the same per architecture and per attack; and a reliability diagram
-(docs/zoo_reliability.png: mean P against the share backdoored, in five bins). Results in
+(docs/zoo_reliability.png: mean P against the share backdoored, in five bins). Poisoned models whose
+trigger sends under half of the test images to the target (MIN_ASR) are left out of fit and scores, and
+listed: no backdoor took. Results in
 benchmarks/results/zoo_score.json beside the printed table.
 
 `--smoke`: fits and scores a synthetic set of rows (two well-separated groups), to check the plumbing.
