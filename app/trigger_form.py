@@ -17,7 +17,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from app.state import show_error, store
+from app.state import access, show_error
 from app.uploads import image_types, save_upload
 from kdcore import sandbox
 from kdcore.errors import KDCoreError
@@ -94,7 +94,7 @@ def recovered_runs() -> list[tuple[int, str, str]]:
     """(job id, label, run dir) of finished jobs whose evidence holds a recovered trigger, newest first."""
     return [
         (j.id, j.label or j.kind, j.run_dir)
-        for j in store().list(("succeeded",))
+        for j in access().jobs(("succeeded",))
         if j.run_dir and (Path(j.run_dir) / RECOVERED_FILE).is_file()
     ]
 

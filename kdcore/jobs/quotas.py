@@ -46,7 +46,7 @@ def upload_bytes(c: sqlite3.Connection, owner: str) -> int:
     return int(c.execute("SELECT COALESCE(SUM(bytes), 0) FROM uploads WHERE owner=?", (owner,)).fetchone()[0])
 
 
-def _size(n: float) -> str:
+def size_in_words(n: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
@@ -62,8 +62,8 @@ def charge_upload(c: sqlite3.Connection, owner: str, path: str, nbytes: int, lim
     used = upload_bytes(c, owner)
     if used + nbytes > limit:
         raise QuotaError(
-            f"This upload ({_size(nbytes)}) would bring your stored uploads to {_size(used + nbytes)}, above "
-            f"your quota of {_size(limit)}; it was not stored. Ask the server's admin to raise your upload quota."
+            f"This upload ({size_in_words(nbytes)}) would bring your stored uploads to {size_in_words(used + nbytes)}, above "
+            f"your quota of {size_in_words(limit)}; it was not stored. Ask the server's admin to raise your upload quota."
         )
     c.execute("INSERT INTO uploads VALUES (?, ?, ?, ?)", (owner, path, int(nbytes), time.time()))
     return True
