@@ -61,9 +61,10 @@ def charge_upload(c: sqlite3.Connection, owner: str, path: str, nbytes: int, lim
         return False
     used = upload_bytes(c, owner)
     if used + nbytes > limit:
+        after, quota = size_in_words(used + nbytes), size_in_words(limit)
         raise QuotaError(
-            f"This upload ({size_in_words(nbytes)}) would bring your stored uploads to {size_in_words(used + nbytes)}, above "
-            f"your quota of {size_in_words(limit)}; it was not stored. Ask the server's admin to raise your upload quota."
+            f"This upload ({size_in_words(nbytes)}) would bring your stored uploads to {after}, above your quota "
+            f"of {quota}; it was not stored. Ask the server's admin to raise your upload quota."
         )
     c.execute("INSERT INTO uploads VALUES (?, ?, ?, ?)", (owner, path, int(nbytes), time.time()))
     return True

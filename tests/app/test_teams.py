@@ -122,7 +122,7 @@ def test_after_alice_shares_bob_reads_but_cannot_review_and_the_admin_trail_show
     assert not cand.exception and not refused(cand)
     assert any("not judge its samples" in i.value for i in cand.info)
     assert cand.button(key="bulk-poison").disabled and cand.button(key="refine").disabled
-    assert ("retry-%d" % ids["failed"]) not in {b.key for b in open_as(BOB, "jobs").button}  # not shared
+    assert f"retry-{ids['failed']}" not in {b.key for b in open_as(BOB, "jobs").button}  # not shared
 
     admin = open_as(ROOT_USER, "jobs")
     assert not admin.exception
@@ -141,7 +141,7 @@ def _trail_csv(store: JobStore) -> str:
 
 
 def test_an_admin_sees_every_users_jobs_and_may_cancel_them(team):
-    store, ids = team
+    store, _ = team
     bob = open_as(BOB, "home")
     bob = bob.button(key="demo_quick").click().run()
     demo = store.list()[0]
@@ -156,7 +156,7 @@ def test_an_admin_sees_every_users_jobs_and_may_cancel_them(team):
 
 
 def test_a_full_job_quota_refuses_the_next_submit_and_spares_another_user(team, monkeypatch):
-    store, ids = team
+    store, _ = team
     monkeypatch.setattr(limits, "_current", Limits(quota_jobs=1))
     bob = open_as(BOB, "home").button(key="demo_quick").click().run()
     first = store.list()[0]
@@ -171,7 +171,7 @@ def test_a_full_job_quota_refuses_the_next_submit_and_spares_another_user(team, 
 
 
 def test_a_full_upload_quota_refuses_the_upload_before_it_is_stored(team, monkeypatch):
-    store, ids = team
+    store, _ = team
     monkeypatch.setattr(limits, "_current", Limits(quota_upload_bytes=1000))
     big = os.urandom(1500)
     bob = open_as(BOB, "new_audit")
