@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from app.state import access, show_error
-from app.uploads import image_types, save_upload
+from app.uploads import image_types, upload_ui
 from kdcore import sandbox
 from kdcore.errors import KDCoreError
 from kdcore.triggers import Patch, Trigger
@@ -35,7 +35,7 @@ _SWATCH_CSS = "<style>.st-key-{key} [data-testid='stColorPickerBlock'] {{ border
 
 def _uploaded(label: str, key: str, types: list[str], help: str | None = None) -> str:
     up = st.file_uploader(label, type=types, key=key, help=help)
-    return str(save_upload(up.getvalue(), up.name)) if up is not None else ""
+    return str(upload_ui(up) or "")
 
 
 def rgb_of(hexcol: str) -> list[int]:
@@ -126,7 +126,7 @@ def preview_source(files: list | None) -> str:
         return ""
     ok = {f".{e}" for e in image_types()} | {".zip"}
     first = next((f for f in files if Path(f.name).suffix.lower() in ok), None)
-    return str(save_upload(first.getvalue(), first.name)) if first is not None else ""
+    return str(upload_ui(first) or "")
 
 
 def _shown(x: torch.Tensor) -> np.ndarray:

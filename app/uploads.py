@@ -63,6 +63,8 @@ def _kept(path: Path, nbytes: int, write) -> None:
 
 def upload_ui(up) -> Path | None:
     """A file uploader's file stored (`save_upload`), or None with the reason shown (e.g. over quota)."""
+    if up is None:
+        return None
     try:
         return save_upload(up.getvalue(), up.name)
     except KDCoreError as e:
