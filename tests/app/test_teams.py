@@ -183,3 +183,17 @@ def test_a_full_upload_quota_refuses_the_upload_before_it_is_stored(team, monkey
     small = os.urandom(500)
     alice.file_uploader(key="model_file").set_value([("alice-model.pt", small, "application/octet-stream")]).run()
     assert [p.read_bytes() for p in store.data_dir.glob("uploads/*/alice-model.pt")] == [small]
+
+
+def test_a_download_is_written_to_the_trail_when_clicked_not_when_the_button_is_drawn(team):
+    from app.state import downloaded
+
+    store, ids = team
+    job = store.get(ids["alice"])
+    fetch = downloaded(job, "report.json", lambda: b"{}")  # outside a session: the local admin, as the CLI
+    assert Access(store, LOCAL_USER).trail() == []
+    assert fetch() == b"{}" and downloaded(job, "models CSV", "a,b\n")() == "a,b\n"
+    assert [(e.subject, e.action, e.detail) for e in reversed(Access(store, LOCAL_USER).trail())] == [
+        ("local", "downloaded", "report.json"),
+        ("local", "downloaded", "models CSV"),
+    ]

@@ -5,9 +5,12 @@ configs, queued and never run (nothing here needs a worker)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,7 @@ from tests.conftest import TINY_DEMO
 
 ALICE, BOB, ROOT = User("alice-sub", "Alice"), User("bob-sub", "Bob"), User("root-sub", "Root", is_admin=True)
 OLD_STORE = Path(__file__).parent / "data" / "store_before_owners.sqlite3"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def demo(tmp_path: Path) -> dict:
@@ -182,3 +186,28 @@ def test_a_store_written_by_the_code_before_owners_opens_with_every_row_the_loca
     new = local.submit("demo", demo(tmp_path))
     assert new.owner == "local" and new.id == 3
     assert local.review(1, [3], "clean") == 1
+
+
+def test_nobody_signed_in_sees_nothing_and_may_neither_submit_nor_upload(store, tmp_path):
+    Access(store, ALICE).submit("demo", demo(tmp_path))
+    nobody = Access(store, User(""))
+    assert nobody.jobs() == []
+    with pytest.raises(AccessError, match="Sign in"):
+        nobody.submit("demo", demo(tmp_path))
+    with pytest.raises(AccessError, match="Sign in"):
+        nobody.keep_upload(store.data_dir / "uploads" / "aa" / "m.pt", 10)
+
+
+def test_the_cli_works_on_a_migrated_store_as_the_local_user(tmp_path):
+    shutil.copy(OLD_STORE, tmp_path / "jobs.sqlite3")
+    cli = [sys.executable, "-m", "kdcore", "jobs"]
+    listed = subprocess.run(
+        [*cli, "list", "--json", "--data-dir", str(tmp_path)], capture_output=True, text=True, cwd=REPO
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert [(j["id"], j["owner"]) for j in json.loads(listed.stdout)] == [(2, "local"), (1, "local")]
+    cancel = subprocess.run(
+        [*cli, "cancel", "2", "--data-dir", str(tmp_path)], capture_output=True, text=True, cwd=REPO
+    )
+    assert cancel.returncode == 0, cancel.stderr
+    assert JobStore(tmp_path).get(2).state == "cancelled"
