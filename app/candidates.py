@@ -26,10 +26,11 @@ from app.review_queue import (
     review_counts,
     thumbnail,
 )
-from app.state import fmt_time, reviews
+from app.state import access, downloaded, fmt_time, reviews
 from app.svg import Bars, Mark, histogram_svg
 from kdcore.candidates import Candidate
 from kdcore.data.imageset import ImageSet
+from kdcore.errors import KDCoreError
 from kdcore.jobs.review import VERDICTS, Verdict
 from kdcore.jobs.store import Job
 
@@ -196,14 +197,24 @@ def pager_ui(n: int) -> int:
     return (int(page) - 1) * PAGE_SIZE
 
 
-def _bulk(run_dir: str, samples: list[int], verdict: str | None) -> None:
-    n = reviews().set(run_dir, samples, verdict, reviewer=_reviewer(), note="bulk: page")
+def _review(job_id: int, samples: list[int], verdict: str | None, note: str = "") -> int:
+    """Set verdicts as the signed-in user (who needs the review role: `Access.review`); 0 when refused."""
+    try:
+        return access().review(job_id, samples, verdict, reviewer=_reviewer(), note=note)
+    except KDCoreError as e:  # a share taken back while the page was open
+        st.toast(str(e), icon="🔒")
+        return 0
+
+
+def _bulk(job_id: int, samples: list[int], verdict: str | None) -> None:
+    n = _review(job_id, samples, verdict, note="bulk: page")
     what = f"as {verdict}" if verdict else "cleared"
     st.toast(f"{n} verdict{'s' * (n != 1)} {what}.")
 
 
-def bulk_actions_ui(job: Job, page_rows: Sequence[Candidate]) -> None:
-    """Buttons that set (or clear) the verdict of every sample on the current page."""
+def bulk_actions_ui(job: Job, page_rows: Sequence[Candidate], can_review: bool = True) -> None:
+    """Buttons that set (or clear) the verdict of every sample on the current page (disabled for a
+    user who may only read the audit)."""
     samples = [r.index for r in page_rows]
     st.caption(f"Bulk actions on the {len(samples)} samples on this page:")
     cols = st.columns(4)
@@ -212,8 +223,8 @@ def bulk_actions_ui(job: Job, page_rows: Sequence[Candidate]) -> None:
             f"All {v}",  # short: four buttons share the width beside the pager
             key=f"bulk-{v}",
             on_click=_bulk,
-            args=(job.run_dir, samples, v),
-            disabled=not samples,
+            args=(job.id, samples, v),
+            disabled=not samples or not can_review,
             help=f"Mark every sample on this page {v}.",
             width="stretch",
         )
@@ -221,19 +232,26 @@ def bulk_actions_ui(job: Job, page_rows: Sequence[Candidate]) -> None:
         "Clear all",
         key="bulk-clear",
         on_click=_bulk,
-        args=(job.run_dir, samples, None),
-        disabled=not samples,
+        args=(job.id, samples, None),
+        disabled=not samples or not can_review,
         help="Clear the verdict of every sample on this page.",
         width="stretch",
     )
 
 
-def _on_verdict(run_dir: str, sample: int) -> None:
-    value = st.session_state[f"verdict-{sample}"]
-    reviews().set(run_dir, [sample], value, reviewer=_reviewer())
+def _on_verdict(job_id: int, sample: int) -> None:
+    _review(job_id, [sample], st.session_state[f"verdict-{sample}"])
 
 
-def _card(job: Job, r: Candidate, images: ImageSet, names: Mapping[int, str], v: Verdict | None, truth: bool) -> None:
+def _card(
+    job: Job,
+    r: Candidate,
+    images: ImageSet,
+    names: Mapping[int, str],
+    v: Verdict | None,
+    truth: bool,
+    can_review: bool = True,
+) -> None:
     with st.container(border=True, key=f"card-{r.index}"):
         if r.index < len(images):
             st.image(thumbnail(images.images[r.index]), caption=r.name)
@@ -254,8 +272,9 @@ def _card(job: Job, r: Candidate, images: ImageSet, names: Mapping[int, str], v:
             VERDICTS,
             key=key,
             on_change=_on_verdict,
-            args=(job.run_dir, r.index),
+            args=(job.id, r.index),
             label_visibility="collapsed",
+            disabled=not can_review,
         )
         if v:
             who = f" by {v.reviewer}" if v.reviewer else ""
@@ -273,6 +292,7 @@ def gallery_ui(
     verdicts: Mapping[int, Verdict],
     names: Mapping[int, str] | None = None,
     show_truth: bool = False,
+    can_review: bool = True,
 ) -> None:
     """A grid of sample cards (image, rank, name, label, predictions, score, verdict control)."""
     names = names or {}
@@ -284,16 +304,16 @@ def gallery_ui(
         cols = st.columns(GRID_COLUMNS)
         for col, r in zip(cols, rows_page[start : start + GRID_COLUMNS], strict=False):
             with col:
-                _card(job, r, images, names, verdicts.get(r.index), show_truth)
+                _card(job, r, images, names, verdicts.get(r.index), show_truth, can_review)
 
 
-def review_actions_ui(job: Job, n_verdicts: int) -> bool:
+def review_actions_ui(job: Job, n_verdicts: int, can_review: bool = True) -> bool:
     """Export and refine buttons (half the width each, so their labels fit at 1280 px); returns True
     when the reviewer asked to fine-tune again."""
     cols = st.columns(2)
     cols[1].download_button(
         "Export verdicts (CSV)",
-        data=reviews().to_csv(job.run_dir),
+        data=downloaded(job, "verdicts CSV", lambda: reviews().to_csv(job.run_dir)),
         file_name=f"verdicts-job-{job.id}.csv",
         mime="text/csv",
         key=KEYS["export"],
@@ -304,7 +324,7 @@ def review_actions_ui(job: Job, n_verdicts: int) -> bool:
         REFINE_LABEL,
         key=KEYS["refine"],
         type="primary",
-        disabled=n_verdicts == 0,
+        disabled=n_verdicts == 0 or not can_review,
         help=(
             "Queue a job that fine-tunes this run's student again: flagged samples are removed, except those "
             "you marked clean; samples you marked poison are removed too; unsure changes nothing."

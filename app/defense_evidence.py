@@ -21,7 +21,7 @@ from app.defense_charts import mask_norms_figure, pruning_sweep_figure
 from app.defenses import finding
 from app.results import model_zip
 from app.review_queue import thumbnail
-from app.state import fmt_duration, job_title
+from app.state import downloaded, fmt_duration, job_title
 from kdcore.jobs.store import Job
 from kdcore.report import METRICS, detection_of, evidence_of, models_of
 
@@ -248,7 +248,12 @@ def downloads_ui(job: Job) -> None:
         )
     for col, (label, data, file_name, mime) in zip(st.columns(max(len(items), 1)), items, strict=False):
         col.download_button(
-            f"⬇ {label}", data=data, file_name=file_name, mime=mime, key=f"defdl-{job.id}-{label}", on_click="ignore"
+            f"⬇ {label}",
+            data=downloaded(job, label, data),
+            file_name=file_name,
+            mime=mime,
+            key=f"defdl-{job.id}-{label}",
+            on_click="ignore",
         )
 
 

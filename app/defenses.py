@@ -15,7 +15,7 @@ import streamlit as st
 from app.defense_charts import defense_tradeoff_figure
 from app.defense_settings import params_from, settings_ui
 from app.results import load_report
-from app.state import STATE_ICON, fmt_duration, show_error, store
+from app.state import STATE_ICON, access, fmt_duration, show_error, store
 from app.uploads import check_model, save_upload
 from kdcore.candidates import count_of
 from kdcore.defenses import DEFENSES, Defense
@@ -88,14 +88,14 @@ def submit_defense(source: Job, method: str, params: dict[str, Any], clean_label
         "seed": int(seed),
         "device": "auto",
     }
-    return store().submit("defend", cfg, label=f"{method} on #{source.id}")
+    return access().submit("defend", cfg, label=f"{method} on #{source.id}")
 
 
 def defend_jobs(source: Job, states: tuple[str, ...] | None = None) -> list[Job]:
     """The defend jobs run on `source` (newest first)."""
     return [
         j
-        for j in store().list(states=states)
+        for j in access().jobs(states=states)
         if j.kind == "defend" and j.config.get("source_run") == source.run_dir and source.run_dir
     ]
 
@@ -103,7 +103,7 @@ def defend_jobs(source: Job, states: tuple[str, ...] | None = None) -> list[Job]
 def source_of(job: Job) -> Job | None:
     """The demo / audit job whose run a defend job ran on (None when the run is not a job here)."""
     run = job.config.get("source_run")
-    return next((j for j in store().list() if j.kind in ("demo", "audit") and j.run_dir == run), None) if run else None
+    return next((j for j in access().jobs() if j.kind in ("demo", "audit") and j.run_dir == run), None) if run else None
 
 
 def focus_from_url() -> int | None:
@@ -115,7 +115,7 @@ def focus_from_url() -> int | None:
         job = store().get(int(wanted))
     except InputError:
         return None
-    src = source_of(job) if job.kind == "defend" else None
+    src = source_of(job) if job.kind == "defend" and access().may(job) else None
     if src is None:
         return None
     st.query_params["job"] = str(src.id)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.state import reviews, store
+from app.state import access, reviews, store
 from app.words import in_words
 from kdcore.config import to_dict
 from kdcore.errors import KDCoreError
@@ -20,11 +20,11 @@ def submit_demo(quick: bool, seed: int = 0) -> Job:
     audit without a trigger would, and the known trigger only measures asr and poison_acc."""
     cfg = to_dict(DemoConfig.preset(quick, seed=seed, blind=True))
     cfg["cache_dir"] = str(store().data_dir / "cache")
-    return store().submit("demo", cfg, label=("quick demo" if quick else "full demo"))
+    return access().submit("demo", cfg, label=("quick demo" if quick else "full demo"))
 
 
 def submit_audit(config: dict, label: str = "") -> Job:
-    return store().submit("audit", config, label=label)
+    return access().submit("audit", config, label=label)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -49,13 +49,15 @@ def audit_refusal(config: dict) -> str:
 
 
 def submit_refine(source: Job, finetune: dict | None = None) -> Job:
-    """Fine-tune the source audit's student again with the reviewer's current verdicts."""
+    """Fine-tune the source audit's student again with the reviewer's current verdicts (a job of the
+    user's own, on an audit they may review)."""
+    access().open(source.id, "review", "reviewed", record=False)
     verdicts = sorted((s, v.verdict) for s, v in reviews().get(source.run_dir).items())
     cfg: dict = {"source_run": source.run_dir, "verdicts": verdicts}
     if finetune:
         cfg["finetune"] = finetune
     n = len(verdicts)
-    return store().submit("refine", cfg, label=f"#{source.id} + {n} verdict{'s' * (n != 1)}", parent_id=source.id)
+    return access().submit("refine", cfg, label=f"#{source.id} + {n} verdict{'s' * (n != 1)}", parent_id=source.id)
 
 
 def log_tail(job: Job, lines: int = 30) -> str:

@@ -293,7 +293,10 @@ def _python_file_ui(col) -> Section[tuple[str, dict] | None]:
     if why:
         st.error(why, icon="🚫")
         return Section(None, why)
-    path = save_upload(up.getvalue(), up.name, full_hash=True)
+    try:
+        path = save_upload(up.getvalue(), up.name, full_hash=True)
+    except KDCoreError as e:  # over the user's upload quota: nothing stored
+        return Section(None, show_error(e))
     return Section((f"file:{cls}", {"extra": kwargs, "source": str(path), "source_sha256": file_sha256(path)}))
 
 

@@ -18,8 +18,8 @@ import streamlit as st
 
 from app.placement import fan_outs
 from app.section import Section
-from app.state import STATE_ICON, fmt_duration, show_error, store
-from app.uploads import check_model, save_upload, stored_spec
+from app.state import STATE_ICON, access, downloaded, fmt_duration, show_error, store
+from app.uploads import check_model, safe_name, save_upload, stored_spec
 from app.words import reason_in_words
 from kdcore.errors import KDCoreError
 from kdcore.jobs.store import Job
@@ -47,8 +47,8 @@ def models_ui(uploads: list) -> Section[list[CheckedModel] | None]:
         return Section(None)
     checked, refused = [], []
     for up in uploads:
-        path = save_upload(up.getvalue(), up.name)
         try:
+            path = save_upload(up.getvalue(), up.name)
             spec = stored_spec(str(path))
             if spec is None:
                 raise KDCoreError(
@@ -57,7 +57,7 @@ def models_ui(uploads: list) -> Section[list[CheckedModel] | None]:
                 )
             check = check_model(str(path), json.dumps(spec.to_dict()))
         except KDCoreError as e:
-            refused.append(f"{path.name}: {show_error(e)}")
+            refused.append(f"{safe_name(up.name)}: {show_error(e)}")
             continue
         checked.append(CheckedModel(path, path.name, check.spec))
         st.caption(
@@ -89,11 +89,11 @@ def models_config(models: list[CheckedModel], data: dict[str, str | None], kd: d
 
 
 def submit_models(config: dict, label: str = "") -> Job:
-    return store().submit(KIND, config, label=label)
+    return access().submit(KIND, config, label=label)
 
 
 def models_jobs() -> list[Job]:
-    return [j for j in store().list() if j.kind == KIND and j.group_id is None]
+    return [j for j in access().jobs() if j.kind == KIND and j.group_id is None]
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
@@ -175,7 +175,7 @@ def table_ui(job: Job) -> None:
         )
     st.download_button(
         "Download the table (CSV)",
-        models_csv(rows, EXPORT_COLUMNS),
+        downloaded(job, "models CSV", models_csv(rows, EXPORT_COLUMNS)),
         file_name="models.csv",
         mime="text/csv",
         key="models_csv",

@@ -20,7 +20,7 @@ import torch
 
 from app.defenses import defend_jobs
 from app.explain_figures import _compute_lock, run_context
-from app.state import show_error, store
+from app.state import access, show_error
 from app.words import trigger_in_words
 from kdcore.errors import KDCoreError
 from kdcore.evaluate import evaluate_model
@@ -37,7 +37,7 @@ def recovered_sources(run_dir: str) -> list[tuple[str, str]]:
     """(label, run dir) of the recovered triggers of an audit run: its own evidence (an audit that
     ran Neural Cleanse) and its finished neural-cleanse defend jobs, newest first."""
     out = [("this audit's Neural Cleanse", run_dir)] if (Path(run_dir) / FILE).is_file() else []
-    for j in store().list(("succeeded",)):
+    for j in access().jobs(("succeeded",)):
         nc = j.kind == "defend" and j.config.get("method") == "neural-cleanse"
         if nc and j.config.get("source_run") == str(run_dir) and j.run_dir and (Path(j.run_dir) / FILE).is_file():
             out.append((f"Neural Cleanse #{j.id}", j.run_dir))

@@ -20,8 +20,8 @@ import streamlit as st
 from app.audit_form import HYPERPARAMETERS
 from app.config_form import settings_of
 from app.model_form import TIMM, TV
-from app.state import store
-from kdcore.errors import KDCoreError
+from app.state import access
+from kdcore.errors import AccessError, KDCoreError
 from kdcore.runs.configs import AuditConfig
 
 SLOTS = ("model", "unlabeled", "train", "test")
@@ -109,9 +109,13 @@ def reopen_ui() -> Reopened | None:
     if not wanted:
         st.session_state.pop("_reopened", None)  # reopening the same job later fills the form in again
         return None
-    try:
-        job = store().get(int(wanted))
-    except (ValueError, KDCoreError):
+    try:  # the owner's (or an admin's) act: it puts the job's stored inputs into this user's form
+        first = st.session_state.get("_reopened") != wanted
+        job = access().open(wanted, "manage", "reopened", record=first)
+    except AccessError as e:
+        st.error(f"{e} The form starts empty.", icon="🔒")
+        return None
+    except KDCoreError:
         st.warning(f"There is no job {wanted} to reopen; the form starts empty.")
         return None
     if job.kind != "audit":
@@ -119,8 +123,8 @@ def reopen_ui() -> Reopened | None:
         return None
     paths = {slot: job.config.get(slot) for slot in SLOTS if job.config.get(slot)}
     paths = {slot: p for slot, p in paths.items() if Path(p).exists()}
-    if st.session_state.get("_reopened") != job.id:
-        st.session_state["_reopened"] = job.id
+    if st.session_state.get("_reopened") != wanted:
+        st.session_state["_reopened"] = wanted
         st.session_state.update(form_values(job.config, job.label))
         if "model" in paths:
             st.session_state["_model_for"] = paths["model"]  # so the model form keeps the values above

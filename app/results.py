@@ -13,6 +13,7 @@ from streamlit.errors import StreamlitPageNotFoundError
 
 from app.charts import CONFUSION_TABLE_CSS, class_key, confusion_table_html
 from app.report_html import audit_report_html
+from app.state import downloaded
 from kdcore.candidates import share_of
 from kdcore.errors import InputError
 from kdcore.io import read_json
@@ -177,7 +178,7 @@ def model_zip(run_dir: Path, name: str = "finetuned") -> bytes:
 
 
 def downloads_ui(job: Job, report: dict) -> None:
-    """Download buttons for what the run wrote, and the HTML report of `report`.
+    """Download buttons for what the run wrote, and the HTML report of `report`; each click goes to the trail.
 
     The model archive and the HTML report (plotly.js inline, ~5 MB) are built only on click."""
     run_dir = Path(job.run_dir)
@@ -200,7 +201,7 @@ def downloads_ui(job: Job, report: dict) -> None:
     for col, (label, data, file_name, mime) in zip(st.columns(len(items)), items, strict=True):
         col.download_button(
             f"⬇ {label}",
-            data=data,
+            data=downloaded(job, label, data),  # the click is written to the access trail
             file_name=file_name,
             mime=mime,
             key=f"dl-{job.id}-{file_name}",

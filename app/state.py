@@ -1,17 +1,23 @@
-"""Shared dashboard state: the job store, the review store, and the job a page is looking at.
+"""Shared dashboard state: the job store, the review store, the user's side of it, and the job a page is looking at.
 
 The data directory is `$KDAUDIT_HOME` (default ./kdaudit-data), the same one the workers use.
-A page's job is kept in the URL (`?job=ID`) so a page can be shared and reloaded.
+A page's job is kept in the URL (`?job=ID`) so a page can be shared and reloaded. Pages read and act
+through `access()`, the signed-in user's side of the store (`kdcore.jobs.access`): lists hold only
+what the user may see, and a job named in the URL that is someone else's is refused (`refuse_ui`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import streamlit as st
 
+from app.identity import current_user
 from app.words import in_words
-from kdcore.errors import KDCoreError
+from kdcore.errors import AccessError, InputError, KDCoreError
+from kdcore.jobs.access import Access
+from kdcore.jobs.owners import ACCESS_REFUSED
 from kdcore.jobs.review import Reviews
 from kdcore.jobs.store import Job, JobStore
 
@@ -26,6 +32,54 @@ def store() -> JobStore:
 @st.cache_resource
 def reviews() -> Reviews:
     return Reviews(store())
+
+
+def access() -> Access:
+    """The signed-in user's side of the job store (`app.identity.current_user`)."""
+    return Access(store(), current_user())
+
+
+def refuse_ui(job_id: int, what: str = "opened", stop: bool = True) -> None:
+    """When job `job_id` (named in the URL) is someone else's: say so, in words that tell nothing of
+    it, note the refusal in the trail, and stop the page (unless not `stop`). A job that does not
+    exist is left to the caller."""
+    try:
+        job = store().get(job_id)
+    except InputError:
+        return
+    acting = access()
+    if acting.may(job):
+        return
+    noted = st.session_state.setdefault("_refused", set())  # a page reruns on every click: noted once
+    if (job_id, what) not in noted:
+        noted.add((job_id, what))
+        try:
+            acting.open(job_id, action=what, record=False)  # refused, and so written to the trail
+        except AccessError:
+            pass
+    st.error(ACCESS_REFUSED, icon="🔒")
+    if stop:
+        st.stop()
+
+
+def note_opened(job: Job) -> None:
+    """Write "opened" to the trail once per session and job (a page reruns on every click)."""
+    seen = st.session_state.setdefault("_opened", set())
+    if job.id not in seen:
+        access().open(job.id)
+        seen.add(job.id)
+
+
+def downloaded(job: Job, what: str, data: Callable[[], bytes | str] | bytes | str) -> Callable[[], bytes | str]:
+    """A download button's data that writes "downloaded" to the trail when the user clicks it (and is
+    refused if the job stopped being theirs to read). Runs on click, outside the page's script."""
+    acting = access()
+
+    def fetch() -> bytes | str:
+        acting.downloaded(job.id, what)
+        return data() if callable(data) else data
+
+    return fetch
 
 
 def job_title(j: Job) -> str:
@@ -47,18 +101,22 @@ def fmt_time(t: float | None) -> str:
 def job_picker_ui(
     kinds: tuple[str, ...] = ("demo", "audit", "sweep", "refine"), finished_only: bool = True, label: str = "Audit"
 ) -> Job | None:
-    """Select a job; the choice lives in the URL (`?job=ID`). Returns None when there is none."""
-    jobs = [j for j in store().list() if j.kind in kinds and (j.state == "succeeded" or not finished_only)]
+    """Select one of the jobs the user may see; the choice lives in the URL (`?job=ID`), and is noted
+    in the trail. Returns None when there is none; stops the page on another user's job."""
+    jobs = [j for j in access().jobs() if j.kind in kinds and (j.state == "succeeded" or not finished_only)]
+    ids = [j.id for j in jobs]
+    wanted = st.query_params.get("job")
+    if wanted and wanted.isdigit() and int(wanted) not in ids:
+        refuse_ui(int(wanted))
     if not jobs:
         st.info("No finished audits yet. Run the demo from **Home** or start one under **New audit**.")
         return None
-    ids = [j.id for j in jobs]
-    wanted = st.query_params.get("job")
     index = ids.index(int(wanted)) if wanted and wanted.isdigit() and int(wanted) in ids else 0
     if wanted and (not wanted.isdigit() or int(wanted) not in ids):
         st.warning(f"Job {wanted} is not a finished {'/'.join(kinds)} job; showing #{ids[index]} instead.")
     job = st.selectbox(label, jobs, index=index, format_func=job_title)
     st.query_params["job"] = str(job.id)
+    note_opened(job)
     return job
 
 

@@ -17,8 +17,8 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from app.state import show_error, store
-from app.uploads import image_types, save_upload
+from app.state import access, show_error
+from app.uploads import image_types, upload_ui
 from kdcore import sandbox
 from kdcore.errors import KDCoreError
 from kdcore.triggers import Patch, Trigger
@@ -35,7 +35,7 @@ _SWATCH_CSS = "<style>.st-key-{key} [data-testid='stColorPickerBlock'] {{ border
 
 def _uploaded(label: str, key: str, types: list[str], help: str | None = None) -> str:
     up = st.file_uploader(label, type=types, key=key, help=help)
-    return str(save_upload(up.getvalue(), up.name)) if up is not None else ""
+    return str(upload_ui(up) or "")
 
 
 def rgb_of(hexcol: str) -> list[int]:
@@ -94,7 +94,7 @@ def recovered_runs() -> list[tuple[int, str, str]]:
     """(job id, label, run dir) of finished jobs whose evidence holds a recovered trigger, newest first."""
     return [
         (j.id, j.label or j.kind, j.run_dir)
-        for j in store().list(("succeeded",))
+        for j in access().jobs(("succeeded",))
         if j.run_dir and (Path(j.run_dir) / RECOVERED_FILE).is_file()
     ]
 
@@ -126,7 +126,7 @@ def preview_source(files: list | None) -> str:
         return ""
     ok = {f".{e}" for e in image_types()} | {".zip"}
     first = next((f for f in files if Path(f.name).suffix.lower() in ok), None)
-    return str(save_upload(first.getvalue(), first.name)) if first is not None else ""
+    return str(upload_ui(first) or "")
 
 
 def _shown(x: torch.Tensor) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Uploaded files → the data directory, and the immediate checks of the New-audit page (model, image sets).
 
 Uploads are stored by content hash (`uploads/<sha256[:16]>/<safe name>`), so uploading the same
-file twice reuses it and an audit's inputs never change under it. The Streamlit process only
+file twice reuses it and an audit's inputs never change under it. Each is charged to the user's upload
+quota before it is written (`Access.keep_upload`): over quota, nothing is stored. The Streamlit process only
 writes an upload's bytes to disk: reading it (unpickling, unzipping, decoding) happens in
 `kdcore.sandbox`'s limited child processes, so a hostile file costs that process, not the server.
 """
@@ -16,11 +17,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.state import store
+from app.state import access, show_error, store
 from kdcore import sandbox
 from kdcore.data.folders import IMAGE_EXTENSIONS
 from kdcore.data.summary import ImageSetSummary
-from kdcore.errors import InputError
+from kdcore.errors import InputError, KDCoreError
 from kdcore.models.spec import ModelSpec
 from kdcore.sandbox import image_summary
 
@@ -38,14 +39,37 @@ def save_upload(data: bytes, name: str, full_hash: bool = False) -> Path:
     path itself names the content (an architecture's Python file, whose path goes into a job's config)."""
     digest = hashlib.sha256(data).hexdigest()
     digest = digest if full_hash else digest[:16]
-    folder = store().data_dir / "uploads" / digest
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / safe_name(name)
-    if not path.exists():
-        tmp = path.with_suffix(path.suffix + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+    path = store().data_dir / "uploads" / digest / safe_name(name)
+    _kept(path, len(data), lambda tmp: tmp.write_bytes(data))
     return path
+
+
+def _kept(path: Path, nbytes: int, write) -> None:
+    """Charge the user for `path` (QuotaError: nothing written), then `write(tmp)` and move it into place
+    unless the file is there already (the same content, uploaded before)."""
+    charged = access().keep_upload(path, nbytes)
+    if path.exists():
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".part")
+        write(tmp)
+        tmp.replace(path)
+    except BaseException:
+        if charged:
+            access().forget_upload(path)
+        raise
+
+
+def upload_ui(up) -> Path | None:
+    """A file uploader's file stored (`save_upload`), or None with the reason shown (e.g. over quota)."""
+    if up is None:
+        return None
+    try:
+        return save_upload(up.getvalue(), up.name)
+    except KDCoreError as e:
+        show_error(e)
+        return None
 
 
 def save_image_set(files: list) -> Path:
@@ -61,11 +85,9 @@ def save_image_set(files: list) -> Path:
     for f in sorted(files, key=lambda f: f.name):
         h.update(f.name.encode())
         h.update(f.getvalue())
-    folder = store().data_dir / "uploads" / h.hexdigest()[:16]
-    path = folder / "images.zip"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "images.zip.part"
+    path = store().data_dir / "uploads" / h.hexdigest()[:16] / "images.zip"
+
+    def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
             seen: set[str] = set()
             for f in files:
@@ -74,7 +96,8 @@ def save_image_set(files: list) -> Path:
                     n = "_" + n
                 seen.add(n)
                 z.writestr(n, f.getvalue())
-        tmp.replace(path)
+
+    _kept(path, sum(len(f.getvalue()) for f in files), write)  # stored, so the zip is about their sum
     return path
 
 

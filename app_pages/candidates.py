@@ -9,7 +9,7 @@ import streamlit as st
 from app import candidates as cand
 from app import review_queue as queue
 from app.jobs_client import submit_refine
-from app.state import job_picker_ui, reviews, show_error
+from app.state import access, job_picker_ui, reviews, show_error
 from kdcore.errors import KDCoreError
 
 st.title("Poison candidates")
@@ -32,6 +32,9 @@ try:
             "under **New audit** to review its samples here."
         )
         st.stop()
+    can_review = access().may(job, "review")
+    if not can_review:
+        st.info("You may read this audit but not judge its samples; ask its owner to share it with you for review.")
     verdicts = reviews().get(job.run_dir)
     verdict_of = {s: v.verdict for s, v in verdicts.items()}
     images = queue.train_images(job.run_dir)
@@ -50,7 +53,7 @@ try:
     cand.counts_ui(rows, len(shown), verdict_of)
     cand.score_histogram_ui(rows, filters.score_range[0])
 
-    if cand.review_actions_ui(job, len(verdicts)):
+    if cand.review_actions_ui(job, len(verdicts), can_review):
         new = submit_refine(job)
         st.switch_page("app_pages/jobs.py", query_params={"job": str(new.id)})
     if not reviewer:
@@ -62,13 +65,13 @@ try:
         start = cand.pager_ui(len(shown))
     page_rows = shown[start : start + queue.PAGE_SIZE]
     with top[1]:
-        cand.bulk_actions_ui(job, page_rows)
+        cand.bulk_actions_ui(job, page_rows, can_review)
     if shown:
         st.caption(
             f"Showing {start + 1}–{start + len(page_rows)} of {len(shown):,} "
             f"(page {start // queue.PAGE_SIZE + 1} of {queue.page_count(len(shown))})"
         )
-    cand.gallery_ui(job, page_rows, images, verdicts, names, show_truth)
+    cand.gallery_ui(job, page_rows, images, verdicts, names, show_truth, can_review)
     cand.history_ui(job)
 except KDCoreError as e:
     show_error(e)

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from app.jobs_client import submit_demo
-from app.state import STATE_ICON, fmt_duration, fmt_time, show_error, store
+from app.state import STATE_ICON, access, fmt_duration, fmt_time, show_error
 from kdcore.errors import KDCoreError
 
 st.title("🛡️ kdaudit — is this model backdoored?")
@@ -35,7 +35,7 @@ if clicked is not None:
         st.switch_page("app_pages/jobs.py", query_params={"job": str(job.id)})
 
 st.subheader("Audits so far")
-jobs = store().list()
+jobs = access().jobs()
 if not jobs:
     st.info("No audits yet. Run the demo above or start one under **New audit**.")
 for j in jobs[:50]:

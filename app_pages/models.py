@@ -8,7 +8,7 @@ from app.audit_form import hyperparameters_ui, image_set_ui, upload_checks_ui
 from app.jobs_client import refusal
 from app.models import models_config, models_jobs, models_ui, shared_spec, submit_models, table_ui
 from app.section import Section, blocking
-from app.state import job_title, show_error, store
+from app.state import job_title, note_opened, refuse_ui, show_error, store
 from app.uploads import MODEL_TYPES, image_types, save_image_set, save_upload
 from kdcore.errors import KDCoreError
 
@@ -47,8 +47,12 @@ with st.expander("Start an audit of several models", expanded="job" not in st.qu
         ("test", "test set", "Labelled test set (.zip, one folder per class) — optional: each model's accuracy"),
     ):
         up = st.file_uploader(label, type=["zip"], key=f"models_{slot}")
-        paths[slot] = str(save_upload(up.getvalue(), up.name)) if up else None
-        sections[what] = image_set_ui(paths[slot])
+        try:
+            paths[slot] = str(save_upload(up.getvalue(), up.name)) if up else None
+        except KDCoreError as e:
+            paths[slot], sections[what] = None, Section(None, show_error(e))
+        else:
+            sections[what] = image_set_ui(paths[slot])
         summaries[slot] = sections[what].value
     sections["images"] = upload_checks_ui(summaries, shared_spec(models.value))
     hyper = sections["hyperparameters"] = hyperparameters_ui()
@@ -75,14 +79,17 @@ with st.expander("Start an audit of several models", expanded="job" not in st.qu
         st.caption("Upload models that load and some unlabelled images to start.")
 
 jobs = models_jobs()
+ids = [j.id for j in jobs]
+wanted = st.query_params.get("job")
+if wanted and wanted.isdigit() and int(wanted) not in ids:
+    refuse_ui(int(wanted))  # another user's audit: said so, and the page stops
 if not jobs:
     st.info("No audit of several models yet.")
     st.stop()
-ids = [j.id for j in jobs]
-wanted = st.query_params.get("job")
 index = ids.index(int(wanted)) if wanted and wanted.isdigit() and int(wanted) in ids else 0
 job = st.selectbox("Audit of several models", jobs, index=index, format_func=job_title, key="models_job")
 st.query_params["job"] = str(job.id)
+note_opened(job)
 
 
 @st.fragment(run_every=None if job.terminal else 2.0)  # refreshed while its audits run

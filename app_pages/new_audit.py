@@ -14,7 +14,7 @@ from app.model_form import model_ui
 from app.reopen import reopen_ui, stored_input_ui
 from app.section import Section, blocking
 from app.state import show_error
-from app.uploads import MODEL_TYPES, image_types, save_image_set, save_upload
+from app.uploads import MODEL_TYPES, image_types, save_image_set, save_upload, upload_ui
 from kdcore.errors import KDCoreError
 
 st.title("New audit")
@@ -30,7 +30,7 @@ up = st.file_uploader(
     key="model_file",
 )
 stored_model = stored_input_ui(reopened, "model", "model") if up is None else None
-model_path = save_upload(up.getvalue(), up.name) if up is not None else Path(stored_model) if stored_model else None
+model_path = upload_ui(up) if up is not None else Path(stored_model) if stored_model else None
 model = sections["model"] = model_ui(model_path)
 spec = model.value.choice.spec if model.value else None
 
@@ -59,8 +59,13 @@ for slot, what, label in (
     ("test", "test set", "Labelled test set (.zip with one folder per class) — enables accuracy and ASR"),
 ):
     up_set = st.file_uploader(label, type=["zip"], key=f"{slot}_file")
-    paths[slot] = str(save_upload(up_set.getvalue(), up_set.name)) if up_set else stored_input_ui(reopened, slot, what)
-    sections[what] = image_set_ui(paths[slot])
+    try:
+        stored = stored_input_ui(reopened, slot, what) if up_set is None else None
+        paths[slot] = str(save_upload(up_set.getvalue(), up_set.name)) if up_set else stored
+    except KDCoreError as e:
+        paths[slot], sections[what] = None, Section(None, show_error(e))
+    else:
+        sections[what] = image_set_ui(paths[slot])
     summaries[slot] = sections[what].value
 sections["images"] = upload_checks_ui(summaries, spec)
 

@@ -4,6 +4,8 @@
     ├── InputError              bad data: unreadable archive, wrong shapes, empty image set
     ├── ConfigError             a config value or key that is not allowed
     ├── ModelLoadError          a model file that cannot be loaded safely or does not match its spec
+    ├── AccessError             another user's item: not shared with this user, or not for this act
+    ├── QuotaError              a user's quota (jobs queued or running, bytes of uploads) is reached
     └── Cancelled               a job was cancelled through its progress callback
 
 Messages say what was got, what was expected and what to do. Anything that is not a
@@ -45,6 +47,15 @@ class ConfigError(KDCoreError):
 
 class ModelLoadError(KDCoreError):
     """A model file cannot be loaded safely, or does not fit the declared architecture."""
+
+
+class AccessError(KDCoreError):
+    """The item belongs to another user who has not shared it (so far) with this one, or not for this act.
+    Its message never says what the item holds (no label, no model)."""
+
+
+class QuotaError(KDCoreError):
+    """A user reached one of their quotas (`kdcore.limits`: quota_*); nothing was stored or queued."""
 
 
 class Cancelled(KDCoreError):

@@ -1,4 +1,4 @@
-"""Every budget that guards kdcore against hostile uploads, with its default, in one place.
+"""Every budget that guards kdcore against hostile uploads, and each user's quotas, with its default, in one place.
 
 kdaudit opens files from people its user does not trust: model files, image archives, image
 folders, single images, spec JSON. Each reader checks these budgets *while* it reads (counting the
@@ -61,6 +61,9 @@ class Limits:
     job_timeout_audit_many_s: float = setting(
         24 * 3_600.0, "seconds an audit of many models may run in one job (its parts: each an audit's)", min=1
     )
+    # Per user of a shared server (kdcore.jobs.quotas), checked before anything is stored or queued
+    quota_jobs: int = setting(20, "jobs one user may have queued or running at once (a fan-out counts once)", min=1)
+    quota_upload_bytes: int = setting(20 * _GiB, "bytes of uploads one user may keep in the data directory", min=1)
 
     def to_env(self) -> dict[str, str]:
         """The non-default limits as environment variables, for a child process."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kdcore.config import from_dict
-from kdcore.jobs.job import TERMINAL, Job, insert_job
+from kdcore.jobs.job import LOCAL, TERMINAL, Job, insert_job
 
 # The claimable rows: queued, and no unfinished part in the group of any job with the same run dir
 # (a retry of a gathering job keeps the run dir, so it waits for the parts of the job it retries).
@@ -47,12 +47,16 @@ def insert_group(
     parts: list[tuple[str, dict, str]],
     label: str = "",
     run_dir: str | None = None,
+    owner: str = LOCAL,
 ) -> tuple[int, list[int]]:
     """Queue the gathering job and its validated `parts` (kind, config, run dir relative to the
-    gathering job's) in the caller's transaction; returns (gathering id, part ids)."""
-    gid = insert_job(c, runs_dir, kind, resolved, label, None, run_dir, None)
+    gathering job's) in the caller's transaction, all owned by `owner`; returns (gathering id, part ids)."""
+    gid = insert_job(c, runs_dir, kind, resolved, label, None, run_dir, None, owner)
     root = Path(c.execute("SELECT run_dir FROM jobs WHERE id=?", (gid,)).fetchone()[0])
-    ids = [insert_job(c, runs_dir, k, cfg, part_label(label, rel), None, str(root / rel), gid) for k, cfg, rel in parts]
+    ids = [
+        insert_job(c, runs_dir, k, cfg, part_label(label, rel), None, str(root / rel), gid, owner)
+        for k, cfg, rel in parts
+    ]
     return gid, ids
 
 

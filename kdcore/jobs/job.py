@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     stage_times TEXT NOT NULL DEFAULT '[]',
     node TEXT NOT NULL DEFAULT '',
     group_id INTEGER REFERENCES jobs(id),
-    stage_sizes TEXT NOT NULL DEFAULT '[]'
+    stage_sizes TEXT NOT NULL DEFAULT '[]',
+    owner TEXT NOT NULL DEFAULT 'local'
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 """
@@ -59,7 +60,9 @@ ADDED_COLUMNS = (
     ("node", "TEXT NOT NULL DEFAULT ''"),
     ("group_id", "INTEGER REFERENCES jobs(id)"),
     ("stage_sizes", "TEXT NOT NULL DEFAULT '[]'"),
+    ("owner", "TEXT NOT NULL DEFAULT 'local'"),  # a store from before owners: every job is the local user's
 )
+LOCAL = "local"  # the owner in single-user mode, of the CLI's jobs, and of every job of an older store
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class Job:
     node: str = ""  # where it ran, under a cluster executor (e.g. the Ray node); "" for a local worker
     group_id: int | None = None  # the fan-out job this one is a part of (it waits for its parts)
     stage_sizes: Profile = ()  # (stage, image passes) it will do, in run order (kdcore.runs.sizes)
+    owner: str = LOCAL  # the subject of the user who submitted it (kdcore.jobs.owners); its run is theirs too
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -150,11 +154,12 @@ def insert_job(
     parent_id: int | None,
     run_dir: str | None,
     group_id: int | None,
+    owner: str = LOCAL,
 ) -> int:
     """Queue one job row (its config already validated); its run dir defaults to runs/job-NNNNN-kind."""
     cur = c.execute(
-        "INSERT INTO jobs (kind, config, created_at, label, parent_id, group_id) VALUES (?, ?, ?, ?, ?, ?)",
-        (kind, json.dumps(resolved), time.time(), label, parent_id, group_id),
+        "INSERT INTO jobs (kind, config, created_at, label, parent_id, group_id, owner) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (kind, json.dumps(resolved), time.time(), label, parent_id, group_id, owner),
     )
     job_id = int(cur.lastrowid)
     rd = run_dir or str(runs_dir / f"job-{job_id:05d}-{kind}")

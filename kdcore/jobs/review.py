@@ -2,8 +2,10 @@
 
 A person judges flagged training samples as `poison`, `clean` or `unsure`. The current verdict
 per (run, sample) is in `verdicts`; every change is appended to `verdict_log` (never updated or
-deleted), so who decided what, when, and what it replaced can always be shown. Verdicts live in
-the job store's database file (`kdcore.jobs.db`) so they survive restarts and can be read by any process.
+deleted), so who decided what, when, and what it replaced can always be shown. `reviewer` is the
+name a person typed; `owner` the subject of the signed-in user who set it ("local" in single-user mode
+and in a store from before owners). Verdicts live in the job store's database file (`kdcore.jobs.db`)
+so they survive restarts and can be read by any process; who may set them is `kdcore.jobs.access`'s.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from kdcore.errors import InputError
 from kdcore.jobs.db import Database
+from kdcore.jobs.job import LOCAL
 
 VERDICTS = ("poison", "clean", "unsure")
 
@@ -28,6 +31,7 @@ CREATE TABLE IF NOT EXISTS verdicts (
     reviewer TEXT NOT NULL DEFAULT '',
     note TEXT NOT NULL DEFAULT '',
     decided_at REAL NOT NULL,
+    owner TEXT NOT NULL DEFAULT 'local',
     PRIMARY KEY (run_dir, sample)
 );
 CREATE TABLE IF NOT EXISTS verdict_log (
@@ -38,10 +42,12 @@ CREATE TABLE IF NOT EXISTS verdict_log (
     previous TEXT,
     reviewer TEXT NOT NULL DEFAULT '',
     note TEXT NOT NULL DEFAULT '',
-    decided_at REAL NOT NULL
+    decided_at REAL NOT NULL,
+    owner TEXT NOT NULL DEFAULT 'local'
 );
 CREATE INDEX IF NOT EXISTS verdict_log_run ON verdict_log(run_dir, sample);
 """
+_OWNER = (("owner", "TEXT NOT NULL DEFAULT 'local'"),)  # added to both tables of an older store
 
 
 @dataclass(frozen=True)
@@ -51,18 +57,26 @@ class Verdict:
     reviewer: str
     note: str
     decided_at: float
+    owner: str = LOCAL
 
 
 class Reviews:
     def __init__(self, store: Database):
         """`store`: the database to keep verdicts in (a `JobStore`, which is one)."""
         self.store = store
-        store.ensure_schema(_SCHEMA)
+        store.ensure_schema(_SCHEMA, "verdicts", _OWNER)
+        store.ensure_schema("", "verdict_log", _OWNER)
 
     def set(
-        self, run_dir: str | Path, samples: Iterable[int], verdict: str | None, reviewer: str = "", note: str = ""
+        self,
+        run_dir: str | Path,
+        samples: Iterable[int],
+        verdict: str | None,
+        reviewer: str = "",
+        note: str = "",
+        owner: str = LOCAL,
     ) -> int:
-        """Record `verdict` for every sample (None clears it). Returns how many changed."""
+        """Record `verdict` for every sample (None clears it), set by the user `owner`. Returns how many changed."""
         if verdict is not None and verdict not in VERDICTS:
             raise InputError(f"Verdict must be one of {VERDICTS}; got {verdict!r}")
         run, now, changed = str(run_dir), time.time(), 0
@@ -77,28 +91,28 @@ class Reviews:
                     c.execute("DELETE FROM verdicts WHERE run_dir=? AND sample=?", (run, s))
                 else:
                     c.execute(
-                        "INSERT INTO verdicts VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(run_dir, sample) DO UPDATE "
+                        "INSERT INTO verdicts (run_dir, sample, verdict, reviewer, note, decided_at, owner) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_dir, sample) DO UPDATE "
                         "SET verdict=excluded.verdict, reviewer=excluded.reviewer, note=excluded.note, "
-                        "decided_at=excluded.decided_at",
-                        (run, s, verdict, reviewer, note, now),
+                        "decided_at=excluded.decided_at, owner=excluded.owner",
+                        (run, s, verdict, reviewer, note, now, owner),
                     )
                 c.execute(
-                    "INSERT INTO verdict_log (run_dir, sample, verdict, previous, reviewer, note, decided_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (run, s, verdict, previous, reviewer, note, now),
+                    "INSERT INTO verdict_log (run_dir, sample, verdict, previous, reviewer, note, decided_at, owner) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run, s, verdict, previous, reviewer, note, now, owner),
                 )
                 changed += 1
         return changed
 
     def get(self, run_dir: str | Path) -> dict[int, Verdict]:
         with self.store.transaction() as c:
-            rows = c.execute(
-                "SELECT sample, verdict, reviewer, note, decided_at FROM verdicts WHERE run_dir=?", (str(run_dir),)
-            ).fetchall()
+            q = "SELECT sample, verdict, reviewer, note, decided_at, owner FROM verdicts WHERE run_dir=?"
+            rows = c.execute(q, (str(run_dir),)).fetchall()
         return {r[0]: Verdict(*r) for r in rows}
 
     def history(self, run_dir: str | Path, sample: int | None = None) -> list[dict]:
-        q = "SELECT sample, verdict, previous, reviewer, note, decided_at FROM verdict_log WHERE run_dir=?"
+        q = "SELECT sample, verdict, previous, reviewer, note, decided_at, owner FROM verdict_log WHERE run_dir=?"
         args: list = [str(run_dir)]
         if sample is not None:
             q += " AND sample=?"

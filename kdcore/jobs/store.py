@@ -2,7 +2,10 @@
 jobs' life cycle (submit, claim, progress, finish, cancel, retry, reap) over it.
 
 The job row and its states are `kdcore.jobs.job`'s, fan-out groups `kdcore.jobs.groups`', the
-connection `kdcore.jobs.db`'s; reviewers' verdicts (`kdcore.jobs.review`) share the database file.
+connection `kdcore.jobs.db`'s; reviewers' verdicts (`kdcore.jobs.review`), shares (`kdcore.jobs.owners`),
+the access trail (`kdcore.jobs.trail`) and the uploads' quota ledger (`kdcore.jobs.quotas`) share the
+database file, and opening the store creates (or migrates) all of them. Every job has an owner
+(`owner`, "local" unless a user's submit names one); what one user may do is `kdcore.jobs.access`'s.
 
 Each job records how long each of its stages took (`stage_times`, written when the stage changes
 and when the job finishes). The ETA is the whole job's: the current stage's rest plus the stages
@@ -22,10 +25,12 @@ from typing import Any
 
 from kdcore.config import from_dict, to_dict
 from kdcore.errors import ConfigError, InputError
+from kdcore.jobs import owners, quotas, trail
 from kdcore.jobs.db import Database
 from kdcore.jobs.eta import Profile, median_profile
 from kdcore.jobs.groups import READY, fan_out, group_parts, insert_group
-from kdcore.jobs.job import ADDED_COLUMNS, SCHEMA, STATES, TERMINAL, Job, insert_job, read_times
+from kdcore.jobs.job import ADDED_COLUMNS, LOCAL, SCHEMA, STATES, TERMINAL, Job, insert_job, read_times
+from kdcore.jobs.owners import User
 from kdcore.paths import data_home
 
 __all__ = ["STATES", "TERMINAL", "Job", "JobStore", "validate_config"]
@@ -59,6 +64,7 @@ class JobStore(Database):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         super().__init__(self.data_dir / "jobs.sqlite3")
         self.ensure_schema(SCHEMA, "jobs", ADDED_COLUMNS)
+        self.ensure_schema(owners.SCHEMA + trail.SCHEMA + quotas.SCHEMA)
 
     # ---- submitting and reading -------------------------------------------------------------
     def submit(
@@ -69,17 +75,22 @@ class JobStore(Database):
         parent_id: int | None = None,
         run_dir: str | None = None,
         group_id: int | None = None,
+        owner: str = LOCAL,
+        quota: int | None = None,
     ) -> Job:
-        """Validate and queue a job; an invalid config raises and nothing is queued. A new job of a
+        """Validate and queue a job owned by `owner`; an invalid config raises and nothing is queued,
+        and so does an owner who already has `quota` jobs queued or running (QuotaError). A new job of a
         kind that fans out (`kdcore.runs.PARTS`: a sweep of several cells) is queued as a group
         (`submit_group`) and the gathering job is returned; a retry or a part never fans out."""
         resolved = validate_config(kind, config)
         if parent_id is None and group_id is None:
             split = fan_out(kind, resolved)
             if split is not None:
-                return self.submit_group(kind, split[0], split[1], label=label, run_dir=run_dir)[0]
+                return self.submit_group(kind, split[0], split[1], label, run_dir, owner, quota)[0]
         with self.transaction(immediate=True) as c:
-            job_id = insert_job(c, self.runs_dir, kind, resolved, label, parent_id, run_dir, group_id)
+            if quota is not None:
+                quotas.check_jobs(c, owner, quota)
+            job_id = insert_job(c, self.runs_dir, kind, resolved, label, parent_id, run_dir, group_id, owner)
         return self.get(job_id)
 
     def submit_group(
@@ -89,15 +100,20 @@ class JobStore(Database):
         parts: list[tuple[str, dict | Any, str]],
         label: str = "",
         run_dir: str | None = None,
+        owner: str = LOCAL,
+        quota: int | None = None,
     ) -> tuple[Job, list[Job]]:
         """Queue a fan-out: one job of `kind` that gathers, and its parts `(kind, config, run dir
         relative to the gathering job's run dir)`, in one transaction. A worker of any executor
         takes the parts in parallel; the gathering job is not claimed until every part (and every
-        retry of one) has ended. Configs are validated first: nothing is queued if one is invalid."""
+        retry of one) has ended. Configs are validated first: nothing is queued if one is invalid, or
+        when `owner` already has `quota` jobs queued or running (the group counts as one)."""
         resolved = validate_config(kind, config)
         checked = [(k, validate_config(k, cfg), rel) for k, cfg, rel in parts]
         with self.transaction(immediate=True) as c:
-            gid, ids = insert_group(c, self.runs_dir, kind, resolved, checked, label, run_dir)
+            if quota is not None:
+                quotas.check_jobs(c, owner, quota)
+            gid, ids = insert_group(c, self.runs_dir, kind, resolved, checked, label, run_dir, owner)
         return self.get(gid), [self.get(i) for i in ids]
 
     def group(self, group_id: int) -> list[Job]:
@@ -112,11 +128,13 @@ class JobStore(Database):
             raise InputError(f"No job {job_id} in {self.path}")
         return Job.from_row(row)
 
-    def list(self, states: tuple[str, ...] | None = None, limit: int = 500) -> list[Job]:
-        q, args = "SELECT * FROM jobs", []
+    def list(self, states: tuple[str, ...] | None = None, limit: int = 500, user: User | None = None) -> list[Job]:
+        """The newest jobs (in `states`), every one, or only those `user` may see."""
+        where, args = owners.visible(user) if user is not None else ("1", ())
+        q, args = f"SELECT * FROM jobs WHERE {where}", list(args)
         if states:
-            q += f" WHERE state IN ({','.join('?' * len(states))})"
-            args = list(states)
+            q += f" AND state IN ({','.join('?' * len(states))})"
+            args += list(states)
         with self.transaction() as c:
             rows = c.execute(q + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         return [Job.from_row(r) for r in rows]
@@ -214,15 +232,25 @@ class JobStore(Database):
                 raise InputError(f"Job {job_id} is {row['state']}; only queued or running jobs can be cancelled")
         return self.get(job_id)
 
-    def retry(self, job_id: int) -> Job:
+    def retry(self, job_id: int, quota: int | None = None) -> Job:
         """Queue a failed/cancelled/interrupted job again as a new job in the same run directory,
-        so finished stages are reused."""
+        so finished stages are reused. It stays its owner's (within their `quota`) and shared as it was."""
         old = self.get(job_id)
         if old.state not in ("failed", "cancelled", "interrupted"):
             raise InputError(f"Job {job_id} is {old.state}; only failed, cancelled or interrupted jobs can be retried")
-        return self.submit(
-            old.kind, old.config, label=old.label, parent_id=old.id, run_dir=old.run_dir, group_id=old.group_id
+        new = self.submit(
+            old.kind,
+            old.config,
+            label=old.label,
+            parent_id=old.id,
+            run_dir=old.run_dir,
+            group_id=old.group_id,
+            owner=old.owner,
+            quota=quota,
         )
+        with self.transaction(immediate=True) as c:
+            owners.copy_shares(c, old.id, new.id)
+        return new
 
     def stage_profile(self, kind: str, jobs: int = PROFILE_JOBS) -> Profile:
         """The expected duration of each stage of a `kind` job, in run order: the median over the
