@@ -25,6 +25,8 @@ BENCHMARKS = ROOT / "benchmarks"
 # hold; whether it reads Fashion-MNIST).
 SMOKE: dict[str, tuple[list[str], str, set[str], bool]] = {
     "blind_cost.py": (["--results", "{tmp}"], "blind_cost.json", {"rows", "table", "findings", "sgemm_gflops"}, True),
+    "blind_demo.py": (["--results", "{tmp}"], "blind_demo.json", {"rows", "table", "sgemm_gflops"}, True),
+    "calibrate.py": (["--results", "{tmp}"], "zoo_score.json", {"parts", "thresholds", "reliability", "models"}, False),
     "defenses.py": (["--results", "{tmp}"], "defenses.json", {"rows", "table", "executor", "sgemm_gflops"}, True),
     "fuzz.py": (["--out", "{tmp}/fuzz.json"], "fuzz.json", {"inputs_total", "pytest_exit_code", "inputs"}, False),
     "hostile.py": (["--out", "{tmp}/hostile.json"], "hostile.json", {"rows", "all_within_target"}, False),
