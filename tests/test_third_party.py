@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import pytest
 import torch
 from PIL import Image
 
-from kdcore import sandbox
 from kdcore.data.builtin import load_digits
 from kdcore.models.registry import build_model
 from kdcore.models.spec import ModelSpec
@@ -96,7 +94,6 @@ def test_an_audit_writes_nothing_outside_its_run_and_data_directories(fmt, input
 
 CHECK_MODELS = """
 import json, sys
-from kdcore import sandbox
 from kdcore.models.spec import ModelSpec
 from kdcore.sandbox import runner
 from kdcore.third_party import import_onnxruntime
@@ -129,11 +126,20 @@ def test_onnxruntime_is_loaded_only_for_an_onnx_model_and_with_its_telemetry_off
     assert _everything_in(tmp) == []
 
 
-def test_a_sandboxed_child_keeps_its_homes_and_caches_in_its_temporary_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the parent makes the child's folder here
-    seen = sandbox.run("tests.sandbox_readers:write_to_home_and_caches", budget=sandbox.Budget(300 * 2**20, 10, 20))
+CALL_A_CACHING_READER = """
+import json
+from kdcore import sandbox
+print(json.dumps(sandbox.run("tests.sandbox_readers:write_to_home_and_caches")))
+"""
+
+
+def test_a_sandboxed_child_keeps_its_homes_and_caches_in_its_temporary_folder(tmp_path):
+    env, home, tmp = _as_a_user(tmp_path)
+    r = subprocess.run([sys.executable, "-c", CALL_A_CACHING_READER], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    seen = json.loads(r.stdout)
     assert seen.pop("telemetry") == "1"
-    (work,) = {Path(path).relative_to(tmp_path).parts[0] for path in seen.values()}  # one folder for all …
+    (work,) = {Path(path).relative_to(tmp).parts[0] for path in seen.values()}  # one folder for all …
     assert work.startswith("kdcore-sandbox-"), seen
-    assert list(tmp_path.iterdir()) == []  # … removed with what the child wrote there
-    assert not (Path.home() / ".cache" / "probe").exists()
+    assert _everything_in(tmp) == []  # … removed with what the child wrote there
+    assert _everything_in(home) == []
