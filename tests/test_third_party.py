@@ -94,6 +94,7 @@ def test_an_audit_writes_nothing_outside_its_run_and_data_directories(fmt, input
 
 CHECK_MODELS = """
 import json, sys
+from kdcore import sandbox
 from kdcore.models.spec import ModelSpec
 from kdcore.sandbox import runner
 from kdcore.third_party import import_onnxruntime
