@@ -1,11 +1,17 @@
 # kdaudit: the dashboard and its worker in one container.
 #   CPU (default):  docker build -t kdaudit .
 #   CUDA:           docker build -t kdaudit:cuda --build-arg BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 .
-#   Run:            docker run -p 8501:8501 -v kdaudit-data:/data kdaudit        (add --gpus all for CUDA)
+#   Run, one user:  docker run -p 127.0.0.1:8501:8501 -v kdaudit-data:/data kdaudit --no-auth   (--gpus all for CUDA)
+#   Run, a team:    docker run -p 8501:8501 -v kdaudit-data:/data -e KDAUDIT_COOKIE_SECRET=... \
+#                     -v "$PWD/.streamlit/secrets.toml:/app/.streamlit/secrets.toml:ro" kdaudit
+# Inside its container the dashboard must listen on every interface (0.0.0.0) for the mapped port to reach
+# it, so `python -m app` starts only with log-in configured (the secrets file's [auth] section) or with an
+# explicit --no-auth, whose warning then shows on every page: the container cannot see that its port is
+# mapped to this machine only (-p 127.0.0.1:…), so keep that mapping whenever you pass --no-auth.
 ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE}
 
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 KDAUDIT_HOME=/data \
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 KDAUDIT_HOME=/data ORT_DISABLE_TELEMETRY=1 \
     KDCORE_FASHION_MNIST=/usr/share/datasets/fashion-mnist DEBIAN_FRONTEND=noninteractive
 
 # python3 + venv on CUDA bases; Fashion-MNIST for the built-in demo (Debian package, when available).

@@ -2,9 +2,12 @@
 
 import streamlit as st
 
-from app import login, warmup
+from app import login, serving, warmup
+from app.words import OPEN_WITHOUT_LOGIN
 
 st.set_page_config(page_title="kdaudit — backdoor audits", page_icon="🛡️", layout="wide")
+if serving.open_without_login(st.get_option("server.address"), login.login_configured()):  # with --no-auth
+    st.warning(OPEN_WITHOUT_LOGIN, icon="⚠️")
 
 PAGES = [
     st.Page("app_pages/home.py", title="Home", icon="🏠", url_path="home", default=True),

@@ -1,7 +1,7 @@
 """Start the product: the dashboard and the process(es) that run its jobs, stopped together.
 
-    python -m app [--port 8501] [--workers N] [--device auto] [--data-dir DIR] [--limit NAME=VALUE ...]
-                  [--secrets FILE]
+    python -m app [--port 8501] [--address 127.0.0.1] [--no-auth] [--workers N] [--device auto] [--data-dir DIR]
+                  [--limit NAME=VALUE ...] [--secrets FILE]
     python -m app --executor ray [--ray-address ADDR] [--ray-cpus N] [--ray-resource NAME=AMOUNT ...]
 
 `--executor local` (the default) runs `--workers N` worker processes on this machine, one job each
@@ -18,6 +18,12 @@ KDAUDIT_LIMIT_* environment variables (`kdcore.limits`).
 Log-in (OpenID Connect, `app.login`) is on when the secrets hold an `[auth]` table: `--secrets FILE`
 (or KDAUDIT_SECRETS) names the file, else Streamlit's own `.streamlit/secrets.toml`. A half-written
 `[auth]` table, or a `--secrets` file that is missing or not TOML, is refused before anything starts.
+
+The dashboard listens on 127.0.0.1 only. On any other address (`--address 0.0.0.0`: every interface) it
+starts only with log-in configured (an [auth] section in .streamlit/secrets.toml, README "Log-in"),
+or with `--no-auth`, and then every page warns that anyone who reaches it sees every audit. Streamlit's
+settings for a served app (`app.serving`): XSRF protection on, the upload limit `max_upload_bytes`, the
+cookie secret from KDAUDIT_COOKIE_SECRET.
 """
 
 from __future__ import annotations
@@ -31,10 +37,13 @@ import sys
 import time
 from pathlib import Path
 
+from app import serving
 from app.login_settings import SECRETS_ENV, auth_table, secrets_files
+from app.words import OPEN_WITHOUT_LOGIN
 from kdcore import limits
 from kdcore.cli.jobs import ray_resources
 from kdcore.errors import KDCoreError
+from kdcore.third_party import process_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +53,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m app", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--port", type=int, default=int(os.environ.get("KDAUDIT_PORT", "8501")))
-    ap.add_argument("--address", default=os.environ.get("KDAUDIT_ADDRESS", "0.0.0.0"))
+    ap.add_argument(
+        "--address",
+        default=os.environ.get("KDAUDIT_ADDRESS", serving.LOCAL),
+        help=f"where the dashboard listens (default {serving.LOCAL}: this machine only; 0.0.0.0: every interface, "
+        "which needs log-in configured or --no-auth)",
+    )
+    ap.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve on another address without log-in configured; every page then warns that anyone who "
+        "reaches it sees every audit",
+    )
     ap.add_argument("--workers", type=int, help="local worker processes (default 1; one job per GPU)")
     ap.add_argument("--device", default="auto", help="device for the jobs: auto | cpu | cuda")
     ap.add_argument("--data-dir", default=os.environ.get("KDAUDIT_HOME", str(ROOT / "kdaudit-data")))
@@ -82,8 +102,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         a.lim = limits.with_overrides(limits.from_env(), a.limit)
         ray_resources(a.ray_resource)
         a.login = auth_table(secrets_files(a.secrets)) is not None
+        why_not = serving.refusal(a.address, a.no_auth, a.login)
     except KDCoreError as e:
         ap.error(str(e))
+    if why_not:
+        ap.error(why_not)
     if a.executor == "ray":
         if a.workers is not None:
             ap.error("--workers is for --executor local; under Ray one dispatcher runs as many jobs as fit")
@@ -113,10 +136,19 @@ def worker_commands(a: argparse.Namespace) -> list[list[str]]:
     return [[*base, "--device", a.device if n == 1 or a.device != "cuda" else f"cuda:{i}"] for i in range(n)]
 
 
+def dashboard_command(a: argparse.Namespace) -> list[str]:
+    """The dashboard's command line (its cookie secret goes in its environment: `serving.streamlit_env`)."""
+    run = [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py")]
+    secrets = ["--secrets.files", a.secrets] if a.secrets else []
+    return [*run, *serving.streamlit_flags(a.lim, a.port, a.address), *secrets]
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     data_dir = a.data_dir
     env = {**os.environ, **a.lim.to_env(), "KDAUDIT_HOME": data_dir, "PYTHONUNBUFFERED": "1"}
+    env.update(process_env(Path(data_dir), env))  # onnxruntime's telemetry off, torch's cache in the data dir
+    env.pop(serving.COOKIE_SECRET_VARIABLE, None)  # the dashboard's alone
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     commands = worker_commands(a)
 
@@ -127,25 +159,13 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.Popen(commands[i], cwd=ROOT, env=env, start_new_session=a.executor == "ray")
 
     workers = [start_worker(i) for i in range(len(commands))]
-    ui = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(ROOT / "streamlit_app.py"),
-            "--server.port",
-            str(a.port),
-            "--server.address",
-            a.address,
-            *(["--secrets.files", a.secrets] if a.secrets else []),
-        ],
-        cwd=ROOT,
-        env=env,
-    )
+    ui = subprocess.Popen(dashboard_command(a), cwd=ROOT, env={**env, **serving.streamlit_env(os.environ)})
     runs = f"{len(commands)} worker(s)" if a.executor == "local" else f"Ray ({a.ray_address or 'one-machine cluster'})"
+    host = "localhost" if a.address in ("0.0.0.0", "::", serving.LOCAL) else a.address
     who = "log-in required" if a.login else "single-user mode"
-    print(f"kdaudit: dashboard on http://localhost:{a.port}  ·  {who}  ·  {runs}  ·  data in {data_dir}", flush=True)
+    print(f"kdaudit: dashboard on http://{host}:{a.port}  ·  {who}  ·  {runs}  ·  data in {data_dir}", flush=True)
+    if serving.open_without_login(a.address, a.login):
+        print(f"kdaudit: WARNING: the dashboard listens on {a.address}. {OPEN_WITHOUT_LOGIN}", flush=True)
     stopping = False
 
     def stop(signum, frame) -> None:

@@ -23,6 +23,9 @@ import re
 
 from kdcore.words import Names, trigger_words
 
+# On every page of a dashboard served beyond this machine without log-in (`app.serving`)
+OPEN_WITHOUT_LOGIN = "Anyone who reaches this address can see every audit: log-in is off."
+
 # Flag → the label of the New-audit form's field (or control) that sets the same thing
 FIELDS = {
     "--model": "Model",

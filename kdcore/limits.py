@@ -52,6 +52,8 @@ class Limits:
     sandbox_memory_bytes: int = setting(1_400 * _MiB, "memory a parsing subprocess may take above its start", min=1)
     sandbox_cpu_s: int = setting(20, "CPU seconds a parsing subprocess may use", min=1)
     sandbox_timeout_s: float = setting(25.0, "wall-clock seconds before a parsing subprocess is killed", min=1)
+    # The dashboard (`python -m app` passes it as Streamlit's server.maxUploadSize, in whole MiB, at least 1)
+    max_upload_bytes: int = setting(1 * _GiB, "bytes of one file uploaded through the dashboard", min=1)
     # Jobs (kdcore.jobs.worker): wall-clock seconds after which the worker stops a job as failed
     job_timeout_demo_s: float = setting(3_600.0, "seconds a demo job may run", min=1)
     job_timeout_audit_s: float = setting(6 * 3_600.0, "seconds an audit job may run", min=1)

@@ -62,3 +62,21 @@ def current_limit(name: str) -> float:
     from kdcore import limits
 
     return getattr(limits.current(), name)
+
+
+def write_to_home_and_caches() -> dict:
+    """What a parser library that caches does: a file in the home folder and the temp folder, and the
+    places its cache variables name."""
+    import tempfile
+    from pathlib import Path
+
+    for folder in (Path.home() / ".cache", Path(tempfile.gettempdir())):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "probe").write_text("x")
+    names = ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "TORCH_HOME", "TORCHINDUCTOR_CACHE_DIR")
+    return {
+        "home": str(Path.home()),
+        "tmp": tempfile.gettempdir(),
+        **{name: os.environ.get(name, "") for name in names},
+        "telemetry": os.environ.get("ORT_DISABLE_TELEMETRY", ""),
+    }

@@ -28,6 +28,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
             "kdcore.report",
             "kdcore.tables",
             "kdcore.words",
+            "kdcore.third_party",
         ),
     ),
     ("data", ("kdcore.data", "kdcore.hooks", "kdcore.stages")),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -26,6 +27,8 @@ from kdcore import limits
 from kdcore.cli.progress import BarProgress
 from kdcore.errors import KDCoreError
 from kdcore.limits import Limits
+from kdcore.paths import data_home
+from kdcore.third_party import process_env
 
 EXIT_OK, EXIT_BUG, EXIT_INPUT = 0, 1, 2
 OUTPUTS = "report.json, candidates.csv, models/, confusion/, log.txt"  # what a run writes (a kind's module may say)
@@ -80,9 +83,6 @@ def resolve_config(argv: Sequence[str]):
 
 
 def _default_out(kind: str) -> Path:
-    # lazy: the engine and torch load only when a command runs (`kdcore --help` stays light)
-    from kdcore.paths import data_home
-
     return data_home() / "runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -110,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar = BarProgress(enabled=False)
     try:
         a = build_parser().parse_args(argv)
+        # For this process and every one it starts (a worker's jobs, sandboxed readers): onnxruntime's
+        # telemetry off and torch's compile cache in the data directory (`kdcore.third_party`).
+        os.environ.update(process_env(data_home(getattr(a, "data_dir", None))))
         if a.limit:
             limits.use(limits.with_overrides(limits.current(), a.limit))
         bar.enabled = not getattr(a, "no_progress", True)

@@ -51,6 +51,7 @@ from kdcore.models.onnxconvert import EXPORT_HINT, convert
 from kdcore.models.reinit import reinitialise
 from kdcore.models.sources import source_path, with_source
 from kdcore.models.spec import ModelSpec
+from kdcore.third_party import import_onnxruntime
 
 log = logging.getLogger("kdcore")
 
@@ -320,7 +321,7 @@ def _verified(g: _Graph, shape: tuple[int, int, int]) -> int:
     key = (g.sha256, tuple(shape))
     if key in _VERIFIED:
         return _VERIFIED[key]
-    import onnxruntime  # heavy: onnxruntime, only to check a conversion
+    onnxruntime = import_onnxruntime()  # heavy, only to check a conversion; its telemetry off
 
     gen = torch.Generator().manual_seed(0)
     x = torch.rand((_FIDELITY_BATCH, *shape), generator=gen)  # (B, C, H, W) in [0, 1)

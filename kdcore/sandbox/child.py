@@ -12,8 +12,10 @@ import os
 import pickle
 import resource
 import select
+import shutil
 import struct
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from kdcore.data.imageset import ImageSet
 from kdcore.errors import KDCoreError
 from kdcore.models.spec import ModelSpec
 from kdcore.sandbox import Budget
+from kdcore.third_party import sandbox_env
 
 PRELOAD = [
     "kdcore.sandbox",
@@ -33,14 +36,15 @@ PRELOAD = [
     "kdcore.models.registry",
     "kdcore.data.folders",
 ]
-# ONNX reading (kdcore.models.onnxfile) imports these (onnx2torch ~2.5 s, onnx ~1 s, onnxruntime 0.05 s).
-# Measured on 2 cores: a paper-cnn .onnx spec read takes 0.39 s with the preload, 2.5 s without; the
-# server's own start grows from 1.5 to 3.6 s, once per process. Optional: skipped where not installed.
+# ONNX reading (kdcore.models.onnxfile) imports these (onnx2torch ~2.5 s, onnx ~1 s). Measured on 2
+# cores: a paper-cnn .onnx spec read takes 0.39 s with the preload, 2.5 s without; the server's own
+# start grows from 1.5 to 3.6 s, once per process. Optional: skipped where not installed. Not
+# onnxruntime (0.05 s): it is imported only by the child that checks an ONNX model
+# (`kdcore.third_party`), so that the server of a .pt audit never loads it.
 PRELOAD_OPTIONAL = [
     "onnx",
     "onnx.version_converter",
     "onnx2torch",
-    "onnxruntime",
     "kdcore.models.onnxfile",
     "kdcore.models.onnxops",
 ]
@@ -49,7 +53,20 @@ PRELOAD_OPTIONAL = [
 def _serve() -> None:
     """The fork server's loop: read `{"work": dir}` lines, fork a child for each and answer its pid;
     reap children and write each one's wait status to `<dir>/exit`. Single-threaded, so that fork
-    is safe; torch is imported here but never run, so no thread pool exists to be forked."""
+    is safe; torch is imported here but never run, so no thread pool exists to be forked.
+
+    The server's own homes and caches are a temporary folder of its own (importing onnx2torch creates
+    torch's compile cache folder), removed when it exits; each child moves them into its `dir`."""
+    home = Path(tempfile.mkdtemp(prefix="kdcore-sandbox-server-"))
+    try:
+        os.environ.update(sandbox_env(home))
+        tempfile.tempdir = None
+        _preload_and_serve()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _preload_and_serve() -> None:
     for module in PRELOAD:
         importlib.import_module(module)
     for module in PRELOAD_OPTIONAL:
@@ -90,6 +107,8 @@ def _child(work: str) -> None:
     try:
         os.setpgid(0, 0)
         os.chdir(work)
+        os.environ.update(sandbox_env(Path(work)))  # a throw-away process: its homes and caches go with `work`
+        tempfile.tempdir = None  # tempfile reads TMPDIR again
         target, args, kwargs, budget, lim = pickle.loads(Path("request.pkl").read_bytes())
         limits.use(limits.Limits(**lim))  # the readers check the parent's limits, --limit included
         _limit_self(Budget(**budget))

@@ -6,6 +6,7 @@ fork server, `run` (one call in a child) and the rebuilding of its answer. The r
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import json
@@ -161,10 +162,25 @@ class _ForkServer:
                         raise
         raise AssertionError("unreachable")
 
+    def stop(self) -> None:
+        """At this process's exit: close the server's stdin and wait while it removes its temp folder,
+        so that nothing of it lingers once this process is gone."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
 
 def _start_server() -> subprocess.Popen:
     # The same modules as here, and the limits in force (each request carries them as well).
     env = {**os.environ, **limits.current().to_env(), "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    atexit.unregister(_SERVER.stop)  # registered once, however often the server is restarted
+    atexit.register(_SERVER.stop)
     return subprocess.Popen(
         [sys.executable, "-m", "kdcore.sandbox.child", "serve"],
         stdin=subprocess.PIPE,

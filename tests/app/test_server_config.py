@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kdcore.limits import Limits
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -33,5 +35,10 @@ def test_no_file_watcher():
 
 
 def test_upload_limit_and_no_tracebacks_for_users():
-    assert int(resolved("maxUploadSize")) == 1024
+    assert int(resolved("maxUploadSize")) * 2**20 == Limits().max_upload_bytes  # `python -m app` passes the limit
     assert resolved("showErrorDetails") == "none"
+
+
+def test_a_plain_streamlit_run_also_listens_on_this_machine_only_with_xsrf_protection():
+    assert resolved("address") == "127.0.0.1"
+    assert resolved("enableXsrfProtection") == "true"
