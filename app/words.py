@@ -46,6 +46,7 @@ FIELDS = {
     "--target": "Target class",
     "--triggered-test": "Triggered test images",
     "--blind": "Judge the model as if the trigger were unknown (blind)",
+    "--no-verdict": "Skip the verdict",
     "--seed": "Seed",
     "--kd-epochs": "Distillation epochs",
     "--batch-size": "Batch size",
