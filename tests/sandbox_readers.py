@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import tempfile
 import time
 
 import torch
@@ -87,3 +88,10 @@ def send_udp(port: int) -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(b"hello", ("127.0.0.1", port))
     return "sent"
+
+
+def temp_file() -> str:
+    """What a reader's own temporary file does (torch.export archives, timm checkpoints)."""
+    fd, path = tempfile.mkstemp(prefix="reader-")
+    os.close(fd)
+    return path

@@ -286,7 +286,7 @@ def _rebuild(answer: dict, work: Path, error: type[KDCoreError], label: str, b: 
             f"if the file is genuine, raise the limits behind it ({b.hint}) with --limit NAME=VALUE"
         )
     if status == "refused":
-        what = "open a network connection" if answer.get("kind") == "network" else "read a file outside its upload"
+        what = "open a network connection" if answer.get("kind") == "network" else "open a file outside its upload"
         raise error(f"{label}this file could not be read safely (it tried to {what}, which the sandbox refuses)")
     if status == "bug":
         raise RuntimeError(f"The sandboxed reader failed with a bug:\n{str(answer.get('traceback', ''))[-8000:]}")
