@@ -14,7 +14,9 @@ How one call runs:
    file: RLIMIT_AS = its current size + the memory budget (torch alone maps ~3 GB of virtual
    memory, so an absolute cap would not even let it start), RLIMIT_CPU, RLIMIT_FSIZE = the
    memory budget (it can write no more than it could hold), RLIMIT_CORE = 0. It uses one thread,
-   sends its stdout/stderr to files in the temp dir, and works in that dir.
+   sends its stdout/stderr to files in the temp dir, and works in that dir. It imports the reader's
+   module, then confines itself (`.confine`: Landlock + a seccomp filter): from there on it reads only
+   its inputs (`run`'s `reads`) and Python, writes only the temp dir, and opens no socket.
 3. The child calls the reader and writes the result there: tensors as a .safetensors file
    (written by `_write_safetensors`, no copy) and everything else as JSON. Never a pickle: a
    compromised child must not get to run code in the parent through its answer.
@@ -27,6 +29,8 @@ What the parent raises:
     crash / memory / time            `error` (InputError or ModelLoadError): "<name>: this file
                                      could not be read safely (it crashed / needed more than N GB
                                      / took longer than N s)"
+    a file or socket the confinement `error`: "... (it tried to open a file outside its upload /
+    refused                          a network connection, which the sandbox refuses)"
     any other exception in the child a bug: RuntimeError with the child's traceback
 
 Budgets (`Budget`): the dashboard's checks use the sandbox_* limits as they are (`Budget.flat`).

@@ -46,7 +46,7 @@ import kdcore
 
 try:  # the Python side is a pinned requirement; the C library it loads is the system's (libseccomp2)
     import pyseccomp
-except (ImportError, OSError):  # OSError: libseccomp.so.2 not found
+except (ImportError, OSError, RuntimeError):  # RuntimeError: "Unable to find libseccomp"
     pyseccomp = None
 
 _READ = AccessFs.READ_FILE | AccessFs.READ_DIR
@@ -57,9 +57,11 @@ _WRITE = (
 )  # fmt: skip
 FAILED_EXIT = 4  # the child's exit code when `confine` failed to apply what the kernel offers
 _NET_ABI = 4  # Landlock's TCP bind/connect rules
-# System files the dynamic loader and a late import may open. /proc/self is not among them: the
-# child reads /proc/self/status for its limits before it confines itself.
-_SYSTEM = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/etc/ld.so.cache", "/dev/urandom")
+# The system's shared libraries, for a library loaded late (dlopen by name reads ld.so.cache). Tried:
+# every reader's tests pass with Python's own folders alone (`_python_paths`), the interpreter and its
+# libraries being open already; these are public, read-only files. Not /proc/self (the child reads its
+# /proc/self/status for its limits before it confines itself) and not /dev/urandom (Python uses getrandom).
+_SYSTEM = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/etc/ld.so.cache")
 
 
 @dataclass(frozen=True)
@@ -128,8 +130,9 @@ def confine(inputs: Iterable[str], work: str) -> Confinement:
 
 
 def _python_paths() -> list[str]:
-    """What a late import needs: the interpreter's stdlib, the venv, kdcore's own package, and the
-    system's shared libraries. Not the working directory or the repository around kdcore, where
-    a data folder may live."""
-    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages(), os.path.dirname(kdcore.__file__)]
-    return [str(Path(p).resolve()) for p in (*paths, *_SYSTEM)]
+    """What a late import needs: the interpreter's stdlib, the venv and any other site-packages on
+    the path, kdcore's own package, and the system's shared libraries. Not the working directory or
+    the repository around kdcore, where a data folder may live."""
+    sites = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages(), *sites]
+    return [str(Path(p).resolve()) for p in (*paths, os.path.dirname(kdcore.__file__), *_SYSTEM)]
