@@ -145,7 +145,8 @@ def _call(reader: Any, args: tuple, kwargs: dict, confined: confine.Confinement)
 
 
 def _refused(e: BaseException | None, confined: confine.Confinement) -> str:
-    """ "file" or "network" for a PermissionError the confinement raised, anywhere in the chain; else ""."""
+    """The kind of access the confinement refused ("file" or "network") if a PermissionError it
+    raised is anywhere in the chain; else "". Without the confinement it is an ordinary error."""
     for _ in range(20):
         if e is None:
             return ""

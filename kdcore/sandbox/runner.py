@@ -254,7 +254,10 @@ def _why(exitcode: int | None, timed_out: bool, b: Budget) -> str:
     if timed_out:
         return f"it took longer than {b.timeout_s:g} s; {fix}"
     if exitcode == FAILED_EXIT:
-        return "the sandbox could not restrict its file and network access, which this kernel offers; this is a bug"
+        return (
+            "the sandbox could not restrict its file and network access, which this kernel offers, so it did not "
+            "read it; this is a bug in kdaudit: please report it with the server's log"
+        )
     if exitcode == -signal.SIGXCPU:
         return f"it took longer than {b.cpu_s:g} s of CPU time; {fix}"
     if exitcode == -signal.SIGKILL:  # killed from outside: the kernel's out-of-memory killer
