@@ -201,3 +201,34 @@ def test_the_child_temp_files_stay_in_its_folder(tmp_path, monkeypatch):
     made = sandbox.run(R + "temp_file", (), SMALL)
     assert Path(made).parent.parent == t  # in the call's own temp folder, the one it may write …
     assert list(t.iterdir()) == []  # … which is gone, with everything in it
+
+
+_PATH_FOLDER = """
+import sys
+from kdcore import sandbox
+folder = sys.argv[1]
+print(sandbox.run("tests.sandbox_readers:read_file", (folder + "/plug/__init__.py",)))
+try:
+    sandbox.run("tests.sandbox_readers:read_file", (folder + "/kdaudit-data/upload.pt",))
+except Exception as e:
+    print(type(e).__name__, e)
+"""
+
+
+def test_a_folder_on_the_python_path_is_importable_but_a_data_folder_beside_it_is_not(tmp_path):
+    """The repository kdcore runs from is on the path, and `./kdaudit-data` is its default data folder."""
+    (tmp_path / "plug").mkdir()
+    (tmp_path / "plug" / "__init__.py").write_text("X = 1\n")
+    (tmp_path / "kdaudit-data").mkdir()
+    (tmp_path / "kdaudit-data" / "upload.pt").write_text("someone else's model")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
+    out = subprocess.run(
+        [sys.executable, "-c", _PATH_FOLDER, str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line]
+    assert lines[0] == "X = 1"
+    if sandbox.confinement().files:
+        assert lines[1].startswith("InputError") and "outside its upload" in lines[1]
+    else:
+        assert lines[1] == "someone else's model"

@@ -10,7 +10,8 @@ and before it touches the input (`confine`), and irreversible for it:
    UNIX sockets and signals scoped from ABI 6, kernel >= 6.12). Every file access right the kernel
    knows is handled, and only these are granted: read (files and folders) on the inputs and on what
    Python needs to import a module it had not yet imported (`_python_paths`: the interpreter's
-   prefix, the venv's site-packages, kdcore itself, the system libraries), read and write on the temp
+   prefix, the venv's site-packages, kdcore itself, the packages and modules of the path's other
+   folders but no data folder beside them, the system libraries), read and write on the temp
    folder, read and write on /dev/null. TCP bind and connect are handled with no port granted.
 2. A seccomp filter (`pyseccomp` over the system's libseccomp): `socket()` fails with EACCES for
    every address family, and `io_uring_setup` too (io_uring can open and connect sockets itself).
@@ -18,8 +19,8 @@ and before it touches the input (`confine`), and irreversible for it:
    and connecting to a UNIX socket file (a container runtime's, a database's).
 
 A refused open or connect raises PermissionError in the child; the child answers it as a refusal
-(`.child`), and the parent raises the reader's own error class: "it tried to read a file outside
-the upload" rather than a traceback.
+(`.child`), and the parent raises the reader's own error class: "it tried to open a file outside
+its upload" rather than a traceback.
 
 Degrade, don't fail: on a kernel without Landlock (or without its TCP rules), or without libseccomp,
 the child reads with what is there, and `available()` says what is missing in plain words (`note`),
@@ -62,6 +63,7 @@ _NET_ABI = 4  # Landlock's TCP bind/connect rules
 # libraries being open already; these are public, read-only files. Not /proc/self (the child reads its
 # /proc/self/status for its limits before it confines itself) and not /dev/urandom (Python uses getrandom).
 _SYSTEM = ("/usr/lib", "/usr/lib64", "/lib", "/lib64", "/etc/ld.so.cache")
+_IMPORTABLE = (".py", ".pyc", ".so", ".pth", ".dist-info", ".egg-info", ".egg-link")
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def confine(inputs: Iterable[str], work: str) -> Confinement:
     got = available()
     if got.files:
         rules = Landlock(strict=False)  # best effort: the rights this ABI knows, all of them handled
-        for path in {*_python_paths(), *inputs}:
+        for path in {*_python_paths(), *inputs}:  # a path that does not exist needs no rule
             if os.path.exists(path):
                 rules.add_path_rule(path, access=_READ if os.path.isdir(path) else _READ_FILE)
         rules.add_path_rule(work, access=_READ | _WRITE)
@@ -130,9 +132,24 @@ def confine(inputs: Iterable[str], work: str) -> Confinement:
 
 
 def _python_paths() -> list[str]:
-    """What a late import needs: the interpreter's stdlib, the venv and any other site-packages on
-    the path, kdcore's own package, and the system's shared libraries. Not the working directory or
-    the repository around kdcore, where a data folder may live."""
-    sites = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
-    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages(), *sites]
-    return [str(Path(p).resolve()) for p in (*paths, os.path.dirname(kdcore.__file__), *_SYSTEM)]
+    """What a late import needs: the interpreter's stdlib, the venv, every site-packages folder on the
+    path, kdcore's package, the importable entries of the path's other folders (`_importable`: the
+    repository kdcore runs from, a PYTHONPATH plugin), and the system's shared libraries."""
+    paths = [sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages(), *_SYSTEM]
+    paths.append(os.path.dirname(kdcore.__file__))  # also when an editable install's finder, not the path, finds it
+    for entry in filter(None, sys.path):
+        if entry.endswith(("site-packages", "dist-packages")) or os.path.isfile(entry):
+            paths.append(entry)  # a whole installation folder, or a zip of modules
+        elif os.path.isdir(entry):
+            paths.extend(_importable(entry))
+    return [str(Path(p).resolve()) for p in paths]
+
+
+def _importable(folder: str) -> list[str]:
+    """The packages, modules and distribution metadata in a folder: not the data folder, uploads or
+    runs that may sit beside them (`./kdaudit-data` in the repository kdcore runs from)."""
+    found = []
+    for e in os.scandir(folder):
+        if e.name.endswith(_IMPORTABLE) or (e.is_dir() and os.path.isfile(os.path.join(e.path, "__init__.py"))):
+            found.append(e.path)
+    return found
