@@ -14,9 +14,10 @@ FROM ${BASE}
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 KDAUDIT_HOME=/data ORT_DISABLE_TELEMETRY=1 \
     KDCORE_FASHION_MNIST=/usr/share/datasets/fashion-mnist DEBIAN_FRONTEND=noninteractive
 
-# python3 + venv on CUDA bases; Fashion-MNIST for the built-in demo (Debian package, when available).
+# python3 + venv on CUDA bases; libseccomp2 for the parsing sandbox's socket filter (kdcore/sandbox/confine.py);
+# Fashion-MNIST for the built-in demo (Debian package, when available).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-pip curl ca-certificates \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-pip curl ca-certificates libseccomp2 \
  && (apt-get install -y --no-install-recommends dataset-fashion-mnist || echo "dataset-fashion-mnist not in this base's archive: mount the IDX files at $KDCORE_FASHION_MNIST") \
  && rm -rf /var/lib/apt/lists/*
 

@@ -311,6 +311,8 @@ def model_check_ui(check: ModelCheck, model_path: Path) -> None:
         f"input {tuple(spec.input_shape)}.",
         icon="✅",
     )
+    if check.sandbox_note:  # the kernel lacks Landlock: read all the same, and say so
+        st.warning(check.sandbox_note[:1].upper() + check.sandbox_note[1:] + ".", icon="⚠️")
 
 
 def layers_ui(report: dict) -> dict[str, str]:

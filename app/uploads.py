@@ -111,6 +111,7 @@ class ModelCheck:
     parameters: int
     output_classes: int
     layers: dict  # kdcore.models.layers.layer_report: candidates per role, the choice, problems
+    sandbox_note: str = ""  # what the parsing sandbox could not restrict on this kernel ("" = files and network)
 
 
 @st.cache_resource(max_entries=32, show_spinner="Loading the model and running a test batch…")
@@ -123,7 +124,7 @@ def check_model(path: str, spec_json: str | None) -> ModelCheck:
     """
     spec = ModelSpec.from_json(spec_json) if spec_json else None
     spec, parameters, layers = sandbox.check_model(path, spec)
-    return ModelCheck(spec, parameters, spec.num_classes, layers)
+    return ModelCheck(spec, parameters, spec.num_classes, layers, sandbox.confinement().note)
 
 
 @st.cache_resource(max_entries=32, show_spinner=False)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up from the project's own files:
-#   - Debian packages (when apt-get exists and we are root): Fashion-MNIST data, Chromium for browser tests
+#   - Debian packages (when apt-get exists and we are root): Fashion-MNIST data, libseccomp2 (the sandbox), Chromium for browser tests
 #     and an emoji font (the dashboard's icons; without it the browser test's screenshots show boxes)
 #   - .venv with the pinned requirements and kdcore installed in editable mode (the `kdcore` command)
 #   - with --with-ray (./test.sh passes it): the optional Ray executor, requirements-ray.txt
@@ -29,6 +29,7 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     command -v node >/dev/null 2>&1 || need+=(nodejs)
     command -v npm >/dev/null 2>&1 || need+=(npm)
   fi
+  ldconfig -p 2>/dev/null | grep 'libseccomp\.so\.2 ' >/dev/null || need+=(libseccomp2)  # the sandbox's socket filter
   if [ ${#need[@]} -gt 0 ]; then
     echo "setup: apt-get install ${need[*]}"
     apt-get update -qq

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import tempfile
 import time
 
 import torch
@@ -80,3 +82,34 @@ def write_to_home_and_caches() -> dict:
         **{name: os.environ.get(name, "") for name in names},
         "telemetry": os.environ.get("ORT_DISABLE_TELEMETRY", ""),
     }
+
+
+def read_file(path: str) -> str:
+    """A reader bug that opens a path the file names: another user's upload, an SSH key."""
+    with open(path) as f:
+        return f.read()
+
+
+def list_folder(path: str) -> list:
+    return sorted(os.listdir(path))
+
+
+def connect(port: int) -> str:
+    """A reader bug that calls out over TCP (to 127.0.0.1: a local database, a metadata service)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"hello")
+    return "connected"
+
+
+def send_udp(port: int) -> str:
+    """Data out over UDP, as a DNS query would carry it: Landlock's TCP rules do not see it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(b"hello", ("127.0.0.1", port))
+    return "sent"
+
+
+def temp_file() -> str:
+    """What a reader's own temporary file does (torch.export archives, timm checkpoints)."""
+    fd, path = tempfile.mkstemp(prefix="reader-")
+    os.close(fd)
+    return path

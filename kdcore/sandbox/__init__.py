@@ -14,7 +14,9 @@ How one call runs:
    file: RLIMIT_AS = its current size + the memory budget (torch alone maps ~3 GB of virtual
    memory, so an absolute cap would not even let it start), RLIMIT_CPU, RLIMIT_FSIZE = the
    memory budget (it can write no more than it could hold), RLIMIT_CORE = 0. It uses one thread,
-   sends its stdout/stderr to files in the temp dir, and works in that dir.
+   sends its stdout/stderr to files in the temp dir, and works in that dir. It imports the reader's
+   module, then confines itself (`.confine`: Landlock + a seccomp filter): from there on it reads only
+   its inputs (`run`'s `reads`) and Python, writes only the temp dir, and opens no socket.
 3. The child calls the reader and writes the result there: tensors as a .safetensors file
    (written by `_write_safetensors`, no copy) and everything else as JSON. Never a pickle: a
    compromised child must not get to run code in the parent through its answer.
@@ -27,6 +29,8 @@ What the parent raises:
     crash / memory / time            `error` (InputError or ModelLoadError): "<name>: this file
                                      could not be read safely (it crashed / needed more than N GB
                                      / took longer than N s)"
+    a file or socket the confinement `error`: "... (it tried to open a file outside its upload /
+    refused                          a network connection, which the sandbox refuses)"
     any other exception in the child a bug: RuntimeError with the child's traceback
 
 Budgets (`Budget`): the dashboard's checks use the sandbox_* limits as they are (`Budget.flat`).
@@ -48,11 +52,12 @@ from kdcore.errors import InputError, ModelLoadError
 from kdcore.models.registry import build_model
 from kdcore.models.spec import ModelSpec
 from kdcore.sandbox import model_check
-from kdcore.sandbox.runner import Budget, BudgetArg, PathLike, budget_for, prestart, run
+from kdcore.sandbox.confine import Confinement, available
+from kdcore.sandbox.runner import Budget, BudgetArg, PathLike, budget_for, model_inputs, prestart, run
 
 __all__ = [  # the sandbox's face: the readers below and the runner's public names
-    "Budget", "BudgetArg", "PathLike", "check_model", "decode_image", "load_labeled", "load_model",
-    "load_unlabeled", "prestart", "read_spec", "run",
+    "Budget", "BudgetArg", "Confinement", "PathLike", "check_model", "confinement", "decode_image",
+    "load_labeled", "load_model", "load_unlabeled", "prestart", "read_spec", "run",
 ]  # fmt: skip
 
 
@@ -65,7 +70,8 @@ def read_spec(
     """`kdcore.models.loading.read_spec`, in a sandbox."""
     shape = tuple(int(v) for v in input_shape) if input_shape else None
     b = budget_for(budget, path, "model")
-    return run("kdcore.sandbox.child:read_spec", (str(path), shape), b, ModelLoadError, path)
+    reads = model_inputs(path)
+    return run("kdcore.sandbox.child:read_spec", (str(path), shape), b, ModelLoadError, path, reads=reads)
 
 
 def load_model(
@@ -79,7 +85,8 @@ def load_model(
     """
     spec_dict = spec.to_dict() if spec is not None else None
     b = budget_for(budget, path, "model")
-    state, got = run("kdcore.sandbox.child:load_model_state", (str(path), spec_dict), b, ModelLoadError, path)
+    args, reads = (str(path), spec_dict), model_inputs(path, spec)
+    state, got = run("kdcore.sandbox.child:load_model_state", args, b, ModelLoadError, path, reads=reads)
     model = build_model(got)
     try:
         model.load_state_dict(state, strict=True)
@@ -87,6 +94,11 @@ def load_model(
         raise ModelLoadError(f"The weights read from {Path(path).name} do not load into {got.arch}: {e}") from e
     model.eval()
     return model.to(device), got
+
+
+def confinement() -> Confinement:
+    """What the parsing children are kept from on this kernel (`.confine`); `.note` says what is missing."""
+    return available()
 
 
 def check_model(path: PathLike, spec: ModelSpec | None = None, *, budget: BudgetArg = "flat") -> tuple:
@@ -97,13 +109,13 @@ def check_model(path: PathLike, spec: ModelSpec | None = None, *, budget: Budget
 def load_labeled(path: PathLike, *args: Any, budget: BudgetArg = "scaled", **kwargs: Any) -> ImageSet:
     """`kdcore.data.folders.load_labeled`, in a sandbox."""
     b = budget_for(budget, path, "images")
-    return run("kdcore.data.folders:load_labeled", (str(path), *args), b, InputError, path, kwargs)
+    return run("kdcore.data.folders:load_labeled", (str(path), *args), b, InputError, path, kwargs, (path,))
 
 
 def load_unlabeled(path: PathLike, *args: Any, budget: BudgetArg = "scaled", **kwargs: Any) -> ImageSet:
     """`kdcore.data.folders.load_unlabeled`, in a sandbox."""
     b = budget_for(budget, path, "images")
-    return run("kdcore.data.folders:load_unlabeled", (str(path), *args), b, InputError, path, kwargs)
+    return run("kdcore.data.folders:load_unlabeled", (str(path), *args), b, InputError, path, kwargs, (path,))
 
 
 def decode_image(

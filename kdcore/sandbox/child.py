@@ -26,7 +26,7 @@ from kdcore import limits
 from kdcore.data.imageset import ImageSet
 from kdcore.errors import KDCoreError
 from kdcore.models.spec import ModelSpec
-from kdcore.sandbox import Budget
+from kdcore.sandbox import Budget, confine
 from kdcore.third_party import sandbox_env
 
 PRELOAD = [
@@ -103,13 +103,13 @@ def _preload_and_serve() -> None:
 
 
 def _child(work: str) -> None:
-    """The child's whole life: own group, limits, quiet, call, answer. Always ends with os._exit."""
+    """The child's whole life: own group, limits, quiet, imports, confinement, call, answer. Always
+    ends with os._exit."""
     try:
         os.setpgid(0, 0)
         os.chdir(work)
         os.environ.update(sandbox_env(Path(work)))  # a throw-away process: its homes and caches go with `work`
-        tempfile.tempdir = None  # tempfile reads TMPDIR again
-        target, args, kwargs, budget, lim = pickle.loads(Path("request.pkl").read_bytes())
+        target, args, kwargs, budget, lim, inputs = pickle.loads(Path("request.pkl").read_bytes())
         limits.use(limits.Limits(**lim))  # the readers check the parent's limits, --limit included
         _limit_self(Budget(**budget))
         for fd, name in ((0, os.devnull), (1, "stdout.txt"), (2, "stderr.txt")):
@@ -117,34 +117,62 @@ def _child(work: str) -> None:
             os.dup2(out, fd)  # also drops the server's request and answer pipes
             os.close(out)
         torch.set_num_threads(1)
+        tempfile.tempdir = work  # a reader's temporary files (.pt2, timm archives) stay in the one folder it may write
     except BaseException:
         os._exit(2)
     try:
         module, _, func = target.partition(":")
-        value = getattr(importlib.import_module(module), func)(*args, **kwargs)
-        tensors: dict[str, torch.Tensor] = {}
-        encoded = _encode(value, tensors)
-        if tensors:
-            _write_safetensors(Path("tensors.safetensors"), tensors)
-        answer = {"status": "ok", "value": encoded, "tensors": bool(tensors)}
-    except BaseException as e:
-        if _is_memory(e):
-            answer = {"status": "memory"}
-        elif isinstance(e, KDCoreError):
-            answer = {
-                "status": "error",
-                "class": type(e).__name__,
-                "message": str(e),
-                "details": getattr(e, "details", {}),
-            }
-        else:
-            answer = {"status": "bug", "traceback": traceback.format_exc()}
+        reader = getattr(importlib.import_module(module), func)  # imported before the file system closes
+    except BaseException:
+        reader = None
+        answer = {"status": "bug", "traceback": traceback.format_exc()}
+    if reader is not None:
+        try:
+            confined = confine.confine(inputs, work)
+        except BaseException:
+            os._exit(confine.FAILED_EXIT)  # the kernel offers it, so reading without it would be a silent hole
+        answer = _call(reader, args, kwargs, confined)
     try:
         Path("answer.part").write_text(json.dumps(answer), encoding="utf-8")
         os.replace("answer.part", "answer.json")
     except BaseException:
         os._exit(3)
     os._exit(0)
+
+
+def _call(reader: Any, args: tuple, kwargs: dict, confined: confine.Confinement) -> dict:
+    """The reader's answer: its value (encoded), or how it failed."""
+    try:
+        value = reader(*args, **kwargs)
+        tensors: dict[str, torch.Tensor] = {}
+        encoded = _encode(value, tensors)
+        if tensors:
+            _write_safetensors(Path("tensors.safetensors"), tensors)
+        return {"status": "ok", "value": encoded, "tensors": bool(tensors)}
+    except BaseException as e:
+        if _is_memory(e):
+            return {"status": "memory"}
+        if isinstance(e, KDCoreError):
+            details = getattr(e, "details", {})
+            return {"status": "error", "class": type(e).__name__, "message": str(e), "details": details}
+        refused = _refused(e, confined)
+        if refused:
+            return {"status": "refused", "kind": refused}
+        return {"status": "bug", "traceback": traceback.format_exc()}
+
+
+def _refused(e: BaseException | None, confined: confine.Confinement) -> str:
+    """The kind of access the confinement refused ("file" or "network") if a PermissionError it
+    raised is anywhere in the chain; else "". Without the confinement it is an ordinary error."""
+    for _ in range(20):
+        if e is None:
+            return ""
+        if isinstance(e, PermissionError):
+            kind = "file" if e.filename is not None else "network"
+            if confined.files if kind == "file" else confined.network:
+                return kind
+        e = e.__cause__ or e.__context__
+    return ""
 
 
 def _limit_self(b: Budget) -> None:

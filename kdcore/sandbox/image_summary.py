@@ -14,5 +14,6 @@ from kdcore.sandbox.runner import BudgetArg, PathLike, budget_for, run
 
 def summarize(path: PathLike, budget: BudgetArg = "flat") -> ImageSetSummary:
     """`kdcore.data.summary.summarize(path)`, read in a sandbox child. Raises InputError."""
-    answer = run("kdcore.data.summary:summary_dict", (str(path),), budget_for(budget, path, "images"), InputError, path)
+    b = budget_for(budget, path, "images")
+    answer = run("kdcore.data.summary:summary_dict", (str(path),), b, InputError, path, reads=(path,))
     return ImageSetSummary.from_dict(answer)

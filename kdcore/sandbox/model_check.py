@@ -16,7 +16,7 @@ from __future__ import annotations
 from kdcore.errors import ModelLoadError
 from kdcore.models.plugins import trusted
 from kdcore.models.spec import ModelSpec
-from kdcore.sandbox.runner import BudgetArg, PathLike, budget_for, run
+from kdcore.sandbox.runner import BudgetArg, PathLike, budget_for, model_inputs, run
 
 _ROLES = ("last_conv", "conv_activation", "penultimate")
 
@@ -26,9 +26,8 @@ def check_model(
 ) -> tuple[ModelSpec, int, dict]:
     """(spec, parameter count, layer report) of the model file at `path` read as `spec` (None: its own)."""
     args = (str(path), spec.to_dict() if spec is not None else None, trusted())
-    return answer_checked(
-        run("kdcore.sandbox.child:check_model", args, budget_for(budget, path, "model"), ModelLoadError, path)
-    )
+    b, reads = budget_for(budget, path, "model"), model_inputs(path, spec)
+    return answer_checked(run("kdcore.sandbox.child:check_model", args, b, ModelLoadError, path, reads=reads))
 
 
 def _strings(v: object) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import glob
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from kdcore import errors, limits
 from kdcore.data.imageset import ImageSet
 from kdcore.errors import InputError, KDCoreError
 from kdcore.models.spec import ModelSpec
+from kdcore.sandbox.confine import FAILED_EXIT, available
 
 PathLike = str | os.PathLike
 _GiB = 2**30
@@ -93,10 +95,12 @@ def run(
     error: type[KDCoreError] = InputError,
     name: PathLike = "",
     kwargs: dict | None = None,
+    reads: tuple[PathLike, ...] = (),
 ) -> Any:
     """Call `target` ("package.module:function") with `args` in a limited child process and return
     its value, rebuilt from JSON + safetensors (see the module docstring for what it raises).
     `name` names the input in error messages; `error` is raised for a crashed, killed or timed-out child.
+    `reads`: the files and folders the child may read besides Python (`.confine`): its inputs.
     """
     budget = budget or Budget.flat()
     label = f"{Path(str(name)).name or name}: " if str(name) else ""
@@ -104,7 +108,8 @@ def run(
     pid = None
     try:
         # parent → child may be a pickle: the child trusts the parent, not the other way round
-        request = (target, args, kwargs or {}, dataclasses.asdict(budget), dataclasses.asdict(limits.current()))
+        inputs = [os.path.abspath(p) for p in reads]
+        request = (target, args, kwargs or {}, dataclasses.asdict(budget), dataclasses.asdict(limits.current()), inputs)
         (work / "request.pkl").write_bytes(pickle.dumps(request))
         pid = _SERVER.fork(work)
         t0 = time.monotonic()
@@ -115,13 +120,16 @@ def run(
             ended = _wait(work, 10.0)
         pid = None
         if ended is not None:
-            log.info(
-                "sandbox: %s read by %s in %.2f s (%.2f s CPU, peak %.0f MB)",
+            confined = available()
+            log.log(
+                logging.WARNING if confined.note else logging.INFO,
+                "sandbox: %s read by %s in %.2f s (%.2f s CPU, peak %.0f MB; %s)",
                 Path(str(name)).name or "input",
                 target,
                 time.monotonic() - t0,
                 ended[2],
                 ended[1] / 1024,
+                confined.summary,
             )
         answer = None if timed_out else _read_answer(work)
         if answer is None:
@@ -226,6 +234,17 @@ def budget_for(budget: BudgetArg, path: PathLike, what: Literal["model", "images
     return budget
 
 
+def model_inputs(path: PathLike, spec: ModelSpec | None = None) -> tuple[str, ...]:
+    """What a model reader may open (`run`'s `reads`): the file, the spec saved beside it
+    (`<stem>.json`), an architecture file saved beside it (`<stem>.source.<ext>`), and the given
+    spec's own source (a `file:<Class>` Python file, a graph), relative to the model's folder."""
+    p = Path(path)
+    found = [p, p.with_suffix(".json"), *p.parent.glob(f"{glob.escape(p.stem)}.source.*")]
+    if spec is not None and spec.source:
+        found.append(p.parent / spec.source)  # an absolute source stays as it is
+    return tuple(str(f) for f in found)
+
+
 def _input_bytes(path: Path, max_entries: int) -> int:
     """The size of a file, or of the regular files under a folder (at most `max_entries` looked at)."""
     if path.is_file():
@@ -250,6 +269,11 @@ def _why(exitcode: int | None, timed_out: bool, b: Budget) -> str:
     fix = f"if the file is genuine, raise the limits behind it ({b.hint}) with --limit NAME=VALUE or KDAUDIT_LIMIT_NAME"
     if timed_out:
         return f"it took longer than {b.timeout_s:g} s; {fix}"
+    if exitcode == FAILED_EXIT:
+        return (
+            "the sandbox could not restrict its file and network access, which this kernel offers, so it did not "
+            "read it; this is a bug in kdaudit: please report it with the server's log"
+        )
     if exitcode == -signal.SIGXCPU:
         return f"it took longer than {b.cpu_s:g} s of CPU time; {fix}"
     if exitcode == -signal.SIGKILL:  # killed from outside: the kernel's out-of-memory killer
@@ -280,6 +304,9 @@ def _rebuild(answer: dict, work: Path, error: type[KDCoreError], label: str, b: 
             f"{label}this file could not be read safely (it needed more than {_gb(b.memory_bytes)} of memory); "
             f"if the file is genuine, raise the limits behind it ({b.hint}) with --limit NAME=VALUE"
         )
+    if status == "refused":
+        what = "open a network connection" if answer.get("kind") == "network" else "open a file outside its upload"
+        raise error(f"{label}this file could not be read safely (it tried to {what}, which the sandbox refuses)")
     if status == "bug":
         raise RuntimeError(f"The sandboxed reader failed with a bug:\n{str(answer.get('traceback', ''))[-8000:]}")
     if status != "ok":
