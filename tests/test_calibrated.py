@@ -29,8 +29,7 @@ def values(target: int | None) -> dict:
     teacher only; every other class with a large one that transfers."""
     l1 = [8.0 if c == target else 40.0 + c for c in range(10)]
     rt = [
-        {"class": c, "teacher_flip": 0.97, "student_flip": 0.02 if c == target else 0.6,
-         "gap": 0.95 if c == target else 0.37}
+        {"class": c, "teacher_flip": 0.97, "student_flip": 0.02 if c == target else 0.6}
         for c in range(10)
     ]  # fmt: skip
     return {"neural-cleanse": {"l1": l1}, "recovered-trigger": {"classes": rt}}

@@ -65,12 +65,12 @@ def class_features(values: Mapping[str, Mapping], k: int) -> list[list[float]]:
             rows[c][col["nc_smallest"]] = float(c == smallest)
     rt = (values.get("recovered-trigger") or {}).get("classes") or []
     if rt:
-        gaps = [float(r["gap"]) for r in rt]
+        gaps = [float(r["teacher_flip"]) - float(r["student_flip"]) for r in rt]
         med_gap = statistics.median(gaps)
-        for r in rt:
+        for r, gap in zip(rt, gaps, strict=True):
             c = int(r["class"])
-            rows[c][col["trigger_gap"]] = float(r["gap"])
-            rows[c][col["trigger_gap_excess"]] = float(r["gap"]) - med_gap
+            rows[c][col["trigger_gap"]] = gap
+            rows[c][col["trigger_gap_excess"]] = gap - med_gap
             teacher = float(r["teacher_flip"])
             rows[c][col["trigger_transfer"]] = (float(r["student_flip"]) / teacher - 1.0) if teacher > 0 else 0.0
     kd = (values.get("kd-disagreement") or {}).get("classes") or []
