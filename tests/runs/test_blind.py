@@ -26,8 +26,11 @@ def test_audit_without_a_trigger_writes_a_verdict_and_scores_known_poisons(tmp_p
     cfg = from_dict(AuditConfig, audit_config(digits_files, trigger=None, known_poisons=str(poisons)))
     report = run_audit(cfg, tmp_path / "run")
     v = report["verdict"]
-    assert set(v) == VERDICT_KEYS and v["status"] in ("backdoor", "no_evidence", "inconclusive")
-    assert 0 <= v["confidence"] <= 1
+    assert VERDICT_KEYS <= set(v) and 0 <= v["confidence"] <= 1
+    # the blind verdict finds the backdoor and its target, and the known poisons (the oracle) are recalled
+    assert v["status"] == "backdoor" and v["target_classes"] == [7], v
+    assert v["p_backdoor"] >= 0.5 and v["likely_target"] == 7 and v["target_probability"] > 0.5
+    assert report["detox"]["recall"] >= 0.8, report["detox"]
     methods = [e["method"] for e in v["evidence"]]
     assert methods == ["kd-disagreement", "neural-cleanse", "recovered-trigger", "activation-clustering"]
     fm = report["flip_matrix"]
@@ -46,6 +49,33 @@ def test_audit_without_a_trigger_writes_a_verdict_and_scores_known_poisons(tmp_p
     assert {"small_cluster_fraction", "silhouette"} <= set(rows[0])
     rt = next(e for e in v["evidence"] if e["method"] == "recovered-trigger")["values"]["classes"]
     assert [r["class"] for r in rt] == list(range(10))  # every class's flips are kept
+
+
+@pytest.mark.slow
+def test_a_clean_model_audited_blind_is_not_called_backdoored(tmp_path, digits_files, digits_models):
+    """A clean digits model (the same split's clean training images, another seed), audited as a downloaded
+    model is: no training set, no trigger."""
+    cfg = audit_config(digits_files, trigger=None, train=False, model=str(digits_models / "clean-1.safetensors"))
+    report = run_audit(from_dict(AuditConfig, cfg), tmp_path / "run")
+    v = report["verdict"]
+    assert v["status"] != "backdoor" and v["p_backdoor"] < 0.5, v
+    assert [e["method"] for e in v["evidence"]] == ["kd-disagreement", "neural-cleanse", "recovered-trigger"]
+
+
+@pytest.mark.slow
+def test_an_audit_with_its_trigger_is_judged_with_the_trigger_as_evidence(tmp_path, digits_files):
+    """Every audit is judged: the known trigger is measured on teacher and student and decides."""
+    cfg = audit_config(digits_files, verdict=True, neural_cleanse={"steps": 60})
+    report = run_audit(from_dict(AuditConfig, cfg), tmp_path / "run")
+    v = report["verdict"]
+    known = next(e for e in v["evidence"] if e["method"] == "known-trigger")
+    assert known["supports"] == "backdoor" and known["classes"] == [7]
+    assert known["values"]["teacher_asr"] == report["teacher"]["asr"] >= 0.8
+    assert known["values"]["student_asr"] == report["student"]["asr"] <= 0.5 * report["teacher"]["asr"]
+    assert v["status"] == "backdoor" and v["target_classes"] == [7] and "given trigger" in v["rule"]
+    assert "evaluation_only" not in report  # the trigger is evidence here, not held back
+    off = run_audit(from_dict(AuditConfig, audit_config(digits_files)), tmp_path / "quick")  # --no-verdict
+    assert "verdict" not in off and off["teacher"]["asr"] == report["teacher"]["asr"]
 
 
 def test_known_poisons_needs_a_training_set_and_a_good_file(tmp_path, digits_files):
@@ -86,5 +116,5 @@ def test_blind_demo(tmp_path, tmp_path_factory, scenario):
         assert v["status"] == "backdoor" and v["target_classes"] == [7], v
         assert report["activation_clustering"]["detection"]["n_poison"] == 120
     else:
-        assert v["status"] != "backdoor", v
+        assert v["status"] == "no_evidence", v
     assert report["evaluation_only"] == ["asr", "poison_acc"]  # the true trigger, for comparison only
