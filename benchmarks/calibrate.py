@@ -48,10 +48,12 @@ PICTURE = ROOT / "docs" / "zoo_reliability.png"
 
 
 def implanted(rows: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(the rows to fit and score, the poisoned models whose backdoor did not take: attack success on the
-    test set < MIN_ASR). As in TrojAI, a model counts as backdoored when its trigger works; one poisoned
+    """(the rows to fit and score, the models made in vain: a poisoned one whose backdoor did not take,
+    attack success on the test set < MIN_ASR, or one whose training failed; benchmarks/zoo.py does not
+    audit them). As in TrojAI, a model counts as backdoored when its trigger works; one poisoned
     in vain is neither a backdoored model (nothing to find) nor a clean one (its training was poisoned)."""
-    failed = [r for r in rows if r["truth"]["backdoored"] and (r["truth"].get("asr") or 0.0) < MIN_ASR]
+    failed = [r for r in rows if r.get("outcome") in ("training failed", "implant failed") or not r.get("status")
+              or (r["truth"]["backdoored"] and (r["truth"].get("asr") or 0.0) < MIN_ASR)]  # fmt: skip
     names = {r["name"] for r in failed}
     return [r for r in rows if r["name"] not in names], failed
 
@@ -264,8 +266,14 @@ def synthetic_rows(n: int = 24) -> list[dict]:
         truth = {"backdoored": bad, "target": target, "asr": 0.95 if bad else None}
         attack = "badnets" if bad else "clean"
         rows.append({"name": f"synthetic-{i}", "part": part, "arch": "paper-cnn", "attack": attack, "hard": "",
-                     "truth": truth, "evidence": evidence})  # fmt: skip
+                     "truth": truth, "evidence": evidence, "status": "backdoor" if bad else "no_evidence"})  # fmt: skip
     return rows
+
+
+def vain_row(r: dict) -> dict:
+    t = r["truth"]
+    return {"name": r["name"], "part": r["part"], "outcome": r.get("outcome"), "asr": t.get("asr"),
+            "clean_acc": t.get("clean_acc")}  # fmt: skip
 
 
 def attack_kind(s: dict) -> str:
@@ -284,7 +292,7 @@ def main() -> None:
         zoo = json.loads((a.zoo or a.results / "zoo.json").read_text())
     rows, failed = implanted(zoo["rows"])
     if failed:
-        log(f"left out, their backdoor did not take (asr < {MIN_ASR}): {', '.join(r['name'] for r in failed)}")
+        log(f"left out, made in vain (no backdoor took, or training failed): {', '.join(r['name'] for r in failed)}")
     cal_rows = [r for r in rows if r["part"] == "calibration"]
     if a.fit or a.smoke:
         about = {"source": "benchmarks/results/zoo.json, calibration part", "setup": zoo.get("setup")}
@@ -304,7 +312,7 @@ def main() -> None:
     print(table(parts), flush=True)
     write_result("zoo_score", "calibrate.py", torch.device("cpu"), {
         "thresholds": {"t_lo": cal.t_lo, "t_hi": cal.t_hi}, "calibration": cal.fitted, "parts": parts,
-        "implant_failed": [{"name": r["name"], "part": r["part"], "asr": r["truth"].get("asr")} for r in failed],
+        "made_in_vain": [vain_row(r) for r in failed],
         "heldout_by_arch": by(held, lambda s: s["arch"]),
         "heldout_by_attack": by(held, attack_kind),
         "reliability": curves, "table": table(parts), "models": scored,

@@ -58,6 +58,8 @@ from kdcore.io import atomic_write_json  # noqa: E402
 OUT = ROOT / "benchmarks" / "out" / "zoo"
 SPLIT = ROOT / "benchmarks" / "zoo_split.json"
 POLL_S = 2.0
+MIN_CLEAN_ACC = 0.5  # a model under this clean accuracy never learnt the task (VGG-11 at 2 epochs: 0.21-0.28)
+MIN_ASR = 0.5  # a poisoned model whose trigger sends fewer test images to the target has no backdoor
 SMOKE_SIZES = Sizes(n_clean=100, n_test=100, n_train=300, epochs=1)
 SMOKE_KD = {"distill": {"epochs": 1}, "finetune": {"epochs": 0}}
 
@@ -119,6 +121,20 @@ def row_of(recipe: Recipe, truth: dict, report: dict, job: int | None) -> dict:
     }
 
 
+def made_in_vain(truth: dict, smoke: bool) -> str:
+    """Why a made model is no audit subject, or "": its training failed (clean accuracy under
+    MIN_CLEAN_ACC: it never learnt the task) or its poisoning did (attack success under MIN_ASR: no
+    backdoor took; as TrojAI counts a model trojaned only when its trigger works). Such a model is
+    kept as a row with that outcome, left out of the calibration and the scores."""
+    if smoke:
+        return ""
+    if truth["clean_acc"] < MIN_CLEAN_ACC:
+        return "training failed"
+    if truth["backdoored"] and (truth.get("asr") or 0.0) < MIN_ASR:
+        return "implant failed"
+    return ""
+
+
 def _values(e: dict, report: dict) -> dict:
     """A piece's numbers as the calibrated verdict reads them: activation clustering's per-class
     silhouettes from the report's table where the piece itself did not keep them (older reports)."""
@@ -173,7 +189,11 @@ def run(a: argparse.Namespace, out: Path) -> None:
     todo: list[Recipe] = []
     for r in rs:
         report = out / r.name / "audit" / "report.json"
-        if report.is_file():
+        truth_file = out / r.name / "truth.json"
+        vain = made_in_vain(json.loads(truth_file.read_text()), a.smoke) if truth_file.is_file() else ""
+        if vain:
+            rows[r.name] = {**row_of(r, json.loads(truth_file.read_text()), {}, None), "outcome": vain}
+        elif report.is_file():
             truth = json.loads((out / r.name / "truth.json").read_text())
             rows[r.name] = row_of(r, truth, json.loads(report.read_text()), kept.get(r.name, {}).get("job"))
         elif r.name in kept:
@@ -214,6 +234,12 @@ def run(a: argparse.Namespace, out: Path) -> None:
                     t = made.truth
                     how = "reused" if made.reused else f"{t['train_s']:.0f} s training"
                     log(f"{r.name}: made ({how}), clean_acc {t['clean_acc']}, asr {t['asr']}")
+                    failed = made_in_vain(t, a.smoke)
+                    if failed:
+                        log(f"{r.name}: not audited, {failed}")
+                        rows[r.name] = {**row_of(r, t, {}, None), "outcome": failed}
+                        save()
+                        continue
                     job = audits.submit(r, made, out / r.name / "audit", kd, nc)
                     pending[job.id] = (r, made)
                 audits.keep_running(list(pending))
