@@ -7,7 +7,8 @@ of logging in and out through the provider's own pages.
     start_dashboard(data, log, port=dashboard_port, secrets=secrets)
     log_in(page, dashboard_url, "alice"); log_out(page)
 
-The accounts are test accounts, handed to the provider at its start (ACCOUNTS). Importable without
+The accounts are test accounts, handed to the provider at its start (ACCOUNTS); the provider's `sub`
+claim is the username, and carol is the dashboard's admin (ADMINS). Importable without
 torch, like benchmarks/dashboard.py.
 """
 
@@ -41,7 +42,9 @@ class Account:
 ACCOUNTS = {
     "alice": Account("alice", "alice-password", "Alice Liddell", "alice@example.test"),
     "bob": Account("bob", "bob-password", "Bob Marley", "bob@example.test"),
+    "carol": Account("carol", "carol-password", "Carol Shaw", "carol@example.test"),
 }
+ADMINS = ("carol",)  # the dashboard's admins (write_secrets' [kdaudit] table): by subject, the username here
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,8 @@ def stop_provider(provider: Provider) -> None:
 
 
 def write_secrets(folder: Path, provider: Provider) -> Path:
-    """`folder/secrets.toml`: the dashboard's [auth] table for `provider` (the README's example, filled in)."""
+    """`folder/secrets.toml`: the dashboard's [auth] table for `provider` (the README's example, filled in),
+    and its admins (`ADMINS`, in the [kdaudit] table that app/identity.py reads)."""
     path = folder / "secrets.toml"
     path.write_text(
         "[auth]\n"
@@ -114,6 +118,8 @@ def write_secrets(folder: Path, provider: Provider) -> Path:
         # oidc-provider knows no "select_account", Streamlit's default prompt: ask for the password each time
         "[auth.client_kwargs]\n"
         'prompt = "login"\n'
+        "[kdaudit]\n"
+        f"admins = {json.dumps(list(ADMINS))}\n"
     )
     path.chmod(0o600)
     return path

@@ -1,7 +1,7 @@
 """The browser tests' shared pieces: the dashboard (`python -m app`, dashboard + worker) as a
 module-scoped server (`server`; `login_server`: with log-in through a real OpenID Connect provider on
-localhost, benchmarks/login.py), one headless Chromium page per module (`page`, `login_page`), and the
-steps several tests repeat
+localhost, benchmarks/login.py), one headless Chromium page per module (`page`, `login_page`; or one
+Chromium with a page per user: `chromium`, `new_page`), and the steps several tests repeat
 (waiting for a job, opening a page once it has drawn, uploading the digits model and its data).
 Screenshots go to $KDAUDIT_SCREENSHOTS (default build/screenshots)."""
 
@@ -50,7 +50,7 @@ def server(tmp_path_factory):
 def login_server(tmp_path_factory):
     """As `server`, with log-in on: npm's oidc-provider (tests/oidc/provider.js) on a free port with the
     accounts of benchmarks/login.py's ACCOUNTS, and the dashboard started with a secrets file pointing at
-    it (outside the data directory). "url" is http://localhost:PORT, the host of its redirect URI (the
+    it (outside the data directory) and naming its ADMINS (carol). "url" is http://localhost:PORT, the host of its redirect URI (the
     log-in cookie is the host's); "provider" is the running provider."""
     data = tmp_path_factory.mktemp("e2e-login-home")
     port = free_port()
@@ -67,18 +67,30 @@ def login_server(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def chromium_page():
-    """One headless Chromium (Debian's) and one page in it, 1400 × 1000."""
+def chromium():
+    """One headless Chromium (Debian's); `new_page(browser)` opens pages in it."""
     assert Path(CHROMIUM).exists(), "Chromium is missing: ./scripts/setup.sh installs Debian's chromium"
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(60_000)
-        yield pg
+        yield browser
         browser.close()
+
+
+def new_page(browser):
+    """A 1400 × 1000 page in a fresh browser context: its own cookies, so its own log-in (one per user)."""
+    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+    pg.set_default_timeout(60_000)
+    return pg
+
+
+@contextlib.contextmanager
+def chromium_page():
+    """One headless Chromium (Debian's) and one page in it, 1400 × 1000."""
+    with chromium() as browser:
+        yield new_page(browser)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Log-in with OpenID Connect in a real browser (issue 21), through a real provider on localhost: npm's
-oidc-provider (tests/oidc/provider.js), started by the `login_server` fixture with two test accounts.
+oidc-provider (tests/oidc/provider.js), started by the `login_server` fixture with its test accounts.
 
 Nothing is mocked: the dashboard's "Log in" sends Chromium to the provider, the provider's own sign-in
 page takes the password, the code comes back to Streamlit's /oauth2callback, Streamlit exchanges it for
