@@ -16,6 +16,7 @@ from kdcore.runs.demo import run_demo
 from kdcore.verdict.rescore import rescore
 from tests.conftest import audit_config
 
+KD_EPOCHS = 20  # digits: 500 unlabelled 8×8 images, about a second an epoch
 VERDICT_KEYS = {"status", "target_classes", "target_names", "confidence", "rule", "evidence"}
 
 
@@ -23,7 +24,10 @@ VERDICT_KEYS = {"status", "target_classes", "target_names", "confidence", "rule"
 def test_audit_without_a_trigger_writes_a_verdict_and_scores_known_poisons(tmp_path, digits_files):
     poisons = tmp_path / "poisons.txt"
     poisons.write_text("\n".join(sorted(digits_files["poisons"])) + "\n")
-    cfg = from_dict(AuditConfig, audit_config(digits_files, trigger=None, known_poisons=str(poisons)))
+    # a student distilled long enough to learn the task (2 epochs leave it at 28 % clean accuracy, and a
+    # student that learnt nothing follows no recovered trigger: every class then looks like a backdoor's)
+    cfg = audit_config(digits_files, trigger=None, known_poisons=str(poisons), kd_epochs=KD_EPOCHS)
+    cfg = from_dict(AuditConfig, cfg)
     report = run_audit(cfg, tmp_path / "run")
     v = report["verdict"]
     assert VERDICT_KEYS <= set(v) and 0 <= v["confidence"] <= 1
@@ -55,7 +59,8 @@ def test_audit_without_a_trigger_writes_a_verdict_and_scores_known_poisons(tmp_p
 def test_a_clean_model_audited_blind_is_not_called_backdoored(tmp_path, digits_files, digits_models):
     """A clean digits model (the same split's clean training images, another seed), audited as a downloaded
     model is: no training set, no trigger."""
-    cfg = audit_config(digits_files, trigger=None, train=False, model=str(digits_models / "clean-1.safetensors"))
+    model = str(digits_models / "clean-1.safetensors")
+    cfg = audit_config(digits_files, trigger=None, train=False, model=model, kd_epochs=KD_EPOCHS)
     report = run_audit(from_dict(AuditConfig, cfg), tmp_path / "run")
     v = report["verdict"]
     assert v["status"] != "backdoor" and v["p_backdoor"] < 0.5, v
