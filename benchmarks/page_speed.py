@@ -275,7 +275,7 @@ def _change_widget(page, name: str) -> bool:
         page.locator(".st-key-filter-flagged label").first.click()
         return True
     if name == "lesson":  # the trigger's intensity from 100 % to 0: the fragment reruns, three models redraw
-        page.locator(".st-key-lesson_intensity [role=slider]").focus()
+        page.locator(".st-key-lesson_intensity input[type=range]").focus()
         page.keyboard.press("Home")
         return True
     return False

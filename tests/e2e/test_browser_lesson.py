@@ -25,22 +25,23 @@ def _says(page, model: str) -> str:
 
 def _move(page, key: str, button: str) -> None:
     """Drag the slider `key` to its end with the keyboard (Home: its start, End: its end)."""
-    thumb = page.locator(f".st-key-{key} [role=slider]")
+    thumb = page.locator(f".st-key-{key} input[type=range]")  # a react-aria slider: its hidden range input
     thumb.focus()
     page.keyboard.press(button)
 
 
-@pytest.mark.timeout(2400)  # a whole blind quick-demo job (≈ 5 min alone) on 2 shared cores
+@pytest.mark.timeout(4200)  # a whole blind quick-demo job: ≈ 5 min alone, 30+ min on 2 cores shared with other work
 def test_lesson_runs_the_demo_walks_the_steps_and_flips_only_the_teacher(server, page):
     url, data = server["url"], server["data"]
     page.goto(f"{url}/lesson")
     page.get_by_role("button", name="Run the quick demo").click()
     page.locator(".st-key-lesson_progress").wait_for(timeout=180_000)  # its progress while it runs
-    wait_job(data, 1, timeout=1800)
+    wait_job(data, 1, timeout=3600)
     for step in STEPS:  # the page redraws itself once the demo has finished
         page.get_by_role("heading", name=step).wait_for(timeout=180_000)
     page.locator(".st-key-lesson_verdict").get_by_text(f"Backdoor found → target class {TARGET}").wait_for()
-    assert page.get_by_text("Table 5").count() >= 1
+    page.get_by_role("heading", name="The paper beside us").wait_for(timeout=120_000)
+    page.get_by_text("Table 5, “Accuracy of each model in MNIST task”").wait_for()
 
     teacher, students = "teacher", ("student", "finetuned")
     page.locator(".st-key-lesson_pred_teacher").wait_for(timeout=120_000)
