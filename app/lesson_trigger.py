@@ -156,5 +156,6 @@ def _playground(run_dir: str, ex: Examples, models: tuple[str, ...], trigger: Tr
             col.caption(f"without the mark: {say_class(before, names)} ({probs[0, before]:.0%})")
     st.caption(
         "Grad-CAM colours the pixels that pushed each model to its answer (red: most). Where the backdoor "
-        "fires, the teacher looks at the mark; the students look at the clothing."
+        "fires, the teacher looks almost only at the mark; the students may notice it too, but it does not "
+        "change their answer."
     )

@@ -40,7 +40,7 @@ try:
     st.subheader("Now you: place the mark yourself", anchor="try")
     st.markdown(
         "Pick a picture, then move, resize and fade the mark. The teacher jumps to the attacker's answer when the "
-        "mark sits where the attacker put it; the students keep seeing the clothing."
+        "mark sits where the attacker put it; the students keep their answer."
     )
     trigger_playground_ui(
         job.run_dir, lesson.examples(job.run_dir, students), ("teacher", *students), lesson.lesson_trigger(job.run_dir)

@@ -16,6 +16,9 @@ STEPS = (
     "4 · Disagreement finds the poisons",
     "5 · Fine-tuning",
 )
+# the script has finished its rerun and nothing on the page is stale
+SETTLED = """() => document.querySelector('[data-testid="stApp"]')
+  .getAttribute('data-test-script-state') === 'notRunning' && !document.querySelector('[data-stale="true"]')"""
 TARGET = "Sneaker"  # the quick demo's trigger relabels to class 7 (DemoConfig's BadNets(target=7))
 
 
@@ -59,7 +62,7 @@ def test_lesson_runs_the_demo_walks_the_steps_and_flips_only_the_teacher(server,
     page.wait_for_function(
         f"document.querySelector('.st-key-lesson_pred_teacher').innerText.includes('says {TARGET}')", timeout=60_000
     )
-    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
+    page.wait_for_function(SETTLED, timeout=60_000)  # the students redraw after the teacher
     for m in students:
         assert f"says {TARGET}" not in _says(page, m), _says(page, m)
         assert _says(page, m).split(" (")[0] == before[m].split(" (")[0]  # the same class with and without the mark
