@@ -18,6 +18,7 @@ PAGES = [
     st.Page("app_pages/defenses.py", title="Defenses", icon="🧪", url_path="defenses"),
     st.Page("app_pages/candidates.py", title="Poison candidates", icon="🔎", url_path="candidates"),
     st.Page("app_pages/explain.py", title="Explain", icon="🔥", url_path="explain"),
+    st.Page("app_pages/lesson.py", title="Lesson", icon="🎓", url_path="lesson"),
 ]
 try:
     login.require_login()  # with log-in configured, nothing below runs until the user has logged in

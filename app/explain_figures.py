@@ -40,6 +40,7 @@ from kdcore.models.loading import load_model
 from kdcore.models.spec import ModelSpec
 from kdcore.run_context import RunContext
 from kdcore.runs.rebuild import load_context
+from kdcore.train import predict_logits
 from kdcore.triggers import Trigger
 from kdcore.views import (
     ACT_ROLE,
@@ -159,6 +160,14 @@ def gradcam_panels(
     model, spec = run_model(run_dir, model_name)
     with _compute_lock():
         return views.gradcam_panels(model, at_layer(spec, layer), images, chosen)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def predictions(run_dir: str, model_name: str, images: np.ndarray) -> np.ndarray:
+    """float32 (N, K): softmax probabilities of one of the run's models on uint8 images (N, C, H, W), one pass."""
+    model, spec = run_model(run_dir, model_name)
+    with _compute_lock():
+        return torch.softmax(predict_logits(model, spec, torch.from_numpy(images), views.CPU), dim=1).numpy()
 
 
 def norm_sample(ctx: RunContext, max_images: int = NORM_IMAGES, seed: int = 0) -> torch.Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import streamlit as st
@@ -24,6 +25,12 @@ METRIC_HELP = {
     "clean_acc": "Accuracy on the clean test set.",
     "poison_acc": "Accuracy on the poison test set (trigger on every non-target image), w.r.t. the true labels.",
     "asr": "Attack success rate: share of triggered non-target images classified as the target. Lower is better.",
+}
+DETOX_HELP = {
+    "flagged": "Training samples flagged as poison candidates.",
+    "precision": "Share of flagged samples that are poison.",
+    "recall": "Share of the known poisons that were flagged.",
+    "false_positives": "Clean samples flagged (and removed).",
 }
 
 
@@ -79,22 +86,29 @@ def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f} %"
 
 
-def metric_cards_ui(report: dict) -> None:
-    """One column per model, clean_acc / poison_acc / asr cards; deltas in points vs the teacher."""
-    models = models_of(report)
-    if not models:
+def metric_cards_ui(
+    report: dict,
+    models: Sequence[str] | None = None,
+    metrics: Sequence[str] = METRICS,
+    labels: Mapping[str, str] | None = None,
+) -> None:
+    """One column per model, clean_acc / poison_acc / asr cards; deltas in points vs the teacher.
+    `models` and `metrics` pick which (default: every model of the report, every metric); `labels`
+    says a metric in other words than its name (the Lesson's)."""
+    models_ev = {m: ev for m, ev in models_of(report).items() if models is None or m in models}
+    if not models_ev:
         st.info("No model was evaluated: the run had no labelled test set.")
         return
-    teacher = models.get("teacher") or {}
-    for col, (model, ev) in zip(st.columns(len(models)), models.items(), strict=True):
+    teacher = models_of(report).get("teacher") or {}
+    for col, (model, ev) in zip(st.columns(len(models_ev)), models_ev.items(), strict=True):
         col.markdown(f"**{ROLES[model]}**")
-        for key in METRICS:
+        for key in metrics:
             v, ref = ev.get(key), teacher.get(key)
             delta = None
             if model != "teacher" and v is not None and ref is not None:
                 delta = f"{100 * (v - ref):+.1f} pts vs teacher"
             col.metric(
-                key,
+                (labels or {}).get(key, key),
                 _pct(v),
                 delta=delta,
                 delta_color="inverse" if key == "asr" else "normal",
@@ -109,18 +123,20 @@ def scaled_metric_ui(col, label: str, n: int, total: int, help: str | None = Non
     col.metric(label, f"{n:,}", delta=share_of(n, total), delta_color="off", delta_arrow="off", help=help)
 
 
-def detox_summary_ui(detox: dict | None) -> None:
-    """flagged (of the training samples) / precision / recall / false_positives of the detoxification."""
+def detox_summary_ui(detox: dict | None, labels: Mapping[str, str] | None = None) -> None:
+    """flagged (of the training samples) / precision / recall / false_positives of the detoxification;
+    `labels` says them in other words than their names (the Lesson's)."""
     if not detox:
         st.info("No detoxification: the run had no labelled training set.")
         return
+    say = lambda key: (labels or {}).get(key, key)
     c = st.columns(4)
     n, total = detox.get("flagged", 0), detox.get("total", 0)
-    scaled_metric_ui(c[0], "flagged", n, total, help="Training samples flagged as poison candidates.")
-    c[1].metric("precision", _pct(detox.get("precision")), help="Share of flagged samples that are poison.")
-    c[2].metric("recall", _pct(detox.get("recall")), help="Share of the known poisons that were flagged.")
+    scaled_metric_ui(c[0], say("flagged"), n, total, help=DETOX_HELP["flagged"])
+    c[1].metric(say("precision"), _pct(detox.get("precision")), help=DETOX_HELP["precision"])
+    c[2].metric(say("recall"), _pct(detox.get("recall")), help=DETOX_HELP["recall"])
     fp = detox.get("false_positives")
-    c[3].metric("false_positives", "—" if fp is None else f"{fp:,}", help="Clean samples flagged (and removed).")
+    c[3].metric(say("false_positives"), "—" if fp is None else f"{fp:,}", help=DETOX_HELP["false_positives"])
     if detox.get("precision") is None and detox.get("recall") is None:
         st.caption("Precision and recall need the true poison indices, which only the demo and sweeps know.")
 

@@ -188,3 +188,15 @@ def report_trigger(report: dict, class_names: Names = ()) -> str | None:
     settings (with the model's class names), else the description in its data."""
     trigger = (report.get("config") or {}).get("trigger") or (report.get("data") or {}).get("trigger")
     return trigger_in_words(trigger, class_names) if trigger else None
+
+
+# A report's metric and detection names as a student says them (the Lesson page's cards)
+METRIC_WORDS = {
+    "clean_acc": "Accuracy on clean images",
+    "poison_acc": "Accuracy on triggered images",
+    "asr": "Attack success",
+    "flagged": "Flagged as suspicious",
+    "precision": "Precision",
+    "recall": "Recall",
+    "false_positives": "Clean images flagged",
+}

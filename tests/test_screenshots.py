@@ -32,8 +32,8 @@ def readme_shots() -> list[tuple[str, str]]:
     return re.findall(r"!\[([^\]]+)\]\(docs/screenshots/([^)]+)\)", (ROOT / "README.md").read_text())
 
 
-def test_the_navigation_has_the_eight_pages():
-    titles = ["Home", "New audit", "Models", "Jobs", "Results", "Defenses", "Poison candidates", "Explain"]
+def test_the_navigation_has_the_nine_pages():
+    titles = ["Home", "New audit", "Models", "Jobs", "Results", "Defenses", "Poison candidates", "Explain", "Lesson"]
     assert page_titles() == titles
 
 

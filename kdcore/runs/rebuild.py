@@ -21,7 +21,7 @@ from kdcore.models.spec import ModelSpec
 from kdcore.run_context import RunContext
 from kdcore.runs.common import labelled_sets
 from kdcore.runs.configs import AuditConfig, DemoConfig
-from kdcore.runs.scenario import SPEC, build_demo_data, suspect
+from kdcore.runs.scenario import SPEC, DemoData, build_demo_data, suspect
 from kdcore.triggers import Trigger
 
 
@@ -31,10 +31,7 @@ def load_context(
     """The RunContext of a finished demo or audit run (a refine run: its source run's). `with_train`
     False: an audit's training set is not decoded (a page that measures on the test set only)."""
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    if not cfg_path.exists():
-        raise InputError(f"{run_dir} is not a kdcore run directory (no config.json)")
-    config = read_json(cfg_path)
+    config = _config(run_dir)
     kind = config.get("kind")
     body = {k: v for k, v in config.items() if k != "kind"}
     device = resolve_device(str(device))
@@ -55,3 +52,20 @@ def load_context(
         trigger = Trigger.from_dict(cfg.trigger) if cfg.trigger else None
         return RunContext(run_dir, kind, config, spec, teacher, train, test, trigger, None)
     raise InputError(f"Run kind {kind!r} in {run_dir} has no models to inspect (expected demo, audit or refine)")
+
+
+def demo_data(run_dir: str | Path) -> DemoData:
+    """The data sets of a finished demo run, drawn again from its config: the clean training set
+    beside its poisoned copy (the same images before and after the attacker's stamp), the poison
+    indices and the test set. No model is loaded."""
+    config = _config(Path(run_dir))
+    if config.get("kind") != "demo":
+        raise InputError(f"{run_dir} is a {config.get('kind')} run, not the built-in demo; open a demo run")
+    return build_demo_data(from_dict(DemoConfig, {k: v for k, v in config.items() if k != "kind"}))
+
+
+def _config(run_dir: Path) -> dict:
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.exists():
+        raise InputError(f"{run_dir} is not a kdcore run directory (no config.json)")
+    return read_json(cfg_path)

@@ -197,3 +197,28 @@ def fake_runs(app_home, tmp_path, monkeypatch):
         return job.id
 
     return make
+
+
+@pytest.fixture(scope="session")
+def lesson_home(tmp_path_factory):
+    """KDAUDIT_HOME with job 1 = the built-in demo at its smallest (`TINY_DEMO`, seconds), judged blind as
+    Home's button does (Neural Cleanse at tiny settings), run through the real store and worker."""
+    from tests.conftest import TINY_DEMO
+
+    home = tmp_path_factory.mktemp("kdaudit-lesson")
+    store = JobStore(home)
+    nc = {"steps": 20, "round_steps": 10, "n_images": 64, "n_holdout": 32, "batch_size": 16}
+    cfg = {**TINY_DEMO, "blind": True, "neural_cleanse": nc, "device": "cpu", "cache_dir": str(home / "cache")}
+    store.submit("demo", cfg, label="quick demo")
+    _run_next(store)
+    return home
+
+
+@pytest.fixture()
+def lesson_env(lesson_home, monkeypatch):
+    monkeypatch.setenv("KDAUDIT_HOME", str(lesson_home))
+    import streamlit as st
+
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    return lesson_home
