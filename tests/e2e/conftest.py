@@ -50,8 +50,8 @@ def server(tmp_path_factory):
 def login_server(tmp_path_factory):
     """As `server`, with log-in on: npm's oidc-provider (tests/oidc/provider.js) on a free port with the
     accounts of benchmarks/login.py's ACCOUNTS, and the dashboard started with a secrets file pointing at
-    it (outside the data directory) and naming its ADMINS (carol). "url" is http://localhost:PORT, the host of its redirect URI (the
-    log-in cookie is the host's); "provider" is the running provider."""
+    it (outside the data directory) and naming its ADMINS (carol). "url" is http://localhost:PORT, the host
+    of its redirect URI (the log-in cookie is the host's); "provider" is the running provider."""
     data = tmp_path_factory.mktemp("e2e-login-home")
     port = free_port()
     provider = start_provider(port, data / "provider.log")
