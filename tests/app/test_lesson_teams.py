@@ -65,7 +65,7 @@ def test_bobs_lesson_neither_uses_nor_opens_alices_demo(alices_demos):
         assert not bob.exception and refused(bob)
         assert steps(bob) == [] and SECRET not in everything_shown(bob) and not bob.button
 
-    trail = Access(store, LOCAL_USER).trail()
+    trail = [e for e in Access(store, LOCAL_USER).trail() if e.subject != "local"]  # other tests' visits as local
     assert {(e.subject, e.action, e.job_id) for e in trail} == {
         ("alice-sub", "opened", done),
         ("bob-sub", "refused", done),
