@@ -27,11 +27,11 @@ from app.explain_figures import as_display, predictions, run_view, train_images,
 from app.jobs_client import submit_demo
 from app.paper_table import pct, table5_rows
 from app.results import detox_summary_ui, link_ui, metric_cards_ui
-from app.state import fmt_duration, store
+from app.state import access, fmt_duration, note_opened, refuse_ui, show_error, store
 from app.verdict import STATUS, flip_matrix_ui, verdict_headline
 from app.words import METRIC_WORDS, trigger_in_words
 from kdcore.candidates import FILE_NAME as CANDIDATES_FILE
-from kdcore.errors import InputError
+from kdcore.errors import InputError, KDCoreError
 from kdcore.jobs.store import Job
 from kdcore.runs.rebuild import demo_data
 from kdcore.runs.scenario import DemoData
@@ -49,20 +49,25 @@ TWO = ("clean_acc", "asr")  # the lesson's two numbers
 
 
 def lesson_demos() -> list[Job]:
-    """The built-in demo's jobs with an attack (a lesson needs a backdoor to show), newest first."""
-    return [j for j in store().list() if j.kind == "demo" and j.config.get("scenario", "attack") == "attack"]
+    """The built-in demo's jobs with an attack (a lesson needs a backdoor to show) that the signed-in
+    user may see (`app.state.access`), newest first."""
+    return [j for j in access().jobs() if j.kind == "demo" and j.config.get("scenario", "attack") == "attack"]
 
 
 def lesson_demo_ui() -> Job | None:
-    """The finished demo to teach with (`?job=ID` when it names one, else the newest). When there
-    is none: the progress of one that is running, or a button that starts the quick demo. None
-    until one has finished."""
+    """The finished demo to teach with (`?job=ID` when it names one, else the newest), of those the
+    user may see: someone else's named in the URL is refused (`refuse_ui`), and the one shown is
+    noted in the trail. When there is none: the progress of one that is running, or a button that
+    starts the quick demo (the user's own, within their quota). None until one has finished."""
     demos = lesson_demos()
     done = [j for j in demos if j.state == "succeeded"]
     wanted = st.query_params.get("job")
+    if wanted and wanted.isdigit() and all(j.id != int(wanted) for j in done):
+        refuse_ui(int(wanted))
     chosen = next((j for j in done if str(j.id) == wanted), done[0] if done else None)
     if chosen is not None:
         st.query_params["job"] = str(chosen.id)
+        note_opened(chosen)
         return chosen
     if any(j.state in ("queued", "running") for j in demos):
         demo_progress_ui()
@@ -72,7 +77,11 @@ def lesson_demo_ui() -> Job | None:
         "backdoored. Start it once (about 4 minutes); the lesson appears here when it has finished."
     )
     if st.button("▶ Run the quick demo", type="primary", key="lesson_run_demo"):
-        submit_demo(quick=True)
+        try:
+            submit_demo(quick=True)
+        except KDCoreError as e:
+            show_error(e)
+            return None
         st.rerun()
     return None
 
