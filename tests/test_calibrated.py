@@ -99,7 +99,7 @@ def test_the_shipped_calibration_is_what_the_documented_command_fits_on_the_cali
     cal = load()
     zoo = json.loads((ROOT / "benchmarks" / "results" / "zoo.json").read_text())
     calibration = [r for r in implanted(zoo["rows"])[0] if r["part"] == "calibration"]
-    assert cal.fitted["models"] == len(calibration) >= 30
+    assert cal.fitted["models"] == len(calibration) >= 20  # of 32 recipes: those whose model was made in vain left out
     assert cal.fitted["backdoored"] == sum(r["truth"]["backdoored"] for r in calibration)
     refit = fit(model_rows(calibration), cal.fitted)
     assert refit.coef == pytest.approx(cal.coef, abs=1e-5) and refit.platt_a == pytest.approx(cal.platt_a, abs=1e-5)

@@ -307,13 +307,14 @@ def stored(ac_silhouette: float = 0.5, nc_index_7: float = 3.0) -> dict:
 
 def test_rescore_rebuilds_the_verdict_from_stored_numbers():
     v = rescore(stored())
-    assert v["status"] == "backdoor" and v["target_classes"] == [7]
+    assert v["rule_status"] == "backdoor" and v["likely_target"] == 7 and v["p_backdoor"] is not None
     by = {e["method"]: e for e in v["evidence"]}
     assert by["neural-cleanse"]["classes"] == [7] and by["activation-clustering"]["classes"] == [7]
     assert by["kd-disagreement"]["supports"] == "no_evidence"
-    assert rescore(stored(ac_silhouette=0.3))["target_classes"] == [7]  # NC and the trigger still agree
+    assert rescore(stored(ac_silhouette=0.3))["rule_status"] == "backdoor"  # NC and the trigger still agree
     alone = rescore(stored(ac_silhouette=0.3, nc_index_7=1.5))  # only the trigger of NC's top class is left
-    assert alone["status"] == "inconclusive" and alone["target_classes"] == []
+    assert alone["rule_status"] == "inconclusive"
+    assert alone["p_backdoor"] <= v["p_backdoor"]  # less evidence for class 7, no higher probability
 
 
 # --- --known-poisons ----------------------------------------------------------------------------

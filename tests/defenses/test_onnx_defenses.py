@@ -49,7 +49,7 @@ def test_every_method_runs_on_an_onnx_model_or_says_why_not(method, onnx_teacher
     out = tmp_path / "run"
     args = ["defend", method, "--model", str(onnx_teacher), "--out", str(out), "--device", "cpu", "--no-progress"]
     args += ["--unlabeled", str(digits_files["unlabeled"]), "--train", str(digits_files["train"])]
-    args += ["--test", str(digits_files["test"]), "--trigger", "badnets:target=7,size=2,margin=0", "--no-verdict"]
+    args += ["--test", str(digits_files["test"]), "--trigger", "badnets:target=7,size=2,margin=0"]
     args += ["--params", json.dumps(FAST[method])]
     if DEFENSES[method].needs_labels:
         args += ["--clean-labeled", str(digits_files["clean_labeled"])]

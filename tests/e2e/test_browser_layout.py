@@ -25,7 +25,7 @@ CUT_TEXT = """(sel) => [...document.querySelectorAll(sel)]
 METRICS = '[data-testid="stMetricValue"] *, [data-testid="stMetricDelta"] *, [data-testid="stMetricLabel"] *'
 
 
-NAV_TITLES = ["Home", "New audit", "Models", "Jobs", "Results", "Defenses", "Poison candidates", "Explain"]
+NAV_TITLES = ["Home", "New audit", "Models", "Jobs", "Results", "Defenses", "Poison candidates", "Explain", "Lesson"]
 
 
 def test_a_deep_link_first_gets_the_navigation_and_wide_layout(server, page):

@@ -56,7 +56,8 @@ def test_audit_many_in_process_ranks_the_backdoored_model_first(digits_models, d
         part = json.loads((Path(r["run_dir"]) / "report.json").read_text())
         assert part["config"]["blind"] is True and part["verdict"]["status"] == r["status"]
         assert r["wall_s"] == part["wall_s"] and Path(r["run_dir"]).parent == out / "parts"
-    assert report["rows"][0]["p_source"] == "status and confidence"  # no calibrated p_backdoor yet
+    assert [r["p_source"] for r in report["rows"]] == ["calibrated"] * 3  # the verdict's own P(backdoor)
+    assert [r["p_backdoor"] for r in report["rows"]] == sorted((r["p_backdoor"] for r in report["rows"]), reverse=True)
 
 
 def test_p_backdoor_prefers_the_verdicts_own_and_else_ranks_by_status():
