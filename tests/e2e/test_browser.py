@@ -31,6 +31,7 @@ def test_demo_audit_from_home_to_evidence(server, page):
     shot(page, "Home")
 
     open_ready(page, f"{url}/results?job=1", ".kd-cm table", 8)  # baseline, teacher, student, finetuned × 2
+    page.get_by_text("clean_acc").nth(2).wait_for(timeout=60_000)  # the metric cards draw after the tables
     assert page.get_by_text("clean_acc").count() >= 3
     # the demo is judged blind: its verdict card comes first, and names the attack's target, Sneaker (7)
     verdict = json.loads(JobStore(data).get(1).report_path.read_text())["verdict"]
