@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import statistics
 import sys
@@ -37,10 +38,10 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.common import log, smoke_args, write_result  # noqa: E402
+from benchmarks.zoo.recipes import MIN_ASR  # noqa: E402
 from kdcore.verdict.calibrated import CALIBRATION_FILE, FEATURES, Calibration, class_features, load, save  # noqa: E402
 
 T_LO, T_HI = 0.2, 0.5  # fixed before any fit: no_evidence at P ≤ 0.2, backdoor at P ≥ 0.5
-MIN_ASR = 0.5  # a poisoned model whose trigger sends fewer test images to the target has no backdoor to find
 FOLDS = 5
 BOOT = 2000
 EPS = 0.001
@@ -119,8 +120,6 @@ def auc(p: Sequence[float], y: Sequence[bool]) -> float | None:
 
 
 def cross_entropy(p: Sequence[float], y: Sequence[bool]) -> float:
-    import math
-
     return statistics.fmean(
         -math.log(min(1 - EPS, max(EPS, q)) if t else 1 - min(1 - EPS, max(EPS, q))) for q, t in zip(p, y, strict=True)
     )

@@ -51,15 +51,15 @@ from benchmarks.common import SMOKE_NC, log, sgemm_gflops, smoke_args, write_res
 from benchmarks.verdict import trigger_images  # noqa: E402
 from benchmarks.zoo.build import Made, Sizes, make  # noqa: E402
 from benchmarks.zoo.jobs import AUDIT_KD, AUDIT_NC, Audits  # noqa: E402
-from benchmarks.zoo.recipes import Recipe, read_split, recipes, split_json  # noqa: E402
+from benchmarks.zoo.recipes import MIN_ASR, MIN_CLEAN_ACC, Recipe, read_split, recipes, split_json  # noqa: E402
 from kdcore.device import resolve_device  # noqa: E402
 from kdcore.io import atomic_write_json  # noqa: E402
+from kdcore.verdict.detectors import silhouettes  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out" / "zoo"
 SPLIT = ROOT / "benchmarks" / "zoo_split.json"
 POLL_S = 2.0
-MIN_CLEAN_ACC = 0.5  # a model under this clean accuracy never learnt the task (VGG-11 at 2 epochs: 0.21-0.28)
-MIN_ASR = 0.5  # a poisoned model whose trigger sends fewer test images to the target has no backdoor
+
 SMOKE_SIZES = Sizes(n_clean=100, n_test=100, n_train=300, epochs=1)
 SMOKE_KD = {"distill": {"epochs": 1}, "finetune": {"epochs": 0}}
 
@@ -141,8 +141,7 @@ def _values(e: dict, report: dict) -> dict:
     values = dict(e.get("values") or {})
     ac = report.get("activation_clustering") or {}
     if e["method"] == "activation-clustering" and "silhouette" not in values and ac.get("classes"):
-        by_class = {int(r["class"]): r["silhouette"] for r in ac["classes"]}
-        values["silhouette"] = [by_class.get(c) for c in range(max(by_class) + 1)]
+        values["silhouette"] = silhouettes(ac["classes"])
     return values
 
 
@@ -190,9 +189,10 @@ def run(a: argparse.Namespace, out: Path) -> None:
     for r in rs:
         report = out / r.name / "audit" / "report.json"
         truth_file = out / r.name / "truth.json"
-        vain = made_in_vain(json.loads(truth_file.read_text()), a.smoke) if truth_file.is_file() else ""
+        known = json.loads(truth_file.read_text()) if truth_file.is_file() else None
+        vain = made_in_vain(known, a.smoke) if known else ""
         if vain:
-            rows[r.name] = {**row_of(r, json.loads(truth_file.read_text()), {}, None), "outcome": vain}
+            rows[r.name] = {**row_of(r, known, {}, None), "outcome": vain}
         elif report.is_file():
             truth = json.loads((out / r.name / "truth.json").read_text())
             rows[r.name] = row_of(r, truth, json.loads(report.read_text()), kept.get(r.name, {}).get("job"))

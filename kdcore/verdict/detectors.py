@@ -77,11 +77,16 @@ def ac_evidence(
     )
     values = {"poisoned_classes": poisoned, "flagged": n_flagged}
     if rows:  # each class's silhouette, by class (the calibrated verdict reads it)
-        by_class = {int(r["class"]): r["silhouette"] for r in rows}
-        values["silhouette"] = [by_class.get(c) for c in range(max(by_class) + 1)]
+        values["silhouette"] = silhouettes(rows)
     return Evidence(
         "activation-clustering", finding, "backdoor" if poisoned else "no_evidence", tuple(poisoned), values
     )
+
+
+def silhouettes(rows: Sequence[dict]) -> list[float | None]:
+    """Activation clustering's per-class table as a list of silhouettes indexed by class (None: no row)."""
+    by_class = {int(r["class"]): r["silhouette"] for r in rows}
+    return [by_class.get(c) for c in range(max(by_class) + 1)]
 
 
 def check_nc_params(params: dict) -> None:
