@@ -9,7 +9,7 @@ still match it, so a recipe cannot move between parts after the fact).
 - calibration (32 models, half clean): seeds 0–15 (+50), four architectures (paper-cnn, paper-vgg11,
   resnet18-small, mobilenet-onnx), attacks BadNets (sizes 1–5 at five positions), Blended, SIG,
   WaNet, an image patch, source-specific BadNets and Blended, poison rates 0.5–10 %;
-- held-out (60 models, 30 clean): seeds 100 and up, the same four architectures plus one calibration
+- held-out (60 models, 30 clean, and a reserve of 30 more, 10 clean, see RESERVE_ATTACKS): seeds 100 and up, the same four architectures plus one calibration
   never sees (groupnorm-pt2, a .pt2 file), the same attack families with other sizes, positions,
   targets and rates, plus one attack calibration never sees (`blend`: a picture blended over the
   whole image, as with Hello Kitty).
@@ -118,6 +118,35 @@ HELDOUT_ATTACKS = [
     ("blend", {"image": "blend.png", "alpha": 0.25}, 0.005),
     ("blend", {"image": "blend.png", "alpha": 0.15, "source": 4}, 0.02),
 ]
+# The held-out reserve, added to the split after the first held-out models were made and before any was
+# scored: half of those made had to be left out (implant failed at rates of 0.5-2.5 %, VGG-11 never
+# learnt the task at 2 epochs), which left the held-out part short of the 60 models it must score.
+# The reserve's rates are 5-10 %, VGG-11 and ResNet train longer; seeds 200 and up.
+RESERVE_ARCHS = (_C, _G, _M, _V, _C, _G, _M, _C, _G, _V, _C, _G, _M, _C, _G, _R, _C, _G, _M, _V)
+RESERVE_SLOW = {"paper-vgg11": (4000, 4), "resnet18-small": (2000, 3)}
+RESERVE_ATTACKS = [
+    ("badnets", {"size": 3, "location": "bottom-left"}, 0.05),
+    ("badnets", {"size": 2, "location": "center"}, 0.05),
+    ("blended", {"alpha": 0.2, "pattern_seed": 4}, 0.05),
+    ("badnets", {"size": 4, "location": "top-right"}, 0.10),
+    ("sig", {"delta": 30.0}, 0.10),
+    ("sig", {"frequency": 4.0}, 0.10),
+    ("badnets", {"size": 3, "location": "bottom-right"}, 0.10),
+    ("blended", {"alpha": 0.15, "pattern_seed": 5}, 0.05),
+    ("wanet", {"grid_seed": 3, "strength": 1.5}, 0.10),
+    ("blended", {"alpha": 0.2, "pattern_seed": 6}, 0.10),
+    ("patch", {"image": "patch.png", "location": "bottom-right"}, 0.10),
+    ("patch", {"image": "patch.png", "location": "top-left"}, 0.05),
+    ("blend", {"image": "blend.png", "alpha": 0.2}, 0.10),
+    ("blend", {"image": "blend.png", "alpha": 0.2}, 0.05),
+    ("blend", {"image": "blend.png", "alpha": 0.15}, 0.10),
+    ("badnets", {"size": 4, "location": "bottom-right"}, 0.10),
+    ("badnets", {"size": 5, "location": "center", "source": 1}, 0.05),
+    ("blended", {"alpha": 0.2, "source": 6}, 0.05),
+    ("blended", {"alpha": 0.15, "pattern_seed": 7}, 0.10),
+    ("badnets", {"size": 3, "location": "bottom-left"}, 0.10),
+]
+RESERVE_CLEAN = {"": 4, "label-noise": 2, "imbalance": 2, "shirt": 1, "merge": 1}
 # how many clean models of each kind, per part
 CALIBRATION_CLEAN = {"": 4, "label-noise": 3, "imbalance": 3, "short": 2, "shirt": 2, "merge": 2}
 HELDOUT_CLEAN = {"": 9, "label-noise": 5, "imbalance": 5, "short": 5, "shirt": 4, "merge": 2}
@@ -129,16 +158,14 @@ def _target(i: int, source: int | None) -> int:
     return (t + 1) % 10 if t == source else t
 
 
-def _sizes(arch: str) -> tuple[int, int]:
-    return SLOW.get(arch, (N_TRAIN, EPOCHS))
-
-
-def _part(part: str, attacks: list, clean: dict[str, int], archs: tuple[str, ...], seed0: int) -> list[Recipe]:
+def _part(
+    part: str, attacks: list, clean: dict[str, int], archs: tuple[str, ...], seed0: int, slow: dict = SLOW
+) -> list[Recipe]:
     """One part: backdoored and clean models alternate (a partial run is balanced), architectures cycle."""
     bad, good = [], []
     for i, (kind, settings, rate) in enumerate(attacks):
         arch = archs[i % len(archs)]
-        n_train, epochs = _sizes(arch)
+        n_train, epochs = slow.get(arch, (N_TRAIN, EPOCHS))
         trigger = {"kind": kind, **settings, "target": _target(i, settings.get("source"))}
         n = max(1, round(rate * n_train))
         seed = seed0 + i
@@ -146,7 +173,7 @@ def _part(part: str, attacks: list, clean: dict[str, int], archs: tuple[str, ...
     kinds = [k for k, n in clean.items() for _ in range(n)]
     for i, hard in enumerate(kinds):
         arch = archs[(i + 1) % len(archs)]  # shifted: each hard kind meets several architectures
-        n_train, epochs = _sizes(arch)
+        n_train, epochs = slow.get(arch, (N_TRAIN, EPOCHS))
         epochs = 1 if hard == "short" else epochs
         seed = seed0 + 50 + i
         name = f"{part[:3]}-clean{'-' + hard if hard else ''}-{arch}-s{seed}"
@@ -162,6 +189,7 @@ def recipes() -> list[Recipe]:
     return [
         *_part("calibration", CALIBRATION_ATTACKS, CALIBRATION_CLEAN, CALIBRATION_ARCHS, 0),
         *_part("heldout", HELDOUT_ATTACKS, HELDOUT_CLEAN, HELDOUT_ARCHS, 100),
+        *_part("heldout", RESERVE_ATTACKS, RESERVE_CLEAN, RESERVE_ARCHS, 200, RESERVE_SLOW),
     ]
 
 

@@ -36,7 +36,7 @@ def test_the_split_has_the_sizes_and_the_unseen_architecture_and_attack():
     clean_cal = sum(r.attack == "clean" for r in cal)
     assert len(cal) >= 30 and 0.4 <= clean_cal / len(cal) <= 0.6
     assert len(held) >= 60 and sum(r.attack == "clean" for r in held) >= 30
-    assert sum(r.attack != "clean" for r in held) <= sum(r.attack == "clean" for r in held)
+    assert sum(r.attack != "clean" for r in held) >= 30
     archs = {r.arch for r in held}
     assert len(archs) >= 5 and sum(ARCHS[a][0] != "registry" for a in archs) >= 2
     assert archs - {r.arch for r in cal}, "no architecture that calibration never sees"
