@@ -205,8 +205,10 @@ def run(a: argparse.Namespace, out: Path) -> None:
     gemm = sgemm_gflops(device, smoke=a.smoke)
     t0 = time.perf_counter()
 
+    everything = rs if a.smoke else recipes()  # a --part or --only run keeps the other models' stored rows
+
     def save() -> None:
-        ordered = [rows[r.name] for r in rs if r.name in rows]
+        ordered = [rows.get(r.name) or kept[r.name] for r in everything if r.name in rows or r.name in kept]
         write_result("zoo", "zoo.py", device, {
             "sgemm_gflops": round(gemm, 1), "models": len(ordered), "selected": len(rs),
             "session_wall_s": round(time.perf_counter() - t0, 1),
@@ -267,7 +269,7 @@ def run(a: argparse.Namespace, out: Path) -> None:
     print(table([rows[r.name] for r in rs if r.name in rows]), flush=True)
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--part", choices=("calibration", "heldout", "all"), default="all")
     ap.add_argument("--limit", type=int, default=0, help="make and audit at most N new models (0 = all)")
@@ -279,7 +281,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=OUT, help="models, truths, audits and the job store")
     ap.add_argument("--write-split", action="store_true", help=f"write {SPLIT.name} from the recipes and exit")
     smoke_args(ap)
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    a = parser().parse_args()
     if a.workers < 1:
         raise SystemExit(f"--workers must be at least 1; got {a.workers}")
     if a.write_split:

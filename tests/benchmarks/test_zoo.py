@@ -4,6 +4,7 @@ from what the audit is given."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import zipfile
@@ -65,3 +66,36 @@ def test_a_made_model_is_reused_and_its_truth_is_not_given_to_the_audit(tmp_path
     cfg = to_dict(audit_config(recipe, first, "cpu", AUDIT_KD, {}))
     assert cfg["blind"] and cfg["trigger"] is None and not cfg["known_poisons"]
     assert str(tmp_path / recipe.name) not in json.dumps(cfg)  # the truth's folder is not among its inputs
+
+
+def _zoo_script():
+    """benchmarks/zoo.py (its name is taken by the benchmarks.zoo package)."""
+    spec = importlib.util.spec_from_file_location("zoo_script", ROOT / "benchmarks" / "zoo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_run_of_one_part_keeps_the_other_parts_rows(tmp_path: Path, monkeypatch):
+    """`--part heldout` once wrote results/zoo.json with the held-out rows alone: every calibration row
+    was dropped from the file the calibration is fitted on."""
+    zoo = _zoo_script()
+    measure = zoo.sgemm_gflops
+    monkeypatch.setattr(zoo, "sgemm_gflops", lambda device, smoke=False: measure(device, smoke=True))  # seconds, not a minute
+    rs = recipes()
+    cal = next(r for r in rs if r.part == "calibration")
+    held = next(r for r in rs if r.part == "heldout" and r.attack != "clean")
+    out, results = tmp_path / "out", tmp_path / "results"
+    (out / held.name).mkdir(parents=True)  # made, its implant failed: a row without training or audit
+    truth = {"backdoored": True, "target": held.target, "clean_acc": 0.8, "asr": 0.1, "train_s": 1.0}
+    (out / held.name / "truth.json").write_text(json.dumps(truth))
+    setup = {"sizes": vars(Sizes()), "audit_kd": zoo.AUDIT_KD, "neural_cleanse": zoo.AUDIT_NC, "split": SPLIT.name}
+    kept = {"name": cal.name, "part": cal.part, "outcome": "right", "truth": {"backdoored": True}}
+    results.mkdir()
+    (results / "zoo.json").write_text(json.dumps({"setup": setup, "rows": [kept]}))
+    args = ["--part", "heldout", "--only", f"{cal.name},{held.name}", "--device", "cpu"]
+    args += ["--out", str(out), "--results", str(results)]
+    zoo.run(zoo.parser().parse_args(args), out)
+    rows = {r["name"]: r for r in json.loads((results / "zoo.json").read_text())["rows"]}
+    assert rows[cal.name] == kept  # not selected by --part: kept as stored
+    assert rows[held.name]["outcome"] == "implant failed"
