@@ -9,7 +9,8 @@ still match it, so a recipe cannot move between parts after the fact).
 - calibration (32 models, half clean): seeds 0–15 (+50), four architectures (paper-cnn, paper-vgg11,
   resnet18-small, mobilenet-onnx), attacks BadNets (sizes 1–5 at five positions), Blended, SIG,
   WaNet, an image patch, source-specific BadNets and Blended, poison rates 0.5–10 %;
-- held-out (60 models, 30 clean, and a reserve of 30 more, 10 clean, see RESERVE_ATTACKS): seeds 100 and up, the same four architectures plus one calibration
+- held-out (60 models, 30 clean, and a reserve of 30 more, 10 clean: RESERVE_ATTACKS): seeds 100 and
+  up, the same four architectures plus one calibration
   never sees (groupnorm-pt2, a .pt2 file), the same attack families with other sizes, positions,
   targets and rates, plus one attack calibration never sees (`blend`: a picture blended over the
   whole image, as with Hello Kitty).

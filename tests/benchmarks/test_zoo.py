@@ -81,7 +81,7 @@ def test_a_run_of_one_part_keeps_the_other_parts_rows(tmp_path: Path, monkeypatc
     was dropped from the file the calibration is fitted on."""
     zoo = _zoo_script()
     measure = zoo.sgemm_gflops
-    monkeypatch.setattr(zoo, "sgemm_gflops", lambda device, smoke=False: measure(device, smoke=True))  # seconds, not a minute
+    monkeypatch.setattr(zoo, "sgemm_gflops", lambda device, smoke=False: measure(device, smoke=True))  # not a minute
     rs = recipes()
     cal = next(r for r in rs if r.part == "calibration")
     held = next(r for r in rs if r.part == "heldout" and r.attack != "clean")
