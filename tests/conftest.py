@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -36,6 +37,14 @@ def digits():
 @pytest.fixture(scope="session")
 def digits_spec():
     return DIGITS_SPEC
+
+
+def pytest_configure(config):
+    # Every process a test starts (a dashboard's worker, the CLI, Ray) inherits one torch/OpenMP thread:
+    # two test processes share CI's 2 cores, and torch's threads spin-wait, so two processes of 2 threads
+    # each ran the zoo's training ~15× slower than one of 1 (measured, benchmarks/zoo.py).
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(autouse=True)

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def kdcore(*args: str, env_home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KDAUDIT_HOME": str(env_home), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "KDAUDIT_HOME": str(env_home), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "kdcore", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )

@@ -128,7 +128,7 @@ def measure(
         text=True,
         timeout=timeout,
         cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "2"},
+        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
     )
     if proc.returncode != 0:
         raise AssertionError(f"the reader crashed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -428,7 +428,7 @@ def test_an_onnx_export_of_an_unregistered_cnn_is_audited_through_the_cli(tmp_pa
     args += ["--test", str(zips["test"]), "--trigger", "badnets:target=7,size=3,margin=1", "--out", str(out)]
     args += ["--no-verdict"]
     args += ["--device", "cpu", "--kd-epochs", "3", "--no-progress"]
-    env = {**os.environ, "KDAUDIT_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "KDAUDIT_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
     root = Path(__file__).resolve().parents[2]
     r = subprocess.run([sys.executable, "-m", "kdcore", *args], cwd=root, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]

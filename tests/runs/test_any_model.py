@@ -91,7 +91,7 @@ def suspect(tmp_path_factory):
     train, unl = full.subset(perm[:3000]), full.subset(perm[3000:4500])
     test = load_fashion_mnist("t10k").subset(list(range(600)))
     poisoned, _ = poison_dataset(train, TRIGGER, 150, g)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     net = seeded_model(lambda: user_model.TinyNet(), 0)
     net, _ = fit(net, SPEC, poisoned, TrainConfig(epochs=3, batch_size=32, lr=1e-3), torch.device("cpu"))
     net.eval()
@@ -141,7 +141,7 @@ def test_a_model_in_no_registry_is_audited(suspect, route, tmp_path):
     env = {
         **os.environ,
         "KDAUDIT_HOME": str(tmp_path),
-        "OMP_NUM_THREADS": "2",
+        "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(suspect["plugin"])]),
     }
     env.pop("KDAUDIT_TRUST_CODE", None)

@@ -125,7 +125,7 @@ def test_inputs_are_checked_with_messages_that_say_what_to_give(digits_files, tm
 
 
 def kdcore(*args: str, home: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KDAUDIT_HOME": str(home), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "KDAUDIT_HOME": str(home), "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "kdcore", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
