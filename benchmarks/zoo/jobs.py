@@ -22,14 +22,14 @@ from kdcore.config import from_dict
 from kdcore.jobs.store import Job, JobStore
 from kdcore.runs.configs import AuditConfig
 from kdcore.runs.scenario import FASHION_MEAN, FASHION_STD
+from kdcore.verdict.gather import VERDICT_NC
 
 # What the audit is told beyond the defaults, to fit 92 audits into hours of two CPU cores: a shorter
 # distillation (8 epochs on the 800 unlabelled images), no fine-tuning (the verdict reads the
-# distilled student; fine-tuning only evaluates) and Neural Cleanse with a third of the steps and images per
-# step. The calibrated verdict reads scale-free evidence (anomaly index, shares, p-values), not a
-# mask's norm in pixels, so it carries over to the defaults' longer optimisation.
+# distilled student; fine-tuning only evaluates). Neural Cleanse runs on the verdict's own budget
+# (`VERDICT_NC`), which every user's audit runs too.
 AUDIT_KD = {"distill": {"epochs": 8}, "finetune": {"epochs": 0}}
-AUDIT_NC = {"steps": 100, "batch_size": 12, "n_images": 150, "n_holdout": 100}
+AUDIT_NC = dict(VERDICT_NC)  # the product's own verdict budget: the calibration reads what users' audits gather
 
 
 def audit_config(recipe: Recipe, made: Made, device: str, kd: dict, nc: dict) -> AuditConfig:

@@ -51,7 +51,9 @@ class AuditConfig:
     )
     blind: bool = setting(False, "judge as if the trigger were unknown: a given trigger then only evaluates (asr)")
     known_poisons: str = setting("", "file of training-sample indices or file names that are poisons: precision/recall")
-    neural_cleanse: dict = setting(factory=dict, help="the verdict's Neural Cleanse settings (kdcore defend --help)")
+    neural_cleanse: dict = setting(
+        factory=dict, help="the verdict's Neural Cleanse settings over its budget (VERDICT_NC; kdcore defend --help)"
+    )
     max_unlabeled: int = setting(0, "use at most this many unlabelled images; 0 = all", min=0)
     seed: int = setting(0, "random seed")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
@@ -208,7 +210,9 @@ class DemoConfig:
         "attack", "attack: the suspect is trained on poisoned data; no_attack: it is the clean baseline"
     )
     blind: bool = setting(False, "also audit as if the trigger were unknown: a verdict from label-free evidence")
-    neural_cleanse: dict = setting(factory=dict, help="the verdict's Neural Cleanse settings (kdcore defend --help)")
+    neural_cleanse: dict = setting(
+        factory=dict, help="the verdict's Neural Cleanse settings over its budget (VERDICT_NC; kdcore defend --help)"
+    )
     device: str = setting("auto", "auto | cpu | cuda | cuda:N")
     data_dir: str = setting("", 'Fashion-MNIST IDX folder; "" = /usr/share/datasets/fashion-mnist')
     cache_dir: str = setting("", 'trained baseline/teacher cache; "" = $KDAUDIT_HOME/cache')

@@ -4,7 +4,8 @@ as if the trigger were unknown, and combine it (kdcore.verdict.rule).
 1. kd-disagreement: the flip matrix of the detox table (teacher class × student class, flagged
    samples only) and its structure (`kdcore.verdict.kd_evidence`); needs a training set.
 2. neural-cleanse: the registered defense, run on the teacher with the unlabelled clean images
-   and its default settings (no test set, no trigger: it is given nothing evaluation-only).
+   and the budget the calibration's evidence was gathered with (`VERDICT_NC`, under any settings
+   the user gives; no test set, no trigger: it is given nothing evaluation-only).
 3. activation-clustering: the registered detector on the training set (when there is one), with
    the verdict's calibrated cuts (`AC_PARAMS`);
    with known poisons (`poison_idx`, evaluation-only) its precision / recall are reported.
@@ -41,6 +42,11 @@ from kdcore.verdict.kd_disagreement import flip_matrix, kd_evidence
 from kdcore.verdict.recovered_trigger import TRIGGER_IMAGES, recovered_trigger_evidence
 from kdcore.verdict.rescore import candidate_classes
 from kdcore.verdict.rule import combine
+
+# Neural Cleanse's budget for the verdict: the one the model zoo's audits ran with, whose evidence the
+# shipped calibration was fitted on (benchmarks/zoo/jobs.py), so P(backdoor) reads evidence gathered
+# the same way: a third of NC's default steps on 12 of its 32 images a step.
+VERDICT_NC = {"steps": 100, "batch_size": 12, "n_images": 150, "n_holdout": 100}
 
 
 @dataclass
@@ -87,7 +93,7 @@ def blind_audit(
 ) -> BlindOutput:
     """Gather the four pieces of evidence and combine them (module docstring). `poison_idx` only
     scores activation clustering (precision / recall); no piece of evidence sees it. `nc_params`:
-    Neural Cleanse's settings (its config class; {} = its defaults). `known`: the given trigger's piece
+    Neural Cleanse's settings over `VERDICT_NC` (its config class's names). `known`: the given trigger's piece
     (kdcore.verdict.known_trigger), one more piece of evidence; None in a blind audit."""
     names: Sequence[str] = spec.names
     k = spec.num_classes
@@ -109,7 +115,7 @@ def blind_audit(
     nc_in = DefenseInputs(
         model=teacher, spec=spec, device=device, unlabeled=unlabeled, seed=seed, on_progress=on_progress
     )
-    nc = get_defense("neural-cleanse").from_params(nc_params).run(nc_in)
+    nc = get_defense("neural-cleanse").from_params({**VERDICT_NC, **(nc_params or {})}).run(nc_in)
     rows = nc.evidence["classes"]
     nc_ev = nc_evidence(
         [r["anomaly_index"] for r in rows], [r["l1"] for r in rows], nc.evidence["threshold"], names,

@@ -106,7 +106,6 @@ SMALL = {
     "n_test": 500,
     "teacher": {"epochs": 4},
     "kd": {"distill": {"epochs": 8}, "finetune": {"epochs": 1}},
-    "neural_cleanse": {"steps": 150},  # half its default: the suite stays short; the verdicts hold (measured)
 }
 
 
