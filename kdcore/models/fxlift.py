@@ -11,8 +11,8 @@ hooks), BatchNorm must follow `.train()/.eval()`, and that module cannot even sw
    real layer at that owner path, holding the SAME tensors: `aten.conv2d` (and
    `aten.convolution`, not transposed) → nn.Conv2d (1-d and 3-d too), `aten.linear` →
    nn.Linear, `aten.batch_norm` → nn.BatchNorm1d/2d/3d (by the input's rank; its running
-   statistics and `num_batches_tracked` too), `aten.layer_norm` → nn.LayerNorm. The state_dict
-   keys therefore stay what they were in the exported model. These are the ops of
+   statistics and `num_batches_tracked` too), `aten.group_norm` → nn.GroupNorm, `aten.layer_norm`
+   → nn.LayerNorm. The state_dict keys therefore stay what they were in the exported model. These are the ops of
    `torch.export.export`'s default (training) IR; a program decomposed to core ATen before saving
    (`run_decompositions()`: `addmm`, `_native_batch_norm_legit_no_training`) keeps its linear and
    norm layers functional, with their weights in Containers (step 4).
@@ -25,7 +25,8 @@ hooks), BatchNorm must follow `.train()/.eval()`, and that module cannot even sw
    its input guards are not copied: the graph takes one tensor, and the batch size is free.
 4. Tensors the graph reads directly (a ViT's `cls_token`, a layer-scale gamma) stay where they
    were, in containers (`Container`) whose `reset_parameters` re-draws them from
-   trunc_normal(std=0.02), timm's initialisation of tokens and position embeddings, so that
+   trunc_normal(std=0.02), timm's initialisation of tokens and position embeddings (a 1-d `weight`
+   or `bias`, a norm's scale and shift, starts at 1 and 0 as PyTorch's norm layers do), so that
    `kdcore.models.reinit.reinitialise` can make a fresh student of any lifted graph.
 """
 
@@ -47,8 +48,11 @@ class Container(nn.Module):
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
-            for p in self.parameters(recurse=False):
-                nn.init.trunc_normal_(p, std=_FREE_STD)
+            for name, p in self.named_parameters(recurse=False):
+                if p.dim() == 1 and name in ("weight", "bias"):  # a norm's scale and shift no layer took over
+                    nn.init.ones_(p) if name == "weight" else nn.init.zeros_(p)
+                else:
+                    nn.init.trunc_normal_(p, std=_FREE_STD)
 
 
 class LiftedGraph(fx.GraphModule):
@@ -113,6 +117,17 @@ class _Lifter:
             return self.done(self.fill(path, layer, ("weight", "bias")), a["input"])
         if node.target is aten.batch_norm.default:
             return self.batch_norm(node)
+        if node.target is aten.group_norm.default:
+            a = _args(node)
+            path = self.owner(a, {"weight": "weight", "bias": "bias"}, ("weight",))
+            if path is None:
+                return None
+            channels = self.tensors[f"{path}.weight"].shape[0]
+            groups = int(a["num_groups"])
+            if a.get("bias") is None or channels % groups:
+                return None  # nn.GroupNorm has both affine tensors or neither
+            layer = nn.GroupNorm(groups, channels, eps=a["eps"], device="meta")
+            return self.done(self.fill(path, layer, ("weight", "bias")), a["input"])
         if node.target is aten.layer_norm.default:
             a = _args(node)
             path = self.owner(a, {"weight": "weight", "bias": "bias"}, ("weight",))

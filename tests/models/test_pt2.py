@@ -17,7 +17,7 @@ from kdcore.io import file_sha256
 from kdcore.models import pt2file
 from kdcore.models.layers import ROLES, choose_layer
 from kdcore.models.loading import save_model
-from kdcore.models.registry import build_model
+from kdcore.models.registry import build_model, student_spec
 from kdcore.models.spec import ModelSpec
 
 
@@ -38,6 +38,19 @@ class TinyNet(nn.Module):
         return self.head(self.norm(x.flatten(1)) * self.scale)
 
 
+class GroupNet(nn.Module):
+    """conv → GroupNorm (2 groups) → ReLU → linear, as the model zoo's GroupNormNet."""
+
+    def __init__(self, classes: int = 5):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.gn = nn.GroupNorm(2, 4)
+        self.head = nn.Linear(4 * 6 * 6, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.gn(self.conv(x))).flatten(1))
+
+
 def _trained_bn(model: nn.Module) -> nn.Module:
     """Running statistics that are not the defaults, so eval and train mode differ."""
     model.train()
@@ -47,7 +60,7 @@ def _trained_bn(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
-SHAPES = {"PaperCNN": (1, 12, 12), "ResNet18Small": (3, 16, 16), "TinyNet": (3, 6, 6)}
+SHAPES = {"PaperCNN": (1, 12, 12), "ResNet18Small": (3, 16, 16), "TinyNet": (3, 6, 6), "GroupNet": (3, 6, 6)}
 MODELS = {
     "paper-cnn": lambda: build_model(ModelSpec("paper-cnn", 10, SHAPES["PaperCNN"])),
     "resnet18-small": lambda: build_model(ModelSpec("resnet18-small", 10, SHAPES["ResNet18Small"])),
@@ -238,3 +251,22 @@ def test_a_program_decomposed_to_core_aten_still_has_its_convolutions(tmp_path):
     x = torch.randn(5, 1, 12, 12)
     with torch.no_grad():
         torch.testing.assert_close(model(x), original(x))
+
+
+def test_group_norm_is_lifted_and_a_fresh_student_starts_at_its_default_scale(tmp_path):
+    """A GroupNorm's scale and shift were once left in a Container and re-drawn around 0 (std 0.02), so
+    the zoo's GroupNorm students learnt their teachers on 31-59 % of images (measured)."""
+    torch.manual_seed(0)
+    original = GroupNet().eval()
+    with torch.no_grad():
+        original.gn.weight.uniform_(0.5, 2.0)
+        original.gn.bias.uniform_(-1.0, 1.0)
+    teacher, spec = sandbox.load_model(export(original, tmp_path / "gn.pt2"))
+    assert isinstance(teacher.gn, nn.GroupNorm) and teacher.gn.num_groups == 2
+    x = torch.randn(4, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(x), original(x), rtol=1e-5, atol=1e-5)
+    student = build_model(student_spec(spec))
+    assert isinstance(student.gn, nn.GroupNorm)
+    assert student.gn.weight.eq(1).all() and student.gn.bias.eq(0).all()  # PyTorch's own start
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in student.modules())  # it has its normalisation
