@@ -29,7 +29,7 @@ from kdcore.distill import DistillConfig, distill
 from kdcore.evaluate import EvalResult, evaluate_model
 from kdcore.io import atomic_write_text
 from kdcore.models.loading import load_model, save_model
-from kdcore.models.registry import build_model
+from kdcore.models.registry import build_model, student_spec
 from kdcore.models.spec import ModelSpec
 from kdcore.progress import ProgressFn, for_stage, no_progress
 from kdcore.report import ROLES
@@ -148,7 +148,7 @@ def kd_stages(
     """Distil → detoxify → fine-tune, each a cached stage; records stages, detox and notes in `out`.
     `poison_idx` only scores the detox (precision / recall); the method never sees it."""
     teacher = teacher.to(device).eval()
-    s_spec = spec.replace(arch=cfg.student_arch) if cfg.student_arch else spec
+    s_spec = student_spec(spec, cfg.student_arch)
     t_key = fingerprint(teacher)
 
     # Step 1: distillation on unlabelled clean images.

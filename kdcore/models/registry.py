@@ -36,6 +36,7 @@ from kdcore import limits
 from kdcore.errors import ConfigError
 from kdcore.models.paper import PaperCNN, PaperVGG11
 from kdcore.models.plugins import build_plugin, plugin_names
+from kdcore.models.reinit import STUDENT_NORM
 from kdcore.models.resnet import ResNet18Small
 from kdcore.models.spec import ModelSpec
 
@@ -70,6 +71,17 @@ PREFIXES = {
     "timm:": "kdcore.models.timmhf:build",
     "file:": "kdcore.models.plugins:build_file",
 }
+
+
+def student_spec(spec: ModelSpec, arch: str = "") -> ModelSpec:
+    """The spec of the student distilled from a teacher of `spec`: `arch` ("" = the teacher's own,
+    freshly initialised); a file graph's student carries STUDENT_NORM: its builder gives it normalisation
+    where the graph has none (kdcore.models.reinit.normalised)."""
+    if arch:
+        return spec.replace(arch=arch)
+    if spec.arch in FILE_ARCHS:
+        return spec.replace(extra={**spec.extra, STUDENT_NORM: True})
+    return spec
 
 
 def arch_names() -> list[str]:

@@ -20,10 +20,10 @@ from torch import nn
 from kdcore import sandbox
 from kdcore.errors import ModelLoadError
 from kdcore.models import onnxfile
-from kdcore.models.layers import choose_layer, layer_report
+from kdcore.models.layers import ROLES, choose_layer, layer_report
 from kdcore.models.loading import load_model, read_spec, save_model
 from kdcore.models.paper import PaperCNN
-from kdcore.models.registry import build_model
+from kdcore.models.registry import build_model, student_spec
 from kdcore.models.resnet import ResNet18Small
 from kdcore.models.spec import ModelSpec
 
@@ -162,6 +162,34 @@ def test_batchnorm_stays_a_layer_and_every_parameter_is_reinitialised(exports):
     student(torch.rand(4, *RES_SHAPE)).logsumexp(1).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
     assert not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+
+
+def test_a_student_of_a_graph_whose_batchnorm_was_folded_gets_batchnorm_back(exports, tmp_path):
+    """The exporter folds BatchNorm into the convolutions; a fresh student of that graph has no
+    normalisation at all, and the zoo's MobileNet students learnt nothing (10 % of images agreed)."""
+    _, path = exports["resnet-dynamo"]
+    teacher, spec = load_model(path)
+    convs = [n for n, m in teacher.named_modules() if isinstance(m, nn.Conv2d)]
+    assert convs and not any(isinstance(m, nn.BatchNorm2d) for m in teacher.modules())  # folded
+    s_spec = student_spec(spec)
+    assert build_model(spec).state_dict().keys() == teacher.state_dict().keys()  # the teacher's own graph
+    student = build_model(s_spec)
+    layers = dict(student.named_modules())
+    for name in convs:  # each convolution keeps its path (a layer chosen on the teacher), its BatchNorm after it
+        assert isinstance(layers[name], nn.Conv2d) and isinstance(layers[f"{name}.bn"], nn.BatchNorm2d)
+    for role in ROLES:
+        assert choose_layer(student, s_spec, role)[0] == choose_layer(teacher, spec, role)[0]
+    student(torch.rand(4, *RES_SHAPE)).logsumexp(1).sum().backward()
+    assert all(p.grad is not None for p in student.parameters())
+    out = tmp_path / "student.safetensors"  # as the pipeline saves and reloads it
+    save_model(student.eval(), s_spec, out)
+    again, _ = load_model(out, s_spec)
+    x = torch.rand(3, *RES_SHAPE)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), student(x))
+    _, with_bn = exports["resnet-torchscript-bn"]  # a graph that kept its BatchNorm is left as it is
+    t2, spec2 = load_model(with_bn)
+    assert build_model(student_spec(spec2)).state_dict().keys() == t2.state_dict().keys()
 
 
 @pytest.mark.parametrize("kind", ["cnn-torchscript", "cnn-dynamo", "resnet-dynamo"])
