@@ -31,7 +31,7 @@ from kdcore.verdict.recovered_trigger import (
     trigger_supports,
 )
 from kdcore.verdict.rescore import rescore
-from kdcore.verdict.rule import WEIGHTS, agree, verdict_text
+from kdcore.verdict.rule import MIN_AGREEMENT, WEIGHTS, agree, untaught, verdict_text
 
 NAMES = tuple(f"c{i}" for i in range(10))
 
@@ -346,3 +346,19 @@ def test_known_poisons_bad_files_are_one_line_errors(tmp_path, text, message):
     assert "\n" not in str(e.value)
     with pytest.raises(InputError, match="cannot be read"):
         read_known_poisons(tmp_path / "missing.txt", _train())
+
+
+def test_a_student_that_has_not_learnt_its_teacher_leaves_the_verdict_inconclusive():
+    """Everything says backdoor on class 7, but the student agrees with the teacher on 20 % of the
+    clean images: the evidence that compares them cannot be read."""
+    kd = Evidence("kd-disagreement", "funnel", "backdoor", (7,))
+    nc = Evidence("neural-cleanse", "flags 7", "backdoor", (7,))
+
+    def trigger(agreement: float) -> Evidence:
+        return Evidence("recovered-trigger", "gap", "backdoor", (7,), {"images": 500, "agreement": agreement})
+
+    taught = agree([kd, nc, trigger(MIN_AGREEMENT)], NAMES)
+    assert taught.status == "backdoor" and untaught(taught) is None
+    v = untaught(agree([kd, nc, trigger(0.2)], NAMES))
+    assert v.status == "inconclusive" and v.target_classes == () and v.confidence == 0.0
+    assert "agrees with the teacher on only 20% of 500 clean images" in v.rule and "distil for longer" in v.rule

@@ -70,19 +70,24 @@ def recovered_trigger_evidence(
                 "mask_l1": round(float(mask.sum()), 2),
             }
         )
-    return trigger_evidence(rows, len(images), set(triggers) if candidates is None else candidates, names)
+    agreement = round(float((t_pred == s_pred).float().mean()), 4) if len(images) else None
+    chosen = set(triggers) if candidates is None else candidates
+    return trigger_evidence(rows, len(images), chosen, names, agreement)
 
 
-def trigger_evidence(rows: list[dict], n_images: int, candidates: Collection[int], names: Sequence[str]) -> Evidence:
+def trigger_evidence(
+    rows: list[dict], n_images: int, candidates: Collection[int], names: Sequence[str], agreement: float | None = None
+) -> Evidence:
     """The recovered-trigger piece from per-class flip rows (`recovered_trigger_evidence`'s, or a
-    stored report's): a candidate class supports a backdoor when `trigger_supports` its flips."""
+    stored report's): a candidate class supports a backdoor when `trigger_supports` its flips.
+    `agreement`: the share of the clean images on which student and teacher agree (kept in `values`)."""
     candidates = set(candidates)
     rows = [
         {**r, "candidate": r["class"] in candidates}
         | {"supports": r["class"] in candidates and trigger_supports(r["teacher_flip"], r["student_flip"])}
         for r in rows
     ]
-    values = {"images": n_images, "classes": rows}
+    values = {"images": n_images, "classes": rows} | ({} if agreement is None else {"agreement": agreement})
     hits = [r for r in rows if r["supports"]]
     tested = [r for r in rows if r["candidate"]]
     if not tested:

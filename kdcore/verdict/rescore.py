@@ -38,7 +38,9 @@ def rescore(report: dict) -> dict:
         else:  # a report from before the per-class table was kept: its own decision
             ac = ac_evidence([], AC_SIZE_THRESHOLD, AC_SILHOUETTE_THRESHOLD, names, stored["poisoned_classes"])
     rt_v = old["recovered-trigger"]
-    rt = trigger_evidence(rt_v.get("classes", []), rt_v.get("images", 0), candidate_classes(kd, nc, ac), names)
+    rt = trigger_evidence(
+        rt_v.get("classes", []), rt_v.get("images", 0), candidate_classes(kd, nc, ac), names, rt_v.get("agreement")
+    )
     known = []
     if "known-trigger" in old:
         k = old["known-trigger"]

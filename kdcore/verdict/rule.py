@@ -60,6 +60,11 @@ WEIGHTS = {
 }
 KNOWN = "known-trigger"  # a measurement, not an inference: when it supports a backdoor, it decides
 REQUIRED = "recovered-trigger"  # the piece every backdoor verdict needs (see the rule above)
+# The least share of clean images on which the distilled student must agree with its teacher for the
+# evidence comparing them to be read (`untaught`). The model zoo's students, distilled as every audit
+# does, agree on 0.7-0.9 of them (benchmarks/results/zoo.json, "agreement"); one that learnt nothing on
+# about 1 / classes.
+MIN_AGREEMENT = 0.5
 
 
 @functools.cache
@@ -72,10 +77,36 @@ def combine(
     evidence: Sequence[Evidence], class_names: Sequence[str] = (), calibration: Calibration | None = None
 ) -> Verdict:
     """The verdict from the pieces of evidence: the calibrated probability's status (`calibrated`)
-    where a calibration is shipped (or given), the pieces' agreement rule (`agree`) otherwise."""
+    where a calibration is shipped (or given), the pieces' agreement rule (`agree`) otherwise; the
+    given trigger's measurement decides where it supports a backdoor (`KNOWN`). A student that has not
+    learnt its teacher (`untaught`) leaves every status inconclusive."""
     ruled = agree(evidence, class_names)
     cal = calibration or shipped_calibration()
     verdict = calibrated(ruled, cal, class_names) if cal else ruled
+    verdict = _with_known_trigger(verdict, class_names)
+    return untaught(verdict) or verdict
+
+
+def untaught(verdict: Verdict) -> Verdict | None:
+    """The verdict made inconclusive when the distilled student agrees with the teacher on fewer than
+    MIN_AGREEMENT of the clean images the recovered triggers are stamped on, else None. Every piece
+    that compares the two (the recovered trigger's transfer, the KD disagreements, the given trigger's
+    student asr) reads a student that learnt nothing as a student the backdoor did not reach: a digits
+    student distilled for 2 epochs (28 % accurate) made every class look like a backdoor's target."""
+    trigger = next((e for e in verdict.evidence if e.method == REQUIRED), None)
+    agreement = (trigger.values if trigger else {}).get("agreement")
+    if agreement is None or agreement >= MIN_AGREEMENT:
+        return None
+    n = trigger.values.get("images", 0)
+    rule = (
+        f"the distilled student agrees with the teacher on only {agreement:.0%} of {n} clean images "
+        f"(< {MIN_AGREEMENT:.0%}): it has not learnt the teacher, so no evidence that compares them can be "
+        "read; distil for longer (more distillation epochs) or give more unlabelled clean images"
+    )
+    return replace(verdict, status="inconclusive", target_classes=(), target_names=(), confidence=0.0, rule=rule)
+
+
+def _with_known_trigger(verdict: Verdict, class_names: Sequence[str]) -> Verdict:
     known = next((e for e in verdict.evidence if e.method == KNOWN and e.supports == "backdoor"), None)
     if known is None:
         return verdict

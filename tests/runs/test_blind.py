@@ -14,6 +14,7 @@ from kdcore.runs.audit import run_audit
 from kdcore.runs.configs import AuditConfig, DemoConfig
 from kdcore.runs.demo import run_demo
 from kdcore.verdict.rescore import rescore
+from kdcore.verdict.rule import MIN_AGREEMENT
 from tests.conftest import audit_config
 
 KD_EPOCHS = 20  # digits: 500 unlabelled 8×8 images, about a second an epoch
@@ -68,9 +69,22 @@ def test_a_clean_model_audited_blind_is_not_called_backdoored(tmp_path, digits_f
 
 
 @pytest.mark.slow
+def test_a_student_that_learnt_nothing_leaves_the_verdict_inconclusive(tmp_path, digits_files):
+    """One distillation epoch: the student agrees with the teacher on few clean images, and the audit
+    says so instead of reading every comparison with it as a backdoor's sign."""
+    cfg = audit_config(digits_files, trigger=None, train=False, kd_epochs=1)
+    report = run_audit(from_dict(AuditConfig, cfg), tmp_path / "run")
+    v = report["verdict"]
+    agreement = next(e for e in v["evidence"] if e["method"] == "recovered-trigger")["values"]["agreement"]
+    assert agreement < MIN_AGREEMENT, agreement
+    assert v["status"] == "inconclusive" and v["target_classes"] == [], v
+    assert "has not learnt the teacher" in v["rule"] and "distil for longer" in v["rule"]
+
+
+@pytest.mark.slow
 def test_an_audit_with_its_trigger_is_judged_with_the_trigger_as_evidence(tmp_path, digits_files):
     """Every audit is judged: the known trigger is measured on teacher and student and decides."""
-    cfg = audit_config(digits_files, verdict=True, neural_cleanse={"steps": 60})
+    cfg = audit_config(digits_files, verdict=True, neural_cleanse={"steps": 60}, kd_epochs=KD_EPOCHS)
     report = run_audit(from_dict(AuditConfig, cfg), tmp_path / "run")
     v = report["verdict"]
     known = next(e for e in v["evidence"] if e["method"] == "known-trigger")
