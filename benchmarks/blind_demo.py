@@ -1,11 +1,14 @@
 """The blind quick demo against the plain one (issue 20's done-when): what the verdict costs the demo Home
 runs, and what it says of the attack and of the clean scenario.
 
-Runs `kdcore demo --quick` (seed 0) three ways in one process, one after another, all with the same
-stage cache warmed first (baseline and teacher trained once, as on a machine that has run the demo
-before): the attack scenario plain (no verdict), the attack scenario blind (the verdict from label-free
-evidence; the trigger only evaluates) and the no-attack scenario blind. Each run starts from an empty
-run folder, so distillation, detox, fine-tuning, evaluation and (blind) the verdict's evidence all run.
+Runs `kdcore demo --quick` (seed 0) five ways in one process, one after another:
+- cold, as a user's first click runs it (baseline and teacher trained, each in a cache of its own): the
+  attack scenario plain (no verdict) and blind (the verdict from label-free evidence; the trigger only
+  evaluates);
+- warm, as every later click runs it (baseline and teacher from the first cold run's cache): attack
+  plain, attack blind, and the no-attack scenario blind.
+Each run starts from an empty run folder, so distillation, detox, fine-tuning, evaluation and (blind)
+the verdict's evidence all run. The ratios compare each blind run with the plain run of its kind.
 
     .venv/bin/python benchmarks/blind_demo.py [--device auto] [--smoke]
 
@@ -30,7 +33,15 @@ from kdcore.runs.configs import DemoConfig  # noqa: E402
 from kdcore.runs.demo import run_demo  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out" / "blind_demo"
-RUNS = (("attack", False), ("attack", True), ("no_attack", True))
+# (scenario, blind, the stage cache it runs on): "first" starts empty and is warm after the first run,
+# "other" starts empty for the cold blind run
+RUNS = (
+    ("attack", False, "first"),
+    ("attack", True, "other"),
+    ("attack", False, "first"),
+    ("attack", True, "first"),
+    ("no_attack", True, "first"),
+)
 
 
 def config(scenario: str, blind: bool, device: str, cache: Path, smoke: bool) -> DemoConfig:
@@ -47,32 +58,31 @@ def main() -> None:
     device = resolve_device(a.device)
     with tempfile.TemporaryDirectory(prefix="kdaudit-blind-demo-") as tmp:
         out = Path(tmp) if a.smoke else OUT
-        cache = out / "cache"
         gemm_before = sgemm_gflops(device, smoke=a.smoke)
-        log("warming the cache: baseline and teacher of both scenarios")
-        for scenario in ("attack", "no_attack"):
-            run_demo(config(scenario, False, a.device, cache, a.smoke), Path(tmp) / f"warm-{scenario}", throttled())
         rows = []
-        for scenario, blind in RUNS:
-            run_dir = out / "runs" / f"{scenario}-{'blind' if blind else 'plain'}-{time.time_ns()}"
+        for i, (scenario, blind, cache) in enumerate(RUNS):
+            kind = "cold" if i < 2 else "warm"  # the caches live in `tmp`: every invocation starts cold
+            run_dir = out / "runs" / f"{scenario}-{'blind' if blind else 'plain'}-{kind}-{time.time_ns()}"
+            cfg = config(scenario, blind, a.device, Path(tmp) / f"cache-{cache}", a.smoke)
             t0 = time.perf_counter()
-            report = run_demo(config(scenario, blind, a.device, cache, a.smoke), run_dir, throttled())
+            report = run_demo(cfg, run_dir, throttled())
             wall = time.perf_counter() - t0
             v = report.get("verdict") or {}
-            rows.append({"scenario": scenario, "blind": blind, "wall_s": round(wall, 1), "status": v.get("status"),
-                         "target_classes": v.get("target_classes"), "p_backdoor": v.get("p_backdoor"),
-                         "rule_status": v.get("rule_status"), "timings": report.get("timings")})  # fmt: skip
-            log(
-                f"{scenario} {'blind' if blind else 'plain'}: {wall:.0f} s, {v.get('status')} {v.get('target_classes')}"
-            )
+            rows.append({"scenario": scenario, "blind": blind, "cache": kind, "wall_s": round(wall, 1),
+                         "status": v.get("status"), "target_classes": v.get("target_classes"),
+                         "p_backdoor": v.get("p_backdoor"), "rule_status": v.get("rule_status"),
+                         "timings": report.get("timings")})  # fmt: skip
+            log(f"{scenario} {'blind' if blind else 'plain'} ({kind}): {wall:.0f} s, {v.get('status')} "
+                f"{v.get('target_classes')}")  # fmt: skip
         gemm_after = sgemm_gflops(device, smoke=a.smoke)
-    plain = rows[0]["wall_s"]
-    lines = ["| run | wall s | × plain | verdict | P(backdoor) |", "|---|---|---|---|---|"]
+    plain = {r["cache"]: r["wall_s"] for r in rows if not r["blind"]}
+    lines = ["| run | cache | wall s | × plain | verdict | P(backdoor) |", "|---|---|---|---|---|---|"]
     for r in rows:
         name = f"{r['scenario']}, {'blind' if r['blind'] else 'plain'}"
         verdict = f"{r['status']} {r['target_classes']}" if r["status"] else "—"
         p = f"{r['p_backdoor']:.2f}" if isinstance(r["p_backdoor"], float) else "—"
-        lines.append(f"| {name} | {r['wall_s']:.0f} | {r['wall_s'] / plain:.2f} | {verdict} | {p} |")
+        ratio = r["wall_s"] / plain[r["cache"]]
+        lines.append(f"| {name} | {r['cache']} | {r['wall_s']:.0f} | {ratio:.2f} | {verdict} | {p} |")
     table = "\n".join(lines)
     print(table, flush=True)
     write_result("blind_demo", "blind_demo.py", device, {

@@ -14,6 +14,7 @@ from kdcore.jobs.eta import job_eta, sized_eta
 from kdcore.jobs.store import JobStore
 from kdcore.jobs.worker import run_job
 from kdcore.runs.sizes import stage_sizes
+from kdcore.verdict.gather import VERDICT_NC
 from kdcore.verdict.recovered_trigger import TRIGGER_IMAGES
 from kdcore.views import NORM_IMAGES
 from tests.conftest import TINY_DEMO, audit_config
@@ -51,7 +52,7 @@ def test_stage_sizes_from_the_config_and_the_sets():
         ("detox", n * 2),
         ("finetune", 1 * n * 0.9 * 3),  # 10 % held out for selection
         ("evaluate", 4 * test * 2),  # baseline, teacher, student, finetuned on clean and stamped images
-        ("neural-cleanse", 300 * 32 * 10 * 3),
+        ("neural-cleanse", VERDICT_NC["steps"] * VERDICT_NC["batch_size"] * 10 * 3),  # the verdict's budget
         ("activation-clustering", n),
         ("recovered-trigger", TRIGGER_IMAGES * 11 * 2),  # teacher and student, clean and with 10 triggers
         ("view", NORM_IMAGES * 3),
