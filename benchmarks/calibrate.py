@@ -39,7 +39,15 @@ import torch  # noqa: E402
 
 from benchmarks.common import log, smoke_args, write_result  # noqa: E402
 from benchmarks.zoo.recipes import MIN_ASR  # noqa: E402
-from kdcore.verdict.calibrated import CALIBRATION_FILE, FEATURES, Calibration, class_features, load, save  # noqa: E402
+from kdcore.verdict.calibrated import (  # noqa: E402
+    CALIBRATION_FILE,
+    FEATURES,
+    SIGNS,
+    Calibration,
+    class_features,
+    load,
+    save,
+)
 
 T_LO, T_HI = 0.2, 0.5  # fixed before any fit: no_evidence at P ≤ 0.2, backdoor at P ≥ 0.5
 FOLDS = 5
@@ -68,6 +76,37 @@ def model_rows(rows: list[dict], k: int = 10) -> list[tuple[list[list[float]], b
     return out
 
 
+class SignedLogistic:
+    """Stage 1: scikit-learn's L2 logistic regression (C, class_weight="balanced") with each coefficient
+    kept on the side `signs` give it (or at 0): L-BFGS-B with bounds on the same objective."""
+
+    def __init__(self, signs, C: float = 1.0):
+        self.signs, self.C = signs, C
+
+    def fit(self, Z, y) -> SignedLogistic:
+        import numpy as np
+        from scipy.optimize import minimize
+
+        w_class = {c: len(y) / (2 * max(1, int((y == c).sum()))) for c in (0, 1)}
+        sw = np.where(y == 1, w_class[1], w_class[0])
+        t = 2 * y - 1
+
+        def loss(theta):
+            w, b = theta[:-1], theta[-1]
+            m = t * (Z @ w + b)
+            value = 0.5 * w @ w + self.C * (sw * np.logaddexp(0, -m)).sum()
+            g = -self.C * sw * t / (1 + np.exp(m))
+            return value, np.append(w + Z.T @ g, g.sum())
+
+        bounds = [(0, None) if s > 0 else (None, 0) if s < 0 else (0, 0) for s in self.signs] + [(None, None)]
+        theta = minimize(loss, np.zeros(Z.shape[1] + 1), jac=True, method="L-BFGS-B", bounds=bounds).x
+        self.coef_, self.intercept_ = theta[:-1], float(theta[-1])
+        return self
+
+    def decision_function(self, Z):
+        return Z @ self.coef_ + self.intercept_
+
+
 def fit(models: list[tuple[list[list[float]], bool, int | None]], about: dict) -> Calibration:
     """Stage 1 on every (model, class) pair, stage 2 on the cross-fitted largest class logit (module
     docstring of kdcore.verdict.calibrated)."""
@@ -81,8 +120,8 @@ def fit(models: list[tuple[list[list[float]], bool, int | None]], about: dict) -
     scale[scale < 1e-6] = 1.0
     Z = (X - mean) / scale
 
-    def stage1(idx: np.ndarray) -> LogisticRegression:
-        return LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000).fit(Z[idx], y[idx])
+    def stage1(idx: np.ndarray) -> SignedLogistic:
+        return SignedLogistic(np.array([SIGNS[f] for f in FEATURES]), C=1.0).fit(Z[idx], y[idx])
 
     rng = np.random.default_rng(0)
     fold_of = rng.permutation(len(models)) % FOLDS
@@ -100,8 +139,8 @@ def fit(models: list[tuple[list[list[float]], bool, int | None]], about: dict) -
         features=tuple(FEATURES),
         mean=tuple(round(float(v), 6) for v in mean),
         scale=tuple(round(float(v), 6) for v in scale),
-        coef=tuple(round(float(v), 6) for v in full.coef_[0]),
-        intercept=round(float(full.intercept_[0]), 6),
+        coef=tuple(round(float(v), 6) for v in full.coef_),
+        intercept=round(float(full.intercept_), 6),
         platt_a=round(float(platt.coef_[0][0]), 6),
         platt_b=round(float(platt.intercept_[0]), 6),
         t_lo=T_LO,

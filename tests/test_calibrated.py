@@ -14,8 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.calibrate import fit, implanted, model_rows, synthetic_rows  # noqa: E402
-from kdcore.verdict.calibrated import CALIBRATION_FILE, FEATURES, Calibration, class_features, load  # noqa: E402
+from benchmarks.calibrate import SignedLogistic, fit, implanted, model_rows, synthetic_rows  # noqa: E402
+from kdcore.verdict.calibrated import CALIBRATION_FILE, FEATURES, SIGNS, Calibration, class_features, load  # noqa: E402
 from kdcore.verdict.evidence import Evidence  # noqa: E402
 from kdcore.verdict.known_trigger import known_trigger_evidence  # noqa: E402
 from kdcore.verdict.rule import agree, combine  # noqa: E402
@@ -117,3 +117,20 @@ def test_a_known_trigger_that_captures_the_teacher_only_decides_the_status():
         weak = known_trigger_evidence(teacher, student, 6, NAMES)
         assert weak.supports == "no_evidence"
         assert combine([*pieces(None), weak], NAMES, cal).status == "no_evidence"
+
+
+def test_the_fit_keeps_each_coefficient_on_its_side_and_is_scikit_learns_where_that_binds_nothing():
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(400, 3))
+    y = (Z @ np.array([1.5, -1.0, 0.0]) + rng.normal(size=400) > 1.0).astype(int)
+    free = LogisticRegression(C=1.0, class_weight="balanced").fit(Z, y)
+    assert free.coef_[0][0] > 0 > free.coef_[0][1]
+    ours = SignedLogistic(np.array([1, -1, 1])).fit(Z, y)  # the signs the data have: the same fit
+    np.testing.assert_allclose(ours.coef_[:2], free.coef_[0][:2], atol=2e-3)
+    wrong = SignedLogistic(np.array([1, 1, 1])).fit(Z, y)  # the second feature told to point the other way
+    assert wrong.coef_[1] == 0.0 and wrong.coef_[0] > 0
+    shipped = load()
+    assert all(c * SIGNS[f] >= 0 for f, c in zip(shipped.features, shipped.coef, strict=True))

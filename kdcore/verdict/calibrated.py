@@ -46,6 +46,13 @@ FEATURES: dict[str, str] = {
 }
 
 
+# Which way each feature points at a target: +1 where more of it is more target-like, -1 where less is
+# (a trigger that transfers less to the student). The fit keeps every coefficient on its side or at 0,
+# so more evidence for a class never lowers its score: with a few dozen models an unconstrained fit gave
+# two features the wrong sign (Neural Cleanse's smallest mask and the clustering's silhouette).
+SIGNS: dict[str, int] = {name: -1 if name == "trigger_transfer" else 1 for name in FEATURES}
+
+
 def _finite(x: float, lo: float, hi: float) -> float:
     return min(hi, max(lo, x)) if math.isfinite(x) else (hi if x > 0 else lo)
 

@@ -19,8 +19,10 @@ from kdcore.jobs.worker import run_job
 from kdcore.runs.audit_many import p_backdoor
 
 ROOT = Path(__file__).resolve().parents[2]
-# Short audits: the verdict, not the repair, is what is tested (Neural Cleanse at a third of its steps)
-QUICK = ("--kd-epochs", "4", "--batch-size", "64", "--ft-epochs", "1", "--neural-cleanse", '{"steps": 100}')
+# Short audits: the verdict, not the repair, is what is tested (one fine-tuning epoch), but a student
+# distilled long enough to learn its teacher (after 4 epochs it agreed with it on 68 % of the digits, and a
+# clean model's recovered triggers then flipped the teacher and not the student: P(backdoor) 0.60)
+QUICK = ("--kd-epochs", "20", "--batch-size", "64", "--ft-epochs", "1")
 
 
 def shared(files: dict) -> list[str]:
