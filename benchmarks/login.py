@@ -55,9 +55,10 @@ class Provider:
     client_secret: str
 
 
-def start_provider(dashboard_port: int, log: Path, timeout: float = 60) -> Provider:
+def start_provider(dashboard_port: int, log: Path, timeout: float = 180) -> Provider:
     """Start tests/oidc/provider.js on a free port with the dashboard on `dashboard_port` as its client;
-    returns once its discovery document answers. Raises a RuntimeError that says how to install it when
+    returns once its discovery document answers (in a full test run on 2 busy cores it once took over 60 s).
+    Raises a RuntimeError that says how to install it when
     Node.js or the npm package is missing."""
     node = shutil.which("node")
     if node is None or not (PROVIDER_DIR / "node_modules" / "oidc-provider").is_dir():
