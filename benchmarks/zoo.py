@@ -164,6 +164,17 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def by_architecture(todo: list[Recipe]) -> list[Recipe]:
+    """The models to make, the first of each architecture first, then the second of each, ...: a partial
+    run (a session ends wherever it is) covers every architecture, the slow ones too."""
+    seen: dict[str, int] = {}
+    rank = []
+    for r in todo:
+        rank.append(seen.get(r.arch, 0))
+        seen[r.arch] = rank[-1] + 1
+    return [r for _, r in sorted(zip(rank, todo, strict=True), key=lambda x: x[0])]
+
+
 def stored_rows(results: Path, setup: dict) -> dict[str, dict]:
     """The rows of results/zoo.json made with `setup` (rows of other sizes or settings are not comparable)."""
     path = results / "zoo.json"
@@ -201,7 +212,7 @@ def run(a: argparse.Namespace, out: Path) -> None:
             log(f"{r.name}: kept from results/zoo.json (its run dir is not here)")
         elif not a.limit or len(todo) < a.limit:
             todo.append(r)
-    todo.sort(key=lambda r: r.arch == "resnet18-small")  # the slowest last: a partial run covers the most models
+    todo = by_architecture(todo)
     gemm = sgemm_gflops(device, smoke=a.smoke)
     t0 = time.perf_counter()
 

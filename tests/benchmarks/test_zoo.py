@@ -99,3 +99,13 @@ def test_a_run_of_one_part_keeps_the_other_parts_rows(tmp_path: Path, monkeypatc
     rows = {r["name"]: r for r in json.loads((results / "zoo.json").read_text())["rows"]}
     assert rows[cal.name] == kept  # not selected by --part: kept as stored
     assert rows[held.name]["outcome"] == "implant failed"
+
+
+def test_models_are_made_one_architecture_after_another_so_a_partial_run_covers_each():
+    zoo = _zoo_script()
+    held = [r for r in recipes() if r.part == "heldout"]
+    order = zoo.by_architecture(held)
+    assert sorted(r.name for r in order) == sorted(r.name for r in held)
+    archs = {r.arch for r in held}
+    assert {r.arch for r in order[: len(archs)]} == archs  # the first of each architecture comes first
+    assert [r for r in order if r.arch == "paper-cnn"] == [r for r in held if r.arch == "paper-cnn"]
