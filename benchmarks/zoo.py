@@ -205,8 +205,7 @@ def run(a: argparse.Namespace, out: Path) -> None:
         if vain:
             rows[r.name] = {**row_of(r, known, {}, None), "outcome": vain}
         elif report.is_file():
-            truth = json.loads((out / r.name / "truth.json").read_text())
-            rows[r.name] = row_of(r, truth, json.loads(report.read_text()), kept.get(r.name, {}).get("job"))
+            rows[r.name] = row_of(r, known, json.loads(report.read_text()), kept.get(r.name, {}).get("job"))
         elif r.name in kept:
             rows[r.name] = kept[r.name]
             log(f"{r.name}: kept from results/zoo.json (its run dir is not here)")

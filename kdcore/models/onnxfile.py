@@ -48,7 +48,7 @@ from torch import nn
 from kdcore import limits
 from kdcore.errors import ConfigError, ModelLoadError
 from kdcore.models.onnxconvert import EXPORT_HINT, convert
-from kdcore.models.reinit import STUDENT_NORM, normalised, reinitialise
+from kdcore.models.reinit import fresh
 from kdcore.models.sources import source_path, with_source
 from kdcore.models.spec import ModelSpec
 from kdcore.third_party import import_onnxruntime
@@ -113,8 +113,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def build(spec: ModelSpec) -> nn.Module:
     """A fresh student of the graph in `spec.source`: converted again, every parameter re-initialised."""
-    model = reinitialise(copy.deepcopy(_converted(source_path(spec)).module))
-    return normalised(model) if spec.extra.get(STUDENT_NORM) else model
+    return fresh(copy.deepcopy(_converted(source_path(spec)).module), spec.extra)
 
 
 # ── reading and checking ────────────────────────────────────────────────────────────────────────

@@ -55,7 +55,7 @@ from kdcore.archive import SafeZip, open_zip
 from kdcore.errors import ConfigError, InputError, ModelLoadError
 from kdcore.models.fxlift import LiftedGraph, lift
 from kdcore.models.pt2program import as_int, check_program, io_shapes, short
-from kdcore.models.reinit import STUDENT_NORM, normalised, reinitialise
+from kdcore.models.reinit import fresh
 from kdcore.models.sources import source_path, with_source
 from kdcore.models.spec import ModelSpec
 from kdcore.models.torchfile import WHOLE_MODEL_HINT, torch_load_weights_only
@@ -94,8 +94,7 @@ def build(spec: ModelSpec) -> nn.Module:
     """A fresh student of the spec's graph: its source archive re-read (the same checks), lifted,
     every parameter re-initialised (`kdcore.models.reinit`)."""
     model, _, _ = _load(source_path(spec))
-    model = reinitialise(model)
-    return normalised(model) if spec.extra.get(STUDENT_NORM) else model
+    return fresh(model, spec.extra)
 
 
 def load_graph(path: Path) -> LiftedGraph:

@@ -58,6 +58,12 @@ class NormedConv2d(nn.Conv2d):
         return self.bn(super().forward(x))
 
 
+def fresh(model: nn.Module, spec_extra: dict) -> nn.Module:
+    """A file graph's fresh student: `reinitialise`d, and `normalised` where its spec asks (STUDENT_NORM)."""
+    model = reinitialise(model)
+    return normalised(model) if spec_extra.get(STUDENT_NORM) else model
+
+
 def normalised(model: nn.Module) -> nn.Module:
     """`model` with each 2-d convolution followed by a BatchNorm (`NormedConv2d`) when it has no
     normalisation layer at all (a graph whose exporter folded its BatchNorm into the convolutions),

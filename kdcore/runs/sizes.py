@@ -26,7 +26,7 @@ from kdcore.config import from_dict
 from kdcore.defenses.neural_cleanse import NeuralCleanseConfig
 from kdcore.pipeline import KDConfig
 from kdcore.runs.configs import AuditConfig, DemoConfig
-from kdcore.verdict.gather import VERDICT_NC
+from kdcore.verdict.gather import verdict_nc
 from kdcore.verdict.recovered_trigger import TRIGGER_IMAGES
 from kdcore.views import NORM_IMAGES
 
@@ -49,7 +49,7 @@ def _kd(kd: KDConfig, unlabeled: int, train: int, test: int, models: int, trigge
 
 
 def _verdict(nc_params: dict, classes: int, train: int) -> list:
-    nc = from_dict(NeuralCleanseConfig, {**VERDICT_NC, **nc_params})
+    nc = from_dict(NeuralCleanseConfig, verdict_nc(nc_params))
     sizes = [("neural-cleanse", nc.steps * nc.batch_size * classes * TRAIN)]
     sizes += [("activation-clustering", train * FORWARD)] if train else []
     # the recovered trigger: teacher and student on the clean images, then on them stamped with each class's

@@ -49,6 +49,11 @@ from kdcore.verdict.rule import combine
 VERDICT_NC = {"steps": 100, "batch_size": 12, "n_images": 150, "n_holdout": 100}
 
 
+def verdict_nc(params: dict | None) -> dict:
+    """The verdict's Neural Cleanse settings: `params` (the user's) over `VERDICT_NC`."""
+    return {**VERDICT_NC, **(params or {})}
+
+
 @dataclass
 class BlindOutput:
     """The verdict and what the dashboard shows beside it (all JSON-ready but `images`)."""
@@ -115,7 +120,7 @@ def blind_audit(
     nc_in = DefenseInputs(
         model=teacher, spec=spec, device=device, unlabeled=unlabeled, seed=seed, on_progress=on_progress
     )
-    nc = get_defense("neural-cleanse").from_params({**VERDICT_NC, **(nc_params or {})}).run(nc_in)
+    nc = get_defense("neural-cleanse").from_params(verdict_nc(nc_params)).run(nc_in)
     rows = nc.evidence["classes"]
     nc_ev = nc_evidence(
         [r["anomaly_index"] for r in rows], [r["l1"] for r in rows], nc.evidence["threshold"], names,
