@@ -123,11 +123,16 @@ def reopen_ui() -> Reopened | None:
         return None
     paths = {slot: job.config.get(slot) for slot in SLOTS if job.config.get(slot)}
     paths = {slot: p for slot, p in paths.items() if Path(p).exists()}
+    values = form_values(job.config, job.label)
     if st.session_state.get("_reopened") != wanted:
         st.session_state["_reopened"] = wanted
-        st.session_state.update(form_values(job.config, job.label))
+        st.session_state.update(values)
         if "model" in paths:
             st.session_state["_model_for"] = paths["model"]  # so the model form keeps the values above
+    else:  # the Jobs page's 2-s refresh can land just after the switch to this page, and Streamlit then
+        # drops this page's widget values as another page's: put back the job's value of each one gone (a
+        # value the user changed is still there and is kept)
+        st.session_state.update({k: v for k, v in values.items() if k not in st.session_state})
     st.info(
         f"Reopened job #{job.id} ({job.state}): its inputs and settings are filled in. Change what you need "
         "and start the audit again; an upload replaces the stored file in its slot.",

@@ -95,8 +95,10 @@ def test_a_failed_job_reopens_in_the_form_and_no_flag_is_shown(server, page, dig
     page.get_by_text("Reopen in the form").first.click()
     page.wait_for_url(f"**/new_audit?from={job.id}")
     page.get_by_text(f"Reopened job #{job.id}").wait_for(timeout=60_000)
-    assert page.locator(".st-key-audit_label input").input_value() == "wrong input shape"
-    assert page.locator(".st-key-input_shape input").input_value() == "1,28,28"
+    from playwright.sync_api import expect
+
+    expect(page.locator(".st-key-audit_label input")).to_have_value("wrong input shape")
+    expect(page.locator(".st-key-input_shape input")).to_have_value("1,28,28")
     page.get_by_text("Use the test set from job").wait_for()
     page.get_by_text("Use the test set from job").scroll_into_view_if_needed()
     page.screenshot(path=SHOTS / "new_audit_reopened.png", full_page=True)
