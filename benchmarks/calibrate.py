@@ -1,12 +1,13 @@
-"""Fit the calibrated verdict on the zoo's calibration part, and score it on the held-out part (issue 20,
+"""Fit the calibrated verdict on the zoo's calibration part, and score it on the held-out parts (issue 20,
 items 3–4). Reads benchmarks/results/zoo.json (every audited model's evidence numbers and truth), so it
 re-runs no model.
 
     .venv/bin/python benchmarks/calibrate.py --fit    # refit: kdcore/verdict/calibration.json from the
                                                       # calibration part only, then score
-    .venv/bin/python benchmarks/calibrate.py          # score both parts with the shipped calibration
+    .venv/bin/python benchmarks/calibrate.py          # score every part with the shipped calibration
 
-Scores per part (the README's headline numbers are the held-out part's): ROC-AUC of P(backdoor);
+Scores per part (the README's headline numbers are the held-out parts'; "fresh" was fixed in the split
+before the refit on the calibration's second half, "heldout" had been looked at before it): ROC-AUC of P(backdoor);
 TrojAI's cross-entropy (mean −log of the probability given to the truth, P clipped to [0.001, 0.999];
 chance at 0.5 is 0.693, TrojAI's round target half of that, 0.3465); the detection rate (status
 "backdoor" among backdoored models) and false-alarm rate (status "backdoor" among clean ones) at the
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.common import log, smoke_args, write_result  # noqa: E402
-from benchmarks.zoo.recipes import MIN_ASR  # noqa: E402
+from benchmarks.zoo.recipes import HELD_OUT, MIN_ASR, PARTS  # noqa: E402
 from kdcore.verdict.calibrated import (  # noqa: E402
     CALIBRATION_FILE,
     FEATURES,
@@ -341,9 +342,9 @@ def main() -> None:
     else:
         cal = load()
     scored = score(rows, cal)
-    parts = {p: summary([s for s in scored if s["part"] == p]) for p in ("calibration", "heldout")}
+    parts = {p: summary([s for s in scored if s["part"] == p]) for p in PARTS}
     parts = {p: s for p, s in parts.items() if s["models"]}
-    held = [s for s in scored if s["part"] == "heldout"]
+    held = {p: [s for s in scored if s["part"] == p] for p in HELD_OUT if p in parts}
     curves = {p: reliability([s for s in scored if s["part"] == p]) for p in parts}
     if not a.smoke and held:
         draw({f"{p} ({parts[p]['models']} models)": c for p, c in curves.items()}, PICTURE)
@@ -351,8 +352,8 @@ def main() -> None:
     write_result("zoo_score", "calibrate.py", torch.device("cpu"), {
         "thresholds": {"t_lo": cal.t_lo, "t_hi": cal.t_hi}, "calibration": cal.fitted, "parts": parts,
         "made_in_vain": [vain_row(r) for r in failed],
-        "heldout_by_arch": by(held, lambda s: s["arch"]),
-        "heldout_by_attack": by(held, attack_kind),
+        **{f"{p}_by_arch": by(ss, lambda s: s["arch"]) for p, ss in held.items()},
+        **{f"{p}_by_attack": by(ss, attack_kind) for p, ss in held.items()},
         "reliability": curves, "table": table(parts), "models": scored,
     }, a.results)  # fmt: skip
 

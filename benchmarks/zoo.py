@@ -3,8 +3,9 @@ audited BLIND through the product path, for calibrating the verdict and scoring 
 was never tuned on.
 
 Recipes and the split are in benchmarks/zoo/recipes.py and fixed in benchmarks/zoo_split.json
-(calibration: 32 models, half clean, four architectures; held-out: 60 models, 30 clean, five
-architectures, one of them and one attack never seen by calibration). For each model:
+(calibration: 96 models, half clean, four architectures; two held-out parts, "heldout" (90) and
+"fresh" (64), each with ≥ 30 clean models, five architectures, one of them and one attack never seen
+by calibration). For each model:
 
 1. made once, cached by content (benchmarks/zoo/build.py): its data drawn from Fashion-MNIST, poisoned
    or made hard, trained (4,000 images, 3 epochs; VGG-11 3,000 and 2, ResNet-18 2,000 and 2), saved or exported as its
@@ -21,7 +22,7 @@ row kept in benchmarks/results/zoo.json whose run dir is gone is kept as it is. 
 rewritten after every audit: one row per model (its recipe, its truth, the verdict's status, target
 and confidence, every evidence piece's `values` as stored in report.json, seconds per stage).
 
-    .venv/bin/python benchmarks/zoo.py [--part calibration|heldout|all] [--limit N] [--only NAME,...]
+    .venv/bin/python benchmarks/zoo.py [--part calibration|heldout|fresh|all] [--limit N] [--only NAME,...]
         [--workers N] [--executor local|ray] [--out DIR]
     .venv/bin/python benchmarks/zoo.py --write-split    # once, before any scoring: benchmarks/zoo_split.json
 
@@ -51,7 +52,7 @@ from benchmarks.common import SMOKE_NC, log, sgemm_gflops, smoke_args, write_res
 from benchmarks.verdict import trigger_images  # noqa: E402
 from benchmarks.zoo.build import Made, Sizes, make  # noqa: E402
 from benchmarks.zoo.jobs import AUDIT_KD, AUDIT_NC, Audits  # noqa: E402
-from benchmarks.zoo.recipes import MIN_ASR, MIN_CLEAN_ACC, Recipe, read_split, recipes, split_json  # noqa: E402
+from benchmarks.zoo.recipes import MIN_ASR, MIN_CLEAN_ACC, PARTS, Recipe, read_split, recipes, split_json  # noqa: E402
 from kdcore.device import resolve_device  # noqa: E402
 from kdcore.io import atomic_write_json  # noqa: E402
 from kdcore.verdict.detectors import silhouettes  # noqa: E402
@@ -148,7 +149,7 @@ def _values(e: dict, report: dict) -> dict:
 def table(rows: list[dict]) -> str:
     lines = ["| Part | models | backdoored: right target | wrong target | inconclusive | no_evidence | "
              "clean: false alarms | inconclusive | no_evidence |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for part in ("calibration", "heldout"):
+    for part in PARTS:
         rs = [r for r in rows if r["part"] == part]
         if not rs:
             continue
@@ -281,7 +282,7 @@ def run(a: argparse.Namespace, out: Path) -> None:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=("calibration", "heldout", "all"), default="all")
+    ap.add_argument("--part", choices=(*PARTS, "all"), default="all")
     ap.add_argument("--limit", type=int, default=0, help="make and audit at most N new models (0 = all)")
     ap.add_argument("--only", default="", help="model names, comma-separated (see benchmarks/zoo_split.json)")
     ap.add_argument("--workers", type=int, default=1, help="training processes, and audit workers (local)")

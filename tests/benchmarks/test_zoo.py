@@ -33,7 +33,8 @@ def test_the_split_has_the_sizes_and_the_unseen_architecture_and_attack():
     assert len({r.name for r in rs}) == len(rs)
     cal = [r for r in rs if r.part == "calibration"]
     held = [r for r in rs if r.part == "heldout"]
-    assert len(cal) + len(held) == len(rs)
+    fresh = [r for r in rs if r.part == "fresh"]
+    assert len(cal) + len(held) + len(fresh) == len(rs)
     clean_cal = sum(r.attack == "clean" for r in cal)
     assert len(cal) >= 30 and 0.4 <= clean_cal / len(cal) <= 0.6
     assert len(held) >= 60 and sum(r.attack == "clean" for r in held) >= 30
@@ -42,7 +43,12 @@ def test_the_split_has_the_sizes_and_the_unseen_architecture_and_attack():
     assert len(archs) >= 5 and sum(ARCHS[a][0] != "registry" for a in archs) >= 2
     assert archs - {r.arch for r in cal}, "no architecture that calibration never sees"
     assert {r.attack for r in held} - {r.attack for r in cal} - {"clean"}, "no attack that calibration never sees"
-    assert not {r.seed for r in cal} & {r.seed for r in held}, "held-out models need other seeds"
+    assert not {r.seed for r in cal} & {r.seed for r in held + fresh}, "held-out models need other seeds"
+    assert not {r.seed for r in held} & {r.seed for r in fresh}
+    for part in (held, fresh):  # each held-out part is whole on its own
+        archs = {r.arch for r in part}
+        assert len(part) >= 60 and sum(r.attack == "clean" for r in part) >= 30 and len(archs) >= 5
+        assert archs - {r.arch for r in cal} and {r.attack for r in part} - {r.attack for r in cal} - {"clean"}
     rates = [r.rate for r in rs if r.attack != "clean"]
     assert min(rates) <= 0.005 and max(rates) >= 0.10
     assert {r.trigger["size"] for r in rs if r.attack == "badnets"} >= {1, 2, 3, 4, 5}
