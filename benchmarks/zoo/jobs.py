@@ -74,14 +74,16 @@ class Audits:
         return self.store.submit("audit", cfg, label=f"zoo: {recipe.name}", run_dir=str(run_dir))
 
     def keep_running(self, ids: list[int]) -> None:
-        """Start workers when one of `ids` is queued and none of ours is alive."""
-        if any(p.poll() is None for p in self.procs):
-            return
-        if any(self.store.get(i).state == "queued" for i in ids):
+        """While one of `ids` is queued, keep `workers` of ours alive (one dispatcher for Ray). Workers
+        drain and exit when the queue is empty: topping up only once all had exited left every audit
+        queued behind a slow one (a ResNet-18's 25 min) with the other worker gone."""
+        self.procs = [p for p in self.procs if p.poll() is None]
+        missing = (1 if self.executor == "ray" else self.workers) - len(self.procs)
+        if missing > 0 and any(self.store.get(i).state == "queued" for i in ids):
             self.starts += 1
             logs = self.logs / f"start-{self.starts}"
-            self.procs = start_workers(
-                self.store.data_dir, self.executor, self.workers, self.device, self.ray_address, logs
+            self.procs += start_workers(
+                self.store.data_dir, self.executor, missing, self.device, self.ray_address, logs
             )
 
     def alive(self) -> bool:

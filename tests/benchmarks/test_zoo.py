@@ -115,3 +115,42 @@ def test_models_are_made_one_architecture_after_another_so_a_partial_run_covers_
     archs = {r.arch for r in held}
     assert {r.arch for r in order[: len(archs)]} == archs  # the first of each architecture comes first
     assert [r for r in order if r.arch == "paper-cnn"] == [r for r in held if r.arch == "paper-cnn"]
+
+
+def test_while_audits_are_queued_the_zoo_keeps_its_workers_alive(tmp_path: Path, monkeypatch):
+    """Workers drain and exit when the queue is empty. The zoo started new ones only once all had exited,
+    so a run whose first audit was a ResNet-18's (25 min) left the other worker gone and every later audit
+    queued behind it. Now it tops up to `--workers` whenever one is queued."""
+    import subprocess
+
+    from benchmarks.zoo import jobs
+
+    started: list[int] = []
+
+    def fake_start(data_dir, executor, n, device, ray_address, logs):  # a worker: a process that lives a while
+        started.append(n)
+        return [subprocess.Popen(["sleep", "60"]) for _ in range(n)]
+
+    monkeypatch.setattr(jobs, "start_workers", fake_start)
+    audits = jobs.Audits(tmp_path, "local", 2, "cpu")
+    (tmp_path / "m.pt").write_bytes(b"x")  # never read: the workers are stand-ins
+    (tmp_path / "clean").mkdir()
+    cfg = {"model": str(tmp_path / "m.pt"), "unlabeled": str(tmp_path / "clean"), "device": "cpu"}
+    ids = [audits.store.submit("audit", cfg, label=f"zoo: {i}").id for i in range(3)]
+    try:
+        audits.keep_running(ids)
+        assert started == [2] and audits.alive()
+        audits.procs[0].kill()  # one drained the queue as it looked then, and exited
+        audits.procs[0].wait()
+        audits.keep_running(ids)
+        assert started == [2, 1] and sum(p.poll() is None for p in audits.procs) == 2
+        audits.keep_running(ids)  # both alive: nothing more
+        assert started == [2, 1]
+        for i in ids:
+            audits.store.cancel(i)
+        audits.procs[0].kill()
+        audits.procs[0].wait()
+        audits.keep_running(ids)  # nothing queued: no new worker
+        assert started == [2, 1]
+    finally:
+        audits.stop()
