@@ -65,6 +65,10 @@ def test_features_read_the_target_and_no_signal_where_a_piece_is_missing():
     )
     assert rows[2][COL["kd_log_p"]] == pytest.approx(3.0) and rows[2][COL["kd_excess"]] == pytest.approx(0.2)
     assert rows[0][COL["kd_log_p"]] == 0.0 and rows[5][COL["ac_silhouette"]] == 0.1
+    assert rows[2][COL["kd_x_trigger"]] == 0.0  # a funnel into 2 whose trigger is no better than the rest's
+    backed = class_features({**values(2), "kd-disagreement": kd}, 10)  # the same funnel, and 2's trigger
+    assert backed[2][COL["kd_x_trigger"]] == pytest.approx(0.2 * (0.95 - 0.37))
+    assert backed[2][COL["kd_x_nc"]] > rows[2][COL["kd_x_nc"]] and backed[5][COL["kd_x_trigger"]] == 0.0
 
 
 def test_a_fit_separates_backdoored_from_clean_evidence_and_is_plain_numbers(tmp_path):
@@ -99,7 +103,7 @@ def test_the_shipped_calibration_is_what_the_documented_command_fits_on_the_cali
     cal = load()
     zoo = json.loads((ROOT / "benchmarks" / "results" / "zoo.json").read_text())
     calibration = [r for r in implanted(zoo["rows"])[0] if r["part"] == "calibration"]
-    assert cal.fitted["models"] == len(calibration) >= 20  # of 32 recipes: those whose model was made in vain left out
+    assert cal.fitted["models"] == len(calibration) >= 60  # of 96 recipes: those whose model was made in vain left out
     assert cal.fitted["backdoored"] == sum(r["truth"]["backdoored"] for r in calibration)
     refit = fit(model_rows(calibration), cal.fitted)
     assert refit.coef == pytest.approx(cal.coef, abs=1e-5) and refit.platt_a == pytest.approx(cal.platt_a, abs=1e-5)

@@ -3,7 +3,8 @@
 Fitted on the calibration part of the model zoo only (benchmarks/zoo.py, benchmarks/calibrate.py) and
 shipped as numbers in `calibration.json` beside this module (no pickled code). Two stages:
 
-1. each class c gets a score from its evidence features (`FEATURES`, read from the pieces' `values`):
+1. each class c gets a score from its evidence features (`FEATURES`, read from the pieces' `values`,
+   and two products: a disagreement funnel counts as far as a recovered trigger or mask backs it):
    a logistic regression fitted on every (model, class) pair of the calibration models, labelled 1
    when the model is backdoored towards c. The class probabilities p_c say how target-like each class
    looks;
@@ -43,6 +44,8 @@ FEATURES: dict[str, str] = {
     "kd_spread": "how many source classes the disagreements into c come from (0 one, 1 all evenly)",
     "ac_silhouette": "activation clustering's silhouette of c's two clusters",
     "count_excess": "c's share of the teacher's predictions on the training set, times the classes, minus 1",
+    "kd_x_trigger": "kd_excess times trigger_gap_excess where that is positive: a funnel that c's trigger backs",
+    "kd_x_nc": "kd_excess times nc_norm_ratio where that is positive: a funnel that c's small mask backs",
 }
 
 
@@ -51,6 +54,9 @@ FEATURES: dict[str, str] = {
 # so more evidence for a class never lowers its score: with a few dozen models an unconstrained fit gave
 # two features the wrong sign (Neural Cleanse's smallest mask and the clustering's silhouette).
 SIGNS: dict[str, int] = {name: -1 if name == "trigger_transfer" else 1 for name in FEATURES}
+# Kept at 0, chosen by 10-fold cross-validation on the calibration part alone (46 models, 18 backdoored):
+# with the clustering's silhouette the cross-validated cross-entropy was 0.246, without it 0.228.
+SIGNS["ac_silhouette"] = 0
 
 
 def _finite(x: float, lo: float, hi: float) -> float:
@@ -91,6 +97,9 @@ def class_features(values: Mapping[str, Mapping], k: int) -> list[list[float]]:
     sil = (values.get("activation-clustering") or {}).get("silhouette") or []
     for c, s in enumerate(sil[:k]):
         rows[c][col["ac_silhouette"]] = float(s) if s is not None else 0.0
+    for r in rows:  # a disagreement funnel alone is also what a clean model's natural confusions make (Shirt)
+        r[col["kd_x_trigger"]] = r[col["kd_excess"]] * max(0.0, r[col["trigger_gap_excess"]])
+        r[col["kd_x_nc"]] = r[col["kd_excess"]] * max(0.0, r[col["nc_norm_ratio"]])
     return rows
 
 
