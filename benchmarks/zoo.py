@@ -219,7 +219,10 @@ def run(a: argparse.Namespace, out: Path) -> None:
     everything = rs if a.smoke else recipes()  # a --part or --only run keeps the other models' stored rows
 
     def save() -> None:
-        ordered = [rows.get(r.name) or kept[r.name] for r in everything if r.name in rows or r.name in kept]
+        # the stored rows are read again: a run of another part beside this one (e.g. --part fresh while
+        # --part calibration audits) wrote its rows since, and this run must not write them back as they were
+        now = {} if a.smoke else {**kept, **stored_rows(a.results, setup)}
+        ordered = [rows.get(r.name) or now[r.name] for r in everything if r.name in rows or r.name in now]
         write_result("zoo", "zoo.py", device, {
             "sgemm_gflops": round(gemm, 1), "models": len(ordered), "selected": len(rs),
             "session_wall_s": round(time.perf_counter() - t0, 1),

@@ -87,9 +87,17 @@ def test_a_run_of_one_part_keeps_the_other_parts_rows(tmp_path: Path, monkeypatc
     was dropped from the file the calibration is fitted on."""
     zoo = _zoo_script()
     measure = zoo.sgemm_gflops
-    monkeypatch.setattr(zoo, "sgemm_gflops", lambda device, smoke=False: measure(device, smoke=True))  # not a minute
     rs = recipes()
     cal = next(r for r in rs if r.part == "calibration")
+    fresh = next(r for r in rs if r.part == "fresh")
+    beside = {"name": fresh.name, "part": fresh.part, "outcome": "right", "truth": {"backdoored": True}}
+
+    def measured_while_another_run_saves(device, smoke=False):  # a run of --part fresh beside this one
+        stored = json.loads((results / "zoo.json").read_text())
+        (results / "zoo.json").write_text(json.dumps({**stored, "rows": stored["rows"] + [beside]}))
+        return measure(device, smoke=True)  # not a minute
+
+    monkeypatch.setattr(zoo, "sgemm_gflops", measured_while_another_run_saves)
     held = next(r for r in rs if r.part == "heldout" and r.attack != "clean")
     out, results = tmp_path / "out", tmp_path / "results"
     (out / held.name).mkdir(parents=True)  # made, its implant failed: a row without training or audit
@@ -104,6 +112,7 @@ def test_a_run_of_one_part_keeps_the_other_parts_rows(tmp_path: Path, monkeypatc
     zoo.run(zoo.parser().parse_args(args), out)
     rows = {r["name"]: r for r in json.loads((results / "zoo.json").read_text())["rows"]}
     assert rows[cal.name] == kept  # not selected by --part: kept as stored
+    assert rows[fresh.name] == beside  # written by the other run after this one started: not written over
     assert rows[held.name]["outcome"] == "implant failed"
 
 
