@@ -61,10 +61,11 @@ SIGNS: dict[str, int] = {name: -1 if name == "trigger_transfer" else 1 for name 
 # - the clustering's silhouette: the fit is better without it;
 # - the funnel's p-value: not scale-free, it falls with the training set's size;
 # - the funnel's size and spread on their own: a clean teacher trained longer than the zoo's (3 epochs)
-#   makes a stronger natural funnel. The quick demo's clean teacher (10,000 images, 5 epochs) funnels
-#   0.30 of its disagreements into Shirt, from 4 classes; the zoo's clean models reach 0.12 (90th
-#   percentile). With them in the fit, the no-attack demo read "backdoor" (P 0.74); without, 0.34. The
-#   funnel still counts, through its products with the trigger's and the mask's evidence.
+#   makes a stronger natural funnel. The quick demo's clean teacher (10,000 images, 5 epochs) says Shirt
+#   in 0.39 of its disagreements, 0.30 above its share of predictions (kd_excess), from 4 classes; the
+#   zoo's clean models reach 0.12 (90th percentile). With them in the fit, the no-attack demo read
+#   "backdoor" (P 0.74); without, 0.34. The funnel still counts, through its products with the trigger's
+#   and the mask's evidence.
 for name in ("ac_silhouette", "kd_log_p", "kd_excess", "kd_spread"):
     SIGNS[name] = 0
 
