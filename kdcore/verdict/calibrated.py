@@ -53,7 +53,6 @@ FEATURES: dict[str, str] = {
 # (a trigger that transfers less to the student). The fit keeps every coefficient on its side or at 0,
 # so more evidence for a class never lowers its score: with a few dozen models an unconstrained fit gave
 # two features the wrong sign (Neural Cleanse's smallest mask and the clustering's silhouette).
-SIGNS: dict[str, int] = {name: -1 if name == "trigger_transfer" else 1 for name in FEATURES}
 # Kept at 0 (measured by 10-fold cross-validation on the calibration part alone, 73 models, 29 backdoored;
 # cross-validated cross-entropy with the products below: 0.268 with every feature, 0.245 without the
 # clustering's silhouette, 0.241 also without the funnel's p-value, 0.248 also without the funnel's size
@@ -66,8 +65,10 @@ SIGNS: dict[str, int] = {name: -1 if name == "trigger_transfer" else 1 for name 
 #   zoo's clean models reach 0.12 (90th percentile). With them in the fit, the no-attack demo read
 #   "backdoor" (P 0.74); without, 0.34. The funnel still counts, through its products with the trigger's
 #   and the mask's evidence.
-for name in ("ac_silhouette", "kd_log_p", "kd_excess", "kd_spread"):
-    SIGNS[name] = 0
+UNWEIGHTED = ("ac_silhouette", "kd_log_p", "kd_excess", "kd_spread")
+SIGNS: dict[str, int] = {
+    name: 0 if name in UNWEIGHTED else -1 if name == "trigger_transfer" else 1 for name in FEATURES
+}
 
 
 def _finite(x: float, lo: float, hi: float) -> float:
