@@ -18,6 +18,9 @@ trigger sends under half of the test images to the target (MIN_ASR) are left out
 listed: no backdoor took. Results in
 benchmarks/results/zoo_score.json beside the printed table.
 
+    .venv/bin/python benchmarks/calibrate.py --cv     # how the shipped features and C were chosen:
+                                                      # 10-fold CV on the calibration part, one change at a time
+
 `--smoke`: fits and scores a synthetic set of rows (two well-separated groups), to check the plumbing.
 """
 
@@ -112,9 +115,14 @@ class SignedLogistic:
         return Z @ self.coef_ + self.intercept_
 
 
-def fit(models: list[tuple[list[list[float]], bool, int | None]], about: dict) -> Calibration:
+def fit(
+    models: list[tuple[list[list[float]], bool, int | None]],
+    about: dict,
+    signs: dict[str, int] = SIGNS,
+    C: float = STAGE1_C,
+) -> Calibration:
     """Stage 1 on every (model, class) pair, stage 2 on the cross-fitted largest class logit (module
-    docstring of kdcore.verdict.calibrated)."""
+    docstring of kdcore.verdict.calibrated). `signs` and `C` default to the shipped ones (--cv tries others)."""
     import numpy as np  # the fit's numerics: scikit-learn's, only here
     from sklearn.linear_model import LogisticRegression
 
@@ -126,7 +134,7 @@ def fit(models: list[tuple[list[list[float]], bool, int | None]], about: dict) -
     Z = (X - mean) / scale
 
     def stage1(idx: np.ndarray) -> SignedLogistic:
-        return SignedLogistic(np.array([SIGNS[f] for f in FEATURES]), C=STAGE1_C).fit(Z[idx], y[idx])
+        return SignedLogistic(np.array([signs[f] for f in FEATURES]), C=C).fit(Z[idx], y[idx])
 
     rng = np.random.default_rng(0)
     fold_of = rng.permutation(len(models)) % FOLDS
@@ -152,6 +160,45 @@ def fit(models: list[tuple[list[list[float]], bool, int | None]], about: dict) -
         t_hi=T_HI,
         fitted={**about, "models": len(models), "backdoored": int(bad.sum()), "date": date.today().isoformat()},
     )
+
+
+def natural_sign(name: str) -> int:
+    """The side a feature would be weighted on if it were weighted (SIGNS keeps the unweighted ones at 0)."""
+    return -1 if name == "trigger_transfer" else 1
+
+
+def cross_validate(models: list, signs: dict[str, int], C: float, folds: int = 10, seed: int = 0) -> dict:
+    """k-fold cross-validation of the whole fit (both stages) on the models given: each model's P(backdoor)
+    from a fit that never saw it. How the shipped features and C were chosen, on the calibration part only."""
+    rng = random.Random(seed)
+    order = list(range(len(models)))
+    rng.shuffle(order)
+    fold_of = {i: n % folds for n, i in enumerate(order)}
+    p = [0.0] * len(models)
+    for f in range(folds):
+        train = [m for i, m in enumerate(models) if fold_of[i] != f]
+        cal = fit(train, {}, signs, C)
+        for i, (feats, _, _) in enumerate(models):
+            if fold_of[i] == f:
+                z = max(cal.class_logits(feats))
+                p[i] = 1.0 / (1.0 + math.exp(-(cal.platt_a * z + cal.platt_b)))
+    y = [bad for _, bad, _ in models]
+    return {"cross_entropy": round(cross_entropy(p, y), 4), "roc_auc": round(auc(p, y) or 0.0, 4)}
+
+
+def cv_table(models: list) -> list[dict]:
+    """--cv: the shipped choice beside each one-step change (a weighted feature dropped, an unweighted one
+    weighted on its natural side, stage 1's C a step either way), 10-fold on the models given."""
+    trials = [("shipped", SIGNS, STAGE1_C)]
+    for name in FEATURES:
+        flipped = {**SIGNS, name: 0 if SIGNS[name] else natural_sign(name)}
+        trials.append((("drop " if SIGNS[name] else "weigh ") + name, flipped, STAGE1_C))
+    trials += [(f"C = {c:g}", SIGNS, c) for c in (1.0, 10.0) if c != STAGE1_C]
+    out = []
+    for label, signs, c in trials:
+        out.append({"trial": label, **cross_validate(models, signs, c)})
+        log(f"cv {label}: {out[-1]}")
+    return out
 
 
 def auc(p: Sequence[float], y: Sequence[bool]) -> float | None:
@@ -327,6 +374,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fit", action="store_true", help="refit kdcore/verdict/calibration.json on the calibration part")
     ap.add_argument("--zoo", type=Path, default=None, help="the zoo's results (default: <results>/zoo.json)")
+    ap.add_argument("--cv", action="store_true", help="10-fold cross-validation of feature and C choices on the "
+                    "calibration part (results/zoo_cv.json), then exit")  # fmt: skip
     smoke_args(ap)
     a = ap.parse_args()
     if a.smoke:
@@ -337,6 +386,13 @@ def main() -> None:
     if failed:
         log(f"left out, made in vain (no backdoor took, or training failed): {', '.join(r['name'] for r in failed)}")
     cal_rows = [r for r in rows if r["part"] == "calibration"]
+    if a.cv:
+        trials = cv_table(model_rows(cal_rows))
+        print("\n".join(f"{t['trial']:32s} cross-entropy {t['cross_entropy']:.3f}  ROC-AUC {t['roc_auc']:.3f}"
+                        for t in trials))  # fmt: skip
+        write_result("zoo_cv", "calibrate.py --cv", torch.device("cpu"), {"models": len(cal_rows), "trials": trials},
+                     a.results)  # fmt: skip
+        return
     if a.fit or a.smoke:
         about = {"source": "benchmarks/results/zoo.json, calibration part", "setup": zoo.get("setup")}
         cal = fit(model_rows(cal_rows), about)
