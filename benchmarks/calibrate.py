@@ -46,6 +46,7 @@ from benchmarks.zoo.recipes import HELD_OUT, MIN_ASR, PARTS  # noqa: E402
 from kdcore.verdict.calibrated import (  # noqa: E402
     CALIBRATION_FILE,
     FEATURES,
+    NATURAL_SIGNS,
     SIGNS,
     Calibration,
     class_features,
@@ -162,11 +163,6 @@ def fit(
     )
 
 
-def natural_sign(name: str) -> int:
-    """The side a feature would be weighted on if it were weighted (SIGNS keeps the unweighted ones at 0)."""
-    return -1 if name == "trigger_transfer" else 1
-
-
 def cross_validate(models: list, signs: dict[str, int], C: float, folds: int = 10, seed: int = 0) -> dict:
     """k-fold cross-validation of the whole fit (both stages) on the models given: each model's P(backdoor)
     from a fit that never saw it. How the shipped features and C were chosen, on the calibration part only."""
@@ -186,19 +182,41 @@ def cross_validate(models: list, signs: dict[str, int], C: float, folds: int = 1
     return {"cross_entropy": round(cross_entropy(p, y), 4), "roc_auc": round(auc(p, y) or 0.0, 4)}
 
 
-def cv_table(models: list) -> list[dict]:
-    """--cv: the shipped choice beside each one-step change (a weighted feature dropped, an unweighted one
-    weighted on its natural side, stage 1's C a step either way), 10-fold on the models given."""
-    trials = [("shipped", SIGNS, STAGE1_C)]
-    for name in FEATURES:
-        flipped = {**SIGNS, name: 0 if SIGNS[name] else natural_sign(name)}
-        trials.append((("drop " if SIGNS[name] else "weigh ") + name, flipped, STAGE1_C))
-    trials += [(f"C = {c:g}", SIGNS, c) for c in (1.0, 10.0) if c != STAGE1_C]
-    out = []
-    for label, signs, c in trials:
-        out.append({"trial": label, **cross_validate(models, signs, c)})
-        log(f"cv {label}: {out[-1]}")
-    return out
+CV_GAIN = 0.01  # a change is adopted when it lowers the cross-validated cross-entropy by more than this
+
+
+def cv_search(models: list) -> list[dict]:
+    """--cv: from the shipped choice, every one-step change (a weighted feature dropped, an unweighted one
+    weighted on its natural side, stage 1's C a step up or down among 1, 3, 10) cross-validated 10-fold on
+    the models given; the best change is adopted when it gains more than CV_GAIN, and the search goes on
+    from there until none does. Each round's trials are returned; the last round's first row is the
+    choice to ship (by hand: SIGNS / UNWEIGHTED in kdcore.verdict.calibrated, STAGE1_C here)."""
+    signs, c = dict(SIGNS), STAGE1_C
+    rounds: list[dict] = []
+    while True:
+        trials = [("shipped" if not rounds else "current", signs, c)]
+        for name in FEATURES:
+            trials.append(
+                (
+                    ("drop " if signs[name] else "weigh ") + name,
+                    {**signs, name: 0 if signs[name] else NATURAL_SIGNS[name]},
+                    c,
+                )
+            )
+        trials += [(f"C = {x:g}", signs, x) for x in (1.0, 3.0, 10.0) if x != c]
+        scored = []
+        for label, sg, cc in trials:
+            scored.append(
+                {"trial": label, "C": cc, "weighted": [f for f in FEATURES if sg[f]], **cross_validate(models, sg, cc)}
+            )
+            log(f"cv round {len(rounds) + 1}, {label}: {scored[-1]['cross_entropy']}")
+        best = min(scored[1:], key=lambda t: t["cross_entropy"])
+        adopt = best["cross_entropy"] < scored[0]["cross_entropy"] - CV_GAIN
+        rounds.append({"trials": scored, "adopted": best["trial"] if adopt else None})
+        if not adopt:
+            return rounds
+        signs = {f: NATURAL_SIGNS[f] if f in best["weighted"] else 0 for f in FEATURES}
+        c = best["C"]
 
 
 def auc(p: Sequence[float], y: Sequence[bool]) -> float | None:
@@ -375,7 +393,7 @@ def main() -> None:
     ap.add_argument("--fit", action="store_true", help="refit kdcore/verdict/calibration.json on the calibration part")
     ap.add_argument("--zoo", type=Path, default=None, help="the zoo's results (default: <results>/zoo.json)")
     ap.add_argument("--cv", action="store_true", help="10-fold cross-validation of feature and C choices on the "
-                    "calibration part (results/zoo_cv.json), then exit")  # fmt: skip
+                    "calibration part, one change at a time (results/zoo_cv.json), then exit")  # fmt: skip
     smoke_args(ap)
     a = ap.parse_args()
     if a.smoke:
@@ -387,11 +405,15 @@ def main() -> None:
         log(f"left out, made in vain (no backdoor took, or training failed): {', '.join(r['name'] for r in failed)}")
     cal_rows = [r for r in rows if r["part"] == "calibration"]
     if a.cv:
-        trials = cv_table(model_rows(cal_rows))
-        print("\n".join(f"{t['trial']:32s} cross-entropy {t['cross_entropy']:.3f}  ROC-AUC {t['roc_auc']:.3f}"
-                        for t in trials))  # fmt: skip
-        write_result("zoo_cv", "calibrate.py --cv", torch.device("cpu"), {"models": len(cal_rows), "trials": trials},
-                     a.results)  # fmt: skip
+        rounds = cv_search(model_rows(cal_rows))
+        for n, r in enumerate(rounds, 1):
+            print(f"round {n} (adopted: {r['adopted']})")
+            print("\n".join(f"  {t['trial']:32s} cross-entropy {t['cross_entropy']:.3f}  ROC-AUC {t['roc_auc']:.3f}"
+                            for t in r["trials"]))  # fmt: skip
+        final = rounds[-1]["trials"][0]
+        print(f"choice: C = {final['C']:g}, weighted {final['weighted']}")
+        out = {"models": len(cal_rows), "gain": CV_GAIN, "rounds": rounds, "choice": final}
+        write_result("zoo_cv", "calibrate.py --cv", torch.device("cpu"), out, a.results)
         return
     if a.fit or a.smoke:
         about = {"source": "benchmarks/results/zoo.json, calibration part", "setup": zoo.get("setup")}

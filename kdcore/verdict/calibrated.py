@@ -66,9 +66,8 @@ FEATURES: dict[str, str] = {
 #   "backdoor" (P 0.74); without, 0.34. The funnel still counts, through its products with the trigger's
 #   and the mask's evidence.
 UNWEIGHTED = ("ac_silhouette", "kd_log_p", "kd_excess", "kd_spread")
-SIGNS: dict[str, int] = {
-    name: 0 if name in UNWEIGHTED else -1 if name == "trigger_transfer" else 1 for name in FEATURES
-}
+NATURAL_SIGNS: dict[str, int] = {name: -1 if name == "trigger_transfer" else 1 for name in FEATURES}
+SIGNS: dict[str, int] = {name: 0 if name in UNWEIGHTED else NATURAL_SIGNS[name] for name in FEATURES}
 
 
 def _finite(x: float, lo: float, hi: float) -> float:
