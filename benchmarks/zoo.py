@@ -223,6 +223,10 @@ def run(a: argparse.Namespace, out: Path) -> None:
         # --part calibration audits) wrote its rows since, and this run must not write them back as they were
         now = {} if a.smoke else {**kept, **stored_rows(a.results, setup)}
         ordered = [rows.get(r.name) or now[r.name] for r in everything if r.name in rows or r.name in now]
+        # and the rows of models this run does not know: the split grew since it started (a run started on
+        # the old recipes dropped the 24 rows another run had just audited)
+        known = {r.name for r in everything}
+        ordered += [row for name, row in now.items() if name not in known]
         write_result("zoo", "zoo.py", device, {
             "sgemm_gflops": round(gemm, 1), "models": len(ordered), "selected": len(rs),
             "session_wall_s": round(time.perf_counter() - t0, 1),
@@ -265,6 +269,12 @@ def run(a: argparse.Namespace, out: Path) -> None:
                     if not job.terminal:
                         continue
                     r, made = pending.pop(job_id)
+                    again = audits.again(job)
+                    if again:
+                        why = job.error.strip()[-120:]
+                        log(f"{r.name}: audit job {job_id} interrupted ({why}), queued again as job {again.id}")
+                        pending[again.id] = (r, made)
+                        continue
                     if job.state != "succeeded" or job.report_path is None:
                         log(f"{r.name}: audit job {job_id} {job.state}: {job.error.strip()[-300:]}")
                         continue

@@ -63,6 +63,7 @@ class Audits:
         self.logs = out / "workers"
         self.procs: list[subprocess.Popen] = []
         self.starts = 0
+        self.retried_dirs: set[str] = set()
 
     def submit(self, recipe: Recipe, made: Made, run_dir: Path, kd: dict, nc: dict) -> Job:
         """Queue the audit of `made` into `run_dir`, or return the one already queued for it (a
@@ -85,6 +86,15 @@ class Audits:
             self.procs += start_workers(
                 self.store.data_dir, self.executor, missing, self.device, self.ray_address, logs
             )
+
+    def again(self, job: Job) -> Job | None:
+        """The audit queued again when its worker was stopped under it, once per model (its finished
+        stages reused); None for any other end. Zoo runs side by side share one queue, so a run that ends
+        stops workers of its own that may be running the other run's audits."""
+        if job.state != "interrupted" or job.run_dir in self.retried_dirs:
+            return None
+        self.retried_dirs.add(job.run_dir)
+        return self.store.retry(job.id)
 
     def alive(self) -> bool:
         return any(p.poll() is None for p in self.procs)

@@ -91,10 +91,13 @@ def test_a_run_of_one_part_keeps_the_other_parts_rows(tmp_path: Path, monkeypatc
     cal = next(r for r in rs if r.part == "calibration")
     fresh = next(r for r in rs if r.part == "fresh")
     beside = {"name": fresh.name, "part": fresh.part, "outcome": "right", "truth": {"backdoored": True}}
+    # a model added to the split after this run read its recipes, audited by a run started since
+    newer = {"name": "cal-clean-paper-cnn-s999", "part": "calibration", "outcome": "right"}
+    newer["truth"] = {"backdoored": False}
 
     def measured_while_another_run_saves(device, smoke=False):  # a run of --part fresh beside this one
         stored = json.loads((results / "zoo.json").read_text())
-        (results / "zoo.json").write_text(json.dumps({**stored, "rows": stored["rows"] + [beside]}))
+        (results / "zoo.json").write_text(json.dumps({**stored, "rows": stored["rows"] + [beside, newer]}))
         return measure(device, smoke=True)  # not a minute
 
     monkeypatch.setattr(zoo, "sgemm_gflops", measured_while_another_run_saves)
@@ -113,6 +116,7 @@ def test_a_run_of_one_part_keeps_the_other_parts_rows(tmp_path: Path, monkeypatc
     rows = {r["name"]: r for r in json.loads((results / "zoo.json").read_text())["rows"]}
     assert rows[cal.name] == kept  # not selected by --part: kept as stored
     assert rows[fresh.name] == beside  # written by the other run after this one started: not written over
+    assert rows[newer["name"]] == newer  # a model this run's recipes do not know: kept, not dropped
     assert rows[held.name]["outcome"] == "implant failed"
 
 
@@ -163,3 +167,26 @@ def test_while_audits_are_queued_the_zoo_keeps_its_workers_alive(tmp_path: Path,
         assert started == [2, 1]
     finally:
         audits.stop()
+
+
+def test_an_audit_whose_worker_was_stopped_is_queued_again_once(tmp_path: Path):
+    """Two zoo runs share one queue; the first to end stopped its workers in the middle of the other's two
+    audits, which the other then left unaudited ("interrupted")."""
+    from benchmarks.zoo import jobs
+
+    audits = jobs.Audits(tmp_path, "local", 1, "cpu")
+    (tmp_path / "m.pt").write_bytes(b"x")  # never read: no worker runs
+    (tmp_path / "clean").mkdir()
+    cfg = {"model": str(tmp_path / "m.pt"), "unlabeled": str(tmp_path / "clean"), "device": "cpu"}
+    job = audits.store.submit("audit", cfg, label="zoo: m", run_dir=str(tmp_path / "m" / "audit"))
+    audits.store.claim("cpu", 1, job.id)
+    audits.store.finish(job.id, "interrupted", "the worker was stopped")
+    again = audits.again(audits.store.get(job.id))
+    assert again is not None and again.state == "queued" and again.run_dir == job.run_dir
+    audits.store.claim("cpu", 1, again.id)
+    audits.store.finish(again.id, "interrupted", "the worker was stopped")
+    assert audits.again(audits.store.get(again.id)) is None  # once: a second stop is reported, not looped
+    failed = audits.store.submit("audit", cfg, label="zoo: n", run_dir=str(tmp_path / "n" / "audit"))
+    audits.store.claim("cpu", 1, failed.id)
+    audits.store.finish(failed.id, "failed", "InputError")
+    assert audits.again(audits.store.get(failed.id)) is None  # a failure is the model's: not retried
