@@ -43,7 +43,8 @@ FEATURES: dict[str, str] = {
     "kd_excess": "c's share of the disagreements minus its share of the teacher's predictions",
     "kd_spread": "how many source classes the disagreements into c come from (0 one, 1 all evenly)",
     "ac_silhouette": "activation clustering's silhouette of c's two clusters",
-    "count_excess": "c's share of the teacher's predictions on the training set, times the classes, minus 1",
+    "count_excess": "c's share of the teacher's predictions on the training set, times the classes, minus 1 "
+    "(capped at COUNT_CAP)",
     "kd_x_trigger": "kd_excess times trigger_gap_excess where that is positive: a funnel that c's trigger backs",
     "kd_x_nc": "kd_excess times nc_norm_ratio where that is positive: a funnel that c's small mask backs",
 }
@@ -56,17 +57,29 @@ FEATURES: dict[str, str] = {
 # Kept at 0, chosen by `benchmarks/calibrate.py --cv` (10-fold cross-validation on the calibration part
 # alone, 89 usable models, 37 backdoored, 16 of them trained like the quick demo's teacher: from the earlier
 # choice, the best one-step change is adopted while it lowers the cross-validated cross-entropy by more than
-# 0.01; the rule was fixed before the long-trained models were audited). Earlier choice 0.245; the
-# clustering's silhouette weighted, 0.234 (adopted); then no change gained more than 0.01 (C = 10: 0.224).
-# - the funnel's p-value: not scale-free, it falls with the training set's size (weighted: 0.238);
-# - the funnel's size and spread on their own (weighted: 0.247, 0.236): a clean teacher trained longer makes
+# 0.01; the rule was fixed before the long-trained models were audited). With count_excess capped
+# (COUNT_CAP): the earlier choice 0.215; the funnel's p-value weighted, 0.184 (adopted); then no change
+# gained more than 0.01. Before the cap, the same search had weighted the clustering's silhouette (0.245 ->
+# 0.234), now weighted too (dropping it: 0.185).
+# - the funnel's size and spread on their own (weighted: 0.201, 0.192): a clean teacher trained longer makes
 #   a stronger natural funnel. The quick demo's clean teacher (10,000 images, 5 epochs) says Shirt in 0.39
 #   of its disagreements, 0.30 above its share of predictions (kd_excess); the zoo's long-trained clean
 #   models reach 0.14-0.23, its 3-epoch ones 0.12 (90th percentile). The funnel still counts, through its
-#   products with the trigger's and the mask's evidence.
-UNWEIGHTED = ("kd_log_p", "kd_excess", "kd_spread")
+#   products with the trigger's and the mask's evidence, and through its p-value. The p-value is not
+#   scale-free (it falls with the training set's size; capped at 1e-30); the calibration saw training sets
+#   of 2,000-10,000 images, so a much larger one reads a natural funnel as stronger than the zoo's did.
+UNWEIGHTED = ("kd_excess", "kd_spread")
 NATURAL_SIGNS: dict[str, int] = {name: -1 if name == "trigger_transfer" else 1 for name in FEATURES}
 SIGNS: dict[str, int] = {name: 0 if name in UNWEIGHTED else NATURAL_SIGNS[name] for name in FEATURES}
+
+
+# The most class-count excess a poisoning explains: moving 10 % of a balanced training set into one class
+# (the zoo's highest rate) doubles its share, an excess of 1. Beyond that, more is not more evidence of a
+# backdoor: the calibration's five clean models over 1.4 (many labels of three classes folded into Shirt)
+# outnumber its backdoored ones (none), and a linear score would call them backdoored all the more. 10-fold
+# CV on the calibration part: cross-entropy 0.234 uncapped, 0.215 capped at 1, 0.221 at 1.5. Added after
+# the fresh held-out part showed four such models called backdoored (see the README's zoo section).
+COUNT_CAP = 1.0
 
 
 def _finite(x: float, lo: float, hi: float) -> float:
@@ -105,7 +118,7 @@ def class_features(values: Mapping[str, Mapping], k: int) -> list[list[float]]:
         rows[c][col["kd_log_p"]] = _finite(-math.log10(p) / 10.0, 0.0, 3.0) if p > 0 else 3.0
         rows[c][col["kd_excess"]] = float(r["share"]) - float(r["prior"])
         rows[c][col["kd_spread"]] = float(r["spread"])
-        rows[c][col["count_excess"]] = float(r["prior"]) * k - 1.0
+        rows[c][col["count_excess"]] = min(COUNT_CAP, float(r["prior"]) * k - 1.0)
     sil = (values.get("activation-clustering") or {}).get("silhouette") or []
     for c, s in enumerate(sil[:k]):
         rows[c][col["ac_silhouette"]] = float(s) if s is not None else 0.0
