@@ -426,8 +426,11 @@ def main() -> None:
     scored = score(rows, cal)
     parts = {p: summary([s for s in scored if s["part"] == p]) for p in PARTS}
     parts = {p: s for p, s in parts.items() if s["models"]}
+    both = [s for s in scored if s["part"] in HELD_OUT]
+    if sum(p in parts for p in HELD_OUT) > 1:  # the held-out parts together: the widest test there is
+        parts["held-out, all"] = summary(both)
     held = {p: [s for s in scored if s["part"] == p] for p in HELD_OUT if p in parts}
-    curves = {p: reliability([s for s in scored if s["part"] == p]) for p in parts}
+    curves = {p: reliability([s for s in scored if s["part"] == p]) for p in PARTS if p in parts}
     if not a.smoke and held:
         draw({f"{p} ({parts[p]['models']} models)": c for p, c in curves.items()}, PICTURE)
     print(table(parts), flush=True)
