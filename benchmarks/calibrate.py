@@ -7,7 +7,8 @@ re-runs no model.
     .venv/bin/python benchmarks/calibrate.py          # score every part with the shipped calibration
 
 Scores per part (the README's headline numbers are the held-out parts'; "fresh" was fixed in the split
-before the refit on the calibration's second half, "heldout" had been looked at before it): ROC-AUC of P(backdoor);
+before the refit on the calibration's second half, "heldout" had been looked at before it, "third" was fixed
+after the shipped fit was chosen, scoring it cleanly), and of the held-out parts together: ROC-AUC of P(backdoor);
 TrojAI's cross-entropy (mean −log of the probability given to the truth, P clipped to [0.001, 0.999];
 chance at 0.5 is 0.693, TrojAI's round target half of that, 0.3465); the detection rate (status
 "backdoor" among backdoored models) and false-alarm rate (status "backdoor" among clean ones) at the
@@ -316,7 +317,7 @@ def draw(curves: dict[str, list[dict]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfectly calibrated")
-    for (name, pts), marker in zip(curves.items(), "os^", strict=False):  # one marker per part
+    for (name, pts), marker in zip(curves.items(), "os^D", strict=True):  # one marker per part
         ax.plot([p["mean_p"] for p in pts], [p["share_backdoored"] for p in pts], marker=marker, label=name)
         for p in pts:
             ax.annotate(str(p["models"]), (p["mean_p"], p["share_backdoored"]), fontsize=7, xytext=(4, -8),

@@ -4,8 +4,9 @@ was never tuned on.
 
 Recipes and the split are in benchmarks/zoo/recipes.py and fixed in benchmarks/zoo_split.json
 (calibration: 112 models, half clean, four architectures, 16 of them trained like the quick demo's
-teacher; two held-out parts, "heldout" (90) and "fresh" (72), each with ≥ 30 clean models, five
-architectures, one of them and one attack never seen by calibration). For each model:
+teacher; three held-out parts, "heldout" (90), "fresh" (72) and "third" (32, added to score the shipped
+fit cleanly), the first two each with ≥ 30 clean models and five architectures, each with one architecture
+and one attack never seen by calibration). For each model:
 
 1. made once, cached by content (benchmarks/zoo/build.py): its data drawn from Fashion-MNIST, poisoned
    or made hard, trained (4,000 images, 3 epochs; VGG-11 3,000 and 2, ResNet-18 2,000 and 2), saved or exported as its

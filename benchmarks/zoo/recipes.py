@@ -15,6 +15,8 @@ still match it, so a recipe cannot move between parts after the fact).
   after the refit on both calibration halves;
 - long-trained slices (LONG: 10,000 images, 5 epochs, like the quick demo's teacher): 16 calibration
   models (seeds 500 and up) and 8 fresh held-out ones (seeds 600 and up), half clean;
+- a third held-out part (32 models, 16 clean: THIRD_*): seeds 700 and up, fixed after the shipped fit was
+  chosen and before any of its models was made;
 - held-out (60 models, 30 clean, and a reserve of 30 more, 10 clean: RESERVE_ATTACKS): seeds 100 and
   up, the same four architectures plus one calibration
   never sees (groupnorm-pt2, a .pt2 file), the same attack families with other sizes, positions,
@@ -49,8 +51,8 @@ MIN_ASR = 0.5  # a poisoned model whose trigger sends fewer test images to the t
 HARD = ("", "label-noise", "imbalance", "short", "shirt", "merge")  # "" = plainly trained
 # the split's parts: calibration fits the verdict; the held-out parts score it ("fresh" was added before
 # the refit on the calibration's second half, after "heldout" had been looked at)
-PARTS = ("calibration", "heldout", "fresh")
-HELD_OUT = ("heldout", "fresh")
+PARTS = ("calibration", "heldout", "fresh", "third")
+HELD_OUT = ("heldout", "fresh", "third")
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,35 @@ FRESH_LONG_ATTACKS = [
     ("sig", {"delta": 30.0}, 0.03),
 ]
 FRESH_LONG_CLEAN = {"": 2, "shirt": 1, "label-noise": 1}
+
+# A third held-out part, fixed in the split (2026-12-07, 22:00) after the shipped fit was chosen and before
+# any of its models was made: both earlier held-out parts had been looked at before the fit's last change
+# (the class-count cap), so this one scores the shipped fit cleanly. Smaller (the session's time): 24
+# models as the fresh part trains them and 8 long-trained ones, half clean, the three cheap architectures
+# (the unseen groupnorm-pt2 among them), the unseen `blend` among the attacks; seeds 700 and up.
+THIRD_ARCHS = (_C, _G, _M)
+THIRD_ATTACKS = [
+    ("badnets", {"size": 2, "location": "bottom-right"}, 0.05),
+    ("blend", {"image": "blend.png", "alpha": 0.2}, 0.03),
+    ("blended", {"alpha": 0.15, "pattern_seed": 51}, 0.025),
+    ("sig", {"delta": 25.0}, 0.05),
+    ("wanet", {"grid_seed": 51}, 0.10),
+    ("patch", {"image": "patch.png", "location": "top-right"}, 0.05),
+    ("badnets", {"size": 4, "location": "top-left"}, 0.01),
+    ("blend", {"image": "blend.png", "alpha": 0.15, "source": 1}, 0.03),
+    ("badnets", {"size": 3, "location": "center"}, 0.025),
+    ("blended", {"alpha": 0.2, "pattern_seed": 52}, 0.10),
+    ("sig", {"source": 5}, 0.03),
+    ("badnets", {"size": 1, "location": "top-left"}, 0.05),
+]
+THIRD_CLEAN = {"": 4, "label-noise": 2, "imbalance": 2, "short": 1, "shirt": 2, "merge": 1}
+THIRD_LONG_ATTACKS = [
+    ("badnets", {"size": 3, "location": "bottom-left"}, 0.02),
+    ("blend", {"image": "blend.png", "alpha": 0.2}, 0.05),
+    ("sig", {}, 0.03),
+    ("blended", {"alpha": 0.2, "pattern_seed": 53}, 0.05),
+]
+THIRD_LONG_CLEAN = {"": 2, "shirt": 1, "imbalance": 1}
 # how many clean models of each kind, per part
 CALIBRATION_CLEAN = {"": 4, "label-noise": 3, "imbalance": 3, "short": 2, "shirt": 2, "merge": 2}
 HELDOUT_CLEAN = {"": 9, "label-noise": 5, "imbalance": 5, "short": 5, "shirt": 4, "merge": 2}
@@ -319,6 +350,8 @@ def recipes() -> list[Recipe]:
         *_part("fresh", FRESH_ATTACKS, FRESH_CLEAN, FRESH_ARCHS, 400, RESERVE_SLOW),
         *_part("calibration", CALIBRATION_LONG_ATTACKS, CALIBRATION_LONG_CLEAN, CALIBRATION_LONG_ARCHS, 500, LONG_SLOW),
         *_part("fresh", FRESH_LONG_ATTACKS, FRESH_LONG_CLEAN, FRESH_LONG_ARCHS, 600, LONG_SLOW),
+        *_part("third", THIRD_ATTACKS, THIRD_CLEAN, THIRD_ARCHS, 700),
+        *_part("third", THIRD_LONG_ATTACKS, THIRD_LONG_CLEAN, THIRD_ARCHS, 800, LONG_SLOW),
     ]
 
 
