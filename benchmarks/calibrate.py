@@ -28,6 +28,7 @@ benchmarks/results/zoo_score.json beside the printed table.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -317,7 +318,7 @@ def draw(curves: dict[str, list[dict]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(4.2, 4.2), dpi=110)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfectly calibrated")
-    for (name, pts), marker in zip(curves.items(), "os^D", strict=True):  # one marker per part
+    for (name, pts), marker in zip(curves.items(), itertools.cycle("os^Dv")):  # one marker per part
         ax.plot([p["mean_p"] for p in pts], [p["share_backdoored"] for p in pts], marker=marker, label=name)
         for p in pts:
             ax.annotate(str(p["models"]), (p["mean_p"], p["share_backdoored"]), fontsize=7, xytext=(4, -8),
