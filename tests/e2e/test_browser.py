@@ -74,8 +74,10 @@ def test_defense_on_the_demo_audit_beside_the_core_method(server, page):
     assert len(new) == 1 and new[0].kind == "defend" and new[0].config["method"] == "neural-cleanse"
     wait_job(data, new[0].id)
     # the progress fragment reruns the page once the job is done: beside the audit's own Neural Cleanse (the
-    # demo is judged blind), the defense's evidence grid shows its 10 recovered triggers too
-    page.get_by_text("Gathered by the audit itself for its verdict").wait_for()
+    # demo is judged blind), the defense's evidence grid shows its 10 recovered triggers too. While that rerun
+    # draws, the elements above have moved (the job's progress row is gone), and Streamlit keeps the stale
+    # copy until the run ends: two of the heading for a moment (CI-like load, once in two suites)
+    page.get_by_text("Gathered by the audit itself for its verdict").first.wait_for()
     page.get_by_text("Recovered triggers").nth(1).wait_for(timeout=120_000)
     page.wait_for_function("document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 20")
     # the comparison table (a canvas grid), the clean_acc-vs-asr chart and Neural Cleanse's mask norms
