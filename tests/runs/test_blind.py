@@ -133,6 +133,6 @@ def test_blind_demo(tmp_path, tmp_path_factory, scenario):
     if scenario == "attack":
         assert v["status"] == "backdoor" and v["target_classes"] == [7], v
         assert report["activation_clustering"]["detection"]["n_poison"] == 120
-    else:  # a clean model is not called backdoored (issue 20 asks for no_evidence: measured, P 0.22, just over 0.2)
+    else:  # a clean model is not called backdoored (issue 20 asks for no_evidence: P 0.22 with an earlier fit)
         assert v["status"] != "backdoor" and v["p_backdoor"] < 0.5, v
     assert report["evaluation_only"] == ["asr", "poison_acc"]  # the true trigger, for comparison only
