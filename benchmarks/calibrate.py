@@ -178,8 +178,7 @@ def cross_validate(models: list, signs: dict[str, int], C: float, folds: int = 1
         cal = fit(train, {}, signs, C)
         for i, (feats, _, _) in enumerate(models):
             if fold_of[i] == f:
-                z = max(cal.class_logits(feats))
-                p[i] = 1.0 / (1.0 + math.exp(-(cal.platt_a * z + cal.platt_b)))
+                p[i] = cal.judge_rows(feats).p_backdoor
     y = [bad for _, bad, _ in models]
     return {"cross_entropy": round(cross_entropy(p, y), 4), "roc_auc": round(auc(p, y) or 0.0, 4)}
 

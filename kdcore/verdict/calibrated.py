@@ -172,8 +172,12 @@ class Calibration:
         return "backdoor" if p >= self.t_hi else "no_evidence" if p <= self.t_lo else "inconclusive"
 
     def judge(self, values: Mapping[str, Mapping], k: int) -> Judgement:
-        logits = self.class_logits(class_features(values, k))
-        top = max(range(k), key=lambda c: logits[c])
+        return self.judge_rows(class_features(values, k))
+
+    def judge_rows(self, rows: Sequence[Sequence[float]]) -> Judgement:
+        """`judge` from the class features themselves (one row of FEATURES per class)."""
+        logits = self.class_logits(rows)
+        top = max(range(len(logits)), key=lambda c: logits[c])
         p = _sigmoid(self.platt_a * logits[top] + self.platt_b)
         pcs = [_sigmoid(z) for z in logits]
         total = sum(pcs)
