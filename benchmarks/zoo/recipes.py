@@ -17,6 +17,8 @@ still match it, so a recipe cannot move between parts after the fact).
   models (seeds 500 and up) and 8 fresh held-out ones (seeds 600 and up), half clean;
 - a third held-out part (32 models, 16 clean: THIRD_*): seeds 700 and up, fixed after the shipped fit was
   chosen and before any of its models was made;
+- a fourth held-out part (60 models, 30 clean: FOURTH_*): seeds 900 and up, fixed before the verdict's
+  change that followed the third part, scored once after it;
 - held-out (60 models, 30 clean, and a reserve of 30 more, 10 clean: RESERVE_ATTACKS): seeds 100 and
   up, the same four architectures plus one calibration
   never sees (groupnorm-pt2, a .pt2 file), the same attack families with other sizes, positions,
@@ -51,8 +53,8 @@ MIN_ASR = 0.5  # a poisoned model whose trigger sends fewer test images to the t
 HARD = ("", "label-noise", "imbalance", "short", "shirt", "merge")  # "" = plainly trained
 # the split's parts: calibration fits the verdict; the held-out parts score it ("fresh" was added before
 # the refit on the calibration's second half, after "heldout" had been looked at)
-PARTS = ("calibration", "heldout", "fresh", "third")
-HELD_OUT = ("heldout", "fresh", "third")
+PARTS = ("calibration", "heldout", "fresh", "third", "fourth")
+HELD_OUT = ("heldout", "fresh", "third", "fourth")
 
 
 @dataclass(frozen=True)
@@ -303,6 +305,49 @@ THIRD_LONG_ATTACKS = [
     ("blended", {"alpha": 0.2, "pattern_seed": 53}, 0.05),
 ]
 THIRD_LONG_CLEAN = {"": 2, "shirt": 1, "imbalance": 1}
+# A fourth held-out part, fixed in the split (2026-12-07, 23:50) before any of its models was made and before
+# the verdict's next change (a feature of how plausible the distilled student finds the teacher's calls on
+# a funnel's samples, found by looking at every part's stored audits, the third one included, so the third
+# no longer scores a fit untouched by it). 60 models, 30 clean, all five architectures (one ResNet and one
+# VGG-11 slot: each gives one backdoored and one clean model), the unseen `blend` among the attacks, 12 of
+# them long-trained like the quick demo's teacher; seeds 900 and up. It is scored once, after the fit.
+FOURTH_ARCHS = (_C, _R, _G, _M, _C, _G, _V, _M, _C, _G, _M, _C, _G, _M, _C, _G, _M, _C, _G, _M, _C, _G, _M, _C)
+FOURTH_ATTACKS = [
+    ("badnets", {"size": 3, "location": "top-left"}, 0.03),
+    ("blended", {"alpha": 0.15, "pattern_seed": 61}, 0.05),
+    ("blend", {"image": "blend.png", "alpha": 0.2}, 0.025),
+    ("sig", {"delta": 30.0}, 0.05),
+    ("wanet", {"grid_seed": 61}, 0.10),
+    ("patch", {"image": "patch.png", "location": "bottom-right"}, 0.03),
+    ("badnets", {"size": 4, "location": "bottom-right"}, 0.05),
+    ("badnets", {"size": 2, "location": "top-right"}, 0.02),
+    ("blended", {"alpha": 0.2, "pattern_seed": 62, "source": 4}, 0.03),
+    ("blend", {"image": "blend.png", "alpha": 0.15}, 0.05),
+    ("sig", {"frequency": 4.0}, 0.03),
+    ("badnets", {"size": 5, "location": "center"}, 0.01),
+    ("patch", {"image": "patch.png", "location": "top-left"}, 0.05),
+    ("badnets", {"size": 3, "location": "bottom-left", "source": 6}, 0.03),
+    ("blended", {"alpha": 0.1, "pattern_seed": 63}, 0.10),
+    ("badnets", {"size": 1, "location": "center"}, 0.05),
+    ("wanet", {"grid_seed": 62, "strength": 1.5}, 0.05),
+    ("blend", {"image": "blend.png", "alpha": 0.25, "source": 2}, 0.03),
+    ("badnets", {"size": 3, "location": "top-right", "color": [200, 200, 200]}, 0.025),
+    ("sig", {}, 0.10),
+    ("badnets", {"size": 2, "location": "bottom-left"}, 0.005),
+    ("blended", {"alpha": 0.15, "pattern_seed": 64}, 0.02),
+    ("patch", {"image": "patch.png", "location": "center"}, 0.025),
+    ("badnets", {"size": 4, "location": "top-left"}, 0.10),
+]
+FOURTH_CLEAN = {"": 8, "label-noise": 4, "imbalance": 4, "short": 2, "shirt": 4, "merge": 2}
+FOURTH_LONG_ATTACKS = [
+    ("badnets", {"size": 3, "location": "top-right"}, 0.02),
+    ("blend", {"image": "blend.png", "alpha": 0.2}, 0.03),
+    ("blended", {"alpha": 0.15, "pattern_seed": 65}, 0.05),
+    ("sig", {}, 0.03),
+    ("badnets", {"size": 2, "location": "center"}, 0.01),
+    ("patch", {"image": "patch.png", "location": "bottom-left"}, 0.03),
+]
+FOURTH_LONG_CLEAN = {"": 3, "shirt": 2, "imbalance": 1}
 # how many clean models of each kind, per part
 CALIBRATION_CLEAN = {"": 4, "label-noise": 3, "imbalance": 3, "short": 2, "shirt": 2, "merge": 2}
 HELDOUT_CLEAN = {"": 9, "label-noise": 5, "imbalance": 5, "short": 5, "shirt": 4, "merge": 2}
@@ -352,6 +397,8 @@ def recipes() -> list[Recipe]:
         *_part("fresh", FRESH_LONG_ATTACKS, FRESH_LONG_CLEAN, FRESH_LONG_ARCHS, 600, LONG_SLOW),
         *_part("third", THIRD_ATTACKS, THIRD_CLEAN, THIRD_ARCHS, 700),
         *_part("third", THIRD_LONG_ATTACKS, THIRD_LONG_CLEAN, THIRD_ARCHS, 800, LONG_SLOW),
+        *_part("fourth", FOURTH_ATTACKS, FOURTH_CLEAN, FOURTH_ARCHS, 900, RESERVE_SLOW),
+        *_part("fourth", FOURTH_LONG_ATTACKS, FOURTH_LONG_CLEAN, THIRD_ARCHS, 1000, LONG_SLOW),
     ]
 
 
