@@ -23,9 +23,12 @@ row kept in benchmarks/results/zoo.json whose run dir is gone is kept as it is. 
 rewritten after every audit: one row per model (its recipe, its truth, the verdict's status, target
 and confidence, every evidence piece's `values` as stored in report.json, seconds per stage).
 
-    .venv/bin/python benchmarks/zoo.py [--part calibration|heldout|fresh|all] [--limit N] [--only NAME,...]
+    .venv/bin/python benchmarks/zoo.py [--part calibration|heldout|fresh|third|fourth|all] [--limit N] [--only NAME,...]
         [--workers N] [--executor local|ray] [--out DIR]
     .venv/bin/python benchmarks/zoo.py --write-split    # once, before any scoring: benchmarks/zoo_split.json
+    .venv/bin/python benchmarks/zoo.py --rows-only      # the rows of the audits on disk written again: what
+                                                        # this version reads from them (e.g. the student's
+                                                        # belief, from each audit's candidates.csv)
 
 `--smoke` (benchmarks/common.py): two tiny models (one backdoored paper CNN, one clean .pt2
 GroupNorm net) on a few hundred images, in a temporary folder.
@@ -54,9 +57,11 @@ from benchmarks.verdict import trigger_images  # noqa: E402
 from benchmarks.zoo.build import Made, Sizes, make  # noqa: E402
 from benchmarks.zoo.jobs import AUDIT_KD, AUDIT_NC, Audits  # noqa: E402
 from benchmarks.zoo.recipes import MIN_ASR, MIN_CLEAN_ACC, PARTS, Recipe, read_split, recipes, split_json  # noqa: E402
+from kdcore.candidates import read_candidates  # noqa: E402
 from kdcore.device import resolve_device  # noqa: E402
 from kdcore.io import atomic_write_json  # noqa: E402
 from kdcore.verdict.detectors import silhouettes  # noqa: E402
+from kdcore.verdict.kd_disagreement import student_belief  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "out" / "zoo"
 SPLIT = ROOT / "benchmarks" / "zoo_split.json"
@@ -90,8 +95,9 @@ def selected(a: argparse.Namespace) -> list[Recipe]:
     return [r for r in fixed if (a.part == "all" or r.part == a.part) and (not only or r.name in only)]
 
 
-def row_of(recipe: Recipe, truth: dict, report: dict, job: int | None) -> dict:
-    """One model's row: recipe, truth, the verdict, every evidence piece's values, seconds per stage."""
+def row_of(recipe: Recipe, truth: dict, report: dict, job: int | None, audit: Path | None = None) -> dict:
+    """One model's row: recipe, truth, the verdict, every evidence piece's values (`_values`: what older
+    reports lack, from the `audit` folder's files), seconds per stage."""
     v = report.get("verdict") or {}
     status, targets = v.get("status"), v.get("target_classes", [])
     if truth["backdoored"]:
@@ -114,7 +120,7 @@ def row_of(recipe: Recipe, truth: dict, report: dict, job: int | None) -> dict:
         "confidence": v.get("confidence"),
         "outcome": outcome,
         "evidence": {
-            e["method"]: {"supports": e["supports"], "classes": e["classes"], "values": _values(e, report)}
+            e["method"]: {"supports": e["supports"], "classes": e["classes"], "values": _values(e, report, audit)}
             for e in v.get("evidence", [])
         },
         "p_backdoor": v.get("p_backdoor"),
@@ -137,13 +143,28 @@ def made_in_vain(truth: dict, smoke: bool) -> str:
     return ""
 
 
-def _values(e: dict, report: dict) -> dict:
-    """A piece's numbers as the calibrated verdict reads them: activation clustering's per-class
-    silhouettes from the report's table where the piece itself did not keep them (older reports)."""
+def _values(e: dict, report: dict, audit: Path | None = None) -> dict:
+    """A piece's numbers as the calibrated verdict reads them, where older reports did not keep them:
+    activation clustering's per-class silhouettes from the report's table; the student's belief in
+    each funnel class (kdcore.verdict.kd_disagreement.student_belief) from the audit's candidates.csv."""
     values = dict(e.get("values") or {})
     ac = report.get("activation_clustering") or {}
     if e["method"] == "activation-clustering" and "silhouette" not in values and ac.get("classes"):
         values["silhouette"] = silhouettes(ac["classes"])
+    classes = values.get("classes") or []
+    csv = audit / "candidates.csv" if audit else None
+    if e["method"] == "kd-disagreement" and classes and csv and csv.is_file():
+        if not any("student_p" in r for r in classes):
+            cands = read_candidates(csv)
+            belief = student_belief(
+                torch.tensor([c.teacher_pred for c in cands]),
+                torch.tensor([c.student_conf for c in cands]),
+                torch.tensor([c.flagged for c in cands]),
+                len(classes),
+            )
+            values["classes"] = [
+                {**r, "student_p": round(b, 4)} if b is not None else r for r, b in zip(classes, belief, strict=True)
+            ]
     return values
 
 
@@ -207,7 +228,9 @@ def run(a: argparse.Namespace, out: Path) -> None:
         if vain:
             rows[r.name] = {**row_of(r, known, {}, None), "outcome": vain}
         elif report.is_file():
-            rows[r.name] = row_of(r, known, json.loads(report.read_text()), kept.get(r.name, {}).get("job"))
+            rows[r.name] = row_of(
+                r, known, json.loads(report.read_text()), kept.get(r.name, {}).get("job"), report.parent
+            )
         elif r.name in kept:
             rows[r.name] = kept[r.name]
             log(f"{r.name}: kept from results/zoo.json (its run dir is not here)")
@@ -237,6 +260,8 @@ def run(a: argparse.Namespace, out: Path) -> None:
 
     save()
     log(f"{len(rows)} of {len(rs)} models done; {len(todo)} to make and audit (out: {out})")
+    if a.rows_only:  # the stored audits' rows written again (what this version reads from them), nothing made
+        return
     # training processes and audit workers run side by side: each gets its share of the cores (torch's
     # threads spin-wait, so 4 threads on 2 cores made both ~15× slower than alone, measured)
     threads = max(1, (os.cpu_count() or 1) // (2 * a.workers))
@@ -279,7 +304,8 @@ def run(a: argparse.Namespace, out: Path) -> None:
                     if job.state != "succeeded" or job.report_path is None:
                         log(f"{r.name}: audit job {job_id} {job.state}: {job.error.strip()[-300:]}")
                         continue
-                    rows[r.name] = row_of(r, made.truth, json.loads(job.report_path.read_text()), job_id)
+                    report = json.loads(job.report_path.read_text())
+                    rows[r.name] = row_of(r, made.truth, report, job_id, job.report_path.parent)
                     row = rows[r.name]
                     log(f"{r.name}: {row['status']} {row['target_classes']} ({row['outcome']}), "
                         f"audit {row['seconds']['audit']:.0f} s")  # fmt: skip
@@ -305,6 +331,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=OUT, help="models, truths, audits and the job store")
     ap.add_argument("--write-split", action="store_true", help=f"write {SPLIT.name} from the recipes and exit")
+    ap.add_argument("--rows-only", action="store_true", help="write the rows of the audits already on disk again "
+                    "(what this version reads from them) and exit, making and auditing nothing")  # fmt: skip
     smoke_args(ap)
     return ap
 

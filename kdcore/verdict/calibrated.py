@@ -47,6 +47,8 @@ FEATURES: dict[str, str] = {
     "(capped at COUNT_CAP)",
     "kd_x_trigger": "kd_excess times trigger_gap_excess where that is positive: a funnel that c's trigger backs",
     "kd_x_nc": "kd_excess times nc_norm_ratio where that is positive: a funnel that c's small mask backs",
+    "kd_doubt": "1 − 2 × the median probability the student gives c on the disagreements the teacher sends to c, "
+    "where positive: how implausible the clean student finds the teacher's calls (0: as likely as not, or none)",
 }
 
 
@@ -57,18 +59,21 @@ FEATURES: dict[str, str] = {
 # Kept at 0, chosen by `benchmarks/calibrate.py --cv` (10-fold cross-validation on the calibration part
 # alone, 89 usable models, 37 backdoored, 16 of them trained like the quick demo's teacher: from the earlier
 # choice, the best one-step change is adopted while it lowers the cross-validated cross-entropy by more than
-# 0.01; the rule was fixed before the long-trained models were audited). With count_excess capped
-# (COUNT_CAP): the earlier choice 0.215; the funnel's p-value weighted, 0.184 (adopted); then no change
-# gained more than 0.01. Before the cap, the same search had weighted the clustering's silhouette (0.245 ->
-# 0.234), now weighted too (dropping it: 0.185).
-# - the funnel's size and spread on their own (weighted: 0.201, 0.192): a clean teacher trained longer makes
-#   a stronger natural funnel. The quick demo's clean teacher (10,000 images, 5 epochs) says Shirt in 0.39
-#   of its disagreements, 0.30 above its share of predictions (kd_excess); the zoo's long-trained clean
-#   models reach 0.14-0.23, its 3-epoch ones 0.12 (90th percentile). The funnel still counts, through its
-#   products with the trigger's and the mask's evidence, and through its p-value. The p-value is not
-#   scale-free (it falls with the training set's size; capped at 1e-30); the calibration saw training sets
-#   of 2,000-10,000 images, so a much larger one reads a natural funnel as stronger than the zoo's did.
-UNWEIGHTED = ("kd_excess", "kd_spread")
+# 0.01). Last search (2026-12-07, after the student's belief was added as kd_doubt and, as products with the
+# funnel's size and p-value, two more candidates, weighed at 0.221 and 0.178 in its first round and since
+# removed): the earlier choice 0.184; kd_doubt weighted, 0.117 (adopted); then the funnel's p-value dropped,
+# 0.083 (adopted); then no change gained more than 0.01 (C = 10: 0.074). Earlier searches had capped the
+# class count (COUNT_CAP) and weighted the clustering's silhouette.
+# - the funnel's p-value: not scale-free (it falls with the training set's size; capped at 1e-30), so a
+#   clean teacher trained longer or on more images reads a natural funnel as ever more significant; the
+#   quick demo's clean teacher (10,000 images) had it at the cap. Whether the student believes the funnel's
+#   calls (kd_doubt) separates a natural funnel from a backdoor's where its size cannot.
+# - the funnel's size and spread on their own (weighted in the last search's first round: 0.201, 0.192): a
+#   clean teacher trained longer makes a stronger natural funnel. The quick demo's clean teacher says Shirt
+#   in 0.39 of its disagreements, 0.30 above its share of predictions (kd_excess); the zoo's long-trained
+#   clean models reach 0.14-0.23, its 3-epoch ones 0.12 (90th percentile). The funnel still counts, through
+#   its products with the trigger's and the mask's evidence.
+UNWEIGHTED = ("kd_log_p", "kd_excess", "kd_spread")
 NATURAL_SIGNS: dict[str, int] = {name: -1 if name == "trigger_transfer" else 1 for name in FEATURES}
 SIGNS: dict[str, int] = {name: 0 if name in UNWEIGHTED else NATURAL_SIGNS[name] for name in FEATURES}
 
@@ -119,6 +124,8 @@ def class_features(values: Mapping[str, Mapping], k: int) -> list[list[float]]:
         rows[c][col["kd_excess"]] = float(r["share"]) - float(r["prior"])
         rows[c][col["kd_spread"]] = float(r["spread"])
         rows[c][col["count_excess"]] = min(COUNT_CAP, float(r["prior"]) * k - 1.0)
+        if r.get("student_p") is not None:
+            rows[c][col["kd_doubt"]] = max(0.0, 1.0 - 2.0 * float(r["student_p"]))
     sil = (values.get("activation-clustering") or {}).get("silhouette") or []
     for c, s in enumerate(sil[:k]):
         rows[c][col["ac_silhouette"]] = float(s) if s is not None else 0.0

@@ -38,7 +38,7 @@ from kdcore.models.spec import ModelSpec
 from kdcore.progress import ProgressFn, no_progress
 from kdcore.verdict.detectors import AC_PARAMS, ac_evidence, nc_evidence
 from kdcore.verdict.evidence import Evidence, Verdict
-from kdcore.verdict.kd_disagreement import flip_matrix, kd_evidence
+from kdcore.verdict.kd_disagreement import flip_matrix, kd_evidence, student_belief
 from kdcore.verdict.recovered_trigger import TRIGGER_IMAGES, recovered_trigger_evidence
 from kdcore.verdict.rescore import candidate_classes
 from kdcore.verdict.rule import combine
@@ -109,11 +109,13 @@ def blind_audit(
     counts = None
     out_flip = None
     teacher_all: list[int] = [0] * k
+    belief = None
     if table is not None:
         counts = flip_matrix(table.teacher_pred, table.student_pred, table.flagged, k)
         teacher_all = torch.bincount(table.teacher_pred.long(), minlength=k).tolist()
+        belief = student_belief(table.teacher_pred, table.student_conf, table.flagged, k)
         out_flip = {"classes": list(names), "counts": counts}
-    kd = kd_evidence(counts, teacher_all, names)
+    kd = kd_evidence(counts, teacher_all, names, belief)
     timings["kd-disagreement"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -3,7 +3,10 @@
 A backdoor's trigger overrides the image, so the samples the teacher sends to the target class while the
 distilled student (which never learned the trigger) does not come from every class, and there are more of
 them than the teacher's share of that class predicts. A natural confusion is between a few look-alike
-classes. `disagreement_structure` measures both per teacher class; `kd_evidence` turns them into a piece.
+classes. And the student sees a poisoned image for what it shows, so it gives the teacher's call on it
+little probability; on a natural confusion the teacher's call is one the student finds plausible too
+(`student_belief`). `disagreement_structure` measures all three per teacher class; `kd_evidence` turns
+them into a piece.
 """
 
 from __future__ import annotations
@@ -32,6 +35,18 @@ def flip_matrix(
     return counts.tolist()
 
 
+def student_belief(
+    teacher_pred: torch.Tensor, student_conf: torch.Tensor, flagged: torch.Tensor, k: int
+) -> list[float | None]:
+    """Per teacher class c: the median probability the distilled student gives c on the flagged samples
+    the teacher puts in c (`student_conf` is p_student(ŷ_t)); None where the teacher puts none there.
+    A poisoned sample shows its source class, so the student gives the target little (the zoo's
+    backdoored models: median 0.06 over their targets); a natural confusion is one the student shares
+    (the top funnel of the zoo's clean models: 0.13–0.43)."""
+    t, p = teacher_pred[flagged].long(), student_conf[flagged].float()
+    return [float(p[t == c].median()) if bool((t == c).any()) else None for c in range(k)]
+
+
 def binomial_tail(n_hits: int, n: int, p: float) -> float:
     """P(X ≥ n_hits) for X ~ Binomial(n, p)."""
     from scipy.stats import binom  # heavy (~0.3 s): only when there are disagreements to test
@@ -52,7 +67,9 @@ def spread(counts: Sequence[int]) -> float:
     return math.exp(h) / (len(counts) - 1)
 
 
-def disagreement_structure(counts: list[list[int]], teacher_all: Sequence[int]) -> list[dict]:
+def disagreement_structure(
+    counts: list[list[int]], teacher_all: Sequence[int], belief: Sequence[float | None] | None = None
+) -> list[dict]:
     """Per teacher class c, from the flip matrix `counts` (flagged samples) and `teacher_all` (the
     teacher's prediction count per class over ALL training samples):
 
@@ -64,6 +81,7 @@ def disagreement_structure(counts: list[list[int]], teacher_all: Sequence[int]) 
         spread_c  `spread` of row c: do c's flagged samples come from (the student sees them as)
                   every other class? A trigger overrides the image, so its flips come from all
                   classes; a natural confusion is between a few look-alike classes.
+        student_p `belief`'s value for c, where given (`student_belief`; not part of the candidate rule).
 
     A class is a candidate when p_c < KD_ALPHA, n_c ≥ KD_MIN_FLAGGED and spread_c ≥ KD_MIN_SPREAD."""
     k = len(counts)
@@ -76,27 +94,38 @@ def disagreement_structure(counts: list[list[int]], teacher_all: Sequence[int]) 
         p = min(1.0, k * binomial_tail(n_c, n_flag, prior)) if n_flag and 0 < prior < 1 else 1.0
         sp = spread(counts[c])
         candidate = p < KD_ALPHA and n_c >= KD_MIN_FLAGGED and sp >= KD_MIN_SPREAD
-        rows.append(
-            {
-                "class": c,
-                "flagged": n_c,
-                "share": round(n_c / n_flag, 4) if n_flag else 0.0,
-                "prior": round(prior, 4),
-                "p_value": float(f"{p:.3g}"),
-                "spread": round(sp, 4),
-                "candidate": candidate,
-            }
-        )
+        row = {
+            "class": c,
+            "flagged": n_c,
+            "share": round(n_c / n_flag, 4) if n_flag else 0.0,
+            "prior": round(prior, 4),
+            "p_value": float(f"{p:.3g}"),
+            "spread": round(sp, 4),
+            "candidate": candidate,
+        }
+        if belief is not None and belief[c] is not None:
+            row["student_p"] = round(float(belief[c]), 4)
+        rows.append(row)
     return rows
 
 
-def kd_evidence(counts: list[list[int]] | None, teacher_all: Sequence[int], names: Sequence[str]) -> Evidence:
-    """The kd-disagreement piece from the flip matrix (None: no training set, nothing to examine)."""
+def _belief_text(row: dict) -> str:
+    return (f"; the student gives the teacher's call a median {row['student_p']:.0%}" if "student_p" in row else "")
+
+
+def kd_evidence(
+    counts: list[list[int]] | None,
+    teacher_all: Sequence[int],
+    names: Sequence[str],
+    belief: Sequence[float | None] | None = None,
+) -> Evidence:
+    """The kd-disagreement piece from the flip matrix (None: no training set, nothing to examine);
+    `belief`: `student_belief` per class, where the student's probabilities are known."""
     if counts is None:
         return Evidence(
             "kd-disagreement", "No labelled training set: no teacher/student disagreements to examine.", "inconclusive"
         )
-    rows = disagreement_structure(counts, teacher_all)
+    rows = disagreement_structure(counts, teacher_all, belief)
     n_flag = sum(r["flagged"] for r in rows)
     values = {"flagged": n_flag, "classes": rows, "teacher_all": list(teacher_all)}
     cands = [r for r in rows if r["candidate"]]
@@ -105,14 +134,15 @@ def kd_evidence(counts: list[list[int]] | None, teacher_all: Sequence[int], name
         finding = (
             f"{top['flagged']} of {n_flag} flagged samples ({top['share']:.0%}) are predicted {names[top['class']]} "
             f"by the teacher against a prior of {top['prior']:.0%} (p = {top['p_value']:.2g}), and they come from "
-            f"every class (spread {top['spread']:.2f} ≥ {KD_MIN_SPREAD})"
+            f"every class (spread {top['spread']:.2f} ≥ {KD_MIN_SPREAD}){_belief_text(top)}"
         )
         return Evidence("kd-disagreement", finding, "backdoor", tuple(r["class"] for r in cands), values)
     top = max(rows, key=lambda r: r["flagged"])
     finding = (
         f"No class funnels the {n_flag} flagged samples: the largest, {names[top['class']]} ({top['flagged']}, "
         f"{top['share']:.0%} against a prior of {top['prior']:.0%}, p = {top['p_value']:.2g}, spread "
-        f"{top['spread']:.2f}), fails p < {KD_ALPHA:g}, ≥ {KD_MIN_FLAGGED} flagged or spread ≥ {KD_MIN_SPREAD}"
+        f"{top['spread']:.2f}{_belief_text(top)}), fails p < {KD_ALPHA:g}, ≥ {KD_MIN_FLAGGED} flagged or spread "
+        f"≥ {KD_MIN_SPREAD}"
         if n_flag
         else "The teacher and the student agree on every training sample"
     )

@@ -27,7 +27,8 @@ def rescore(report: dict) -> dict:
     fm = report.get("flip_matrix")
     kd_v = old["kd-disagreement"]
     teacher_all = kd_v.get("teacher_all") or [round(r["prior"] * report["data"]["train"]) for r in kd_v["classes"]]
-    kd = kd_evidence(fm["counts"] if fm else None, teacher_all, names)
+    belief = [r.get("student_p") for r in kd_v.get("classes", [])] or None
+    kd = kd_evidence(fm["counts"] if fm else None, teacher_all, names, belief)
     nc_cfg = get_defense("neural-cleanse").config_class()
     nc = nc_evidence([r["anomaly_index"] for r in nc_rows], [r["l1"] for r in nc_rows], nc_cfg.threshold, names)
     ac = None
