@@ -69,6 +69,12 @@ def test_features_read_the_target_and_no_signal_where_a_piece_is_missing():
     backed = class_features({**values(2), "kd-disagreement": kd}, 10)  # the same funnel, and 2's trigger
     assert backed[2][COL["kd_x_trigger"]] == pytest.approx(0.2 * (0.95 - 0.37))
     assert backed[2][COL["kd_x_nc"]] > rows[2][COL["kd_x_nc"]] and backed[5][COL["kd_x_trigger"]] == 0.0
+    assert all(r[COL["kd_doubt"]] == 0.0 for r in rows)  # no student belief stored (older reports): no signal
+    believed = {"classes": [{**r, "student_p": 0.05 if r["class"] == 2 else 0.3} for r in kd["classes"]]}
+    rows = class_features({**values(None), "kd-disagreement": believed}, 10)
+    assert rows[2][COL["kd_doubt"]] == pytest.approx(0.9) and rows[4][COL["kd_doubt"]] == pytest.approx(0.4)
+    believed["classes"][3]["student_p"] = 0.6  # the student finds the teacher's calls likely: no doubt
+    assert class_features({**values(None), "kd-disagreement": believed}, 10)[3][COL["kd_doubt"]] == 0.0
 
 
 def test_a_fit_separates_backdoored_from_clean_evidence_and_is_plain_numbers(tmp_path):

@@ -22,6 +22,7 @@ from kdcore.verdict.kd_disagreement import (
     flip_matrix,
     kd_evidence,
     spread,
+    student_belief,
 )
 from kdcore.verdict.recovered_trigger import (
     TRIGGER_MAX_TRANSFER,
@@ -181,6 +182,23 @@ def test_an_even_spread_that_matches_the_prior_is_not_a_funnel():
     prior[3] = 25
     rows = disagreement_structure(counts, prior)
     assert rows[3]["spread"] == pytest.approx(1.0) and not rows[3]["candidate"]
+
+
+def test_student_belief_is_the_median_of_the_students_probability_of_the_teachers_call_per_funnel():
+    # flagged samples the teacher calls 7 (the student gives 7: 0.02, 0.05, 0.3 -> median 0.05) and 6
+    # (0.4, 0.3 -> 0.35); an unflagged 7 at 0.9 does not count; nothing is flagged into the other classes
+    teacher = torch.tensor([7, 7, 7, 6, 6, 7, 1])
+    p = torch.tensor([0.02, 0.05, 0.3, 0.4, 0.3, 0.9, 0.1])
+    flagged = torch.tensor([True, True, True, True, True, False, False])
+    belief = student_belief(teacher, p, flagged, 10)
+    assert belief[7] == pytest.approx(0.05) and belief[6] == pytest.approx(0.3)  # torch's lower median
+    assert [c for c in range(10) if belief[c] is None] == [0, 1, 2, 3, 4, 5, 8, 9]
+    counts = _table({7: {0: 2, 3: 1}, 6: {0: 2}})
+    rows = disagreement_structure(counts, [100] * 10, belief)
+    assert rows[7]["student_p"] == pytest.approx(0.05) and "student_p" not in rows[1]
+    assert "student_p" not in disagreement_structure(counts, [100] * 10)[7]  # no belief given: no key
+    e = kd_evidence(counts, [100] * 10, NAMES, belief)
+    assert "median 5%" in e.finding or "median 30%" in e.finding
 
 
 def test_kd_without_a_training_set_is_inconclusive():

@@ -41,8 +41,8 @@ def student_belief(
     """Per teacher class c: the median probability the distilled student gives c on the flagged samples
     the teacher puts in c (`student_conf` is p_student(ŷ_t)); None where the teacher puts none there.
     A poisoned sample shows its source class, so the student gives the target little (the zoo's
-    backdoored models: median 0.06 over their targets); a natural confusion is one the student shares
-    (the top funnel of the zoo's clean models: 0.13–0.43)."""
+    calibration part: median 0.06 over its backdoored models' targets); a natural confusion is one the
+    student shares (the most over-represented class of its clean models: 0.19–0.43, median 0.30)."""
     t, p = teacher_pred[flagged].long(), student_conf[flagged].float()
     return [float(p[t == c].median()) if bool((t == c).any()) else None for c in range(k)]
 
@@ -110,7 +110,7 @@ def disagreement_structure(
 
 
 def _belief_text(row: dict) -> str:
-    return (f"; the student gives the teacher's call a median {row['student_p']:.0%}" if "student_p" in row else "")
+    return f"; the student gives the teacher's call a median {row['student_p']:.0%}" if "student_p" in row else ""
 
 
 def kd_evidence(

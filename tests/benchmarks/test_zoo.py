@@ -11,6 +11,8 @@ import zipfile
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
@@ -197,3 +199,41 @@ def test_an_audit_whose_worker_was_stopped_is_queued_again_once(tmp_path: Path):
     audits.store.claim("cpu", 1, failed.id)
     audits.store.finish(failed.id, "failed", "InputError")
     assert audits.again(audits.store.get(failed.id)) is None  # a failure is the model's: not retried
+
+
+def test_a_stored_audit_without_the_students_belief_gets_it_from_its_candidates(tmp_path: Path):
+    """Audits made before the belief was kept (kdcore.verdict.kd_disagreement.student_belief) are read
+    again with it (`zoo.py --rows-only`): the same numbers the audit would keep, from its candidates.csv."""
+    import torch
+
+    from kdcore.candidates import ranked_rows, write_candidates
+    from kdcore.verdict.kd_disagreement import disagreement_structure, student_belief
+
+    zoo = _zoo_script()
+    g = torch.Generator().manual_seed(0)
+    n, k = 300, 10
+    teacher = torch.randint(0, k, (n,), generator=g)
+    student = torch.where(torch.rand(n, generator=g) < 0.2, (teacher + 1) % k, teacher)
+    flagged = teacher != student
+    p = torch.where(flagged, torch.rand(n, generator=g) * 0.5, 0.5 + torch.rand(n, generator=g) * 0.5)
+    extra = {"teacher_pred": teacher, "student_pred": student, "teacher_conf": torch.full((n,), 0.9), "student_conf": p}
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    write_candidates(audit / "candidates.csv", ranked_rows(0.9 - p, flagged, teacher, per_sample=extra))
+    counts = [[0] * k for _ in range(k)]
+    for t, s in zip(teacher[flagged].tolist(), student[flagged].tolist(), strict=True):
+        counts[t][s] += 1
+    old = disagreement_structure(counts, torch.bincount(teacher, minlength=k).tolist())  # no belief kept
+    report = {"verdict": {"evidence": [{"method": "kd-disagreement", "supports": "no_evidence", "classes": [],
+                                        "values": {"classes": old}}]}}  # fmt: skip
+    recipe = next(r for r in recipes() if r.attack == "clean")
+    truth = {"backdoored": False, "target": None}
+    row = zoo.row_of(recipe, truth, report, None, audit)
+    got = [r.get("student_p") for r in row["evidence"]["kd-disagreement"]["values"]["classes"]]
+    # candidates.csv keeps 5 decimals of the probabilities
+    want = student_belief(teacher, p, flagged, k)
+    assert all(w is not None for w in want) and got == pytest.approx([round(w, 4) for w in want], abs=2e-4)
+    assert (
+        "student_p"
+        not in zoo.row_of(recipe, truth, report, None)["evidence"]["kd-disagreement"]["values"]["classes"][0]
+    )  # no audit folder given: nothing to read it from
