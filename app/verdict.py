@@ -102,6 +102,27 @@ def flip_figure(flip: dict):
     )
 
 
+def belief_text(report: dict, class_names: Sequence[str] = ()) -> str:
+    """How much the distilled student believes the teacher's calls, per teacher class of the flip matrix
+    (`student_p` in the kd-disagreement piece, kdcore.verdict.kd_disagreement.student_belief), least
+    believed first; "" for a report that did not keep it."""
+    pieces = (report.get("verdict") or {}).get("evidence") or []
+    kd = next((e for e in pieces if isinstance(e, dict) and e.get("method") == "kd-disagreement"), {})
+    rows = [r for r in (kd.get("values") or {}).get("classes") or [] if isinstance(r.get("student_p"), (int, float))]
+    if not rows:
+        return ""
+    shown = " · ".join(
+        f"{class_ref(int(r['class']), class_names)} {r['student_p']:.2f} ({r.get('flagged', '?')})"
+        for r in sorted(rows, key=lambda r: r["student_p"])
+    )
+    return (
+        "Does the student believe the teacher's calls? The median probability the distilled student gives the "
+        "teacher's class on each row's samples (flagged samples in brackets), least believed first. A poisoned "
+        "image shows its source class, so the student gives the target little (the zoo's backdoored models: "
+        f"median 0.06); a natural confusion it shares (its clean models' largest funnels: 0.19–0.43): {shown}"
+    )
+
+
 def flip_matrix_ui(report: dict) -> None:
     """The flip matrix with a short reading guide; nothing when the report has none."""
     flip = report.get("flip_matrix")
@@ -118,3 +139,6 @@ def flip_matrix_ui(report: dict) -> None:
         st.warning(f"The flip matrix in this report cannot be drawn: {e}")
         return
     st.plotly_chart(fig, width="stretch", key="flip-matrix", config={"displaylogo": False})
+    belief = belief_text(report, flip.get("classes") or ())
+    if belief:
+        st.caption(belief)

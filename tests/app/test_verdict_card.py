@@ -14,7 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.report_html import audit_report_html
-from app.verdict import flip_figure, verdict_headline
+from app.verdict import belief_text, flip_figure, verdict_headline
 from kdcore.jobs.store import JobStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,6 +111,20 @@ def test_flip_matrix_heatmap_is_drawn_with_counts(fake_runs):
     if isinstance(counts, dict):  # plotly ≥ 6 sends numpy arrays as base64
         counts = np.frombuffer(base64.b64decode(counts["bdata"]), counts["dtype"]).reshape(10, 10)
     assert counts[7][1] == 40 and counts[2][5] == 3
+    assert not any("believe" in c.value for c in at.caption)  # a report without the student's belief
+
+
+def test_the_students_belief_is_shown_under_the_flip_matrix_least_believed_first(fake_runs):
+    v = verdict("backdoor", [7])
+    v["evidence"][0]["values"] = {
+        "classes": [{"class": 7, "flagged": 65, "student_p": 0.031}, {"class": 2, "flagged": 3, "student_p": 0.32}]
+        + [{"class": c, "flagged": 0} for c in (0, 1, 3, 4, 5, 6, 8, 9)]
+    }
+    at = open_results(fake_runs({"verdict": v, "flip_matrix": flip_matrix()}))
+    assert not at.exception, at.exception
+    line = next(c.value for c in at.caption if "believe the teacher" in c.value)
+    assert line.endswith("seven (7) 0.03 (65) · two (2) 0.32 (3)"), line
+    assert belief_text({"verdict": verdict("backdoor", [7])}) == ""
 
 
 def test_old_report_without_verdict_looks_as_before(fake_runs):
