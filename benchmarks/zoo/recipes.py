@@ -19,6 +19,8 @@ still match it, so a recipe cannot move between parts after the fact).
   chosen and before any of its models was made;
 - a fourth held-out part (60 models, 30 clean: FOURTH_*): seeds 900 and up, fixed before the verdict's
   change that followed the third part, scored once after it;
+- a fifth held-out part (16 models, 8 clean: FIFTH_*): seeds 1100 and up, fixed after the fourth was
+  scored (11 of its poisonings had not taken), before any of its models was made, the verdict unchanged;
 - held-out (60 models, 30 clean, and a reserve of 30 more, 10 clean: RESERVE_ATTACKS): seeds 100 and
   up, the same four architectures plus one calibration
   never sees (groupnorm-pt2, a .pt2 file), the same attack families with other sizes, positions,
@@ -53,8 +55,8 @@ MIN_ASR = 0.5  # a poisoned model whose trigger sends fewer test images to the t
 HARD = ("", "label-noise", "imbalance", "short", "shirt", "merge")  # "" = plainly trained
 # the split's parts: calibration fits the verdict; the held-out parts score it ("fresh" was added before
 # the refit on the calibration's second half, after "heldout" had been looked at)
-PARTS = ("calibration", "heldout", "fresh", "third", "fourth")
-HELD_OUT = ("heldout", "fresh", "third", "fourth")
+PARTS = ("calibration", "heldout", "fresh", "third", "fourth", "fifth")
+HELD_OUT = ("heldout", "fresh", "third", "fourth", "fifth")
 
 
 @dataclass(frozen=True)
@@ -348,6 +350,23 @@ FOURTH_LONG_ATTACKS = [
     ("patch", {"image": "patch.png", "location": "bottom-left"}, 0.03),
 ]
 FOURTH_LONG_CLEAN = {"": 3, "shirt": 2, "imbalance": 1}
+# A fifth held-out part, fixed in the split (2026-12-08, 01:20) before any of its models was made, with the
+# verdict unchanged since the fourth: 11 of the fourth's 30 poisonings did not take (rates 0.5-3 %), which
+# left it 49 scored models, short of the 60 a held-out part must score. Together the two parts are what the
+# shipped fit never saw in any form. 16 models, half clean, the three cheap architectures, rates 5-10 % (so
+# the poisonings take), the unseen `blend` among the attacks; seeds 1100 and up.
+FIFTH_ARCHS = (_C, _G, _M)
+FIFTH_ATTACKS = [
+    ("badnets", {"size": 3, "location": "center"}, 0.05),
+    ("blend", {"image": "blend.png", "alpha": 0.2}, 0.05),
+    ("blended", {"alpha": 0.15, "pattern_seed": 71}, 0.08),
+    ("sig", {}, 0.08),
+    ("patch", {"image": "patch.png", "location": "top-right"}, 0.05),
+    ("badnets", {"size": 2, "location": "bottom-left", "source": 1}, 0.05),
+    ("wanet", {"grid_seed": 71}, 0.10),
+    ("blend", {"image": "blend.png", "alpha": 0.15, "source": 9}, 0.05),
+]
+FIFTH_CLEAN = {"": 3, "label-noise": 1, "imbalance": 1, "short": 1, "shirt": 1, "merge": 1}
 # how many clean models of each kind, per part
 CALIBRATION_CLEAN = {"": 4, "label-noise": 3, "imbalance": 3, "short": 2, "shirt": 2, "merge": 2}
 HELDOUT_CLEAN = {"": 9, "label-noise": 5, "imbalance": 5, "short": 5, "shirt": 4, "merge": 2}
@@ -399,6 +418,7 @@ def recipes() -> list[Recipe]:
         *_part("third", THIRD_LONG_ATTACKS, THIRD_LONG_CLEAN, THIRD_ARCHS, 800, LONG_SLOW),
         *_part("fourth", FOURTH_ATTACKS, FOURTH_CLEAN, FOURTH_ARCHS, 900, RESERVE_SLOW),
         *_part("fourth", FOURTH_LONG_ATTACKS, FOURTH_LONG_CLEAN, THIRD_ARCHS, 1000, LONG_SLOW),
+        *_part("fifth", FIFTH_ATTACKS, FIFTH_CLEAN, FIFTH_ARCHS, 1100),
     ]
 
 

@@ -38,7 +38,8 @@ def test_the_split_has_the_sizes_and_the_unseen_architecture_and_attack():
     fresh = [r for r in rs if r.part == "fresh"]
     third = [r for r in rs if r.part == "third"]
     fourth = [r for r in rs if r.part == "fourth"]
-    assert len(cal) + len(held) + len(fresh) + len(third) + len(fourth) == len(rs)
+    fifth = [r for r in rs if r.part == "fifth"]
+    assert len(cal) + len(held) + len(fresh) + len(third) + len(fourth) + len(fifth) == len(rs)
     clean_cal = sum(r.attack == "clean" for r in cal)
     assert len(cal) >= 30 and 0.4 <= clean_cal / len(cal) <= 0.6
     assert len(held) >= 60 and sum(r.attack == "clean" for r in held) >= 30
@@ -51,6 +52,8 @@ def test_the_split_has_the_sizes_and_the_unseen_architecture_and_attack():
     assert not {r.seed for r in held} & {r.seed for r in fresh}
     assert not {r.seed for r in cal + held + fresh} & {r.seed for r in third}
     assert not {r.seed for r in cal + held + fresh + third} & {r.seed for r in fourth}
+    assert not {r.seed for r in cal + held + fresh + third + fourth} & {r.seed for r in fifth}
+    assert len(fifth) == 16 and sum(r.attack == "clean" for r in fifth) == 8
     # the third part scores the shipped fit cleanly; smaller, but half clean, with the unseen net and attack
     assert len(third) >= 30 and sum(r.attack == "clean" for r in third) == len(third) // 2
     assert {r.arch for r in third} - {r.arch for r in cal} and {r.attack for r in third} - {r.attack for r in cal}
