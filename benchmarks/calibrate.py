@@ -8,7 +8,8 @@ re-runs no model.
 
 Scores per part (the README's headline numbers are the held-out parts'; "fresh" was fixed in the split
 before the refit on the calibration's second half, "heldout" had been looked at before it, "third" was fixed
-after the shipped fit was chosen, scoring it cleanly), and of the held-out parts together: ROC-AUC of P(backdoor);
+after an earlier fit was chosen; "fourth" and "fifth", fixed before the shipped fit's last change and scored
+only after it, are UNTOUCHED by it and scored together too), and of the held-out parts together: ROC-AUC of P(backdoor);
 TrojAI's cross-entropy (mean −log of the probability given to the truth, P clipped to [0.001, 0.999];
 chance at 0.5 is 0.693, TrojAI's round target half of that, 0.3465); the detection rate (status
 "backdoor" among backdoored models) and false-alarm rate (status "backdoor" among clean ones) at the
@@ -44,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.common import log, smoke_args, write_result  # noqa: E402
-from benchmarks.zoo.recipes import HELD_OUT, MIN_ASR, PARTS  # noqa: E402
+from benchmarks.zoo.recipes import HELD_OUT, MIN_ASR, PARTS, UNTOUCHED  # noqa: E402
 from kdcore.verdict.calibrated import (  # noqa: E402
     CALIBRATION_FILE,
     FEATURES,
@@ -428,9 +429,14 @@ def main() -> None:
     parts = {p: summary([s for s in scored if s["part"] == p]) for p in PARTS}
     parts = {p: s for p, s in parts.items() if s["models"]}
     both = [s for s in scored if s["part"] in HELD_OUT]
+    untouched = [s for s in scored if s["part"] in UNTOUCHED]
+    if sum(p in parts for p in UNTOUCHED) > 1:  # the parts the shipped fit never saw in any form: the cleanest test
+        parts["untouched, together"] = summary(untouched)
     if sum(p in parts for p in HELD_OUT) > 1:  # the held-out parts together: the widest test there is
         parts["held-out, all"] = summary(both)
     held = {p: [s for s in scored if s["part"] == p] for p in HELD_OUT if p in parts}
+    if "untouched, together" in parts:
+        held["untouched"] = untouched
     curves = {p: reliability([s for s in scored if s["part"] == p]) for p in PARTS if p in parts}
     if not a.smoke and held:
         draw({f"{p} ({parts[p]['models']} models)": c for p, c in curves.items()}, PICTURE)
