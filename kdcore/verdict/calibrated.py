@@ -16,8 +16,9 @@ The most likely target is the class with the largest score; its probability, giv
 backdoored, is p_c over the sum of every class's p_c.
 
 The status follows with stated thresholds: backdoor when P ≥ t_hi, no_evidence when P ≤ t_lo,
-inconclusive between (`Calibration.status`). The features are scale-free (ratios, shares, p-values,
-silhouettes), so they read the same for any image size, Neural Cleanse budget or architecture; a
+inconclusive between (`Calibration.status`). The weighted features are scale-free (ratios, shares,
+probabilities, silhouettes), so they read the same for any image size, Neural Cleanse budget or
+architecture (the funnel's p-value, which falls with the training set's size, is kept at weight 0); a
 piece that did not run (no training set: no disagreement, no clustering) reads as "no signal" (0).
 """
 
